@@ -1,0 +1,2 @@
+//! The `emonav` binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Media plane: RTP reception and decoding into PCM for analysis.
+pub mod rtp;

@@ -1,0 +1,2 @@
+//! SIP signalling (RFC 3261 and friends).
+pub mod message;
