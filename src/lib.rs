@@ -4,6 +4,11 @@
 //! state machine and the routing policy) and the tokio edge that drives them.
 #![warn(missing_docs)]
 
+pub mod call;
+pub mod config;
+pub mod events;
 pub mod media;
+pub mod policy;
 pub mod sdp;
+pub mod server;
 pub mod sip;

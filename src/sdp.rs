@@ -1,7 +1,9 @@
-//! SDP (RFC 4566/8866) parsing and the offer/answer model (RFC 3264) for audio.
+//! SDP (RFC 8866, formerly 4566) parsing and the offer/answer model (RFC 3264)
+//! for one audio stream.
 //!
-//! CONTRACT SKELETON: the signatures and doc comments below are the API the rest
-//! of emonav calls; the bodies are being filled in.
+//! A small strict parser rather than a crate: emonav reads six line types and
+//! must name the offending line when it refuses an offer; the issue allowed
+//! either, and this keeps the error messages ours.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -99,8 +101,189 @@ pub struct SessionDescription {
 }
 
 /// Parse an SDP body.
-pub fn parse(_body: &str) -> Result<SessionDescription, SdpError> {
-    todo!()
+pub fn parse(body: &str) -> Result<SessionDescription, SdpError> {
+    let mut sd = SessionDescription {
+        session_id: 0,
+        session_version: 0,
+        connection: None,
+        direction: Direction::SendRecv,
+        media: Vec::new(),
+    };
+    let mut seen_v = false;
+    let mut seen_o = false;
+    for (n, raw) in body.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad =
+            |why: &str| SdpError::Malformed(format!("line {}: {why}: {:?}", n + 1, truncate(line)));
+        let (kind, value) = match line.as_bytes() {
+            [k, b'=', ..] if k.is_ascii_lowercase() => (*k, &line[2..]),
+            _ => return Err(bad("not <type>=<value>")),
+        };
+        if !seen_v && kind != b'v' {
+            return Err(bad("SDP must start with v="));
+        }
+        match kind {
+            b'v' if value.trim() == "0" => seen_v = true,
+            b'v' => return Err(bad("unsupported version")),
+            b'o' => {
+                let f: Vec<&str> = value.split_ascii_whitespace().collect();
+                if f.len() != 6 {
+                    return Err(bad("o= needs 6 fields"));
+                }
+                sd.session_id = f[1].parse().map_err(|_| bad("bad session id"))?;
+                sd.session_version = f[2].parse().map_err(|_| bad("bad session version"))?;
+                seen_o = true;
+            }
+            b'c' => {
+                let addr = parse_connection(value).ok_or_else(|| bad("bad connection address"))?;
+                match sd.media.last_mut() {
+                    Some(m) => m.connection = Some(addr),
+                    None => sd.connection = Some(addr),
+                }
+            }
+            b'm' => {
+                let f: Vec<&str> = value.split_ascii_whitespace().collect();
+                if f.len() < 4 {
+                    return Err(bad("m= needs media, port, proto and formats"));
+                }
+                // "port/count" is allowed by the grammar; we use the first port.
+                let port: u16 = f[1]
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad("bad port"))?;
+                let is_rtp = f[2].to_ascii_uppercase().starts_with("RTP/");
+                let mut formats = Vec::new();
+                if is_rtp {
+                    for pt in &f[3..] {
+                        let pt: u8 = pt
+                            .parse()
+                            .ok()
+                            .filter(|p| *p < 128)
+                            .ok_or_else(|| bad("bad payload type"))?;
+                        formats.push(pt);
+                    }
+                }
+                let rtpmaps = formats.iter().filter_map(|&pt| static_rtpmap(pt)).collect();
+                sd.media.push(Media {
+                    kind: f[0].to_string(),
+                    port,
+                    proto: f[2].to_string(),
+                    formats,
+                    rtpmaps,
+                    fmtps: Vec::new(),
+                    connection: None,
+                    direction: sd.direction,
+                    ptime: None,
+                });
+            }
+            b'a' => {
+                let (name, val) = value.split_once(':').unwrap_or((value, ""));
+                if let Some(dir) = direction(name) {
+                    match sd.media.last_mut() {
+                        Some(m) => m.direction = dir,
+                        None => sd.direction = dir,
+                    }
+                    continue;
+                }
+                let Some(m) = sd.media.last_mut() else {
+                    continue;
+                };
+                match name {
+                    "rtpmap" => {
+                        let map = parse_rtpmap(val).ok_or_else(|| bad("bad rtpmap"))?;
+                        m.rtpmaps.retain(|r| r.pt != map.pt);
+                        m.rtpmaps.push(map);
+                    }
+                    "fmtp" => {
+                        let (pt, params) = val.split_once(' ').unwrap_or((val, ""));
+                        let pt: u8 = pt.trim().parse().map_err(|_| bad("bad fmtp"))?;
+                        m.fmtps.push((pt, params.trim().to_string()));
+                    }
+                    "ptime" => m.ptime = val.trim().parse().ok(),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if !seen_v || !seen_o {
+        return Err(SdpError::Malformed("missing v= or o= line".into()));
+    }
+    Ok(sd)
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(60) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn parse_connection(value: &str) -> Option<IpAddr> {
+    let f: Vec<&str> = value.split_ascii_whitespace().collect();
+    let [net, kind, addr] = f.as_slice() else {
+        return None;
+    };
+    if *net != "IN" {
+        return None;
+    }
+    // Multicast TTL/count suffixes ("/127") are not for us but must parse.
+    let addr = addr.split('/').next()?;
+    match *kind {
+        "IP4" => addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+        "IP6" => addr.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
+        _ => None,
+    }
+}
+
+fn direction(name: &str) -> Option<Direction> {
+    match name {
+        "sendrecv" => Some(Direction::SendRecv),
+        "sendonly" => Some(Direction::SendOnly),
+        "recvonly" => Some(Direction::RecvOnly),
+        "inactive" => Some(Direction::Inactive),
+        _ => None,
+    }
+}
+
+fn static_rtpmap(pt: u8) -> Option<RtpMap> {
+    // RFC 3551 Table 4: the static audio types a PBX may list without rtpmap.
+    let (encoding, clock_rate) = match pt {
+        0 => ("PCMU", 8000),
+        3 => ("GSM", 8000),
+        4 => ("G723", 8000),
+        8 => ("PCMA", 8000),
+        9 => ("G722", 8000),
+        18 => ("G729", 8000),
+        _ => return None,
+    };
+    Some(RtpMap {
+        pt,
+        encoding: encoding.into(),
+        clock_rate,
+        channels: 1,
+    })
+}
+
+fn parse_rtpmap(val: &str) -> Option<RtpMap> {
+    let (pt, rest) = val.trim().split_once(' ')?;
+    let mut parts = rest.trim().split('/');
+    let encoding = parts.next()?.to_string();
+    let clock_rate = parts.next()?.parse().ok()?;
+    let channels = match parts.next() {
+        Some(c) => c.parse().ok()?,
+        None => 1,
+    };
+    Some(RtpMap {
+        pt: pt.parse().ok().filter(|p: &u8| *p < 128)?,
+        encoding,
+        clock_rate,
+        channels,
+    })
 }
 
 /// The outcome of negotiating an audio offer.
@@ -128,20 +311,270 @@ pub struct Negotiated {
     pub ptime: Option<u32>,
 }
 
+impl CodecName {
+    fn matches(self, map: &RtpMap) -> bool {
+        let (name, rate) = match self {
+            CodecName::Pcmu => ("PCMU", 8000),
+            CodecName::Pcma => ("PCMA", 8000),
+            CodecName::Opus => ("opus", 48000),
+        };
+        map.encoding.eq_ignore_ascii_case(name) && map.clock_rate == rate
+    }
+}
+
 /// Pick the first codec of `prefs` the offer contains (our preference order wins),
 /// accept telephone-event if offered.
-pub fn negotiate(_offer: &SessionDescription, _prefs: &[CodecName]) -> Result<Negotiated, SdpError> {
-    todo!()
+pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Negotiated, SdpError> {
+    let (media_index, m) = offer
+        .media
+        .iter()
+        .enumerate()
+        .find(|(_, m)| {
+            m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP")
+        })
+        .ok_or(SdpError::NoAudio)?;
+    let chosen = prefs.iter().find_map(|&c| {
+        m.formats
+            .iter()
+            .filter_map(|pt| m.rtpmaps.iter().find(|r| r.pt == *pt))
+            .find(|r| c.matches(r))
+            .map(|r| (c, r))
+    });
+    let Some((codec, map)) = chosen else {
+        let offered = m
+            .formats
+            .iter()
+            .map(|pt| match m.rtpmaps.iter().find(|r| r.pt == *pt) {
+                Some(r) => format!("{}/{}", r.encoding, r.clock_rate),
+                None => pt.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(SdpError::NoCommonCodec { offered });
+    };
+    let events: Vec<&RtpMap> = m
+        .formats
+        .iter()
+        .filter_map(|pt| m.rtpmaps.iter().find(|r| r.pt == *pt))
+        .filter(|r| r.encoding.eq_ignore_ascii_case("telephone-event"))
+        .collect();
+    let telephone_event_pt = events
+        .iter()
+        .find(|r| r.clock_rate == map.clock_rate)
+        .or_else(|| events.iter().find(|r| r.clock_rate == 8000))
+        .or(events.first())
+        .map(|r| r.pt);
+    let ip = m
+        .connection
+        .or(offer.connection)
+        .ok_or_else(|| SdpError::Malformed("no c= line for the audio stream".into()))?;
+    let direction = match m.direction {
+        Direction::SendRecv => Direction::SendRecv,
+        Direction::SendOnly => Direction::RecvOnly,
+        Direction::RecvOnly => Direction::SendOnly,
+        Direction::Inactive => Direction::Inactive,
+    };
+    Ok(Negotiated {
+        media_index,
+        codec,
+        pt: map.pt,
+        clock_rate: map.clock_rate,
+        channels: map.channels,
+        fmtp: m
+            .fmtps
+            .iter()
+            .find(|(pt, _)| *pt == map.pt)
+            .map(|(_, f)| f.clone()),
+        telephone_event_pt,
+        remote_rtp: SocketAddr::new(ip, m.port),
+        direction,
+        ptime: m.ptime,
+    })
 }
 
 /// Build the SDP answer (RFC 3264 §6): same number of m= lines as the offer,
 /// non-audio and extra audio streams rejected with port 0, our RTP address in c=/m=.
 pub fn answer(
-    _offer: &SessionDescription,
-    _neg: &Negotiated,
-    _local_rtp: SocketAddr,
-    _session_id: u64,
-    _session_version: u64,
+    offer: &SessionDescription,
+    neg: &Negotiated,
+    local_rtp: SocketAddr,
+    session_id: u64,
+    session_version: u64,
 ) -> String {
-    todo!()
+    use std::fmt::Write;
+    let (family, addr) = match local_rtp.ip() {
+        IpAddr::V4(ip) => ("IP4", ip.to_string()),
+        IpAddr::V6(ip) => ("IP6", ip.to_string()),
+    };
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "v=0\r\no=emonav {session_id} {session_version} IN {family} {addr}\r\ns=emonav\r\nc=IN {family} {addr}\r\nt=0 0\r\n"
+    );
+    for (i, m) in offer.media.iter().enumerate() {
+        if i != neg.media_index {
+            let first = m.formats.first().map_or("0".to_string(), |f| f.to_string());
+            let _ = write!(s, "m={} 0 {} {first}\r\n", m.kind, m.proto);
+            continue;
+        }
+        let _ = write!(s, "m=audio {} {} {}", local_rtp.port(), m.proto, neg.pt);
+        if let Some(ev) = neg.telephone_event_pt {
+            let _ = write!(s, " {ev}");
+        }
+        s.push_str("\r\n");
+        let (name, rate) = match neg.codec {
+            CodecName::Pcmu => ("PCMU", "8000"),
+            CodecName::Pcma => ("PCMA", "8000"),
+            CodecName::Opus => ("opus", "48000/2"),
+        };
+        let _ = write!(s, "a=rtpmap:{} {name}/{rate}\r\n", neg.pt);
+        if let Some(f) = &neg.fmtp {
+            let _ = write!(s, "a=fmtp:{} {f}\r\n", neg.pt);
+        }
+        if let Some(ev) = neg.telephone_event_pt {
+            let rate = m
+                .rtpmaps
+                .iter()
+                .find(|r| r.pt == ev)
+                .map_or(8000, |r| r.clock_rate);
+            let _ = write!(
+                s,
+                "a=rtpmap:{ev} telephone-event/{rate}\r\na=fmtp:{ev} 0-16\r\n"
+            );
+        }
+        if let Some(p) = neg.ptime {
+            let _ = write!(s, "a=ptime:{p}\r\n");
+        }
+        let dir = match neg.direction {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        };
+        let _ = write!(s, "a={dir}\r\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFS: [CodecName; 2] = [CodecName::Pcmu, CodecName::Pcma];
+
+    fn offer(m: &str) -> String {
+        format!("v=0\r\no=- 42 7 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n{m}")
+    }
+
+    #[test]
+    fn asterisk_style_offer_picks_our_preference_and_telephone_event() {
+        // Offerer prefers PCMA; our order (PCMU first) wins, RFC 3264 §6.1 allows it.
+        let sd = parse(&offer(
+            "m=audio 10000 RTP/AVP 8 0 3 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+        ))
+        .unwrap();
+        let n = negotiate(&sd, &PREFS).unwrap();
+        assert_eq!(
+            (n.codec, n.pt, n.telephone_event_pt),
+            (CodecName::Pcmu, 0, Some(101))
+        );
+        assert_eq!(n.remote_rtp, "192.0.2.1:10000".parse().unwrap());
+        let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
+        assert!(a.contains("m=audio 20000 RTP/AVP 0 101\r\n"), "{a}");
+        assert!(a.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+        assert!(a.contains("a=ptime:20\r\n"));
+        let back = parse(&a).unwrap();
+        assert_eq!(back.media[0].formats, [0, 101]);
+    }
+
+    #[test]
+    fn static_payload_types_need_no_rtpmap_and_lf_only_is_accepted() {
+        let sd = parse(
+            "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP 8\n",
+        )
+        .unwrap();
+        assert_eq!(negotiate(&sd, &PREFS).unwrap().codec, CodecName::Pcma);
+    }
+
+    #[test]
+    fn audio_and_video_answer_rejects_video_with_port_zero() {
+        let sd = parse(&offer(
+            "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5002 RTP/AVP 0\r\nc=IN IP6 2001:db8::5\r\n",
+        ))
+        .unwrap();
+        let n = negotiate(&sd, &PREFS).unwrap();
+        assert_eq!(n.media_index, 1);
+        assert_eq!(n.remote_rtp, "[2001:db8::5]:5002".parse().unwrap());
+        let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
+        let m: Vec<&str> = a.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(m, ["m=video 0 RTP/AVP 96", "m=audio 20000 RTP/AVP 0"]);
+    }
+
+    #[test]
+    fn hold_offer_is_answered_recvonly() {
+        let sd = parse(&offer("m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n")).unwrap();
+        assert_eq!(
+            negotiate(&sd, &PREFS).unwrap().direction,
+            Direction::RecvOnly
+        );
+    }
+
+    #[test]
+    fn g729_only_is_no_common_codec() {
+        let sd = parse(&offer(
+            "m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n",
+        ))
+        .unwrap();
+        match negotiate(&sd, &PREFS) {
+            Err(SdpError::NoCommonCodec { offered }) => assert_eq!(offered, "G729/8000"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_audio_and_disabled_audio() {
+        let sd = parse(&offer("m=video 4000 RTP/AVP 96\r\n")).unwrap();
+        assert_eq!(negotiate(&sd, &PREFS), Err(SdpError::NoAudio));
+        let sd = parse(&offer("m=audio 0 RTP/AVP 0\r\n")).unwrap();
+        assert_eq!(negotiate(&sd, &PREFS), Err(SdpError::NoAudio));
+    }
+
+    #[test]
+    fn malformed_lines_are_named() {
+        for (body, needle) in [
+            ("", "missing"),
+            ("o=- 1 1 IN IP4 1.2.3.4\r\n", "v="),
+            ("v=0\r\no=- x 1 IN IP4 h\r\n", "line 2"),
+            (
+                "v=0\r\no=- 1 1 IN IP4 h\r\nc=IN IP4 999.1.1.1\r\n",
+                "connection",
+            ),
+            ("v=0\r\no=- 1 1 IN IP4 h\r\nm=audio x RTP/AVP 0\r\n", "port"),
+            ("v=0\r\nthis is not sdp\r\n", "line 2"),
+        ] {
+            let e = parse(body).unwrap_err().to_string();
+            assert!(e.contains(needle), "{body:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let base = offer("m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+            .into_bytes();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..5000 {
+            let mut b = base.clone();
+            for _ in 0..rng.usize(1..8) {
+                let i = rng.usize(..b.len());
+                b[i] = rng.u8(..);
+            }
+            b.truncate(rng.usize(..=b.len()));
+            if let Ok(s) = std::str::from_utf8(&b) {
+                if let Ok(sd) = parse(s) {
+                    let _ = negotiate(&sd, &PREFS);
+                }
+            }
+        }
+    }
 }

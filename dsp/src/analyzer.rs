@@ -1,0 +1,271 @@
+//! The streaming front end a call uses: PCM in, 10 ms frames out, features and
+//! estimate kept current. Planned once; `push` never allocates.
+
+use crate::estimator::{EmotionEstimator, Estimate, HeuristicArousal};
+use crate::features::{semitones, FrameFeatures, Functionals};
+use crate::pitch::PitchTracker;
+
+/// Energy below which a frame is never speech (dBFS).
+const SPEECH_MIN_DB: f32 = -55.0;
+/// Energy above the noise floor that makes a frame a speech candidate (dB).
+const SPEECH_ABOVE_FLOOR_DB: f32 = 9.0;
+/// How far speech may extend around voiced frames (frames): consonants and
+/// soft endings belong to the speech they sit in.
+const HANGOVER_FRAMES: u8 = 15;
+/// Noise floor rise per unvoiced frame (dB): fast enough to learn steady line
+/// noise in about a second, and frozen while voiced so speech cannot lift it.
+const FLOOR_RISE_DB: f32 = 0.3;
+
+/// Streaming analyser for one call.
+pub struct Analyzer {
+    hop: usize,
+    energy_len: usize,
+    /// The last `pitch.frame_len()` samples, oldest first.
+    window: Vec<f32>,
+    /// Samples of the current hop already in `window`'s tail.
+    filled: usize,
+    pitch: PitchTracker,
+    frame: FrameFeatures,
+    functionals: Functionals,
+    estimator: Box<dyn EmotionEstimator>,
+    noise_floor_db: f32,
+    hangover: u8,
+    /// Energetic frames waiting for a voiced frame to confirm them as speech.
+    pending_speech: u8,
+}
+
+impl Analyzer {
+    /// A new analyser for mono PCM at `sample_rate` (8000 or 16000) with the heuristic estimator.
+    pub fn new(sample_rate: u32) -> Self {
+        Self::with_estimator(sample_rate, Box::new(HeuristicArousal))
+    }
+
+    /// A new analyser using `estimator`.
+    pub fn with_estimator(sample_rate: u32, estimator: Box<dyn EmotionEstimator>) -> Self {
+        assert!(
+            sample_rate == 8000 || sample_rate == 16000,
+            "emonav-dsp analyses 8 or 16 kHz audio"
+        );
+        let hop = sample_rate as usize / 100;
+        let pitch = PitchTracker::new(sample_rate, sample_rate as usize * 40 / 1000);
+        Self {
+            hop,
+            energy_len: sample_rate as usize * 25 / 1000,
+            window: vec![0.0; pitch.frame_len()],
+            filled: 0,
+            pitch,
+            frame: FrameFeatures::default(),
+            functionals: Functionals::default(),
+            estimator,
+            noise_floor_db: -60.0,
+            hangover: 0,
+            pending_speech: 0,
+        }
+    }
+
+    /// Push decoded PCM; processes every complete 10 ms frame, keeps the rest.
+    pub fn push(&mut self, pcm: &[i16]) {
+        let tail = self.window.len() - self.hop;
+        for &s in pcm {
+            self.window[tail + self.filled] = s as f32 / 32768.0;
+            self.filled += 1;
+            if self.filled == self.hop {
+                self.process_frame();
+                self.window.copy_within(self.hop.., 0);
+                self.filled = 0;
+            }
+        }
+    }
+
+    fn process_frame(&mut self) {
+        let n = self.window.len();
+        let recent = &self.window[n - self.energy_len..];
+        let mean = recent.iter().sum::<f32>() / recent.len() as f32;
+        let power =
+            recent.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / recent.len() as f32;
+        // +3 dB: a full-scale sine reads 0 dBFS.
+        let energy_db = 10.0 * (power.max(1e-12)).log10() + 3.01;
+        let diff = recent
+            .windows(2)
+            .map(|w| (w[1] - w[0]) * (w[1] - w[0]))
+            .sum::<f32>()
+            / (recent.len() - 1) as f32;
+        let hf_ratio_db = 10.0 * (diff.max(1e-12) / power.max(1e-12)).log10();
+
+        // Until the pitch window has filled once, its start is zero padding.
+        let primed = (self.functionals.frames as usize + 1) * self.hop >= n;
+        let energetic = primed
+            && energy_db > SPEECH_MIN_DB
+            && energy_db > self.noise_floor_db + SPEECH_ABOVE_FLOOR_DB;
+        let pitch = if energetic {
+            let mean_all = self.window.iter().sum::<f32>() / n as f32;
+            // Remove DC in place: the window is shifted after this frame anyway,
+            // and the offset is constant over it.
+            for v in self.window.iter_mut() {
+                *v -= mean_all;
+            }
+            self.pitch.process(&self.window)
+        } else {
+            Default::default()
+        };
+        if energy_db < self.noise_floor_db {
+            self.noise_floor_db = energy_db.max(-90.0);
+        } else if !pitch.voiced {
+            self.noise_floor_db += FLOOR_RISE_DB;
+        }
+        let voiced = energetic && pitch.voiced;
+        if voiced {
+            self.hangover = HANGOVER_FRAMES;
+        }
+        let speech = energetic && (voiced || self.hangover > 0);
+        self.hangover = self.hangover.saturating_sub(1);
+        // Energetic frames just before the first voiced frame of a word are
+        // speech too; count them when the voicing confirms them.
+        let confirmed = if voiced { self.pending_speech } else { 0 };
+        self.pending_speech = if energetic && !speech {
+            self.pending_speech.saturating_add(1).min(HANGOVER_FRAMES)
+        } else {
+            0
+        };
+        self.frame = FrameFeatures {
+            energy_db,
+            speech,
+            voiced,
+            f0_hz: if voiced { pitch.f0_hz } else { 0.0 },
+            f0_semitones: if voiced { semitones(pitch.f0_hz) } else { 0.0 },
+            hf_ratio_db,
+            noise_floor_db: self.noise_floor_db,
+        };
+        self.functionals.update(&self.frame);
+        self.functionals.speech_frames += confirmed as u32;
+        self.estimator.update(&self.frame, &self.functionals);
+    }
+
+    /// The estimate so far.
+    pub fn estimate(&self) -> Estimate {
+        self.estimator.estimate(&self.functionals)
+    }
+
+    /// Milliseconds of audio processed.
+    pub fn audio_ms(&self) -> u32 {
+        self.functionals.frames * 10
+    }
+
+    /// The latest frame's descriptors.
+    pub fn frame(&self) -> &FrameFeatures {
+        &self.frame
+    }
+
+    /// The running functionals.
+    pub fn functionals(&self) -> &Functionals {
+        &self.functionals
+    }
+}
+
+/// Estimates over a whole recording, every 500 ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Functionals over the whole recording.
+    pub functionals: Functionals,
+    /// `(ms of audio, estimate)` every 500 ms and at the end.
+    pub timeline: Vec<(u32, Estimate)>,
+}
+
+/// Run the streaming analyser over a whole recording (the batch entry point).
+pub fn analyze_pcm(sample_rate: u32, pcm: &[i16]) -> Report {
+    let mut a = Analyzer::new(sample_rate);
+    let step = sample_rate as usize / 2;
+    let mut timeline = Vec::new();
+    for chunk in pcm.chunks(step) {
+        a.push(chunk);
+        timeline.push((a.audio_ms(), a.estimate()));
+    }
+    Report {
+        functionals: a.functionals,
+        timeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(rate: u32, f: f32, amp: f32, secs: f32) -> Vec<i16> {
+        (0..(rate as f32 * secs) as usize)
+            .map(|i| {
+                (amp * 32767.0 * (2.0 * std::f32::consts::PI * f * i as f32 / rate as f32).sin())
+                    as i16
+            })
+            .collect()
+    }
+
+    fn noise(amp: f32, n: usize, seed: u64) -> Vec<i16> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..n)
+            .map(|_| ((rng.f32() * 2.0 - 1.0) * amp * 32767.0) as i16)
+            .collect()
+    }
+
+    #[test]
+    fn silence_has_no_speech_and_no_confidence() {
+        let mut a = Analyzer::new(8000);
+        a.push(&vec![0i16; 16000]);
+        assert_eq!(a.audio_ms(), 2000);
+        assert_eq!(a.estimate(), Estimate::default());
+    }
+
+    #[test]
+    fn a_200_hz_tone_is_voiced_at_200_hz() {
+        for rate in [8000, 16000] {
+            let mut a = Analyzer::new(rate);
+            a.push(&tone(rate, 200.0, 0.3, 1.0));
+            let f = a.frame();
+            assert!(f.voiced && f.speech, "{f:?}");
+            assert!((f.f0_hz - 200.0).abs() < 2.0, "{}", f.f0_hz);
+            assert!(
+                (f.energy_db - 20.0 * 0.3f32.log10()).abs() < 0.5,
+                "{}",
+                f.energy_db
+            );
+        }
+    }
+
+    #[test]
+    fn steady_line_noise_is_not_speech_but_a_voice_over_it_is() {
+        let mut a = Analyzer::new(8000);
+        a.push(&noise(0.01, 24000, 5));
+        assert_eq!(a.functionals().speech_frames, 0, "noise alone");
+        let mut voice = tone(8000, 150.0, 0.2, 1.0);
+        for (v, n) in voice.iter_mut().zip(noise(0.01, 8000, 6)) {
+            *v = v.saturating_add(n);
+        }
+        a.push(&voice);
+        assert!(
+            a.functionals().speech_ms() >= 900,
+            "{}",
+            a.functionals().speech_ms()
+        );
+    }
+
+    #[test]
+    fn loud_high_voice_scores_above_quiet_low_voice() {
+        let quiet_low: Vec<i16> = tone(8000, 100.0, 0.03, 2.0);
+        let loud_high: Vec<i16> = tone(8000, 300.0, 0.5, 2.0);
+        let lo = analyze_pcm(8000, &quiet_low).timeline.last().unwrap().1;
+        let hi = analyze_pcm(8000, &loud_high).timeline.last().unwrap().1;
+        assert!(lo.arousal < 0.4 && hi.arousal > 0.6, "{lo:?} {hi:?}");
+        assert!(lo.confidence > 0.2 && hi.confidence > 0.2);
+    }
+
+    #[test]
+    fn frames_are_cut_the_same_whatever_the_packet_size() {
+        let x = tone(8000, 180.0, 0.2, 1.0);
+        let mut a = Analyzer::new(8000);
+        let mut b = Analyzer::new(8000);
+        a.push(&x);
+        for c in x.chunks(77) {
+            b.push(c);
+        }
+        assert_eq!(a.functionals(), b.functionals());
+    }
+}

@@ -1,0 +1,178 @@
+//! Fundamental frequency by the normalised cross-correlation function (NCCF,
+//! as in RAPT, Talkin 1995): for each lag the correlation of the frame with
+//! itself shifted, normalised by both segments' energies, over a fixed
+//! integration length so that every lag is judged on equal terms. The best
+//! peak, preferring the shortest lag within 10 % of it (which avoids the
+//! octave-down errors of plain autocorrelation), refined by parabolic
+//! interpolation. Works on telephone audio where the fundamental itself is
+//! filtered out: the period is still in the harmonics.
+
+/// Lowest F0 searched (Hz).
+pub const F0_MIN: f32 = 60.0;
+/// Highest F0 searched (Hz).
+pub const F0_MAX: f32 = 500.0;
+/// NCCF peak needed to call a frame voiced.
+pub const VOICING_THRESHOLD: f32 = 0.55;
+
+/// A planned pitch tracker for one sample rate; no allocation after `new`.
+#[derive(Debug, Clone)]
+pub struct PitchTracker {
+    rate: f32,
+    min_lag: usize,
+    max_lag: usize,
+    /// Samples correlated at every lag.
+    span: usize,
+    nccf: Vec<f32>,
+}
+
+/// One frame's pitch.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Pitch {
+    /// F0 in Hz (0 when unvoiced).
+    pub f0_hz: f32,
+    /// NCCF peak in [-1, 1]: the voicing strength.
+    pub strength: f32,
+    /// Whether the frame is voiced.
+    pub voiced: bool,
+}
+
+impl PitchTracker {
+    /// Plan for `rate` Hz and frames of `frame_len` samples (at least 2 periods of `F0_MIN`).
+    pub fn new(rate: u32, frame_len: usize) -> Self {
+        let min_lag = (rate as f32 / F0_MAX).floor() as usize;
+        let max_lag = (rate as f32 / F0_MIN).ceil() as usize;
+        assert!(
+            frame_len > max_lag + min_lag,
+            "frame too short for the F0 range"
+        );
+        Self {
+            rate: rate as f32,
+            min_lag,
+            max_lag,
+            span: frame_len - max_lag - 1,
+            nccf: vec![0.0; max_lag + 2],
+        }
+    }
+
+    /// Samples a frame must hold.
+    pub fn frame_len(&self) -> usize {
+        self.span + self.max_lag + 1
+    }
+
+    /// Estimate the pitch of `x` (DC removed by the caller), `x.len() >= frame_len()`.
+    pub fn process(&mut self, x: &[f32]) -> Pitch {
+        let n = self.span;
+        let e0: f32 = x[..n].iter().map(|v| v * v).sum();
+        if e0 <= f32::EPSILON {
+            return Pitch::default();
+        }
+        // Energy of the shifted segment, updated incrementally across lags.
+        let mut el: f32 = x[self.min_lag..self.min_lag + n]
+            .iter()
+            .map(|v| v * v)
+            .sum();
+        let mut best = (0usize, f32::MIN);
+        for lag in self.min_lag..=self.max_lag {
+            let dot: f32 = x[..n]
+                .iter()
+                .zip(&x[lag..lag + n])
+                .map(|(a, b)| a * b)
+                .sum();
+            let v = dot / (e0 * el).sqrt().max(f32::EPSILON);
+            self.nccf[lag] = v;
+            if v > best.1 {
+                best = (lag, v);
+            }
+            el += x[lag + n] * x[lag + n] - x[lag] * x[lag];
+            el = el.max(0.0);
+        }
+        if best.1 < VOICING_THRESHOLD {
+            return Pitch {
+                f0_hz: 0.0,
+                strength: best.1,
+                voiced: false,
+            };
+        }
+        // Shortest lag at a local peak within 10 % of the best one.
+        let lag = (self.min_lag + 1..self.max_lag)
+            .find(|&l| {
+                let v = self.nccf[l];
+                v >= 0.9 * best.1 && v >= self.nccf[l - 1] && v >= self.nccf[l + 1]
+            })
+            .unwrap_or(best.0);
+        let refined = if lag > self.min_lag && lag < self.max_lag {
+            let (a, b, c) = (self.nccf[lag - 1], self.nccf[lag], self.nccf[lag + 1]);
+            let denom = a - 2.0 * b + c;
+            if denom.abs() > f32::EPSILON {
+                lag as f32 + (0.5 * (a - c) / denom).clamp(-0.5, 0.5)
+            } else {
+                lag as f32
+            }
+        } else {
+            lag as f32
+        };
+        Pitch {
+            f0_hz: self.rate / refined,
+            strength: self.nccf[lag],
+            voiced: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(rate: u32, f: f32, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (2.0 * std::f32::consts::PI * f * i as f32 / rate as f32).sin())
+            .collect()
+    }
+
+    #[test]
+    fn pure_tones_at_8_and_16_khz() {
+        for rate in [8000, 16000] {
+            let len = rate as usize * 40 / 1000;
+            let mut p = PitchTracker::new(rate, len);
+            for f in [80.0, 120.0, 200.0, 310.0, 450.0] {
+                let r = p.process(&tone(rate, f, len));
+                assert!(r.voiced, "{f} Hz at {rate}");
+                assert!(
+                    (r.f0_hz - f).abs() < 2.0,
+                    "{f} Hz at {rate}: got {}",
+                    r.f0_hz
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn missing_fundamental_pulse_train() {
+        // Harmonics 3..8 of 150 Hz only, as after a 300-3400 Hz telephone filter.
+        let (rate, len) = (8000, 320);
+        let x: Vec<f32> = (0..len)
+            .map(|i| {
+                (3..=8)
+                    .map(|h| {
+                        (2.0 * std::f32::consts::PI * 150.0 * h as f32 * i as f32 / 8000.0).sin()
+                    })
+                    .sum()
+            })
+            .collect();
+        let r = PitchTracker::new(rate, len).process(&x);
+        assert!(r.voiced && (r.f0_hz - 150.0).abs() < 2.0, "{r:?}");
+    }
+
+    #[test]
+    fn white_noise_is_unvoiced() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut p = PitchTracker::new(8000, 320);
+        let voiced = (0..50)
+            .filter(|_| {
+                let x: Vec<f32> = (0..320).map(|_| rng.f32() - 0.5).collect();
+                p.process(&x).voiced
+            })
+            .count();
+        assert!(voiced <= 2, "{voiced} of 50 noise frames voiced");
+    }
+}

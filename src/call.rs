@@ -1,0 +1,950 @@
+//! One answered call, from INVITE to the end of the transfer, as a sans-IO
+//! state machine: `handle_request`/`handle_response`/`handle_rtp` with `now`,
+//! `poll_output` for datagrams to send and the final event, `poll_timeout` for
+//! the next instant it must be woken. The tokio edge owns the sockets.
+//!
+//! Flow (RFC 3261 §13.3, RFC 3264, RFC 3515, RFC 5589): 100 Trying → 200 OK
+//! with the SDP answer (retransmitted until ACK) → RTP decoded and analysed →
+//! decision by policy → REFER → NOTIFY sipfrag → BYE. On a failed transfer the
+//! profile's fallback applies: the caller is never silently dropped.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use emonav_dsp::{Analyzer, Estimate};
+use serde::Serialize;
+
+use crate::config::{Fallback, Profile};
+use crate::media::rtp::{RtpEvent, RtpReceiver, RtpStats};
+use crate::policy::{Decision, Policy, Reason};
+use crate::sdp::{self, CodecName, SdpError};
+use crate::sip::dialog::{response_destination, Dialog, DialogError};
+use crate::sip::message::{Method, Request, Response, Uri, Via};
+use crate::sip::refer::{self, NotifyError, ReferNotify};
+use crate::sip::transaction::{Action, ClientNonInvite, ServerInvite, Timers};
+
+/// Methods we answer, for `Allow` (RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY";
+/// Bodies we understand, for `Accept`.
+pub const ACCEPT: &str = "application/sdp, message/sipfrag";
+
+/// Largest RTP payload decoded per packet (G.711 at 120 ms ptime is 960 bytes).
+const MAX_SAMPLES: usize = 2048;
+
+/// How long a call that ended keeps answering stray in-dialog requests.
+const LINGER: Duration = Duration::from_secs(32);
+
+/// Settings shared by every call, derived once from the profile.
+#[derive(Debug)]
+pub struct CallSettings {
+    /// Transaction timers.
+    pub timers: Timers,
+    /// Delay before answering.
+    pub answer_delay: Duration,
+    /// Codec preference.
+    pub codecs: Vec<CodecName>,
+    /// Routing policy.
+    pub policy: Policy,
+    /// Deadline for a decision after the first audio.
+    pub deadline: Duration,
+    /// Wait for a final NOTIFY after sending REFER.
+    pub notify_timeout: Duration,
+    /// What to do when a transfer fails.
+    pub fallback: Fallback,
+    /// End the call after this long without RTP (`None`: never).
+    pub rtp_timeout: Option<Duration>,
+    /// Our sent-by for Via (advertised address and SIP port).
+    pub sip_addr: SocketAddr,
+    /// Our Contact URI.
+    pub contact: Uri,
+    /// `Server`/`User-Agent` value.
+    pub user_agent: String,
+}
+
+impl CallSettings {
+    /// Derive from a profile; `sip_port` is the port actually bound.
+    pub fn from_profile(p: &Profile, sip_port: u16) -> Self {
+        let sip_addr = SocketAddr::new(p.advertised_ip(), sip_port);
+        let host = match sip_addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let contact = Uri::parse(&format!("sip:{}@{host}:{sip_port}", p.sip.user))
+            .expect("contact built from a validated profile");
+        Self {
+            timers: Timers {
+                t1: p.t1(),
+                t2: p.t2(),
+                ..Timers::default()
+            },
+            answer_delay: Duration::from_millis(p.sip.answer_delay_ms),
+            codecs: p.media.codecs.clone(),
+            policy: p.policy.clone(),
+            deadline: Duration::from_millis(p.policy.decision_deadline_ms),
+            notify_timeout: Duration::from_millis(p.transfer.notify_timeout_ms),
+            fallback: p.transfer.fallback,
+            rtp_timeout: (p.media.rtp_timeout_ms > 0)
+                .then(|| Duration::from_millis(p.media.rtp_timeout_ms)),
+            sip_addr,
+            contact,
+            user_agent: p.sip.user_agent.clone(),
+        }
+    }
+
+    fn via(&self) -> Via {
+        let host = match self.sip_addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let mut via = Via {
+            transport: "UDP".into(),
+            host,
+            port: Some(self.sip_addr.port()),
+            params: Default::default(),
+        };
+        via.params.set(
+            "branch",
+            Some(&format!("z9hG4bK{:016x}", fastrand::u64(..))),
+        );
+        via.params.set("rport", None);
+        via
+    }
+}
+
+/// What the call wants the edge to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a SIP datagram.
+    Send {
+        /// Destination.
+        dest: SocketAddr,
+        /// Serialised message.
+        data: Vec<u8>,
+    },
+    /// The call is over: log this record. The call keeps answering stray
+    /// requests until [`Call::is_finished`].
+    Ended(Box<CallRecord>),
+}
+
+/// How the transfer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still in progress (never in a final record).
+    Pending,
+    /// The transfer target answered (final 2xx sipfrag).
+    Transferred,
+    /// The first target failed; the fallback to the default queue succeeded.
+    TransferredToFallback,
+    /// Every attempt failed; we hung up politely.
+    Failed,
+    /// The caller hung up before the transfer completed.
+    CallerHangup,
+    /// The caller cancelled before we answered.
+    Cancelled,
+    /// The INVITE was refused (no common codec, bad SDP).
+    Rejected,
+    /// No ACK for our 200 OK (RFC 3261 §13.3.1.4): we sent BYE.
+    NoAck,
+}
+
+/// One transfer attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferAttempt {
+    /// Refer-To target.
+    pub target: String,
+    /// Final response to the REFER (None = timed out).
+    pub response: Option<u16>,
+    /// Last sipfrag status in a NOTIFY.
+    pub notify_status: Option<u16>,
+}
+
+/// The structured line written when a call ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    /// Always `"call_end"`.
+    pub event: &'static str,
+    /// Call-ID.
+    pub call_id: String,
+    /// From header of the INVITE.
+    pub from: String,
+    /// To header of the INVITE.
+    pub to: String,
+    /// Unix time the INVITE arrived, ms.
+    pub started_unix_ms: u64,
+    /// INVITE to end, ms.
+    pub duration_ms: u64,
+    /// Negotiated codec.
+    pub codec: Option<CodecName>,
+    /// RTP counters.
+    pub rtp: RtpStats,
+    /// Audio decoded and analysed, ms.
+    pub audio_ms: u32,
+    /// Speech heard before the decision, ms.
+    pub speech_ms: u32,
+    /// Arousal at the decision.
+    pub arousal: Option<f32>,
+    /// Confidence at the decision.
+    pub confidence: Option<f32>,
+    /// Emotion label of the matching rule.
+    pub emotion: Option<String>,
+    /// Chosen queue.
+    pub queue: Option<String>,
+    /// Why the decision was taken when it was.
+    pub decision_reason: Option<Reason>,
+    /// High-risk flag.
+    pub flagged: bool,
+    /// 200 OK sent to first REFER sent, ms.
+    pub answer_to_refer_ms: Option<u64>,
+    /// First audio to decision, ms.
+    pub first_audio_to_decision_ms: Option<u64>,
+    /// Transfer attempts in order.
+    pub refer_attempts: Vec<ReferAttempt>,
+    /// Outcome.
+    pub outcome: Outcome,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// INVITE received, not answered yet.
+    Offered { answer_at: Instant },
+    /// 200 OK sent; listening until a decision.
+    Listening,
+    /// REFER sent; waiting for its response and the final NOTIFY.
+    Transferring { deadline: Instant },
+    /// We sent BYE; waiting for its response.
+    HangingUp,
+    /// Over; answering strays until `until`.
+    Lingering { until: Instant },
+    /// Nothing left to do.
+    Finished,
+}
+
+#[derive(Debug)]
+struct OutgoingTx {
+    tx: ClientNonInvite,
+    method: Method,
+    branch: String,
+    cseq: u32,
+    data: Vec<u8>,
+    dest: SocketAddr,
+}
+
+struct Media {
+    rtp: RtpReceiver,
+    codec: CodecName,
+    analyzer: Analyzer,
+    pcm: Box<[i16; MAX_SAMPLES]>,
+    first_audio: Option<Instant>,
+    last_packet: Option<Instant>,
+}
+
+/// A call.
+pub struct Call {
+    s: Arc<CallSettings>,
+    invite: Request,
+    invite_branch: String,
+    response_dest: SocketAddr,
+    source: SocketAddr,
+    dialog: Dialog,
+    server_tx: ServerInvite,
+    /// Last response to the INVITE, resent on INVITE retransmissions and by Timer G.
+    invite_response: Vec<u8>,
+    answer_sdp: Option<String>,
+    media: Option<Media>,
+    phase: Phase,
+    answered_at: Option<Instant>,
+    started: Instant,
+    decision: Option<Decision>,
+    client_tx: Option<OutgoingTx>,
+    /// CSeq of the REFER whose subscription we follow.
+    refer_cseq: Option<u32>,
+    caller_hung_up: bool,
+    outputs: VecDeque<Output>,
+    record: CallRecord,
+}
+
+impl Call {
+    /// Start a call for a new INVITE from `source`; `local_rtp` is the RTP
+    /// socket's advertised address. Queues `100 Trying`, and `200 OK` (or
+    /// `488`/`400`) when due. An INVITE that cannot start a dialog (no From
+    /// tag, no Call-ID…) is refused with the reason, for a stateless `400`.
+    pub fn new(
+        s: Arc<CallSettings>,
+        invite: Request,
+        source: SocketAddr,
+        local_rtp: SocketAddr,
+        now: Instant,
+    ) -> Result<Call, DialogError> {
+        let local_tag = format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
+        let via = invite.top_via();
+        let response_dest = via
+            .as_ref()
+            .map(|v| response_destination(v, source))
+            .unwrap_or(source);
+        let invite_branch = via
+            .as_ref()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let header = |name: &str| invite.headers.get(name).unwrap_or("").to_string();
+        let record = CallRecord {
+            event: "call_end",
+            call_id: header("Call-ID"),
+            from: header("From"),
+            to: header("To"),
+            started_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            duration_ms: 0,
+            codec: None,
+            rtp: RtpStats::default(),
+            audio_ms: 0,
+            speech_ms: 0,
+            arousal: None,
+            confidence: None,
+            emotion: None,
+            queue: None,
+            decision_reason: None,
+            flagged: false,
+            answer_to_refer_ms: None,
+            first_audio_to_decision_ms: None,
+            refer_attempts: Vec::new(),
+            outcome: Outcome::Pending,
+        };
+        let timers = s.timers;
+        let dialog = Dialog::from_invite(&invite, &local_tag)?;
+        let mut call = Call {
+            answer_sdp: None,
+            media: None,
+            phase: Phase::Offered {
+                answer_at: now + s.answer_delay,
+            },
+            answered_at: None,
+            started: now,
+            decision: None,
+            client_tx: None,
+            refer_cseq: None,
+            caller_hung_up: false,
+            outputs: VecDeque::new(),
+            record,
+            server_tx: ServerInvite::new(timers),
+            invite_response: Vec::new(),
+            dialog,
+            s,
+            invite,
+            invite_branch,
+            response_dest,
+            source,
+        };
+        match call.prepare_media(local_rtp) {
+            Ok(()) => {
+                let trying = call.invite_response(100, "Trying", false);
+                call.send_invite_response(trying);
+                if call.s.answer_delay.is_zero() {
+                    call.answer(now);
+                }
+            }
+            Err(SdpError::NoCommonCodec { offered }) => {
+                tracing::info!(call_id = %call.dialog.call_id, %offered, "no common codec");
+                call.reject(488, "Not Acceptable Here", now);
+            }
+            Err(e) => {
+                tracing::info!(call_id = %call.dialog.call_id, error = %e, "unusable SDP offer");
+                let code = if matches!(e, SdpError::Malformed(_)) {
+                    400
+                } else {
+                    488
+                };
+                let reason = if code == 400 {
+                    "Bad Request (malformed SDP)"
+                } else {
+                    "Not Acceptable Here"
+                };
+                call.reject(code, reason, now);
+            }
+        }
+        Ok(call)
+    }
+
+    fn prepare_media(&mut self, local_rtp: SocketAddr) -> Result<(), SdpError> {
+        let body = std::str::from_utf8(&self.invite.body)
+            .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))?;
+        if body.trim().is_empty() {
+            // Offerless INVITE (offer in the 200, answer in the ACK) is not supported yet.
+            return Err(SdpError::Malformed("INVITE without SDP offer".into()));
+        }
+        let offer = sdp::parse(body)?;
+        let neg = sdp::negotiate(&offer, &self.s.codecs)?;
+        let id = fastrand::u64(1..u64::MAX / 2);
+        self.answer_sdp = Some(sdp::answer(&offer, &neg, local_rtp, id, id));
+        self.record.codec = Some(neg.codec);
+        let rate = match neg.codec {
+            CodecName::Pcmu | CodecName::Pcma => 8000,
+            CodecName::Opus => 16000,
+        };
+        self.media = Some(Media {
+            rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
+            codec: neg.codec,
+            analyzer: Analyzer::new(rate),
+            pcm: Box::new([0; MAX_SAMPLES]),
+            first_audio: None,
+            last_packet: None,
+        });
+        Ok(())
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.dialog.call_id
+    }
+
+    /// True when nothing is left to do: the edge may drop the call.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished) && self.outputs.is_empty()
+    }
+
+    /// True while RTP is still of interest.
+    pub fn wants_media(&self) -> bool {
+        matches!(self.phase, Phase::Offered { .. } | Phase::Listening) && self.media.is_some()
+    }
+
+    /// Next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest instant [`handle_timeout`](Self::handle_timeout) must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let (phase, media) = match self.phase {
+            Phase::Offered { answer_at } => (Some(answer_at), None),
+            Phase::Listening => (self.decision_due(), self.rtp_timeout_due()),
+            Phase::Transferring { deadline } => (Some(deadline), None),
+            Phase::Lingering { until } => (Some(until), None),
+            Phase::HangingUp | Phase::Finished => (None, None),
+        };
+        [
+            phase,
+            media,
+            self.server_tx.poll_timeout(),
+            self.client_tx.as_ref().and_then(|t| t.tx.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn decision_due(&self) -> Option<Instant> {
+        if self.decision.is_some() {
+            return None;
+        }
+        let start = self
+            .media
+            .as_ref()
+            .and_then(|m| m.first_audio)
+            .or(self.answered_at)?;
+        Some(start + self.s.deadline)
+    }
+
+    fn rtp_timeout_due(&self) -> Option<Instant> {
+        if self.decision.is_some() {
+            return None;
+        }
+        let last = self.media.as_ref()?.last_packet?;
+        Some(last + self.s.rtp_timeout?)
+    }
+
+    /// Timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.server_tx.on_timeout(now) {
+            Action::Retransmit => self.resend_invite_response(),
+            Action::TimedOut if self.server_tx.final_code().is_some_and(|c| c < 300) => {
+                tracing::warn!(call_id = %self.dialog.call_id, "no ACK for 200 OK; hanging up");
+                self.hang_up(Outcome::NoAck, now);
+            }
+            Action::TimedOut => self.finish(now),
+            Action::None => {}
+        }
+        if let Some(out) = &mut self.client_tx {
+            match out.tx.on_timeout(now) {
+                Action::Retransmit => {
+                    let (dest, data) = (out.dest, out.data.clone());
+                    self.outputs.push_back(Output::Send { dest, data });
+                }
+                Action::TimedOut => {
+                    let method = out.method.clone();
+                    self.client_tx = None;
+                    self.on_final_response(&method, 408, now);
+                }
+                Action::None => {}
+            }
+        }
+        match self.phase {
+            Phase::Offered { answer_at } if now >= answer_at => self.answer(now),
+            Phase::Listening => {
+                if self.rtp_timeout_due().is_some_and(|t| now >= t) {
+                    tracing::info!(call_id = %self.dialog.call_id, "RTP stopped before a decision");
+                    let e = self.estimate();
+                    let d = self.s.policy.default_decision(&e, Reason::NotAnalysed);
+                    self.decide(d, now);
+                } else if self.decision_due().is_some_and(|t| now >= t) {
+                    let e = self.estimate();
+                    let d = self.s.policy.at_deadline(&e);
+                    self.decide(d, now);
+                }
+            }
+            Phase::Transferring { deadline } if now >= deadline => {
+                tracing::info!(call_id = %self.dialog.call_id, "no final NOTIFY in time");
+                self.transfer_failed(None, now);
+            }
+            Phase::Lingering { until } if now >= until => self.phase = Phase::Finished,
+            _ => {}
+        }
+    }
+
+    fn estimate(&self) -> Estimate {
+        self.media
+            .as_ref()
+            .map(|m| m.analyzer.estimate())
+            .unwrap_or_default()
+    }
+
+    /// One RTP datagram for this call's media port.
+    pub fn handle_rtp(&mut self, datagram: &[u8], now: Instant) {
+        let listening = matches!(self.phase, Phase::Listening);
+        let analysing = listening || matches!(self.phase, Phase::Offered { .. });
+        let Some(m) = &mut self.media else { return };
+        m.last_packet = Some(now);
+        let early = match m.rtp.handle(datagram) {
+            RtpEvent::Audio { payload, .. } if analysing && self.decision.is_none() => {
+                let n = payload.len().min(MAX_SAMPLES);
+                let pcm = &mut m.pcm[..n];
+                match m.codec {
+                    CodecName::Pcmu => emonav_dsp::g711::decode_ulaw(&payload[..n], pcm),
+                    CodecName::Pcma => emonav_dsp::g711::decode_alaw(&payload[..n], pcm),
+                    // Not negotiable yet (profile validation refuses it).
+                    CodecName::Opus => return,
+                }
+                m.analyzer.push(pcm);
+                m.first_audio.get_or_insert(now);
+                listening
+                    .then(|| self.s.policy.early(&m.analyzer.estimate()))
+                    .flatten()
+            }
+            RtpEvent::Event { event, end, .. } => {
+                tracing::trace!(call_id = %self.dialog.call_id, event, end, "telephone-event");
+                None
+            }
+            _ => None,
+        };
+        if let Some(d) = early {
+            self.decide(d, now);
+        }
+    }
+
+    fn decide(&mut self, d: Decision, now: Instant) {
+        let m = self.media.as_ref();
+        self.record.audio_ms = m.map(|m| m.analyzer.audio_ms()).unwrap_or(0);
+        self.record.first_audio_to_decision_ms = m
+            .and_then(|m| m.first_audio)
+            .map(|t| (now - t).as_millis() as u64);
+        self.record.speech_ms = d.speech_ms;
+        self.record.arousal = Some(d.arousal);
+        self.record.confidence = Some(d.confidence);
+        self.record.emotion = Some(d.label.clone());
+        self.record.queue = Some(d.queue.clone());
+        self.record.decision_reason = Some(d.reason);
+        self.record.flagged = d.flagged;
+        if d.flagged {
+            tracing::warn!(call_id = %self.dialog.call_id, arousal = d.arousal, "high-risk call flagged");
+        }
+        tracing::info!(
+            call_id = %self.dialog.call_id, queue = %d.queue, emotion = %d.label,
+            arousal = d.arousal, confidence = d.confidence, reason = ?d.reason, "decision"
+        );
+        let target = d.queue.clone();
+        self.decision = Some(d);
+        self.send_refer(&target, now);
+    }
+
+    fn send_refer(&mut self, target: &str, now: Instant) {
+        if self.server_tx.awaiting_ack() {
+            // REFER needs a confirmed dialog: the ACK sends it (maybe_refer_after_ack).
+            return;
+        }
+        let Some(d) = &self.decision else { return };
+        let mut req = self
+            .dialog
+            .request(Method::Refer, &self.s.via(), &self.s.contact);
+        let referred_by = self.dialog.local.uri.clone();
+        refer::add_refer_headers(&mut req, target, &referred_by, d);
+        if self.record.answer_to_refer_ms.is_none() {
+            self.record.answer_to_refer_ms = self.answered_at.map(|t| (now - t).as_millis() as u64);
+        }
+        self.record.refer_attempts.push(ReferAttempt {
+            target: target.to_string(),
+            response: None,
+            notify_status: None,
+        });
+        self.refer_cseq = Some(self.dialog.local_cseq);
+        self.phase = Phase::Transferring {
+            deadline: now + self.s.notify_timeout,
+        };
+        self.send_request(req, now);
+    }
+
+    fn send_request(&mut self, mut req: Request, now: Instant) {
+        req.headers.push("User-Agent", self.s.user_agent.clone());
+        let branch = req
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        let dest = self.dialog.next_hop(self.source);
+        let data = req.to_bytes();
+        self.outputs.push_back(Output::Send {
+            dest,
+            data: data.clone(),
+        });
+        self.client_tx = Some(OutgoingTx {
+            tx: ClientNonInvite::new(now, self.s.timers),
+            method: req.method,
+            branch,
+            cseq,
+            data,
+            dest,
+        });
+    }
+
+    /// A response from the network whose Call-ID is ours.
+    pub fn handle_response(&mut self, resp: &Response, now: Instant) {
+        let Some(out) = &mut self.client_tx else {
+            return;
+        };
+        let branch = resp.top_via().and_then(|v| v.branch().map(str::to_owned));
+        let cseq = resp.cseq();
+        if branch.as_deref() != Some(out.branch.as_str())
+            || cseq.as_ref().map(|c| (c.seq, &c.method)) != Some((out.cseq, &out.method))
+        {
+            return;
+        }
+        if !out.tx.on_response(resp.code, now) || resp.code < 200 {
+            return;
+        }
+        let method = out.method.clone();
+        self.on_final_response(&method, resp.code, now);
+    }
+
+    fn on_final_response(&mut self, method: &Method, code: u16, now: Instant) {
+        match method {
+            Method::Refer => {
+                if let Some(a) = self.record.refer_attempts.last_mut() {
+                    a.response = Some(code);
+                }
+                if !(200..300).contains(&code) {
+                    tracing::info!(call_id = %self.dialog.call_id, code, "REFER refused");
+                    if matches!(code, 405 | 420 | 501) {
+                        tracing::warn!(call_id = %self.dialog.call_id, code, "peer cannot transfer");
+                    }
+                    if matches!(self.phase, Phase::Transferring { .. }) {
+                        self.transfer_failed(Some(code), now);
+                    }
+                }
+            }
+            Method::Bye => self.finish(now),
+            _ => {}
+        }
+    }
+
+    fn transfer_failed(&mut self, code: Option<u16>, now: Instant) {
+        if self.caller_hung_up {
+            self.record.outcome = Outcome::CallerHangup;
+            self.finish(now);
+            return;
+        }
+        let default = self.s.policy.default_queue.clone();
+        let tried_default = self
+            .record
+            .refer_attempts
+            .iter()
+            .any(|a| a.target == default);
+        let retry = self.s.fallback == Fallback::DefaultQueueThenHangup
+            && self.record.refer_attempts.len() == 1
+            && !tried_default;
+        tracing::warn!(
+            call_id = %self.dialog.call_id, ?code, retry_default = retry,
+            "transfer failed"
+        );
+        if retry {
+            self.send_refer(&default, now);
+        } else {
+            self.hang_up(Outcome::Failed, now);
+        }
+    }
+
+    fn transfer_succeeded(&mut self, now: Instant) {
+        let outcome = if self.record.refer_attempts.len() > 1 {
+            Outcome::TransferredToFallback
+        } else {
+            Outcome::Transferred
+        };
+        if self.caller_hung_up {
+            self.record.outcome = outcome;
+            self.finish(now);
+        } else {
+            // RFC 5589 §6: the transferor ends its dialog once the transfer worked.
+            self.hang_up(outcome, now);
+        }
+    }
+
+    fn hang_up(&mut self, outcome: Outcome, now: Instant) {
+        if self.record.outcome == Outcome::Pending {
+            self.record.outcome = outcome;
+        }
+        self.phase = Phase::HangingUp;
+        let req = self
+            .dialog
+            .request(Method::Bye, &self.s.via(), &self.s.contact);
+        self.send_request(req, now);
+    }
+
+    fn finish(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Lingering { .. } | Phase::Finished) {
+            return;
+        }
+        if self.record.outcome == Outcome::Pending {
+            self.record.outcome = Outcome::Failed;
+        }
+        self.record.duration_ms = (now - self.started).as_millis() as u64;
+        if let Some(m) = &self.media {
+            self.record.rtp = m.rtp.stats();
+            if self.record.audio_ms == 0 {
+                self.record.audio_ms = m.analyzer.audio_ms();
+            }
+        }
+        self.outputs
+            .push_back(Output::Ended(Box::new(self.record.clone())));
+        self.media = None;
+        self.phase = Phase::Lingering {
+            until: now + LINGER,
+        };
+    }
+
+    /// A request from the network whose Call-ID is ours.
+    pub fn handle_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        let branch = req.top_via().and_then(|v| v.branch().map(str::to_owned));
+        let same_tx = branch.as_deref() == Some(self.invite_branch.as_str());
+        match &req.method {
+            Method::Invite if same_tx => self.resend_invite_response(),
+            Method::Ack if same_tx || self.dialog.matches(req) => {
+                if self.server_tx.on_ack(now) {
+                    tracing::debug!(call_id = %self.dialog.call_id, "ACK");
+                    self.maybe_refer_after_ack(now);
+                }
+            }
+            Method::Ack => {}
+            Method::Cancel if same_tx => self.on_cancel(req, source, now),
+            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist"),
+            _ if !self.dialog.matches(req) => {
+                self.reply(req, source, 481, "Call/Transaction Does Not Exist")
+            }
+            _ => self.in_dialog_request(req, source, now),
+        }
+    }
+
+    fn maybe_refer_after_ack(&mut self, now: Instant) {
+        if let (Phase::Listening, Some(d)) = (&self.phase, &self.decision) {
+            let target = d.queue.clone();
+            self.send_refer(&target, now);
+        }
+    }
+
+    fn in_dialog_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        if let Err(e) = self.dialog.accept_remote_cseq(req) {
+            self.reply(req, source, 500, &format!("Server Internal Error ({e})"));
+            return;
+        }
+        match &req.method {
+            Method::Bye => {
+                self.reply(req, source, 200, "OK");
+                self.on_caller_bye(now);
+            }
+            Method::Notify => self.on_notify(req, source, now),
+            Method::Options => self.reply(req, source, 200, "OK"),
+            Method::Invite => {
+                // Re-INVITE (hold, codec change) is not handled yet; 488 keeps the
+                // current session as it is (RFC 3261 §14.2).
+                self.reply(req, source, 488, "Not Acceptable Here");
+            }
+            _ => self.reply(req, source, 501, "Not Implemented"),
+        }
+    }
+
+    fn on_caller_bye(&mut self, now: Instant) {
+        self.caller_hung_up = true;
+        if let Some(m) = self.media.take() {
+            self.record.rtp = m.rtp.stats();
+            self.record.audio_ms = self.record.audio_ms.max(m.analyzer.audio_ms());
+        }
+        match self.phase {
+            // A transfer in progress: the transferee often hangs up on us before
+            // the final NOTIFY; wait for it to know how the transfer went.
+            Phase::Transferring { .. } => {}
+            Phase::HangingUp => {
+                self.client_tx = None;
+                self.finish(now);
+            }
+            _ => {
+                if self.record.outcome == Outcome::Pending {
+                    self.record.outcome = Outcome::CallerHangup;
+                }
+                self.client_tx = None;
+                self.finish(now);
+            }
+        }
+    }
+
+    fn on_notify(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        let notify = match refer::inspect_notify(req) {
+            Ok(n) => n,
+            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event"),
+            Err(NotifyError::BadBody) => {
+                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)")
+            }
+        };
+        self.reply(req, source, 200, "OK");
+        // RFC 3515 §2.4.6: `id` names the REFER's CSeq; an old subscription's
+        // reports must not decide the current attempt.
+        let id = req
+            .headers
+            .get("Event")
+            .and_then(|e| e.split(';').find_map(|p| p.trim().strip_prefix("id=")))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if id.is_some() && id != self.refer_cseq {
+            return;
+        }
+        self.on_refer_progress(notify, now);
+    }
+
+    fn on_refer_progress(&mut self, n: ReferNotify, now: Instant) {
+        if let Some(a) = self.record.refer_attempts.last_mut() {
+            a.notify_status = Some(n.status);
+        }
+        if !matches!(self.phase, Phase::Transferring { .. }) || !n.is_final() {
+            return;
+        }
+        // The REFER itself may still be retransmitting if its 202 was lost.
+        self.client_tx = None;
+        if (200..300).contains(&n.status) {
+            self.transfer_succeeded(now);
+        } else {
+            self.transfer_failed(Some(n.status), now);
+        }
+    }
+
+    fn on_cancel(&mut self, cancel: &Request, source: SocketAddr, now: Instant) {
+        self.reply(cancel, source, 200, "OK");
+        if self.server_tx.is_proceeding() {
+            self.record.outcome = Outcome::Cancelled;
+            self.reject(487, "Request Terminated", now);
+        }
+    }
+
+    fn answer(&mut self, now: Instant) {
+        let Some(sdp) = self.answer_sdp.clone() else {
+            return;
+        };
+        let mut ok = self.invite_response(200, "OK", true);
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = sdp.into_bytes();
+        self.send_invite_response(ok);
+        self.server_tx.on_final_sent(200, now);
+        self.answered_at = Some(now);
+        self.phase = Phase::Listening;
+    }
+
+    /// A final non-2xx to the INVITE: the call ends once the ACK (or Timer H) comes.
+    fn reject(&mut self, code: u16, reason: &str, now: Instant) {
+        let resp = self.invite_response(code, reason, false);
+        self.send_invite_response(resp);
+        self.server_tx.on_final_sent(code, now);
+        if self.record.outcome == Outcome::Pending {
+            self.record.outcome = Outcome::Rejected;
+        }
+        self.finish(now);
+    }
+
+    fn invite_response(&self, code: u16, reason: &str, dialog: bool) -> Response {
+        let mut resp = self.invite.make_response(code, reason);
+        if code > 100 {
+            // §8.2.6.2: every response but 100 carries our To-tag.
+            resp.headers.set("To", self.dialog.local.to_string());
+        }
+        if dialog {
+            for rr in self.invite.headers.get_all("Record-Route") {
+                resp.headers.push("Record-Route", rr);
+            }
+            resp.headers
+                .push("Contact", format!("<{}>", self.s.contact));
+        }
+        if code >= 200 {
+            resp.headers.push("Allow", ALLOW);
+            resp.headers.push("Accept", ACCEPT);
+        }
+        resp.headers.push("Server", self.s.user_agent.clone());
+        resp
+    }
+
+    fn send_invite_response(&mut self, resp: Response) {
+        self.invite_response = resp.to_bytes();
+        self.resend_invite_response();
+    }
+
+    fn resend_invite_response(&mut self) {
+        if !self.invite_response.is_empty() {
+            self.outputs.push_back(Output::Send {
+                dest: self.response_dest,
+                data: self.invite_response.clone(),
+            });
+        }
+    }
+
+    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str) {
+        let resp = stateless_response(req, code, reason, &self.s.user_agent);
+        let dest = req
+            .top_via()
+            .map(|v| response_destination(&v, source))
+            .unwrap_or(source);
+        self.outputs.push_back(Output::Send {
+            dest,
+            data: resp.to_bytes(),
+        });
+    }
+}
+
+/// A response to a request outside any call state (or that needs none):
+/// copies the transaction headers and adds `Allow`/`Accept`/`Server`.
+pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) -> Response {
+    let mut resp = req.make_response(code, reason);
+    if code > 100 && req.to().is_some_and(|t| t.tag().is_none()) {
+        if let Some(mut to) = req.to() {
+            to.params.set(
+                "tag",
+                Some(&format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)),
+            );
+            resp.headers.set("To", to.to_string());
+        }
+    }
+    if matches!(code, 200 | 405 | 501) {
+        resp.headers.push("Allow", ALLOW);
+        resp.headers.push("Accept", ACCEPT);
+    }
+    resp.headers.push("Server", server);
+    resp
+}
+
+#[cfg(test)]
+#[path = "call_tests.rs"]
+mod tests;

@@ -1,0 +1,228 @@
+//! The call state machine driven with a fake clock: every timer path without sleeping.
+
+use super::*;
+use crate::sip::message::{parse_datagram, Message};
+
+const CALLER: &str = "127.0.0.1:5070";
+
+fn settings() -> Arc<CallSettings> {
+    Arc::new(CallSettings::from_profile(&Profile::default(), 5060))
+}
+
+fn invite() -> Request {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let text = format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\n\
+         Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    request(&text)
+}
+
+fn request(text: &str) -> Request {
+    match parse_datagram(text.as_bytes()).unwrap() {
+        Message::Request(r) => r,
+        Message::Response(_) => panic!("not a request"),
+    }
+}
+
+fn sent(call: &mut Call) -> Vec<Message> {
+    let mut out = vec![];
+    while let Some(o) = call.poll_output() {
+        if let Output::Send { data, .. } = o {
+            out.push(parse_datagram(&data).unwrap());
+        }
+    }
+    out
+}
+
+fn codes(msgs: &[Message]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| match m {
+            Message::Response(r) => r.code.to_string(),
+            Message::Request(r) => r.method.to_string(),
+        })
+        .collect()
+}
+
+fn in_dialog(call: &Call, method: &str, cseq: u32, extra: &str, body: &str) -> Request {
+    request(&format!(
+        "{method} sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{method}{cseq}\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>;tag={tag}\r\n\
+         Call-ID: unit-1\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+        tag = call.dialog.local_tag,
+        len = body.len()
+    ))
+}
+
+fn ack(call: &Call) -> Request {
+    in_dialog(call, "ACK", 1, "", "")
+}
+
+fn response_to(req: &Message, code: u16) -> Response {
+    match req {
+        Message::Request(r) => r.make_response(code, "X"),
+        Message::Response(_) => panic!("not a request"),
+    }
+}
+
+fn ended(call: &mut Call) -> Option<CallRecord> {
+    let mut rec = None;
+    while let Some(o) = call.poll_output() {
+        if let Output::Ended(r) = o {
+            rec = Some(*r);
+        }
+    }
+    rec
+}
+
+fn answered(t0: Instant) -> Call {
+    let src: SocketAddr = CALLER.parse().unwrap();
+    let mut call = Call::new(
+        settings(),
+        invite(),
+        src,
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(codes(&sent(&mut call)), ["100", "200"]);
+    call.handle_request(&ack(&call), src, t0 + Duration::from_millis(10));
+    call
+}
+
+fn src() -> SocketAddr {
+    CALLER.parse().unwrap()
+}
+
+#[test]
+fn no_audio_decides_default_queue_at_the_deadline() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["REFER"]);
+    let Message::Request(refer) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        refer.headers.get("Refer-To"),
+        Some("<sip:default@127.0.0.1>")
+    );
+    assert_eq!(refer.uri.to_string(), format!("sip:caller@{CALLER}"));
+}
+
+#[test]
+fn refer_is_retransmitted_by_timer_e_and_notify_timeout_hangs_up() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    let t = call.poll_timeout().unwrap();
+    assert_eq!(t, t0 + Duration::from_millis(3500), "Timer E = T1");
+    call.handle_timeout(t);
+    assert_eq!(codes(&sent(&mut call)), ["REFER"]);
+    call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3600));
+    // The default queue already failed: no second REFER, a polite BYE.
+    call.handle_timeout(t0 + Duration::from_secs(13));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["BYE"]);
+    call.handle_response(&response_to(&out[0], 200), t0 + Duration::from_secs(14));
+    let rec = ended(&mut call).expect("event");
+    assert_eq!(rec.outcome, Outcome::Failed);
+    assert_eq!(rec.refer_attempts[0].response, Some(202));
+}
+
+#[test]
+fn missing_ack_retransmits_200_then_hangs_up() {
+    let t0 = Instant::now();
+    let mut call = Call::new(
+        settings(),
+        invite(),
+        src(),
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    sent(&mut call);
+    let mut retransmits = 0;
+    while let Some(t) = call.poll_timeout() {
+        if t > t0 + Duration::from_secs(40) {
+            break;
+        }
+        call.handle_timeout(t);
+        let out = sent(&mut call);
+        if codes(&out) == ["BYE"] {
+            assert_eq!(t - t0, Duration::from_secs(32), "64·T1");
+            call.handle_response(&response_to(&out[0], 200), t);
+            break;
+        }
+        retransmits += codes(&out).iter().filter(|c| *c == "200").count();
+    }
+    assert_eq!(retransmits, 10);
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::NoAck);
+}
+
+#[test]
+fn caller_bye_during_transfer_waits_for_the_final_notify() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3100));
+    call.handle_request(
+        &in_dialog(&call, "BYE", 2, "", ""),
+        src(),
+        t0 + Duration::from_millis(3200),
+    );
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+    assert!(ended(&mut call).is_none(), "still waiting for the NOTIFY");
+    let notify = in_dialog(
+        &call,
+        "NOTIFY",
+        3,
+        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
+        "SIP/2.0 200 OK\r\n",
+    );
+    call.handle_request(&notify, src(), t0 + Duration::from_millis(3300));
+    let out: Vec<_> = std::iter::from_fn(|| call.poll_output()).collect();
+    let mut sends = 0;
+    let mut rec = None;
+    for o in out {
+        match o {
+            Output::Send { data, .. } => {
+                sends += 1;
+                let Message::Response(r) = parse_datagram(&data).unwrap() else {
+                    panic!("no request expected: the caller already hung up")
+                };
+                assert_eq!(r.code, 200);
+            }
+            Output::Ended(r) => rec = Some(r),
+        }
+    }
+    assert_eq!(sends, 1);
+    assert_eq!(rec.unwrap().outcome, Outcome::Transferred);
+}
+
+#[test]
+fn lower_cseq_in_dialog_gets_500() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_request(&in_dialog(&call, "OPTIONS", 5, "", ""), src(), t0);
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+    call.handle_request(&in_dialog(&call, "OPTIONS", 4, "", ""), src(), t0);
+    assert_eq!(codes(&sent(&mut call)), ["500"]);
+}
+
+#[test]
+fn notify_with_wrong_event_is_489() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    let n = in_dialog(&call, "NOTIFY", 2, "Event: dialog\r\n", "");
+    call.handle_request(&n, src(), t0);
+    assert_eq!(codes(&sent(&mut call)), ["489"]);
+}

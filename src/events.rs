@@ -1,0 +1,169 @@
+//! The per-call event line and the counters behind `/metrics`.
+//!
+//! Each finished call writes exactly one JSON object on one line, to standard
+//! output or to the profile's `[events] file`, so that log shippers and tests
+//! can read calls without parsing human logs (those go to standard error).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::call::{CallRecord, Outcome};
+
+/// Where call records go.
+pub struct EventSink {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl EventSink {
+    /// Standard output.
+    pub fn stdout() -> Self {
+        Self {
+            out: Mutex::new(Box::new(std::io::stdout())),
+        }
+    }
+
+    /// Append to a file.
+    pub fn file(path: &str) -> std::io::Result<Self> {
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            out: Mutex::new(Box::new(f)),
+        })
+    }
+
+    /// Write one record as one line. Failures are logged, never fatal: a full
+    /// disk must not take calls down.
+    pub fn write(&self, record: &CallRecord) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise call record");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = out.write_all(&line).and_then(|_| out.flush()) {
+            tracing::error!(error = %e, "cannot write call record");
+        }
+    }
+}
+
+/// Process-wide counters, exported in the Prometheus text format.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// INVITEs that started a call.
+    pub calls_started: AtomicU64,
+    /// Calls that ended.
+    pub calls_ended: AtomicU64,
+    /// Calls transferred (first target or fallback).
+    pub calls_transferred: AtomicU64,
+    /// Calls whose transfer failed.
+    pub calls_failed: AtomicU64,
+    /// Calls flagged high-risk.
+    pub calls_flagged: AtomicU64,
+    /// SIP datagrams dropped as unparseable.
+    pub sip_unparseable: AtomicU64,
+    /// SIP requests answered with 400.
+    pub sip_bad_request: AtomicU64,
+    /// RTP packets accepted (summed at call end).
+    pub rtp_packets: AtomicU64,
+    /// RTP datagrams ignored as malformed, unknown PT or RTCP (summed at call end).
+    pub rtp_ignored: AtomicU64,
+}
+
+impl Metrics {
+    /// Account a finished call.
+    pub fn call_ended(&self, r: &CallRecord) {
+        self.calls_ended.fetch_add(1, Ordering::Relaxed);
+        match r.outcome {
+            Outcome::Transferred | Outcome::TransferredToFallback => {
+                self.calls_transferred.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed | Outcome::NoAck => {
+                self.calls_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        if r.flagged {
+            self.calls_flagged.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rtp_packets
+            .fetch_add(r.rtp.received, Ordering::Relaxed);
+        self.rtp_ignored.fetch_add(
+            r.rtp.malformed + r.rtp.unknown_pt + r.rtp.rtcp,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let started = self.calls_started.load(Ordering::Relaxed);
+        let ended = self.calls_ended.load(Ordering::Relaxed);
+        let rows: [(&str, &str, &str, u64); 10] = [
+            (
+                "emonav_calls_started_total",
+                "counter",
+                "Calls answered or refused",
+                started,
+            ),
+            ("emonav_calls_ended_total", "counter", "Calls ended", ended),
+            (
+                "emonav_calls_active",
+                "gauge",
+                "Calls in progress",
+                started.saturating_sub(ended),
+            ),
+            (
+                "emonav_calls_transferred_total",
+                "counter",
+                "Calls transferred",
+                self.calls_transferred.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_calls_transfer_failed_total",
+                "counter",
+                "Calls whose transfer failed",
+                self.calls_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_calls_flagged_total",
+                "counter",
+                "Calls flagged high-risk",
+                self.calls_flagged.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_sip_unparseable_total",
+                "counter",
+                "SIP datagrams dropped as unparseable",
+                self.sip_unparseable.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_sip_bad_request_total",
+                "counter",
+                "SIP requests answered 400",
+                self.sip_bad_request.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_rtp_packets_total",
+                "counter",
+                "RTP packets accepted (ended calls)",
+                self.rtp_packets.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_rtp_ignored_total",
+                "counter",
+                "RTP datagrams ignored (ended calls)",
+                self.rtp_ignored.load(Ordering::Relaxed),
+            ),
+        ];
+        let mut s = String::new();
+        for (name, kind, help, v) in rows {
+            s.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+        s
+    }
+}

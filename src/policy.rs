@@ -1,0 +1,243 @@
+//! Routing policy: when to decide, and which queue a caller goes to.
+//!
+//! The decision is taken as soon as the estimator is confident enough after a
+//! minimum of speech, or at the latest at the deadline after the first audio.
+//! Rules are checked in order; the first that matches names the queue. A call
+//! that could not be analysed (no speech, no audio) goes to the default queue:
+//! no caller is stranded.
+
+use serde::{Deserialize, Serialize};
+
+use emonav_dsp::Estimate;
+
+/// `[policy]` of a profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Speech (ms) needed before an early, confident decision.
+    pub min_speech_ms: u32,
+    /// Latest decision, in ms after the first audio (or after answering, when no audio comes).
+    pub decision_deadline_ms: u64,
+    /// Confidence needed for an early decision, in [0, 1].
+    pub confidence_threshold: f32,
+    /// Queue for calls no rule matches, and for calls that could not be analysed.
+    pub default_queue: String,
+    /// Arousal at or above which a call is flagged high-risk in logs and events.
+    pub flag_arousal: f32,
+    /// Rules, first match wins.
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            min_speech_ms: 1000,
+            decision_deadline_ms: 3000,
+            confidence_threshold: 0.7,
+            default_queue: "sip:default@127.0.0.1".into(),
+            flag_arousal: 0.8,
+            rules: vec![
+                Rule {
+                    label: "agitated".into(),
+                    arousal_min: Some(0.6),
+                    arousal_max: None,
+                    queue: "sip:deescalation@127.0.0.1".into(),
+                },
+                Rule {
+                    label: "calm".into(),
+                    arousal_min: None,
+                    arousal_max: Some(0.6),
+                    queue: "sip:standard@127.0.0.1".into(),
+                },
+            ],
+        }
+    }
+}
+
+/// One routing rule: matches when arousal is in `[arousal_min, arousal_max)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Name of the emotional state this rule stands for (goes into `X-Emonav-Emotion`).
+    pub label: String,
+    /// Lower bound, inclusive.
+    #[serde(default)]
+    pub arousal_min: Option<f32>,
+    /// Upper bound, exclusive.
+    #[serde(default)]
+    pub arousal_max: Option<f32>,
+    /// Refer-To target, any SIP/SIPS/tel URI, used verbatim.
+    pub queue: String,
+}
+
+impl Rule {
+    fn matches(&self, arousal: f32) -> bool {
+        self.arousal_min.is_none_or(|m| arousal >= m)
+            && self.arousal_max.is_none_or(|m| arousal < m)
+    }
+}
+
+/// Why the decision was taken when it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Confidence passed the threshold after enough speech.
+    Confident,
+    /// The deadline came with some speech heard: best estimate used.
+    Deadline,
+    /// The deadline came and no speech was heard.
+    NoSpeech,
+    /// The call could not be analysed (e.g. the media never started).
+    NotAnalysed,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Queue URI for Refer-To.
+    pub queue: String,
+    /// Label of the matching rule, or `"unknown"` for the default queue.
+    pub label: String,
+    /// Why now.
+    pub reason: Reason,
+    /// The estimate the decision was based on.
+    pub arousal: f32,
+    /// Its confidence.
+    pub confidence: f32,
+    /// Speech heard, ms.
+    pub speech_ms: u32,
+    /// Flagged high-risk.
+    pub flagged: bool,
+}
+
+impl Policy {
+    /// Check values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.confidence_threshold) {
+            return Err("policy.confidence_threshold must be within [0, 1]".into());
+        }
+        if self.decision_deadline_ms == 0 {
+            return Err("policy.decision_deadline_ms must be > 0".into());
+        }
+        check_uri("policy.default_queue", &self.default_queue)?;
+        for (i, r) in self.rules.iter().enumerate() {
+            check_uri(&format!("policy.rules[{i}].queue"), &r.queue)?;
+            if let (Some(lo), Some(hi)) = (r.arousal_min, r.arousal_max) {
+                if lo >= hi {
+                    return Err(format!(
+                        "policy.rules[{i}]: arousal_min must be < arousal_max"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An early decision, if the estimate is already good enough.
+    pub fn early(&self, e: &Estimate) -> Option<Decision> {
+        (e.speech_ms >= self.min_speech_ms && e.confidence >= self.confidence_threshold)
+            .then(|| self.route(e, Reason::Confident))
+    }
+
+    /// The decision at the deadline, whatever the confidence.
+    pub fn at_deadline(&self, e: &Estimate) -> Decision {
+        if e.speech_ms == 0 {
+            self.default_decision(e, Reason::NoSpeech)
+        } else {
+            self.route(e, Reason::Deadline)
+        }
+    }
+
+    /// The default queue, for a call that could not be analysed.
+    pub fn default_decision(&self, e: &Estimate, reason: Reason) -> Decision {
+        Decision {
+            queue: self.default_queue.clone(),
+            label: "unknown".into(),
+            reason,
+            arousal: e.arousal,
+            confidence: e.confidence,
+            speech_ms: e.speech_ms,
+            flagged: false,
+        }
+    }
+
+    fn route(&self, e: &Estimate, reason: Reason) -> Decision {
+        match self.rules.iter().find(|r| r.matches(e.arousal)) {
+            Some(rule) => Decision {
+                queue: rule.queue.clone(),
+                label: rule.label.clone(),
+                reason,
+                arousal: e.arousal,
+                confidence: e.confidence,
+                speech_ms: e.speech_ms,
+                flagged: e.arousal >= self.flag_arousal,
+            },
+            None => self.default_decision(e, reason),
+        }
+    }
+}
+
+fn check_uri(key: &str, uri: &str) -> Result<(), String> {
+    crate::sip::message::Uri::parse(uri)
+        .map(|_| ())
+        .map_err(|e| format!("{key}: {uri:?} is not a SIP, SIPS or tel URI ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est(arousal: f32, confidence: f32, speech_ms: u32) -> Estimate {
+        Estimate {
+            arousal,
+            confidence,
+            speech_ms,
+        }
+    }
+
+    #[test]
+    fn confident_agitated_caller_routes_early_to_deescalation() {
+        let p = Policy::default();
+        let d = p.early(&est(0.9, 0.9, 1200)).expect("early decision");
+        assert_eq!(d.queue, "sip:deescalation@127.0.0.1");
+        assert_eq!(d.reason, Reason::Confident);
+        assert!(d.flagged);
+    }
+
+    #[test]
+    fn no_early_decision_without_enough_speech_or_confidence() {
+        let p = Policy::default();
+        assert!(p.early(&est(0.9, 0.95, 400)).is_none());
+        assert!(p.early(&est(0.55, 0.2, 2000)).is_none());
+    }
+
+    #[test]
+    fn deadline_uses_best_estimate_and_silence_goes_to_default() {
+        let p = Policy::default();
+        let d = p.at_deadline(&est(0.3, 0.2, 800));
+        assert_eq!(
+            (d.queue.as_str(), d.reason),
+            ("sip:standard@127.0.0.1", Reason::Deadline)
+        );
+        let d = p.at_deadline(&est(0.0, 0.0, 0));
+        assert_eq!(
+            (d.queue.as_str(), d.reason),
+            ("sip:default@127.0.0.1", Reason::NoSpeech)
+        );
+    }
+
+    #[test]
+    fn no_matching_rule_goes_to_default_queue() {
+        let p = Policy {
+            rules: vec![Rule {
+                label: "angry".into(),
+                arousal_min: Some(0.8),
+                arousal_max: None,
+                queue: "tel:+4930123456".into(),
+            }],
+            ..Policy::default()
+        };
+        assert_eq!(p.at_deadline(&est(0.5, 0.1, 900)).queue, p.default_queue);
+        assert_eq!(p.at_deadline(&est(0.85, 0.1, 900)).queue, "tel:+4930123456");
+    }
+}

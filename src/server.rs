@@ -1,0 +1,359 @@
+//! The tokio edge: sockets, tasks and timers around the sans-IO cores.
+//!
+//! One task reads the SIP socket, answers what needs no call state (OPTIONS,
+//! 400, 481, 405, 501) and hands everything with a known Call-ID to that
+//! call's task over a channel. Each call task owns its RTP socket and its
+//! [`Call`] state machine; the per-packet path (RTP in → decode → analyse)
+//! runs there without allocating or locking.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::call::{stateless_response, Call, CallSettings, Output};
+use crate::config::Profile;
+use crate::events::{EventSink, Metrics};
+use crate::sip::dialog::response_destination;
+use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request};
+
+/// A SIP message for a call task, with where it came from.
+type CallInput = (Message, SocketAddr);
+
+/// Shared by the SIP task and every call task.
+struct Shared {
+    settings: Arc<CallSettings>,
+    sip: Arc<UdpSocket>,
+    events: EventSink,
+    metrics: Metrics,
+    rtp_ip: std::net::IpAddr,
+    rtp_advertised: std::net::IpAddr,
+    rtp_range: (u16, u16),
+    rtp_cursor: AtomicU16,
+}
+
+/// A bound, not yet running, endpoint.
+pub struct Server {
+    shared: Arc<Shared>,
+    http: Option<TcpListener>,
+}
+
+impl Server {
+    /// Bind the SIP socket (and the HTTP listener) of a profile.
+    pub async fn bind(profile: &Profile, events: EventSink) -> std::io::Result<Server> {
+        let sip = UdpSocket::bind(profile.sip.listen).await?;
+        let port = sip.local_addr()?.port();
+        let http = match profile.http.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let (lo, hi) = (profile.media.rtp_port_min, profile.media.rtp_port_max);
+        let shared = Shared {
+            settings: Arc::new(CallSettings::from_profile(profile, port)),
+            sip: Arc::new(sip),
+            events,
+            metrics: Metrics::default(),
+            rtp_ip: profile.sip.listen.ip(),
+            rtp_advertised: profile.advertised_ip(),
+            rtp_range: (lo, hi),
+            rtp_cursor: AtomicU16::new(lo + fastrand::u16(..=(hi - lo)) / 2 * 2),
+        };
+        Ok(Server {
+            shared: Arc::new(shared),
+            http,
+        })
+    }
+
+    /// The SIP address actually bound.
+    pub fn sip_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.sip.local_addr()
+    }
+
+    /// The HTTP address actually bound.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serve until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        if let Some(listener) = self.http {
+            tokio::spawn(serve_http(listener, self.shared.clone()));
+        }
+        sip_loop(self.shared, shutdown).await;
+    }
+}
+
+async fn sip_loop(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut calls: HashMap<String, mpsc::UnboundedSender<CallInput>> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        tokio::select! {
+            r = shared.sip.recv_from(&mut buf) => match r {
+                Ok((n, src)) => on_datagram(&shared, &mut calls, &ended_tx, &buf[..n], src),
+                Err(e) => tracing::warn!(error = %e, "SIP socket receive error"),
+            },
+            Some(id) = ended_rx.recv() => { calls.remove(&id); }
+            _ = &mut shutdown => break,
+        }
+    }
+}
+
+fn on_datagram(
+    shared: &Arc<Shared>,
+    calls: &mut HashMap<String, mpsc::UnboundedSender<CallInput>>,
+    ended_tx: &mpsc::UnboundedSender<String>,
+    data: &[u8],
+    src: SocketAddr,
+) {
+    // RFC 5626 §4.4.1 keep-alives (CRLF) carry no message.
+    if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+        return;
+    }
+    let msg = match parse_datagram(data) {
+        Ok(m) => m,
+        Err(ParseError::BadRequest { reason, request }) => {
+            shared
+                .metrics
+                .sip_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%src, %reason, "malformed SIP request: 400");
+            if request.method != Method::Ack {
+                reply(
+                    shared,
+                    &request,
+                    src,
+                    400,
+                    &format!("Bad Request ({reason})"),
+                );
+            }
+            return;
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .sip_unparseable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%src, error = %e, len = data.len(), "dropping unparseable SIP datagram");
+            return;
+        }
+    };
+    let call_id = match &msg {
+        Message::Request(r) => r.call_id(),
+        Message::Response(r) => r.call_id(),
+    }
+    .unwrap_or("")
+    .to_string();
+    let msg = match calls.get(&call_id) {
+        Some(tx) => match tx.send((msg, src)) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError((msg, _))) => {
+                calls.remove(&call_id);
+                msg
+            }
+        },
+        None => msg,
+    };
+    let req = match msg {
+        Message::Request(r) => r,
+        Message::Response(r) => {
+            tracing::debug!(%src, code = r.code, %call_id, "response for no call: dropped");
+            return;
+        }
+    };
+    let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
+    match &req.method {
+        Method::Invite if !has_to_tag => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            calls.insert(call_id.clone(), tx);
+            shared.metrics.calls_started.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(call_task(shared.clone(), req, src, rx, ended_tx.clone()));
+        }
+        Method::Ack => {}
+        Method::Options if !has_to_tag => reply(shared, &req, src, 200, "OK"),
+        Method::Register
+        | Method::Subscribe
+        | Method::Publish
+        | Method::Message
+        | Method::Refer
+            if !has_to_tag =>
+        {
+            reply(shared, &req, src, 405, "Method Not Allowed")
+        }
+        Method::Other(_) => reply(shared, &req, src, 501, "Not Implemented"),
+        _ => reply(shared, &req, src, 481, "Call/Transaction Does Not Exist"),
+    }
+}
+
+fn reply(shared: &Shared, req: &Request, src: SocketAddr, code: u16, reason: &str) {
+    let resp = stateless_response(req, code, reason, &shared.settings.user_agent);
+    let dest = req
+        .top_via()
+        .map(|v| response_destination(&v, src))
+        .unwrap_or(src);
+    send(&shared.sip, dest, &resp.to_bytes());
+}
+
+fn send(sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {
+    // A full socket buffer loses the datagram; the transaction layer retransmits.
+    if let Err(e) = sock.try_send_to(data, dest) {
+        tracing::warn!(%dest, error = %e, "SIP send failed");
+    }
+}
+
+/// Bind an RTP socket on an even port of the profile's range (RFC 3550 §11).
+async fn bind_rtp(shared: &Shared) -> Option<UdpSocket> {
+    let (lo, hi) = shared.rtp_range;
+    let slots = (hi - lo) / 2 + 1;
+    for _ in 0..slots.min(64) {
+        let port = shared
+            .rtp_cursor
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(if p + 2 > hi { lo } else { p + 2 })
+            })
+            .unwrap_or(lo);
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port & !1)).await {
+            return Some(s);
+        }
+    }
+    None
+}
+
+async fn call_task(
+    shared: Arc<Shared>,
+    invite: Request,
+    src: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<CallInput>,
+    ended: mpsc::UnboundedSender<String>,
+) {
+    let call_id = invite.call_id().unwrap_or("").to_string();
+    let Some(rtp) = bind_rtp(&shared).await else {
+        tracing::error!(%call_id, "no free RTP port in the profile's range");
+        reply(
+            &shared,
+            &invite,
+            src,
+            503,
+            "Service Unavailable (no media port)",
+        );
+        let _ = ended.send(call_id);
+        return;
+    };
+    let local_rtp = match rtp.local_addr() {
+        Ok(a) => SocketAddr::new(shared.rtp_advertised, a.port()),
+        Err(_) => return,
+    };
+    let mut call = match Call::new(
+        shared.settings.clone(),
+        invite.clone(),
+        src,
+        local_rtp,
+        Instant::now().into_std(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            reply(&shared, &invite, src, 400, &format!("Bad Request ({e})"));
+            let _ = ended.send(call_id);
+            return;
+        }
+    };
+    drop(invite);
+    tracing::info!(%call_id, %src, rtp = %local_rtp, "call started");
+    let mut rtp = Some(rtp);
+    let mut buf = [0u8; 2048];
+    loop {
+        while let Some(out) = call.poll_output() {
+            match out {
+                Output::Send { dest, data } => send(&shared.sip, dest, &data),
+                Output::Ended(record) => {
+                    shared.metrics.call_ended(&record);
+                    shared.events.write(&record);
+                }
+            }
+        }
+        if call.is_finished() {
+            break;
+        }
+        if !call.wants_media() {
+            rtp = None;
+        }
+        let wake = call.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some((Message::Request(r), from)) => call.handle_request(&r, from, Instant::now().into_std()),
+                Some((Message::Response(r), _)) => call.handle_response(&r, Instant::now().into_std()),
+                None => break,
+            },
+            r = recv_rtp(rtp.as_ref(), &mut buf) => {
+                if let Ok(n) = r {
+                    call.handle_rtp(&buf[..n], Instant::now().into_std());
+                }
+            }
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                call.handle_timeout(Instant::now().into_std());
+            }
+        }
+    }
+    let _ = ended.send(call_id);
+}
+
+async fn recv_rtp(sock: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match sock {
+        Some(s) => s.recv_from(buf).await.map(|(n, _)| n),
+        None => std::future::pending().await,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400)
+}
+
+/// `/healthz` and `/metrics`. A dozen lines of HTTP/1.0 do not justify an HTTP
+/// framework yet; the dashboard will bring one.
+async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Read the request head (bounded in size and time); the body, if
+            // any, is of no interest.
+            let mut req = [0u8; 2048];
+            let mut n = 0;
+            let read_head = async {
+                while n < req.len() && !req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut req[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let line = String::from_utf8_lossy(&req[..n]);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/metrics" => ("200 OK", shared.metrics.render()),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,263 @@
+//! End-to-end call flows against the real binary over loopback UDP.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{fixture, Emonav, Uac};
+
+const S: Duration = Duration::from_secs(1);
+
+/// Answer, ACK and start streaming a fixture; returns the time the audio started.
+fn answered_call(emonav: &Emonav, audio: &str) -> (Uac, Instant) {
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    let ok = uac.invite_final(5 * S);
+    assert_eq!(ok.code, 200, "INVITE answered");
+    assert!(
+        String::from_utf8_lossy(&ok.body).contains("PCMU/8000"),
+        "PCMU chosen first"
+    );
+    uac.ack(true);
+    let started = Instant::now();
+    uac.play(fixture(audio), 0);
+    (uac, started)
+}
+
+/// Accept the REFER, report success, expect emonav's BYE; returns the Refer-To.
+fn complete_transfer(uac: &mut Uac, refer: &emonav::sip::message::Request) {
+    uac.respond(refer, 202, "Accepted");
+    let n = uac.notify("SIP/2.0 200 OK", true);
+    assert_eq!(
+        uac.expect_response(&n, 2 * S).expect("200 to NOTIFY").code,
+        200
+    );
+    let bye = uac
+        .expect_request("BYE", 3 * S)
+        .expect("BYE after the transfer");
+    uac.respond(&bye, 200, "OK");
+}
+
+fn refer_to(req: &emonav::sip::message::Request) -> String {
+    req.headers.get("Refer-To").expect("Refer-To").to_string()
+}
+
+#[test]
+fn calm_caller_goes_to_the_standard_queue() {
+    let emonav = Emonav::start("");
+    let (mut uac, started) = answered_call(&emonav, "calm.ul");
+    let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
+    let waited = started.elapsed();
+    assert_eq!(refer_to(&refer), "<sip:standard@127.0.0.1>");
+    assert_eq!(refer.headers.get_all("Refer-To").len(), 1);
+    assert_eq!(refer.headers.get("X-Emonav-Emotion"), Some("calm"));
+    assert!(refer.headers.get("Referred-By").is_some());
+    assert!(
+        waited < Duration::from_millis(3600),
+        "REFER after {waited:?}"
+    );
+    complete_transfer(&mut uac, &refer);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["outcome"], "transferred");
+    assert_eq!(ev["queue"], "sip:standard@127.0.0.1");
+    assert_eq!(ev["codec"], "pcmu");
+    assert_eq!(ev["call_id"], uac.call_id.as_str());
+    assert!(ev["rtp"]["received"].as_u64().unwrap() > 50, "{ev}");
+    assert!(ev["speech_ms"].as_u64().unwrap() > 300, "{ev}");
+}
+
+#[test]
+fn agitated_caller_goes_to_deescalation() {
+    let emonav = Emonav::start("");
+    let (mut uac, started) = answered_call(&emonav, "agitated.ul");
+    let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
+    let waited = started.elapsed();
+    assert_eq!(refer_to(&refer), "<sip:deescalation@127.0.0.1>");
+    assert_eq!(refer.headers.get("X-Emonav-Emotion"), Some("agitated"));
+    let arousal: f32 = refer
+        .headers
+        .get("X-Emonav-Arousal")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(arousal >= 0.6, "arousal {arousal}");
+    assert!(
+        waited < Duration::from_millis(3600),
+        "REFER after {waited:?}"
+    );
+    complete_transfer(&mut uac, &refer);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["outcome"], "transferred");
+    assert_eq!(ev["emotion"], "agitated");
+}
+
+#[test]
+fn silence_goes_to_the_default_queue_at_the_deadline() {
+    let emonav = Emonav::start("");
+    let (mut uac, started) = answered_call(&emonav, "silence.ul");
+    let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
+    let waited = started.elapsed();
+    assert_eq!(refer_to(&refer), "<sip:default@127.0.0.1>");
+    assert!(
+        waited >= Duration::from_millis(2900) && waited < Duration::from_millis(3800),
+        "REFER after {waited:?}, deadline is 3 s after the first audio"
+    );
+    complete_transfer(&mut uac, &refer);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["decision_reason"], "no_speech");
+    assert_eq!(ev["speech_ms"], 0);
+}
+
+#[test]
+fn caller_hanging_up_before_the_decision_ends_the_call_cleanly() {
+    let emonav = Emonav::start("");
+    let (mut uac, _) = answered_call(&emonav, "calm.ul");
+    std::thread::sleep(Duration::from_millis(500));
+    let bye = uac.request("BYE", "", "");
+    assert_eq!(
+        uac.expect_response(&bye, 2 * S).expect("200 to BYE").code,
+        200
+    );
+    let ev = emonav.next_event(3 * S);
+    assert_eq!(ev["outcome"], "caller_hangup");
+    assert!(ev["queue"].is_null(), "no decision taken: {ev}");
+    assert!(
+        uac.expect_request("REFER", 4 * S).is_none(),
+        "no REFER after BYE"
+    );
+}
+
+#[test]
+fn cancel_before_answer_gets_200_and_487() {
+    let emonav = Emonav::start("[sip]\nanswer_delay_ms = 3000\n");
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    std::thread::sleep(Duration::from_millis(200));
+    let me = uac.addr();
+    uac.send_raw(&format!(
+        "CANCEL sip:emonav@{r} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={b};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag={t}\r\nTo: <sip:emonav@{r}>\r\n\
+         Call-ID: {c}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        r = emonav.sip,
+        b = uac.invite_branch,
+        t = uac.tag,
+        c = uac.call_id
+    ));
+    let mut got = vec![];
+    while got.len() < 2 {
+        match uac.recv(2 * S).expect("responses to CANCEL and INVITE") {
+            emonav::sip::message::Message::Response(r) if r.code >= 200 => {
+                got.push((r.code, r.cseq().unwrap().method.as_str().to_string()))
+            }
+            _ => {}
+        }
+    }
+    got.sort();
+    assert_eq!(got, [(200, "CANCEL".into()), (487, "INVITE".into())]);
+    uac.ack(false);
+    let ev = emonav.next_event(3 * S);
+    assert_eq!(ev["outcome"], "cancelled");
+}
+
+#[test]
+fn refer_declined_with_603_falls_back_to_the_default_queue() {
+    let emonav = Emonav::start("");
+    let (mut uac, _) = answered_call(&emonav, "agitated.ul");
+    let first = uac.expect_request("REFER", 6 * S).expect("first REFER");
+    assert_eq!(refer_to(&first), "<sip:deescalation@127.0.0.1>");
+    uac.respond(&first, 603, "Declined");
+    let second = uac.expect_request("REFER", 3 * S).expect("fallback REFER");
+    assert_eq!(refer_to(&second), "<sip:default@127.0.0.1>");
+    complete_transfer(&mut uac, &second);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["outcome"], "transferred_to_fallback");
+    assert_eq!(ev["refer_attempts"][0]["response"], 603);
+    assert_eq!(ev["refer_attempts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn failure_notify_then_fallback_failure_hangs_up_politely() {
+    let emonav = Emonav::start("");
+    let (mut uac, _) = answered_call(&emonav, "calm.ul");
+    let first = uac.expect_request("REFER", 6 * S).expect("first REFER");
+    uac.respond(&first, 202, "Accepted");
+    uac.notify("SIP/2.0 486 Busy Here", true);
+    let second = uac.expect_request("REFER", 3 * S).expect("fallback REFER");
+    uac.respond(&second, 202, "Accepted");
+    uac.notify("SIP/2.0 480 Temporarily Unavailable", true);
+    let bye = uac
+        .expect_request("BYE", 3 * S)
+        .expect("BYE after both attempts failed");
+    uac.respond(&bye, 200, "OK");
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["outcome"], "failed");
+    assert_eq!(ev["refer_attempts"][1]["notify_status"], 480);
+}
+
+#[test]
+fn notify_after_our_bye_still_gets_200() {
+    let emonav = Emonav::start("");
+    let (mut uac, _) = answered_call(&emonav, "agitated.ul");
+    let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
+    uac.respond(&refer, 202, "Accepted");
+    uac.notify("SIP/2.0 200 OK", true);
+    let bye = uac.expect_request("BYE", 3 * S).expect("BYE");
+    uac.respond(&bye, 200, "OK");
+    // A PBX that repeats the final NOTIFY after the BYE crossed it.
+    let late = uac.notify("SIP/2.0 200 OK", true);
+    assert_eq!(uac.expect_response(&late, 2 * S).expect("answer").code, 200);
+}
+
+#[test]
+fn no_common_codec_is_488() {
+    let emonav = Emonav::start("");
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.offer("18", "a=rtpmap:18 G729/8000\r\n"));
+    let resp = uac.invite_final(3 * S);
+    assert_eq!(resp.code, 488);
+    uac.ack(false);
+    assert_eq!(emonav.next_event(3 * S)["outcome"], "rejected");
+}
+
+#[test]
+fn retransmitted_invite_gets_the_same_answer_and_one_call() {
+    let emonav = Emonav::start("");
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    let first = uac.invite_final(3 * S);
+    uac.send_raw(&uac.invite_text.clone());
+    let again = uac.invite_final(3 * S);
+    assert_eq!(first.code, 200);
+    assert_eq!(again.to_bytes(), first.to_bytes(), "same 200 OK");
+    uac.ack(true);
+    let bye = uac.request("BYE", "", "");
+    assert_eq!(uac.expect_response(&bye, 2 * S).unwrap().code, 200);
+    assert_eq!(emonav.next_event(3 * S)["outcome"], "caller_hangup");
+    assert!(
+        emonav.next_event_opt(Duration::from_millis(500)).is_none(),
+        "only one call"
+    );
+}
+
+#[test]
+fn unanswered_200_is_retransmitted_until_ack() {
+    let emonav = Emonav::start("");
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    let first = uac.invite_final(3 * S);
+    // T1 is 100 ms in test profiles: retransmissions at 100, 300, 700 ms.
+    let mut retransmits = 0;
+    let until = Instant::now() + Duration::from_millis(900);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Some(emonav::sip::message::Message::Response(r)) = uac.recv(left) {
+            assert_eq!(r.to_bytes(), first.to_bytes());
+            retransmits += 1;
+        }
+    }
+    assert!(retransmits >= 2, "{retransmits} retransmissions");
+    uac.ack(true);
+    assert!(
+        uac.recv(Duration::from_millis(500)).is_none(),
+        "no retransmission after ACK"
+    );
+}
