@@ -18,10 +18,15 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A fixture file's bytes.
+/// A fixture file's bytes (under `tests/fixtures/`).
 pub fn fixture(name: &str) -> Vec<u8> {
-    let p = root().join("tests/fixtures").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+    fixture_path(&format!("fixtures/{name}"))
+}
+
+/// A file's bytes, relative to `tests/`.
+pub fn fixture_path(rel: &str) -> Vec<u8> {
+    let p = root().join("tests").join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// A running emonav process.
@@ -38,8 +43,9 @@ pub struct Emonav {
 }
 
 impl Emonav {
-    /// Start with the default profile plus `extra` TOML appended to the
-    /// sections (given as full `[section]` blocks that replace the default's keys).
+    /// Start with the built-in defaults plus `extra` TOML: keys of `[sip]`,
+    /// `[media]` and `[transfer]` blocks in `extra` are merged into the test
+    /// profile's own blocks, other blocks are appended.
     pub fn start(extra: &str) -> Emonav {
         let dir = std::env::temp_dir().join(format!(
             "emonav-test-{}-{}",
@@ -49,14 +55,19 @@ impl Emonav {
         std::fs::create_dir_all(&dir).unwrap();
         let profile = dir.join("profile.toml");
         let base = 20_000 + 2 * fastrand::u16(0..10_000);
-        let text = format!(
-            "[sip]\nlisten = \"127.0.0.1:0\"\nt1_ms = 100\n{sip}\n\
-             [media]\nrtp_port_min = {base}\nrtp_port_max = {max}\n\n\
-             [http]\n\n[transfer]\nnotify_timeout_ms = 4000\n\n{rest}",
-            sip = section(extra, "sip"),
-            max = base + 200,
-            rest = without(extra, "sip"),
-        );
+        let defaults = [
+            ("sip", "listen = \"127.0.0.1:0\"\nt1_ms = 100\n".to_string()),
+            (
+                "media",
+                format!("rtp_port_min = {base}\nrtp_port_max = {}\n", base + 200),
+            ),
+            ("transfer", "notify_timeout_ms = 4000\n".to_string()),
+        ];
+        let mut text = String::new();
+        for (name, body) in &defaults {
+            text.push_str(&format!("[{name}]\n{body}{}\n", section(extra, name)));
+        }
+        text.push_str(&without(extra, &defaults.map(|(n, _)| n)));
         std::fs::write(&profile, text).unwrap();
         Self::start_with_profile(&profile)
     }
@@ -177,12 +188,12 @@ fn section(extra: &str, name: &str) -> String {
     out
 }
 
-fn without(extra: &str, name: &str) -> String {
+fn without(extra: &str, names: &[&str]) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in extra.lines() {
         if line.trim_start().starts_with('[') {
-            inside = line.trim() == format!("[{name}]");
+            inside = names.iter().any(|n| line.trim() == format!("[{n}]"));
         }
         if !inside {
             out.push_str(line);

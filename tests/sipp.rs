@@ -1,0 +1,135 @@
+//! SIPp, a real independent SIP peer, drives the real binary: the scenarios a
+//! tester runs by hand (tests/sipp/README.md) must pass here too.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{root, Emonav};
+
+/// A UDP port free at the time of asking.
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Run {
+    status: std::process::ExitStatus,
+    log: String,
+}
+
+/// Run a scenario file once against `emonav`; `pcap` replaces the scenario's audio.
+fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
+    let dir = std::env::temp_dir().join(format!(
+        "emonav-sipp-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut xml = std::fs::read_to_string(root().join("tests/sipp").join(scenario)).unwrap();
+    let fixtures = root().join("tests/fixtures");
+    let audio = fixtures.join(pcap.unwrap_or("agitated-pcmu.pcap"));
+    xml = xml.replace("../fixtures/agitated-pcmu.pcap", audio.to_str().unwrap());
+    let sf = dir.join(scenario);
+    std::fs::write(&sf, xml).unwrap();
+    let log = dir.join("actions.log");
+    let media = 30_000 + 4 * fastrand::u16(0..5_000);
+    let status = Command::new("sipp")
+        .arg(emonav.sip.to_string())
+        .args(["-sf"])
+        .arg(&sf)
+        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+        .args(["-p", &free_port().to_string(), "-mp", &media.to_string()])
+        .args([
+            "-timeout",
+            "30",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_logs",
+            "-log_file",
+        ])
+        .arg(&log)
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("sipp is installed (Debian package sip-tester; scripts/test.sh installs it)");
+    let errors = std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default();
+    if !status.success() {
+        eprintln!("sipp errors:\n{errors}");
+    }
+    Run {
+        status,
+        log: std::fs::read_to_string(&log).unwrap_or_default(),
+    }
+}
+
+fn refer_targets(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("REFER-TO: "))
+        .collect()
+}
+
+#[test]
+fn sipp_agitated_caller_is_referred_to_deescalation() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_refer.xml", None);
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred");
+    assert!(ev["answer_to_refer_ms"].as_u64().unwrap() <= 3500, "{ev}");
+}
+
+#[test]
+fn sipp_calm_caller_is_referred_to_standard() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_refer.xml", Some("calm-pcmu.pcap"));
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1"]);
+    assert_eq!(emonav.next_event(Duration::from_secs(5))["emotion"], "calm");
+}
+
+#[test]
+fn sipp_calm_caller_on_alaw_is_referred_to_standard() {
+    // PCMA only: take the offer's PCMU out of our preferences.
+    let emonav = Emonav::start("[media]\ncodecs = [\"pcma\"]\n");
+    let run = sipp(&emonav, "uac_refer.xml", Some("calm-pcma.pcap"));
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1"]);
+    assert_eq!(emonav.next_event(Duration::from_secs(5))["codec"], "pcma");
+}
+
+#[test]
+fn sipp_declined_transfer_falls_back_to_the_default_queue() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_refer_decline.xml", None);
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(
+        refer_targets(&run.log),
+        ["sip:deescalation@127.0.0.1", "sip:default@127.0.0.1"]
+    );
+    assert_eq!(
+        emonav.next_event(Duration::from_secs(5))["outcome"],
+        "transferred_to_fallback"
+    );
+}
+
+#[test]
+fn sipp_cancel_before_answer() {
+    let emonav = Emonav::start("[sip]\nanswer_delay_ms = 3000\n");
+    let run = sipp(&emonav, "uac_cancel.xml", None);
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(
+        emonav.next_event(Duration::from_secs(5))["outcome"],
+        "cancelled"
+    );
+}
