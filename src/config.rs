@@ -248,6 +248,28 @@ mod tests {
     }
 
     #[test]
+    fn shipped_profiles_are_valid_and_default_listens_on_loopback() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-profiles");
+        let p = Profile::load(&dir.join("default.toml")).unwrap();
+        assert_eq!(p.sip.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(p.http.listen, Some("127.0.0.1:9060".parse().unwrap()));
+        assert_eq!(p.policy.rules.len(), 2);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_queue_uri_is_refused() {
+        let err =
+            Profile::from_toml("[policy]\ndefault_queue = \"standard queue\"\n", "p").unwrap_err();
+        assert!(err.to_string().contains("policy.default_queue"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_refused_with_its_name() {
         let err = Profile::from_toml("[sip]\nlisten_addr = \"x\"\n", "p.toml").unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");

@@ -1,0 +1,44 @@
+//! The binary's verbs, as an operator uses them.
+
+use std::process::Command;
+
+fn emonav(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_emonav"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_default_profile() {
+    let (ok, out, _) = emonav(&["check-config"]);
+    assert!(ok);
+    assert!(out.contains("sip-profiles/default.toml: ok"), "{out}");
+    assert!(out.contains("udp:127.0.0.1:5060"), "{out}");
+    assert!(out.contains("sip:deescalation@127.0.0.1"), "{out}");
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let path = std::env::temp_dir().join(format!("emonav-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "[policy]\nconfidence_treshold = 0.5\n").unwrap();
+    let (ok, _, err) = emonav(&["check-config", "--profile", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("confidence_treshold"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_missing_profile_clearly() {
+    let (ok, _, err) = emonav(&["run", "--profile", "/nonexistent/profile.toml"]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot read profile /nonexistent/profile.toml"),
+        "{err}"
+    );
+}
