@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs the system tools the tests drive
-# (SIPp, espeak-ng/sox for fixtures, libopus) with apt-get when they are
+# (SIPp, from the Debian package sip-tester) with apt-get when they are
 # missing; run as root or with sudo on a fresh Debian/Ubuntu machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
-command -v espeak-ng >/dev/null || need+=(espeak-ng)
-command -v sox >/dev/null || need+=(sox)
-command -v tshark >/dev/null || need+=(tshark)
-pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
+
 if ((${#need[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

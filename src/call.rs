@@ -504,7 +504,8 @@ impl Call {
         }
     }
 
-    fn estimate(&self) -> Estimate {
+    /// The caller's emotion estimate so far (zero before any audio).
+    pub fn estimate(&self) -> Estimate {
         self.media
             .as_ref()
             .map(|m| m.analyzer.estimate())
