@@ -1,0 +1,88 @@
+//! Per-call costs on the hot paths, single core:
+//! `cargo bench --bench pipeline`.
+//!
+//! - `analyse_1s_8k`: the full feature pipeline and estimate over one second
+//!   of 8 kHz speech (the issue 3 target is ≤ 0.25 ms per second of audio).
+//! - `rtp_decode_analyse_packet`: one 20 ms G.711 packet through RTP
+//!   validation, μ-law decoding and analysis, as `Call::handle_rtp` does it.
+//! - `parse_invite`: one typical INVITE with SDP through the SIP parser.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use emonav::media::rtp::{RtpEvent, RtpReceiver};
+use emonav_dsp::{g711, Analyzer};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn speech_1s() -> Vec<i16> {
+    let ulaw = fixture("fixtures/agitated.ul");
+    let mut pcm = vec![0i16; 8000];
+    g711::decode_ulaw(&ulaw[8000..16000], &mut pcm);
+    pcm
+}
+
+fn analyse(c: &mut Criterion) {
+    let pcm = speech_1s();
+    let mut g = c.benchmark_group("dsp");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("analyse_1s_8k", |b| {
+        let mut a = Analyzer::new(8000);
+        a.push(&pcm);
+        b.iter(|| {
+            a.push(black_box(&pcm));
+            black_box(a.estimate())
+        })
+    });
+    g.finish();
+}
+
+fn packet(c: &mut Criterion) {
+    let ulaw = fixture("fixtures/agitated.ul");
+    let packets: Vec<Vec<u8>> = ulaw
+        .chunks(160)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut p = vec![0x80, 0];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.extend_from_slice(chunk);
+            p
+        })
+        .collect();
+    c.bench_function("rtp_decode_analyse_packet", |b| {
+        let mut rx = RtpReceiver::new(0, None);
+        let mut a = Analyzer::new(8000);
+        let mut pcm = [0i16; 2048];
+        let mut buf = [0u8; 172];
+        let mut i = 0usize;
+        let mut seq = 0u16;
+        b.iter(|| {
+            let src = &packets[i % packets.len()];
+            let p = &mut buf[..src.len()];
+            p.copy_from_slice(src);
+            // Keep the sequence moving so that no packet counts as a duplicate.
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            seq = seq.wrapping_add(1);
+            i += 1;
+            if let RtpEvent::Audio { payload, .. } = rx.handle(black_box(p)) {
+                g711::decode_ulaw(payload, &mut pcm[..payload.len()]);
+                a.push(&pcm[..payload.len()]);
+            }
+            black_box(a.estimate())
+        })
+    });
+}
+
+fn parse(c: &mut Criterion) {
+    let invite = fixture("conformance/freeswitch_invite_record_route.sip");
+    c.bench_function("parse_invite", |b| {
+        b.iter(|| emonav::sip::message::parse_datagram(black_box(&invite)).unwrap())
+    });
+}
+
+criterion_group!(benches, analyse, packet, parse);
+criterion_main!(benches);
