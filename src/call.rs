@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use emonav_dsp::{Analyzer, Estimate};
-use serde::Serialize;
 
 use crate::config::{Fallback, Profile};
+use crate::events::{CallRecord, Outcome, ReferAttempt};
 use crate::media::rtp::{RtpEvent, RtpReceiver, RtpStats};
 use crate::policy::{Decision, Policy, Reason};
 use crate::sdp::{self, CodecName, SdpError};
@@ -67,12 +67,12 @@ impl CallSettings {
     /// Derive from a profile; `sip_port` is the port actually bound.
     pub fn from_profile(p: &Profile, sip_port: u16) -> Self {
         let sip_addr = SocketAddr::new(p.advertised_ip(), sip_port);
-        let host = match sip_addr.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        };
-        let contact = Uri::parse(&format!("sip:{}@{host}:{sip_port}", p.sip.user))
-            .expect("contact built from a validated profile");
+        let contact = Uri::parse(&format!(
+            "sip:{}@{}:{sip_port}",
+            p.sip.user,
+            uri_host(sip_addr.ip())
+        ))
+        .expect("contact built from a validated profile");
         Self {
             timers: Timers {
                 t1: p.t1(),
@@ -94,13 +94,9 @@ impl CallSettings {
     }
 
     fn via(&self) -> Via {
-        let host = match self.sip_addr.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        };
         let mut via = Via {
             transport: "UDP".into(),
-            host,
+            host: uri_host(self.sip_addr.ip()),
             port: Some(self.sip_addr.port()),
             params: Default::default(),
         };
@@ -126,84 +122,6 @@ pub enum Output {
     /// The call is over: log this record. The call keeps answering stray
     /// requests until [`Call::is_finished`].
     Ended(Box<CallRecord>),
-}
-
-/// How the transfer went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Still in progress (never in a final record).
-    Pending,
-    /// The transfer target answered (final 2xx sipfrag).
-    Transferred,
-    /// The first target failed; the fallback to the default queue succeeded.
-    TransferredToFallback,
-    /// Every attempt failed; we hung up politely.
-    Failed,
-    /// The caller hung up before the transfer completed.
-    CallerHangup,
-    /// The caller cancelled before we answered.
-    Cancelled,
-    /// The INVITE was refused (no common codec, bad SDP).
-    Rejected,
-    /// No ACK for our 200 OK (RFC 3261 §13.3.1.4): we sent BYE.
-    NoAck,
-}
-
-/// One transfer attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReferAttempt {
-    /// Refer-To target.
-    pub target: String,
-    /// Final response to the REFER (None = timed out).
-    pub response: Option<u16>,
-    /// Last sipfrag status in a NOTIFY.
-    pub notify_status: Option<u16>,
-}
-
-/// The structured line written when a call ends.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallRecord {
-    /// Always `"call_end"`.
-    pub event: &'static str,
-    /// Call-ID.
-    pub call_id: String,
-    /// From header of the INVITE.
-    pub from: String,
-    /// To header of the INVITE.
-    pub to: String,
-    /// Unix time the INVITE arrived, ms.
-    pub started_unix_ms: u64,
-    /// INVITE to end, ms.
-    pub duration_ms: u64,
-    /// Negotiated codec.
-    pub codec: Option<CodecName>,
-    /// RTP counters.
-    pub rtp: RtpStats,
-    /// Audio decoded and analysed, ms.
-    pub audio_ms: u32,
-    /// Speech heard before the decision, ms.
-    pub speech_ms: u32,
-    /// Arousal at the decision.
-    pub arousal: Option<f32>,
-    /// Confidence at the decision.
-    pub confidence: Option<f32>,
-    /// Emotion label of the matching rule.
-    pub emotion: Option<String>,
-    /// Chosen queue.
-    pub queue: Option<String>,
-    /// Why the decision was taken when it was.
-    pub decision_reason: Option<Reason>,
-    /// High-risk flag.
-    pub flagged: bool,
-    /// 200 OK sent to first REFER sent, ms.
-    pub answer_to_refer_ms: Option<u64>,
-    /// First audio to decision, ms.
-    pub first_audio_to_decision_ms: Option<u64>,
-    /// Transfer attempts in order.
-    pub refer_attempts: Vec<ReferAttempt>,
-    /// Outcome.
-    pub outcome: Outcome,
 }
 
 #[derive(Debug)]
@@ -913,15 +831,34 @@ impl Call {
     }
 
     fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str) {
-        let resp = stateless_response(req, code, reason, &self.s.user_agent);
-        let dest = req
-            .top_via()
-            .map(|v| response_destination(&v, source))
-            .unwrap_or(source);
-        self.outputs.push_back(Output::Send {
-            dest,
-            data: resp.to_bytes(),
-        });
+        let (dest, data) = reply_datagram(req, source, code, reason, &self.s.user_agent);
+        self.outputs.push_back(Output::Send { dest, data });
+    }
+}
+
+/// A stateless response and where it goes (RFC 3261 §18.2.2).
+pub fn reply_datagram(
+    req: &Request,
+    source: SocketAddr,
+    code: u16,
+    reason: &str,
+    server: &str,
+) -> (SocketAddr, Vec<u8>) {
+    let dest = req
+        .top_via()
+        .map(|v| response_destination(&v, source))
+        .unwrap_or(source);
+    (
+        dest,
+        stateless_response(req, code, reason, server).to_bytes(),
+    )
+}
+
+/// The host part of a SIP URI or Via for an address (IPv6 in brackets).
+pub fn uri_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
     }
 }
 

@@ -9,7 +9,89 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::call::{CallRecord, Outcome};
+use serde::Serialize;
+
+use crate::media::rtp::RtpStats;
+use crate::policy::Reason;
+use crate::sdp::CodecName;
+
+/// How the transfer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still in progress (never in a final record).
+    Pending,
+    /// The transfer target answered (final 2xx sipfrag).
+    Transferred,
+    /// The first target failed; the fallback to the default queue succeeded.
+    TransferredToFallback,
+    /// Every attempt failed; we hung up politely.
+    Failed,
+    /// The caller hung up before the transfer completed.
+    CallerHangup,
+    /// The caller cancelled before we answered.
+    Cancelled,
+    /// The INVITE was refused (no common codec, bad SDP).
+    Rejected,
+    /// No ACK for our 200 OK (RFC 3261 §13.3.1.4): we sent BYE.
+    NoAck,
+}
+
+/// One transfer attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferAttempt {
+    /// Refer-To target.
+    pub target: String,
+    /// Final response to the REFER (None = timed out).
+    pub response: Option<u16>,
+    /// Last sipfrag status in a NOTIFY.
+    pub notify_status: Option<u16>,
+}
+
+/// The structured line written when a call ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    /// Always `"call_end"`.
+    pub event: &'static str,
+    /// Call-ID.
+    pub call_id: String,
+    /// From header of the INVITE.
+    pub from: String,
+    /// To header of the INVITE.
+    pub to: String,
+    /// Unix time the INVITE arrived, ms.
+    pub started_unix_ms: u64,
+    /// INVITE to end, ms.
+    pub duration_ms: u64,
+    /// Negotiated codec.
+    pub codec: Option<CodecName>,
+    /// RTP counters.
+    pub rtp: RtpStats,
+    /// Audio decoded and analysed, ms.
+    pub audio_ms: u32,
+    /// Speech heard before the decision, ms.
+    pub speech_ms: u32,
+    /// Arousal at the decision.
+    pub arousal: Option<f32>,
+    /// Confidence at the decision.
+    pub confidence: Option<f32>,
+    /// Emotion label of the matching rule.
+    pub emotion: Option<String>,
+    /// Chosen queue.
+    pub queue: Option<String>,
+    /// Why the decision was taken when it was.
+    pub decision_reason: Option<Reason>,
+    /// High-risk flag.
+    pub flagged: bool,
+    /// 200 OK sent to first REFER sent, ms.
+    pub answer_to_refer_ms: Option<u64>,
+    /// First audio to decision, ms.
+    pub first_audio_to_decision_ms: Option<u64>,
+    /// Transfer attempts in order.
+    pub refer_attempts: Vec<ReferAttempt>,
+    /// Outcome.
+    pub outcome: Outcome,
+}
 
 /// Where call records go.
 pub struct EventSink {

@@ -17,10 +17,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::call::{stateless_response, Call, CallSettings, Output};
+use crate::call::{reply_datagram, Call, CallSettings, Output};
 use crate::config::Profile;
 use crate::events::{EventSink, Metrics};
-use crate::sip::dialog::response_destination;
 use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request};
 
 /// A SIP message for a call task, with where it came from.
@@ -193,12 +192,8 @@ fn on_datagram(
 }
 
 fn reply(shared: &Shared, req: &Request, src: SocketAddr, code: u16, reason: &str) {
-    let resp = stateless_response(req, code, reason, &shared.settings.user_agent);
-    let dest = req
-        .top_via()
-        .map(|v| response_destination(&v, src))
-        .unwrap_or(src);
-    send(&shared.sip, dest, &resp.to_bytes());
+    let (dest, data) = reply_datagram(req, src, code, reason, &shared.settings.user_agent);
+    send(&shared.sip, dest, &data);
 }
 
 fn send(sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {
