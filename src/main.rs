@@ -1,4 +1,4 @@
-//! The `emonav` binary: `run` (default) and `check-config`.
+//! The `emonav` binary: `run` (default), `analyze` and `check-config`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,17 @@ struct Cli {
 enum Command {
     /// Answer calls, analyse the caller's voice, transfer with REFER (the default).
     Run(RunArgs),
+    /// Run a recording through the in-call pipeline and print what a call would decide.
+    Analyze {
+        /// WAV file (any rate, any PCM format; mixed down to mono).
+        file: PathBuf,
+        /// Profile whose policy decides.
+        #[arg(long, default_value = DEFAULT_PROFILE)]
+        profile: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a profile and print the settings in effect.
     CheckConfig {
         /// Profile to check.
@@ -63,6 +74,11 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
         Some(Command::CheckConfig { profile }) => check_config(&profile),
+        Some(Command::Analyze {
+            file,
+            profile,
+            json,
+        }) => analyze(&file, &profile, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +121,17 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         );
     }
     println!("  default queue         {}", p.policy.default_queue);
+    Ok(())
+}
+
+fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
+    let p = load(profile)?;
+    let a = emonav::analyze::analyze(file, &p.policy)?;
+    if json {
+        println!("{}", serde_json::to_string(&a)?);
+    } else {
+        print!("{a}");
+    }
     Ok(())
 }
 

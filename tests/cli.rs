@@ -42,3 +42,37 @@ fn run_refuses_a_missing_profile_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn analyze_reports_the_decision_a_call_would_take() {
+    let (ok, out, err) = emonav(&["analyze", "--json", "tests/fixtures/agitated.wav"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"]["queue"], "sip:deescalation@127.0.0.1");
+    assert_eq!(v["decision"]["reason"], "confident");
+    assert!(v["decision_ms"].as_u64().unwrap() < 3000, "{v}");
+    assert!(v["functionals"]["speech_ms"].as_u64().unwrap() > 3000);
+    assert_eq!(
+        v["timeline"].as_array().unwrap().len(),
+        9,
+        "every 500 ms over 4.5 s"
+    );
+
+    let (ok, table, _) = emonav(&["analyze", "tests/fixtures/calm.wav"]);
+    assert!(ok);
+    assert!(table.contains("calm -> sip:standard@127.0.0.1"), "{table}");
+    assert!(table.contains("F0 mean st"), "{table}");
+
+    let (ok, out, _) = emonav(&["analyze", "--json", "tests/fixtures/silence.wav"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"]["reason"], "no_speech");
+    assert_eq!(v["decision_ms"], 3000);
+}
+
+#[test]
+fn analyze_refuses_a_file_that_is_not_wav() {
+    let (ok, _, err) = emonav(&["analyze", "tests/fixtures/calm.ul"]);
+    assert!(!ok);
+    assert!(err.contains("cannot read tests/fixtures/calm.ul"), "{err}");
+}

@@ -9,6 +9,7 @@ pub mod estimator;
 pub mod features;
 pub mod g711;
 pub mod pitch;
+pub mod telephone;
 
 pub use analyzer::{analyze_pcm, Analyzer, Report};
 pub use estimator::{EmotionEstimator, Estimate, HeuristicArousal};

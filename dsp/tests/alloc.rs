@@ -1,0 +1,57 @@
+//! `Analyzer::push` and `estimate` allocate nothing once constructed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use emonav_dsp::Analyzer;
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn ten_seconds_of_audio_without_an_allocation() {
+    for rate in [8000u32, 16000] {
+        // A voice-like signal with gaps, so that every code path (silence,
+        // speech, voiced, unvoiced) runs.
+        let signal: Vec<i16> = (0..rate as usize * 10)
+            .map(|i| {
+                let t = i as f32 / rate as f32;
+                let on = (t * 2.0) as u32 % 2 == 0;
+                let w = 2.0 * std::f32::consts::PI * (140.0 + 40.0 * (t * 3.0).sin()) * t;
+                if on {
+                    (8000.0 * (w.sin() + 0.4 * (2.0 * w).sin())) as i16
+                } else {
+                    ((i * 7919) % 61) as i16 - 30
+                }
+            })
+            .collect();
+        let mut a = Analyzer::new(rate);
+        a.push(&signal[..rate as usize / 10]);
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for packet in signal.chunks(rate as usize / 50) {
+            a.push(packet);
+            std::hint::black_box(a.estimate());
+        }
+        let during = ALLOCS.load(Ordering::Relaxed) - before;
+        assert_eq!(during, 0, "{during} allocations at {rate} Hz");
+        assert!(a.functionals().speech_ms() > 3000, "speech was analysed");
+    }
+}

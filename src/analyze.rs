@@ -1,0 +1,210 @@
+//! `emonav analyze`: a recording through exactly the in-call pipeline:
+//! telephone conditions (8 kHz, 300–3400 Hz, μ-law), the call's analyser
+//! and estimator fed in 20 ms packets, and the profile's decision policy
+//! with the same early/deadline rules a call applies.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use emonav_dsp::{telephone, Analyzer, Estimate};
+
+use crate::policy::{Decision, Policy};
+
+/// Why a recording cannot be analysed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    /// Not a readable WAV file.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// Path.
+        path: String,
+        /// What hound said.
+        message: String,
+    },
+    /// Conversion to telephone audio failed.
+    #[error(transparent)]
+    Convert(#[from] telephone::ConvertError),
+}
+
+/// Read a WAV file (any PCM or float format), mixed down to mono ±1.0.
+pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AnalyzeError> {
+    let err = |e: hound::Error| AnalyzeError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut r = hound::WavReader::open(path).map_err(err)?;
+    let spec = r.spec();
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => r.samples::<f32>().collect::<Result<_, _>>().map_err(err)?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            r.samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(err)?
+        }
+    };
+    let ch = spec.channels.max(1) as usize;
+    let mono = samples
+        .chunks(ch)
+        .map(|f| f.iter().sum::<f32>() / ch as f32)
+        .collect();
+    Ok((mono, spec.sample_rate))
+}
+
+/// One point of the estimate over time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Audio time, ms.
+    pub ms: u32,
+    /// Arousal.
+    pub arousal: f32,
+    /// Confidence.
+    pub confidence: f32,
+    /// Speech heard so far, ms.
+    pub speech_ms: u32,
+}
+
+/// Functionals as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Audio, ms.
+    pub audio_ms: u32,
+    /// Speech, ms.
+    pub speech_ms: u32,
+    /// Mean speech energy, dBFS.
+    pub energy_mean_db: Option<f32>,
+    /// Standard deviation of speech energy, dB.
+    pub energy_std_db: Option<f32>,
+    /// Mean F0, semitones re 27.5 Hz.
+    pub f0_mean_st: Option<f32>,
+    /// Standard deviation of F0, semitones.
+    pub f0_std_st: Option<f32>,
+    /// Mean spectral balance, dB.
+    pub hf_ratio_mean_db: Option<f32>,
+    /// Voiced onsets per second of speech.
+    pub voiced_onsets_per_s: Option<f32>,
+}
+
+/// What `analyze` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    /// Input file.
+    pub file: String,
+    /// Its sample rate.
+    pub sample_rate: u32,
+    /// Functionals over the whole recording.
+    pub functionals: Summary,
+    /// Estimate every 500 ms.
+    pub timeline: Vec<Point>,
+    /// The decision a call would have taken.
+    pub decision: Decision,
+    /// When, in ms after the first audio.
+    pub decision_ms: u64,
+}
+
+/// Run a recording through the call pipeline and the policy.
+pub fn analyze(path: &Path, policy: &Policy) -> Result<Analysis, AnalyzeError> {
+    let (audio, rate) = read_wav(path)?;
+    let pcm = telephone::telephone_8k(&audio, rate)?;
+    let mut a = Analyzer::new(8000);
+    let mut timeline = Vec::new();
+    let mut decision: Option<(Decision, u64)> = None;
+    let deadline = policy.decision_deadline_ms;
+    // 20 ms packets, as RTP delivers them.
+    for (i, packet) in pcm.chunks(160).enumerate() {
+        a.push(packet);
+        let now_ms = (i as u64 + 1) * 20;
+        let e = a.estimate();
+        if decision.is_none() {
+            if let Some(d) = policy.early(&e) {
+                decision = Some((d, now_ms));
+            } else if now_ms >= deadline {
+                decision = Some((policy.at_deadline(&e), deadline));
+            }
+        }
+        if now_ms % 500 == 0 {
+            timeline.push(point(now_ms as u32, &e));
+        }
+    }
+    let last = a.estimate();
+    if timeline.last().is_none_or(|p| p.ms != a.audio_ms()) {
+        timeline.push(point(a.audio_ms(), &last));
+    }
+    // A recording shorter than the deadline: the call would have decided at
+    // the deadline on what it had heard.
+    let (decision, decision_ms) = decision.unwrap_or_else(|| (policy.at_deadline(&last), deadline));
+    let f = a.functionals();
+    Ok(Analysis {
+        file: path.display().to_string(),
+        sample_rate: rate,
+        functionals: Summary {
+            audio_ms: a.audio_ms(),
+            speech_ms: f.speech_ms(),
+            energy_mean_db: f.energy_mean_db(),
+            energy_std_db: f.energy_std_db(),
+            f0_mean_st: f.f0_mean_st(),
+            f0_std_st: f.f0_std_st(),
+            hf_ratio_mean_db: f.hf_ratio_mean_db(),
+            voiced_onsets_per_s: f.onsets_per_s(),
+        },
+        timeline,
+        decision,
+        decision_ms,
+    })
+}
+
+fn point(ms: u32, e: &Estimate) -> Point {
+    Point {
+        ms,
+        arousal: e.arousal,
+        confidence: e.confidence,
+        speech_ms: e.speech_ms,
+    }
+}
+
+impl std::fmt::Display for Analysis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let s = &self.functionals;
+        writeln!(
+            f,
+            "{} ({} Hz, analysed as 8 kHz μ-law)",
+            self.file, self.sample_rate
+        )?;
+        writeln!(f, "\nfunctionals")?;
+        for (k, v) in [
+            ("audio ms", s.audio_ms.to_string()),
+            ("speech ms", s.speech_ms.to_string()),
+            ("energy mean dBFS", o(s.energy_mean_db)),
+            ("energy std dB", o(s.energy_std_db)),
+            ("F0 mean st", o(s.f0_mean_st)),
+            ("F0 std st", o(s.f0_std_st)),
+            ("spectral balance dB", o(s.hf_ratio_mean_db)),
+            ("voiced onsets/s", o(s.voiced_onsets_per_s)),
+        ] {
+            writeln!(f, "  {k:<22}{v:>10}")?;
+        }
+        writeln!(f, "\n  time ms   arousal  confidence  speech ms")?;
+        for p in &self.timeline {
+            writeln!(
+                f,
+                "  {:>7}   {:>7.2}  {:>10.2}  {:>9}",
+                p.ms, p.arousal, p.confidence, p.speech_ms
+            )?;
+        }
+        let d = &self.decision;
+        writeln!(
+            f,
+            "\ndecision at {} ms ({:?}): {} -> {}   arousal {:.2}, confidence {:.2}{}",
+            self.decision_ms,
+            d.reason,
+            d.label,
+            d.queue,
+            d.arousal,
+            d.confidence,
+            if d.flagged { ", flagged high-risk" } else { "" }
+        )
+    }
+}
