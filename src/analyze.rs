@@ -85,6 +85,22 @@ pub struct Summary {
     pub hf_ratio_mean_db: Option<f32>,
     /// Voiced onsets per second of speech.
     pub voiced_onsets_per_s: Option<f32>,
+    /// Mean HNR over voiced frames, dB.
+    pub hnr_mean_db: Option<f32>,
+    /// Mean loudness proxy over speech.
+    pub loudness_mean: Option<f32>,
+    /// Mean alpha ratio over speech, dB.
+    pub alpha_ratio_mean_db: Option<f32>,
+    /// Mean Hammarberg index over speech, dB.
+    pub hammarberg_mean_db: Option<f32>,
+    /// Mean spectral slope 0–500 Hz, dB/Hz.
+    pub slope_0_500_mean: Option<f32>,
+    /// Mean spectral slope 500–1500 Hz, dB/Hz.
+    pub slope_500_1500_mean: Option<f32>,
+    /// Mean MFCC 1–4.
+    pub mfcc_mean: [Option<f32>; 4],
+    /// Mean spectral flux.
+    pub flux_mean: Option<f32>,
 }
 
 /// What `analyze` reports.
@@ -148,6 +164,14 @@ pub fn analyze(path: &Path, policy: &Policy) -> Result<Analysis, AnalyzeError> {
             f0_std_st: f.f0_std_st(),
             hf_ratio_mean_db: f.hf_ratio_mean_db(),
             voiced_onsets_per_s: f.onsets_per_s(),
+            hnr_mean_db: f.spectral.hnr.mean(),
+            loudness_mean: f.spectral.loudness.mean(),
+            alpha_ratio_mean_db: f.spectral.alpha_ratio.mean(),
+            hammarberg_mean_db: f.spectral.hammarberg.mean(),
+            slope_0_500_mean: f.spectral.slope_0_500.mean(),
+            slope_500_1500_mean: f.spectral.slope_500_1500.mean(),
+            mfcc_mean: f.spectral.mfcc.map(|m| m.mean()),
+            flux_mean: f.spectral.flux.mean(),
         },
         timeline,
         decision,
@@ -183,6 +207,23 @@ impl std::fmt::Display for Analysis {
             ("F0 std st", o(s.f0_std_st)),
             ("spectral balance dB", o(s.hf_ratio_mean_db)),
             ("voiced onsets/s", o(s.voiced_onsets_per_s)),
+            ("HNR mean dB", o(s.hnr_mean_db)),
+            ("loudness mean", o(s.loudness_mean)),
+            ("alpha ratio dB", o(s.alpha_ratio_mean_db)),
+            ("Hammarberg dB", o(s.hammarberg_mean_db)),
+            (
+                "slope 0-500 dB/kHz",
+                o(s.slope_0_500_mean.map(|v| v * 1000.0)),
+            ),
+            (
+                "slope 500-1500 dB/kHz",
+                o(s.slope_500_1500_mean.map(|v| v * 1000.0)),
+            ),
+            ("MFCC1", o(s.mfcc_mean[0])),
+            ("MFCC2", o(s.mfcc_mean[1])),
+            ("MFCC3", o(s.mfcc_mean[2])),
+            ("MFCC4", o(s.mfcc_mean[3])),
+            ("spectral flux", o(s.flux_mean)),
         ] {
             writeln!(f, "  {k:<22}{v:>10}")?;
         }

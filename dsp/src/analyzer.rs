@@ -4,6 +4,7 @@
 use crate::estimator::{EmotionEstimator, Estimate, HeuristicArousal};
 use crate::features::{semitones, FrameFeatures, Functionals};
 use crate::pitch::PitchTracker;
+use crate::spectral::SpectralAnalyzer;
 
 /// Energy below which a frame is never speech (dBFS).
 const SPEECH_MIN_DB: f32 = -55.0;
@@ -25,6 +26,7 @@ pub struct Analyzer {
     /// Samples of the current hop already in `window`'s tail.
     filled: usize,
     pitch: PitchTracker,
+    spectral: SpectralAnalyzer,
     frame: FrameFeatures,
     functionals: Functionals,
     estimator: Box<dyn EmotionEstimator>,
@@ -53,6 +55,7 @@ impl Analyzer {
             energy_len: sample_rate as usize * 25 / 1000,
             window: vec![0.0; pitch.frame_len()],
             filled: 0,
+            spectral: SpectralAnalyzer::new(sample_rate, sample_rate as usize * 25 / 1000),
             pitch,
             frame: FrameFeatures::default(),
             functionals: Functionals::default(),
@@ -94,6 +97,8 @@ impl Analyzer {
 
         // Until the pitch window has filled once, its start is zero padding.
         let primed = (self.functionals.frames as usize + 1) * self.hop >= n;
+        // Before the pitch step below removes DC from the whole window.
+        let spectral = self.spectral.process(&self.window);
         let energetic = primed
             && energy_db > SPEECH_MIN_DB
             && energy_db > self.noise_floor_db + SPEECH_ABOVE_FLOOR_DB;
@@ -135,6 +140,13 @@ impl Analyzer {
             f0_semitones: if voiced { semitones(pitch.f0_hz) } else { 0.0 },
             hf_ratio_db,
             noise_floor_db: self.noise_floor_db,
+            hnr_db: if voiced {
+                let r = pitch.strength.clamp(1e-4, 0.9999);
+                10.0 * (r / (1.0 - r)).log10()
+            } else {
+                0.0
+            },
+            spectral,
         };
         self.functionals.update(&self.frame);
         self.functionals.speech_frames += confirmed as u32;

@@ -5,6 +5,8 @@
 //! pitch uses the last 40 ms, since a 60 Hz voice needs more than two periods
 //! in view (eGeMAPS uses 60 ms for the same reason).
 
+use crate::spectral::{Spectral, MFCCS};
+
 /// Descriptors of one 10 ms frame.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct FrameFeatures {
@@ -24,6 +26,64 @@ pub struct FrameFeatures {
     pub hf_ratio_db: f32,
     /// Adaptive noise floor estimate (dBFS).
     pub noise_floor_db: f32,
+    /// Harmonics-to-noise ratio from the pitch correlation peak r,
+    /// 10·log10(r / (1 - r)) (Boersma 1993), voiced frames only (0 otherwise).
+    pub hnr_db: f32,
+    /// Spectral descriptors of the 25 ms window.
+    pub spectral: Spectral,
+}
+
+/// Count, mean and standard deviation, updated in O(1).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Running {
+    n: u32,
+    sum: f64,
+    sq: f64,
+}
+
+impl Running {
+    /// Add a value.
+    pub fn add(&mut self, v: f32) {
+        self.n += 1;
+        self.sum += v as f64;
+        self.sq += (v as f64) * (v as f64);
+    }
+    /// Values seen.
+    pub fn count(&self) -> u32 {
+        self.n
+    }
+    /// Mean; `None` when empty.
+    pub fn mean(&self) -> Option<f32> {
+        (self.n > 0).then(|| (self.sum / self.n as f64) as f32)
+    }
+    /// Population standard deviation; `None` with fewer than two values.
+    pub fn std(&self) -> Option<f32> {
+        (self.n > 1).then(|| {
+            let m = self.sum / self.n as f64;
+            (self.sq / self.n as f64 - m * m).max(0.0).sqrt() as f32
+        })
+    }
+}
+
+/// Running statistics of the spectral descriptors over speech frames.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SpectralStats {
+    /// Alpha ratio (dB).
+    pub alpha_ratio: Running,
+    /// Hammarberg index (dB).
+    pub hammarberg: Running,
+    /// Slope 0–500 Hz (dB/Hz).
+    pub slope_0_500: Running,
+    /// Slope 500–1500 Hz (dB/Hz).
+    pub slope_500_1500: Running,
+    /// MFCC 1–4.
+    pub mfcc: [Running; MFCCS],
+    /// Spectral flux.
+    pub flux: Running,
+    /// Loudness proxy.
+    pub loudness: Running,
+    /// HNR over voiced frames (dB).
+    pub hnr: Running,
 }
 
 /// Running statistics over the call so far, updated in O(1) per frame.
@@ -45,6 +105,8 @@ pub struct Functionals {
     /// Loudest speech frame (dBFS).
     pub energy_max_db: f32,
     was_voiced: bool,
+    /// Spectral descriptors and HNR over speech.
+    pub spectral: SpectralStats,
 }
 
 impl Functionals {
@@ -56,6 +118,19 @@ impl Functionals {
             return;
         }
         self.speech_frames += 1;
+        let sp = &mut self.spectral;
+        sp.alpha_ratio.add(f.spectral.alpha_ratio_db);
+        sp.hammarberg.add(f.spectral.hammarberg_db);
+        sp.slope_0_500.add(f.spectral.slope_0_500);
+        sp.slope_500_1500.add(f.spectral.slope_500_1500);
+        for (r, v) in sp.mfcc.iter_mut().zip(f.spectral.mfcc) {
+            r.add(v);
+        }
+        sp.flux.add(f.spectral.flux);
+        sp.loudness.add(f.spectral.loudness);
+        if f.voiced {
+            sp.hnr.add(f.hnr_db);
+        }
         let e = f.energy_db as f64;
         self.energy_sum += e;
         self.energy_sq += e * e;

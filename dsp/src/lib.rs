@@ -9,8 +9,10 @@ pub mod estimator;
 pub mod features;
 pub mod g711;
 pub mod pitch;
+pub mod spectral;
 pub mod telephone;
 
 pub use analyzer::{analyze_pcm, Analyzer, Report};
 pub use estimator::{EmotionEstimator, Estimate, HeuristicArousal};
-pub use features::{FrameFeatures, Functionals};
+pub use features::{FrameFeatures, Functionals, Running, SpectralStats};
+pub use spectral::Spectral;
