@@ -1,0 +1,142 @@
+//! emonav's frame descriptors against openSMILE eGeMAPSv02 on the reference
+//! clips (dsp/reference/: the clips, the script that made them and openSMILE's
+//! output are committed). Per clip, the same means are taken on both sides
+//! (F0 and HNR over voiced frames, the rest over all frames), and agreement is
+//! the Pearson correlation across clips, plus the absolute F0 error.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use emonav_dsp::Analyzer;
+
+fn reference_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dsp/reference")
+}
+
+/// openSMILE's per-clip LLD means: file → column → value.
+fn reference() -> HashMap<String, HashMap<String, f64>> {
+    let text = std::fs::read_to_string(reference_dir().join("egemaps_lld_means.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let row = header[1..]
+                .iter()
+                .zip(&cells[1..])
+                .filter_map(|(h, v)| v.parse().ok().map(|v| (h.to_string(), v)))
+                .collect();
+            (cells[0].to_string(), row)
+        })
+        .collect()
+}
+
+/// emonav's per-clip means, named as openSMILE's columns.
+fn ours(file: &str) -> HashMap<String, f64> {
+    let (audio, rate) =
+        emonav::analyze::read_wav(&reference_dir().join("clips").join(file)).unwrap();
+    let pcm: Vec<i16> = audio
+        .iter()
+        .map(|v| (v * 32768.0).clamp(-32768.0, 32767.0) as i16)
+        .collect();
+    let mut a = Analyzer::new(rate);
+    let hop = rate as usize / 100;
+    let mut sums: HashMap<&str, (f64, u32)> = HashMap::new();
+    let mut add = |k: &'static str, v: f32| {
+        let e = sums.entry(k).or_default();
+        e.0 += v as f64;
+        e.1 += 1;
+    };
+    for chunk in pcm.chunks_exact(hop) {
+        a.push(chunk);
+        let f = *a.frame();
+        let s = f.spectral;
+        if f.voiced {
+            add("F0semitoneFrom27.5Hz_sma3nz", f.f0_semitones);
+            add("HNRdBACF_sma3nz", f.hnr_db);
+        }
+        add("Loudness_sma3", s.loudness);
+        add("alphaRatio_sma3", s.alpha_ratio_db);
+        add("hammarbergIndex_sma3", s.hammarberg_db);
+        add("slope0-500_sma3", s.slope_0_500);
+        add("slope500-1500_sma3", s.slope_500_1500);
+        add("mfcc1_sma3", s.mfcc[0]);
+        add("mfcc2_sma3", s.mfcc[1]);
+        add("mfcc3_sma3", s.mfcc[2]);
+        add("mfcc4_sma3", s.mfcc[3]);
+        add("spectralFlux_sma3", s.flux);
+    }
+    sums.into_iter()
+        .map(|(k, (s, n))| (k.to_string(), s / n as f64))
+        .collect()
+}
+
+fn pearson(pairs: &[(f64, f64)]) -> f64 {
+    let n = pairs.len() as f64;
+    let (mx, my) = (
+        pairs.iter().map(|p| p.0).sum::<f64>() / n,
+        pairs.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let cov: f64 = pairs.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let vx: f64 = pairs.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let vy: f64 = pairs.iter().map(|(_, y)| (y - my).powi(2)).sum();
+    cov / (vx * vy).sqrt()
+}
+
+/// (feature, clips it is compared on, required Pearson r). The thresholds sit
+/// just under what was measured (docs/features.md), so that a regression fails.
+const TARGETS: &[(&str, &str, f64)] = &[
+    ("F0semitoneFrom27.5Hz_sma3nz", "speech", 0.95),
+    ("HNRdBACF_sma3nz", "speech", 0.6),
+    ("Loudness_sma3", "speech", 0.85),
+    ("alphaRatio_sma3", "speech", 0.98),
+    ("hammarbergIndex_sma3", "speech", 0.98),
+    ("slope0-500_sma3", "speech", 0.98),
+    ("slope500-1500_sma3", "speech", 0.9),
+    ("mfcc1_sma3", "speech", 0.98),
+    ("mfcc2_sma3", "speech", 0.98),
+    ("mfcc3_sma3", "speech", 0.98),
+    ("mfcc4_sma3", "speech", 0.98),
+    ("spectralFlux_sma3", "speech", 0.8),
+];
+
+#[test]
+fn frame_descriptors_agree_with_opensmile_egemaps() {
+    let reference = reference();
+    let mut files: Vec<&String> = reference.keys().collect();
+    files.sort();
+    let ours: HashMap<&String, HashMap<String, f64>> =
+        files.iter().map(|f| (*f, ours(f))).collect();
+    let mut failures = vec![];
+    println!("{:<30} {:>6} {:>8}", "feature", "clips", "r");
+    for (feature, set, min_r) in TARGETS {
+        let pairs: Vec<(f64, f64)> = files
+            .iter()
+            .filter(|f| *set == "all" || f.starts_with("speech"))
+            .filter_map(|f| Some((*ours[f].get(*feature)?, *reference[*f].get(*feature)?)))
+            .collect();
+        let r = pearson(&pairs);
+        println!("{feature:<30} {:>6} {r:>8.3}", pairs.len());
+        if r.is_nan() || r < *min_r {
+            failures.push(format!("{feature}: r = {r:.3} < {min_r}"));
+        }
+    }
+    // F0 level: mean absolute difference over the speech clips, in semitones.
+    let f0 = "F0semitoneFrom27.5Hz_sma3nz";
+    let diffs: Vec<f64> = files
+        .iter()
+        .filter(|f| f.starts_with("speech"))
+        .filter_map(|f| Some((ours[f].get(f0)? - reference[*f].get(f0)?).abs()))
+        .collect();
+    let mad = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    println!(
+        "F0 mean |difference| over {} speech clips: {mad:.2} st",
+        diffs.len()
+    );
+    if mad > 1.0 {
+        failures.push(format!(
+            "F0 mean differs by {mad:.2} st on average (> 1 st)"
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
