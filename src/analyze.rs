@@ -101,6 +101,22 @@ pub struct Summary {
     pub mfcc_mean: [Option<f32>; 4],
     /// Mean spectral flux.
     pub flux_mean: Option<f32>,
+    /// Mean local jitter over voiced frames.
+    pub jitter_mean: Option<f32>,
+    /// Mean local shimmer over voiced frames, dB.
+    pub shimmer_mean_db: Option<f32>,
+    /// F0 20th, 50th and 80th percentiles, semitones.
+    pub f0_percentiles_st: [Option<f32>; 3],
+    /// Loudness 20th, 50th and 80th percentiles.
+    pub loudness_percentiles: [Option<f32>; 3],
+    /// Loudness peaks per second.
+    pub loudness_peaks_per_s: Option<f32>,
+    /// Voiced segments per second.
+    pub voiced_segments_per_s: Option<f32>,
+    /// Mean voiced segment length, s.
+    pub mean_voiced_segment_s: Option<f32>,
+    /// Mean unvoiced segment length, s.
+    pub mean_unvoiced_segment_s: Option<f32>,
 }
 
 /// What `analyze` reports.
@@ -172,6 +188,14 @@ pub fn analyze(path: &Path, policy: &Policy) -> Result<Analysis, AnalyzeError> {
             slope_500_1500_mean: f.spectral.slope_500_1500.mean(),
             mfcc_mean: f.spectral.mfcc.map(|m| m.mean()),
             flux_mean: f.spectral.flux.mean(),
+            jitter_mean: f.spectral.jitter.mean(),
+            shimmer_mean_db: f.spectral.shimmer.mean(),
+            f0_percentiles_st: [0.2, 0.5, 0.8].map(|q| f.f0_percentile(q)),
+            loudness_percentiles: [0.2, 0.5, 0.8].map(|q| f.loudness_percentile(q)),
+            loudness_peaks_per_s: f.loudness_peaks_per_s(),
+            voiced_segments_per_s: f.voiced_segments_per_s(),
+            mean_voiced_segment_s: f.mean_voiced_segment_s(),
+            mean_unvoiced_segment_s: f.mean_unvoiced_segment_s(),
         },
         timeline,
         decision,
@@ -224,8 +248,19 @@ impl std::fmt::Display for Analysis {
             ("MFCC3", o(s.mfcc_mean[2])),
             ("MFCC4", o(s.mfcc_mean[3])),
             ("spectral flux", o(s.flux_mean)),
+            ("jitter (local) %", o(s.jitter_mean.map(|v| v * 100.0))),
+            ("shimmer (local) dB", o(s.shimmer_mean_db)),
+            ("F0 p20/p50/p80 st", s.f0_percentiles_st.map(o).join("/")),
+            (
+                "loudness p20/p50/p80",
+                s.loudness_percentiles.map(o).join("/"),
+            ),
+            ("loudness peaks/s", o(s.loudness_peaks_per_s)),
+            ("voiced segments/s", o(s.voiced_segments_per_s)),
+            ("voiced segment s", o(s.mean_voiced_segment_s)),
+            ("unvoiced segment s", o(s.mean_unvoiced_segment_s)),
         ] {
-            writeln!(f, "  {k:<22}{v:>10}")?;
+            writeln!(f, "  {k:<22}{v:>18}")?;
         }
         writeln!(f, "\n  time ms   arousal  confidence  speech ms")?;
         for p in &self.timeline {

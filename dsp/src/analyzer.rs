@@ -146,6 +146,8 @@ impl Analyzer {
             } else {
                 0.0
             },
+            jitter: if voiced { pitch.jitter } else { None },
+            shimmer_db: if voiced { pitch.shimmer_db } else { None },
             spectral,
         };
         self.functionals.update(&self.frame);

@@ -29,8 +29,95 @@ pub struct FrameFeatures {
     /// Harmonics-to-noise ratio from the pitch correlation peak r,
     /// 10·log10(r / (1 - r)) (Boersma 1993), voiced frames only (0 otherwise).
     pub hnr_db: f32,
+    /// Local jitter of the voiced frame (see `pitch`), when periods could be marked.
+    pub jitter: Option<f32>,
+    /// Local shimmer of the voiced frame, dB.
+    pub shimmer_db: Option<f32>,
     /// Spectral descriptors of the 25 ms window.
     pub spectral: Spectral,
+}
+
+/// Bins of the percentile histograms.
+const HIST_BINS: usize = 256;
+
+/// A fixed-range histogram for percentiles in O(1) per value and no
+/// allocation; resolution is (hi - lo) / 256.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Histogram {
+    lo: f32,
+    hi: f32,
+    n: u32,
+    bins: [u32; HIST_BINS],
+}
+
+impl Histogram {
+    /// A histogram over `[lo, hi)`; values outside are clamped into the end bins.
+    pub const fn new(lo: f32, hi: f32) -> Self {
+        Self {
+            lo,
+            hi,
+            n: 0,
+            bins: [0; HIST_BINS],
+        }
+    }
+
+    /// Add a value.
+    pub fn add(&mut self, v: f32) {
+        let i = ((v - self.lo) / (self.hi - self.lo) * HIST_BINS as f32) as i64;
+        self.bins[i.clamp(0, HIST_BINS as i64 - 1) as usize] += 1;
+        self.n += 1;
+    }
+
+    /// The `q`-quantile (0..1), at the centre of its bin; `None` when empty.
+    pub fn quantile(&self, q: f32) -> Option<f32> {
+        if self.n == 0 {
+            return None;
+        }
+        let target = (q * self.n as f32).ceil().max(1.0) as u32;
+        let mut seen = 0;
+        let width = (self.hi - self.lo) / HIST_BINS as f32;
+        for (i, c) in self.bins.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(self.lo + (i as f32 + 0.5) * width);
+            }
+        }
+        Some(self.hi)
+    }
+}
+
+/// Lengths of runs of voiced and unvoiced frames (eGeMAPS' temporal features).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Segments {
+    /// Completed voiced segments.
+    pub voiced: u32,
+    /// Frames in completed voiced segments.
+    pub voiced_frames: u32,
+    /// Completed unvoiced segments (between voiced ones).
+    pub unvoiced: u32,
+    /// Frames in completed unvoiced segments.
+    pub unvoiced_frames: u32,
+    run: u32,
+    in_voiced: bool,
+    seen_voice: bool,
+}
+
+impl Segments {
+    fn update(&mut self, voiced: bool) {
+        if voiced != self.in_voiced && self.run > 0 {
+            if self.in_voiced {
+                self.voiced += 1;
+                self.voiced_frames += self.run;
+            } else if self.seen_voice {
+                self.unvoiced += 1;
+                self.unvoiced_frames += self.run;
+            }
+            self.run = 0;
+        }
+        self.seen_voice |= voiced;
+        self.in_voiced = voiced;
+        self.run += 1;
+    }
 }
 
 /// Count, mean and standard deviation, updated in O(1).
@@ -84,10 +171,14 @@ pub struct SpectralStats {
     pub loudness: Running,
     /// HNR over voiced frames (dB).
     pub hnr: Running,
+    /// Local jitter over voiced frames.
+    pub jitter: Running,
+    /// Local shimmer over voiced frames (dB).
+    pub shimmer: Running,
 }
 
 /// Running statistics over the call so far, updated in O(1) per frame.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Functionals {
     /// Frames seen.
     pub frames: u32,
@@ -107,12 +198,66 @@ pub struct Functionals {
     was_voiced: bool,
     /// Spectral descriptors and HNR over speech.
     pub spectral: SpectralStats,
+    /// F0 (semitones) over voiced frames, for percentiles (0.31 st bins).
+    pub f0_hist: Histogram,
+    /// Loudness proxy over all frames, for percentiles.
+    pub loudness_hist: Histogram,
+    /// Voiced/unvoiced runs over all frames.
+    pub segments: Segments,
+    /// Local maxima of the loudness contour (all frames).
+    pub loudness_peaks: u32,
+    /// Smoothed loudness two and one frames back, raw loudness one and two frames back.
+    last_loudness: [f32; 4],
+}
+
+impl Default for Functionals {
+    fn default() -> Self {
+        Self {
+            frames: 0,
+            speech_frames: 0,
+            voiced_frames: 0,
+            voiced_onsets: 0,
+            energy_sum: 0.0,
+            energy_sq: 0.0,
+            st_sum: 0.0,
+            st_sq: 0.0,
+            hf_sum: 0.0,
+            energy_max_db: 0.0,
+            was_voiced: false,
+            spectral: SpectralStats::default(),
+            f0_hist: Histogram::new(0.0, 80.0),
+            loudness_hist: Histogram::new(0.0, 4.0),
+            segments: Segments::default(),
+            loudness_peaks: 0,
+            last_loudness: [0.0; 4],
+        }
+    }
 }
 
 impl Functionals {
     /// Account one frame.
     pub fn update(&mut self, f: &FrameFeatures) {
         self.frames += 1;
+        let l = f.spectral.loudness;
+        self.loudness_hist.add(l);
+        // Peaks of the 3-frame moving average (eGeMAPS' "sma3" contour), so
+        // that frame-to-frame ripple does not count as a peak.
+        let [p2, p1, x1, x2] = self.last_loudness;
+        let smooth = (x2 + x1 + l) / 3.0;
+        if self.frames > 4 && p1 > p2 && p1 > smooth {
+            self.loudness_peaks += 1;
+        }
+        self.last_loudness = [p1, smooth, l, x1];
+        self.segments.update(f.voiced);
+        if f.voiced {
+            self.f0_hist.add(f.f0_semitones);
+            if let Some(j) = f.jitter {
+                self.spectral.jitter.add(j);
+            }
+            if let Some(s) = f.shimmer_db {
+                self.spectral.shimmer.add(s);
+            }
+        }
         if !f.speech {
             self.was_voiced = false;
             return;
@@ -188,6 +333,38 @@ impl Functionals {
         (self.speech_frames > 0).then(|| (self.hf_sum / self.speech_frames as f64) as f32)
     }
 
+    /// F0 percentile (semitones) over voiced frames, `q` in 0..1.
+    pub fn f0_percentile(&self, q: f32) -> Option<f32> {
+        self.f0_hist.quantile(q)
+    }
+
+    /// Loudness percentile over all frames, `q` in 0..1.
+    pub fn loudness_percentile(&self, q: f32) -> Option<f32> {
+        self.loudness_hist.quantile(q)
+    }
+
+    /// Loudness peaks per second of audio.
+    pub fn loudness_peaks_per_s(&self) -> Option<f32> {
+        (self.frames > 0).then(|| self.loudness_peaks as f32 * 100.0 / self.frames as f32)
+    }
+
+    /// Completed voiced segments per second of audio.
+    pub fn voiced_segments_per_s(&self) -> Option<f32> {
+        (self.frames > 0).then(|| self.segments.voiced as f32 * 100.0 / self.frames as f32)
+    }
+
+    /// Mean length of completed voiced segments, seconds.
+    pub fn mean_voiced_segment_s(&self) -> Option<f32> {
+        let s = &self.segments;
+        (s.voiced > 0).then(|| s.voiced_frames as f32 / s.voiced as f32 / 100.0)
+    }
+
+    /// Mean length of completed unvoiced segments between voiced ones, seconds.
+    pub fn mean_unvoiced_segment_s(&self) -> Option<f32> {
+        let s = &self.segments;
+        (s.unvoiced > 0).then(|| s.unvoiced_frames as f32 / s.unvoiced as f32 / 100.0)
+    }
+
     /// Voiced onsets per second of speech.
     pub fn onsets_per_s(&self) -> Option<f32> {
         (self.speech_frames >= 10)
@@ -201,5 +378,41 @@ pub fn semitones(f0_hz: f32) -> f32 {
         12.0 * (f0_hz / 27.5).log2()
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::new(0.0, 100.0);
+        assert_eq!(h.quantile(0.5), None);
+        for v in 0..100 {
+            h.add(v as f32);
+        }
+        let q = |x| h.quantile(x).unwrap();
+        assert!(
+            (q(0.2) - 19.0).abs() < 0.4
+                && (q(0.5) - 49.0).abs() < 0.4
+                && (q(0.8) - 79.0).abs() < 0.4
+        );
+        h.add(1e9);
+        assert!(
+            h.quantile(1.0).unwrap() <= 100.0,
+            "clamped into the last bin"
+        );
+    }
+
+    #[test]
+    fn voiced_and_unvoiced_segments() {
+        let mut s = Segments::default();
+        // unvoiced lead-in (not counted), 3 voiced, 2 unvoiced, 5 voiced, 1 unvoiced
+        for v in [0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0] {
+            s.update(v == 1);
+        }
+        assert_eq!((s.voiced, s.voiced_frames), (2, 8));
+        assert_eq!((s.unvoiced, s.unvoiced_frames), (1, 2));
     }
 }

@@ -14,5 +14,5 @@ pub mod telephone;
 
 pub use analyzer::{analyze_pcm, Analyzer, Report};
 pub use estimator::{EmotionEstimator, Estimate, HeuristicArousal};
-pub use features::{FrameFeatures, Functionals, Running, SpectralStats};
+pub use features::{FrameFeatures, Functionals, Histogram, Running, Segments, SpectralStats};
 pub use spectral::Spectral;

@@ -34,6 +34,77 @@ pub struct Pitch {
     pub strength: f32,
     /// Whether the frame is voiced.
     pub voiced: bool,
+    /// Local jitter: mean absolute difference of consecutive periods over the
+    /// mean period (Praat's "jitter (local)"), when at least 3 periods were marked.
+    pub jitter: Option<f32>,
+    /// Local shimmer in dB: mean |20·log10| of consecutive period peak ratios.
+    pub shimmer_db: Option<f32>,
+}
+
+/// Peaks marked per frame at most (40 ms at 500 Hz is 20 periods).
+const MAX_PEAKS: usize = 32;
+
+/// Mark one peak per period, each searched within ±20 % of the period after
+/// the last, and derive local jitter and shimmer from them (the cycle-to-cycle
+/// measures eGeMAPS uses, here within one analysis window).
+fn perturbation(x: &[f32], period: f32) -> (Option<f32>, Option<f32>) {
+    let t = period.round() as usize;
+    if t < 4 || x.len() < 3 * t {
+        return (None, None);
+    }
+    let argmax = |lo: usize, hi: usize| {
+        (lo..hi.min(x.len()))
+            .max_by(|&a, &b| x[a].total_cmp(&x[b]))
+            .unwrap_or(lo)
+    };
+    let mut pos = [0f32; MAX_PEAKS];
+    let mut amp = [0f32; MAX_PEAKS];
+    let mut n = 0;
+    let mut p = argmax(0, t);
+    loop {
+        // Sub-sample position by parabolic interpolation.
+        let frac = if p > 0 && p + 1 < x.len() {
+            let (a, b, c) = (x[p - 1], x[p], x[p + 1]);
+            let d = a - 2.0 * b + c;
+            if d.abs() > f32::EPSILON {
+                (0.5 * (a - c) / d).clamp(-0.5, 0.5)
+            } else {
+                0.0
+            }
+        } else {
+            0.0
+        };
+        pos[n] = p as f32 + frac;
+        amp[n] = x[p];
+        n += 1;
+        let lo = p + (t * 4) / 5;
+        let hi = p + (t * 6) / 5 + 1;
+        if n == MAX_PEAKS || hi > x.len() {
+            break;
+        }
+        p = argmax(lo, hi);
+    }
+    if n < 4 {
+        return (None, None);
+    }
+    let periods = n - 1;
+    let mean_t = (pos[n - 1] - pos[0]) / periods as f32;
+    let jitter = (1..periods)
+        .map(|i| ((pos[i + 1] - pos[i]) - (pos[i] - pos[i - 1])).abs())
+        .sum::<f32>()
+        / (periods - 1) as f32
+        / mean_t;
+    let shimmer = if amp[..n].iter().all(|a| *a > 0.0) {
+        Some(
+            (1..n)
+                .map(|i| (20.0 * (amp[i] / amp[i - 1]).log10()).abs())
+                .sum::<f32>()
+                / (n - 1) as f32,
+        )
+    } else {
+        None
+    };
+    (Some(jitter), shimmer)
 }
 
 impl PitchTracker {
@@ -88,9 +159,8 @@ impl PitchTracker {
         }
         if best.1 < VOICING_THRESHOLD {
             return Pitch {
-                f0_hz: 0.0,
                 strength: best.1,
-                voiced: false,
+                ..Pitch::default()
             };
         }
         // Shortest lag at a local peak within 10 % of the best one.
@@ -111,10 +181,13 @@ impl PitchTracker {
         } else {
             lag as f32
         };
+        let (jitter, shimmer_db) = perturbation(x, refined);
         Pitch {
             f0_hz: self.rate / refined,
             strength: self.nccf[lag],
             voiced: true,
+            jitter,
+            shimmer_db,
         }
     }
 }
@@ -161,6 +234,45 @@ mod tests {
             .collect();
         let r = PitchTracker::new(rate, len).process(&x);
         assert!(r.voiced && (r.f0_hz - 150.0).abs() < 2.0, "{r:?}");
+    }
+
+    #[test]
+    fn jitter_and_shimmer_of_a_steady_and_a_perturbed_pulse_train() {
+        // Triangular glottal-like pulses every `periods[i]` samples with
+        // amplitudes `amps[i]`; wide enough that a one-sample period change
+        // keeps the signal periodic-looking, as a voice does.
+        fn train(periods: &[usize], amps: &[f32]) -> Vec<f32> {
+            let mut x = vec![0f32; 320];
+            let mut at = 8;
+            for (p, a) in periods.iter().cycle().zip(amps.iter().cycle()) {
+                if at + 8 >= x.len() {
+                    break;
+                }
+                for k in -7i32..=7 {
+                    x[(at as i32 + k) as usize] += a * (1.0 - k.abs() as f32 / 8.0);
+                }
+                at += p;
+            }
+            x
+        }
+        let mut p = PitchTracker::new(8000, 320);
+        let steady = p.process(&train(&[50], &[1.0]));
+        assert!(
+            steady.voiced && (steady.f0_hz - 160.0).abs() < 2.0,
+            "{steady:?}"
+        );
+        assert!(steady.jitter.unwrap() < 0.005, "{steady:?}");
+        assert!(steady.shimmer_db.unwrap() < 0.05, "{steady:?}");
+        // Periods alternate 49/51 samples: |ΔT| = 2 over a 50-sample mean, 4 %.
+        let jittery = p.process(&train(&[49, 51], &[1.0, 0.9]));
+        assert!(jittery.voiced, "{jittery:?}");
+        let j = jittery
+            .jitter
+            .unwrap_or_else(|| panic!("periods marked: {jittery:?}"));
+        assert!((j - 0.04).abs() < 0.01, "jitter {j}");
+        // Amplitudes alternate 1.0/0.9: |20·log10(0.9)| = 0.92 dB.
+        let s = jittery.shimmer_db.expect("peaks marked");
+        assert!((s - 0.92).abs() < 0.2, "shimmer {s}");
     }
 
     #[test]
