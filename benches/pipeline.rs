@@ -36,6 +36,17 @@ fn analyse(c: &mut Criterion) {
             black_box(a.estimate())
         })
     });
+    // The two costly stages alone, on one speech frame.
+    let window: Vec<f32> = pcm[4000..4320].iter().map(|&v| v as f32 / 32768.0).collect();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("pitch_frame_8k", |b| {
+        let mut p = emonav_dsp::pitch::PitchTracker::new(8000, 320);
+        b.iter(|| black_box(p.process(black_box(&window))))
+    });
+    g.bench_function("spectral_frame_8k", |b| {
+        let mut s = emonav_dsp::spectral::SpectralAnalyzer::new(8000, 200);
+        b.iter(|| black_box(s.process(black_box(&window))))
+    });
     g.finish();
 }
 
