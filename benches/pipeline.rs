@@ -37,7 +37,10 @@ fn analyse(c: &mut Criterion) {
         })
     });
     // The two costly stages alone, on one speech frame.
-    let window: Vec<f32> = pcm[4000..4320].iter().map(|&v| v as f32 / 32768.0).collect();
+    let window: Vec<f32> = pcm[4000..4320]
+        .iter()
+        .map(|&v| v as f32 / 32768.0)
+        .collect();
     g.throughput(Throughput::Elements(1));
     g.bench_function("pitch_frame_8k", |b| {
         let mut p = emonav_dsp::pitch::PitchTracker::new(8000, 320);

@@ -104,6 +104,9 @@ fn ours(file: &str) -> HashMap<String, f64> {
     );
     put("loudness_sma3_percentile50.0", fu.loudness_percentile(0.5));
     put("loudnessPeaksPerSec", fu.loudness_peaks_per_s());
+    put("F1frequency_sma3nz_amean", fu.spectral.formants[0].mean());
+    put("F2frequency_sma3nz_amean", fu.spectral.formants[1].mean());
+    put("F3frequency_sma3nz_amean", fu.spectral.formants[2].mean());
     put("VoicedSegmentsPerSec", fu.voiced_segments_per_s());
     put("MeanVoicedSegmentLengthSec", fu.mean_voiced_segment_s());
     out
@@ -148,6 +151,10 @@ const TARGETS: &[(&str, &str, f64)] = &[
     ("loudnessPeaksPerSec", "speech", 0.5),
     ("VoicedSegmentsPerSec", "speech", 0.25),
     ("MeanVoicedSegmentLengthSec", "speech", 0.6),
+    // Formants agree poorly so far (docs/features.md): reported, not required.
+    ("F1frequency_sma3nz_amean", "speech", -1.0),
+    ("F2frequency_sma3nz_amean", "speech", -1.0),
+    ("F3frequency_sma3nz_amean", "speech", -1.0),
 ];
 
 #[test]

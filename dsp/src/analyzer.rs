@@ -3,6 +3,7 @@
 
 use crate::estimator::{EmotionEstimator, Estimate, HeuristicArousal};
 use crate::features::{semitones, FrameFeatures, Functionals};
+use crate::formants::FormantTracker;
 use crate::pitch::PitchTracker;
 use crate::spectral::SpectralAnalyzer;
 
@@ -27,6 +28,7 @@ pub struct Analyzer {
     filled: usize,
     pitch: PitchTracker,
     spectral: SpectralAnalyzer,
+    formants: FormantTracker,
     frame: FrameFeatures,
     functionals: Functionals,
     estimator: Box<dyn EmotionEstimator>,
@@ -56,6 +58,7 @@ impl Analyzer {
             window: vec![0.0; pitch.frame_len()],
             filled: 0,
             spectral: SpectralAnalyzer::new(sample_rate, sample_rate as usize * 25 / 1000),
+            formants: FormantTracker::new(sample_rate, sample_rate as usize * 25 / 1000),
             pitch,
             frame: FrameFeatures::default(),
             functionals: Functionals::default(),
@@ -119,6 +122,12 @@ impl Analyzer {
             self.noise_floor_db += FLOOR_RISE_DB;
         }
         let voiced = energetic && pitch.voiced;
+        // Formants only where they mean something (and cost only there).
+        let formants_hz = if voiced {
+            self.formants.process(&self.window)
+        } else {
+            [0.0; 3]
+        };
         if voiced {
             self.hangover = HANGOVER_FRAMES;
         }
@@ -146,6 +155,7 @@ impl Analyzer {
             } else {
                 0.0
             },
+            formants_hz,
             jitter: if voiced { pitch.jitter } else { None },
             shimmer_db: if voiced { pitch.shimmer_db } else { None },
             spectral,

@@ -29,6 +29,8 @@ pub struct FrameFeatures {
     /// Harmonics-to-noise ratio from the pitch correlation peak r,
     /// 10·log10(r / (1 - r)) (Boersma 1993), voiced frames only (0 otherwise).
     pub hnr_db: f32,
+    /// Formants F1–F3 in Hz (voiced frames; 0 when not found).
+    pub formants_hz: [f32; 3],
     /// Local jitter of the voiced frame (see `pitch`), when periods could be marked.
     pub jitter: Option<f32>,
     /// Local shimmer of the voiced frame, dB.
@@ -175,6 +177,8 @@ pub struct SpectralStats {
     pub jitter: Running,
     /// Local shimmer over voiced frames (dB).
     pub shimmer: Running,
+    /// F1–F3 over voiced frames where found (Hz).
+    pub formants: [Running; 3],
 }
 
 /// Running statistics over the call so far, updated in O(1) per frame.
@@ -256,6 +260,11 @@ impl Functionals {
             }
             if let Some(s) = f.shimmer_db {
                 self.spectral.shimmer.add(s);
+            }
+            for (r, &hz) in self.spectral.formants.iter_mut().zip(&f.formants_hz) {
+                if hz > 0.0 {
+                    r.add(hz);
+                }
             }
         }
         if !f.speech {

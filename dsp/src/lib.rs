@@ -7,6 +7,7 @@
 mod analyzer;
 pub mod estimator;
 pub mod features;
+pub mod formants;
 pub mod g711;
 pub mod pitch;
 pub mod spectral;
