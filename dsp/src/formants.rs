@@ -19,6 +19,7 @@ const N: usize = 512;
 pub struct FormantTracker {
     rate: f32,
     order: usize,
+    window: Vec<f32>,
     frame: Vec<f32>,
     poly: Vec<f32>,
     spectrum: Vec<Complex<f32>>,
@@ -35,6 +36,11 @@ impl FormantTracker {
         Self {
             rate: rate as f32,
             order: (2 + rate as usize / 1000).min(MAX_ORDER),
+            window: (0..len)
+                .map(|i| {
+                    0.54 - 0.46 * (2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32).cos()
+                })
+                .collect(),
             frame: vec![0.0; len],
             poly: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),
@@ -51,8 +57,7 @@ impl FormantTracker {
         // Pre-emphasis (first-order, 0.97) flattens the glottal tilt; Hamming window.
         for i in 0..len {
             let prev = if i > 0 { x[i - 1] } else { 0.0 };
-            let w = 0.54 - 0.46 * (2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32).cos();
-            self.frame[i] = (x[i] - 0.97 * prev) * w;
+            self.frame[i] = (x[i] - 0.97 * prev) * self.window[i];
         }
         let p = self.order;
         let mut r = [0f64; MAX_ORDER + 1];

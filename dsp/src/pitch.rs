@@ -23,6 +23,9 @@ pub struct PitchTracker {
     /// Samples correlated at every lag.
     span: usize,
     nccf: Vec<f32>,
+    /// The frame decimated by two, and its NCCF.
+    dec: Vec<f32>,
+    coarse: Vec<f32>,
 }
 
 /// One frame's pitch.
@@ -107,6 +110,39 @@ fn perturbation(x: &[f32], period: f32) -> (Option<f32>, Option<f32>) {
     (Some(jitter), shimmer)
 }
 
+/// NCCF of `x` for lags `lo..=hi` over `span` samples into `out[lag]`;
+/// returns the best (lag, value), or `None` for a silent segment.
+fn nccf_scan(
+    x: &[f32],
+    span: usize,
+    lo: usize,
+    hi: usize,
+    out: &mut [f32],
+) -> Option<(usize, f32)> {
+    let e0: f32 = x[..span].iter().map(|v| v * v).sum();
+    if e0 <= f32::EPSILON {
+        return None;
+    }
+    // Energy of the shifted segment, updated incrementally across lags.
+    let mut el: f32 = x[lo..lo + span].iter().map(|v| v * v).sum();
+    let mut best = (lo, f32::MIN);
+    for lag in lo..=hi {
+        let dot: f32 = x[..span]
+            .iter()
+            .zip(&x[lag..lag + span])
+            .map(|(a, b)| a * b)
+            .sum();
+        let v = dot / (e0 * el).sqrt().max(f32::EPSILON);
+        out[lag] = v;
+        if v > best.1 {
+            best = (lag, v);
+        }
+        el += x[lag + span] * x[lag + span] - x[lag] * x[lag];
+        el = el.max(0.0);
+    }
+    Some(best)
+}
+
 impl PitchTracker {
     /// Plan for `rate` Hz and frames of `frame_len` samples (at least 2 periods of `F0_MIN`).
     pub fn new(rate: u32, frame_len: usize) -> Self {
@@ -122,6 +158,8 @@ impl PitchTracker {
             max_lag,
             span: frame_len - max_lag - 1,
             nccf: vec![0.0; max_lag + 2],
+            dec: vec![0.0; frame_len / 2 + 1],
+            coarse: vec![0.0; max_lag / 2 + 3],
         }
     }
 
@@ -132,45 +170,51 @@ impl PitchTracker {
 
     /// Estimate the pitch of `x` (DC removed by the caller), `x.len() >= frame_len()`.
     pub fn process(&mut self, x: &[f32]) -> Pitch {
-        let n = self.span;
-        let e0: f32 = x[..n].iter().map(|v| v * v).sum();
-        if e0 <= f32::EPSILON {
+        // Coarse search on the signal decimated by two ([1 2 1]/4 low-pass):
+        // a quarter of the work, and the harmonics that carry the period of a
+        // voice are below 2 kHz anyway. Then the best coarse lag is refined at
+        // full rate (RAPT's two-pass scheme).
+        let half = x.len() / 2;
+        for i in 0..half {
+            let a = if i > 0 { x[2 * i - 1] } else { x[0] };
+            let c = x.get(2 * i + 1).copied().unwrap_or(x[2 * i]);
+            self.dec[i] = 0.25 * a + 0.5 * x[2 * i] + 0.25 * c;
+        }
+        let (clo, chi) = ((self.min_lag / 2).max(1), self.max_lag.div_ceil(2));
+        let coarse_span = half - chi - 1;
+        let Some(coarse_best) =
+            nccf_scan(&self.dec[..half], coarse_span, clo, chi, &mut self.coarse)
+        else {
             return Pitch::default();
+        };
+        // The decimated correlation runs a little lower than the full-rate one.
+        if coarse_best.1 < VOICING_THRESHOLD - 0.1 {
+            return Pitch {
+                strength: coarse_best.1,
+                ..Pitch::default()
+            };
         }
-        // Energy of the shifted segment, updated incrementally across lags.
-        let mut el: f32 = x[self.min_lag..self.min_lag + n]
-            .iter()
-            .map(|v| v * v)
-            .sum();
-        let mut best = (0usize, f32::MIN);
-        for lag in self.min_lag..=self.max_lag {
-            let dot: f32 = x[..n]
-                .iter()
-                .zip(&x[lag..lag + n])
-                .map(|(a, b)| a * b)
-                .sum();
-            let v = dot / (e0 * el).sqrt().max(f32::EPSILON);
-            self.nccf[lag] = v;
-            if v > best.1 {
-                best = (lag, v);
-            }
-            el += x[lag + n] * x[lag + n] - x[lag] * x[lag];
-            el = el.max(0.0);
-        }
+        // Shortest coarse lag at a local peak within 10 % of the best one
+        // (plain autocorrelation's octave-down errors pick twice the period).
+        let c = (clo + 1..chi)
+            .find(|&l| {
+                let v = self.coarse[l];
+                v >= 0.9 * coarse_best.1 && v >= self.coarse[l - 1] && v >= self.coarse[l + 1]
+            })
+            .unwrap_or(coarse_best.0);
+        let lo = (2 * c).saturating_sub(3).max(self.min_lag);
+        let hi = (2 * c + 3).min(self.max_lag);
+        let Some(best) = nccf_scan(x, self.span, lo, hi, &mut self.nccf) else {
+            return Pitch::default();
+        };
         if best.1 < VOICING_THRESHOLD {
             return Pitch {
                 strength: best.1,
                 ..Pitch::default()
             };
         }
-        // Shortest lag at a local peak within 10 % of the best one.
-        let lag = (self.min_lag + 1..self.max_lag)
-            .find(|&l| {
-                let v = self.nccf[l];
-                v >= 0.9 * best.1 && v >= self.nccf[l - 1] && v >= self.nccf[l + 1]
-            })
-            .unwrap_or(best.0);
-        let refined = if lag > self.min_lag && lag < self.max_lag {
+        let lag = best.0;
+        let refined = if lag > lo && lag < hi {
             let (a, b, c) = (self.nccf[lag - 1], self.nccf[lag], self.nccf[lag + 1]);
             let denom = a - 2.0 * b + c;
             if denom.abs() > f32::EPSILON {

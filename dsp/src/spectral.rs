@@ -49,6 +49,8 @@ pub struct SpectralAnalyzer {
     /// Per mel band: (first bin, weights for bins first..first+len).
     mel: Vec<(usize, Vec<f32>)>,
     mel_energy: [f32; MEL_BANDS],
+    /// DCT-II basis for the kept cepstral coefficients.
+    dct: [[f32; MEL_BANDS]; MFCCS],
     have_previous: bool,
 }
 
@@ -107,6 +109,14 @@ impl SpectralAnalyzer {
             previous: vec![0.0; bins],
             mel,
             mel_energy: [0.0; MEL_BANDS],
+            dct: std::array::from_fn(|j| {
+                std::array::from_fn(|i| {
+                    (2.0 / MEL_BANDS as f32).sqrt()
+                        * (std::f32::consts::PI * (j + 1) as f32 * (i as f32 + 0.5)
+                            / MEL_BANDS as f32)
+                            .cos()
+                })
+            }),
             have_previous: false,
         }
     }
@@ -203,17 +213,8 @@ impl SpectralAnalyzer {
                 .ln();
         }
         let mut mfcc = [0.0; MFCCS];
-        for (j, c) in mfcc.iter_mut().enumerate() {
-            let j1 = (j + 1) as f32;
-            *c = (2.0 / MEL_BANDS as f32).sqrt()
-                * self
-                    .mel_energy
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        e * (std::f32::consts::PI * j1 * (i as f32 + 0.5) / MEL_BANDS as f32).cos()
-                    })
-                    .sum::<f32>();
+        for (c, basis) in mfcc.iter_mut().zip(&self.dct) {
+            *c = basis.iter().zip(&self.mel_energy).map(|(b, e)| b * e).sum();
         }
         let loudness =
             self.power.iter().map(|p| p.powf(0.3)).sum::<f32>() / self.power.len() as f32;
