@@ -230,7 +230,7 @@ impl Default for Functionals {
             was_voiced: false,
             spectral: SpectralStats::default(),
             f0_hist: Histogram::new(0.0, 80.0),
-            loudness_hist: Histogram::new(0.0, 4.0),
+            loudness_hist: Histogram::new(0.0, 2.0),
             segments: Segments::default(),
             loudness_peaks: 0,
             last_loudness: [0.0; 4],

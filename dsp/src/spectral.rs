@@ -30,8 +30,9 @@ pub struct Spectral {
     /// L2 norm of the change of the magnitude spectrum (scaled by the FFT
     /// length) since the last frame.
     pub flux: f32,
-    /// Loudness proxy: mean over the 26 mel bands of band energy^0.33
-    /// (Zwicker-style compression; the mel bands stand in for critical bands).
+    /// Loudness: mean over the 26 mel bands of (equal-loudness weight ×
+    /// band energy)^0.33 (Zwicker-style; the mel bands stand in for critical
+    /// bands, Hermansky's 40-phon curve for the equal-loudness contour).
     pub loudness: f32,
 }
 
@@ -51,7 +52,15 @@ pub struct SpectralAnalyzer {
     mel_energy: [f32; MEL_BANDS],
     /// DCT-II basis for the kept cepstral coefficients.
     dct: [[f32; MEL_BANDS]; MFCCS],
+    /// Equal-loudness weight of each mel band's centre frequency.
+    eql: [f32; MEL_BANDS],
     have_previous: bool,
+}
+
+/// Hermansky's (1990, PLP) approximation of the 40-phon equal-loudness curve.
+fn equal_loudness(f: f32) -> f32 {
+    let w2 = (2.0 * std::f64::consts::PI * f as f64).powi(2);
+    ((w2 + 56.8e6) * w2 * w2 / ((w2 + 6.3e6).powi(2) * (w2 + 0.38e9))) as f32
 }
 
 fn hz_to_mel(f: f32) -> f32 {
@@ -117,6 +126,7 @@ impl SpectralAnalyzer {
                             .cos()
                 })
             }),
+            eql: std::array::from_fn(|b| equal_loudness(edges[b + 1])),
             have_previous: false,
         }
     }
@@ -216,8 +226,16 @@ impl SpectralAnalyzer {
         for (c, basis) in mfcc.iter_mut().zip(&self.dct) {
             *c = basis.iter().zip(&self.mel_energy).map(|(b, e)| b * e).sum();
         }
-        let loudness =
-            self.power.iter().map(|p| p.powf(0.3)).sum::<f32>() / self.power.len() as f32;
+        // Zwicker-style: weight each auditory band by the equal-loudness curve,
+        // compress its energy by a power of 0.33, and sum; mel bands stand in
+        // for critical bands.
+        let loudness = self
+            .mel_energy
+            .iter()
+            .zip(&self.eql)
+            .map(|(ln_e, w)| (w * ln_e.exp()).powf(0.33))
+            .sum::<f32>()
+            / MEL_BANDS as f32;
         Spectral {
             alpha_ratio_db,
             hammarberg_db,
