@@ -703,6 +703,9 @@ impl Call {
 
     fn on_caller_bye(&mut self, now: Instant) {
         self.caller_hung_up = true;
+        // A BYE that overtakes a lost ACK still ends the 2xx retransmissions:
+        // the caller has the dialog, and must not get our BYE for "no ACK".
+        self.server_tx.on_ack(now);
         if let Some(m) = self.media.take() {
             self.record.rtp = m.rtp.stats();
             self.record.audio_ms = self.record.audio_ms.max(m.analyzer.audio_ms());

@@ -226,3 +226,32 @@ fn notify_with_wrong_event_is_489() {
     call.handle_request(&n, src(), t0);
     assert_eq!(codes(&sent(&mut call)), ["489"]);
 }
+
+#[test]
+fn bye_before_ack_stops_the_200_retransmissions() {
+    let t0 = Instant::now();
+    let mut call = Call::new(
+        settings(),
+        invite(),
+        src(),
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    sent(&mut call);
+    call.handle_request(
+        &in_dialog(&call, "BYE", 2, "", ""),
+        src(),
+        t0 + Duration::from_millis(100),
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| call.poll_output()).collect();
+    assert!(
+        matches!(&outputs[..], [Output::Send { .. }, Output::Ended(r)] if r.outcome == Outcome::CallerHangup)
+    );
+    // Nothing more is ever sent: no 200 retransmission, no BYE for a missing ACK.
+    while let Some(t) = call.poll_timeout() {
+        call.handle_timeout(t);
+        assert!(sent(&mut call).is_empty(), "sent something at {:?}", t - t0);
+    }
+    assert!(call.is_finished());
+}

@@ -214,7 +214,12 @@ async fn bind_rtp(shared: &Shared) -> Option<UdpSocket> {
                 Some(if p + 2 > hi { lo } else { p + 2 })
             })
             .unwrap_or(lo);
-        if let Ok(s) = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port & !1)).await {
+        // Even ports only; an odd `rtp_port_min` starts one above.
+        let port = if port & 1 == 1 { port + 1 } else { port };
+        if port > hi {
+            continue;
+        }
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port)).await {
             return Some(s);
         }
     }
