@@ -43,6 +43,11 @@ fn read_csv(name: &str) -> HashMap<String, HashMap<String, f64>> {
 fn ours(file: &str) -> HashMap<String, f64> {
     let (audio, rate) =
         emonav::analyze::read_wav(&reference_dir().join("clips").join(file)).unwrap();
+    measure(&audio, rate)
+}
+
+/// emonav's per-clip means, named as openSMILE's columns.
+fn measure(audio: &[f32], rate: u32) -> HashMap<String, f64> {
     let pcm: Vec<i16> = audio
         .iter()
         .map(|v| (v * 32768.0).clamp(-32768.0, 32767.0) as i16)
@@ -157,6 +162,53 @@ const TARGETS: &[(&str, &str, f64)] = &[
     ("F3frequency_sma3nz_amean", "speech", -1.0),
 ];
 
+/// Compare `ours` with `reference` over `files` (those starting with
+/// `speech_only` when the target says "speech"); returns the failures.
+fn compare(
+    targets: &[(&str, &str, f64)],
+    files: &[&String],
+    ours: &HashMap<&String, HashMap<String, f64>>,
+    reference: &HashMap<String, HashMap<String, f64>>,
+    speech_only: &str,
+    max_f0_mad: f64,
+) -> Vec<String> {
+    let mut failures = vec![];
+    println!(
+        "{:<44} {:>6} {:>8} {:>9}",
+        "feature", "clips", "r", "required"
+    );
+    for (feature, set, min_r) in targets {
+        let pairs: Vec<(f64, f64)> = files
+            .iter()
+            .filter(|f| *set == "all" || f.starts_with(speech_only))
+            .filter_map(|f| Some((*ours[f].get(*feature)?, *reference[*f].get(*feature)?)))
+            .collect();
+        let r = pearson(&pairs);
+        println!("{feature:<44} {:>6} {r:>8.3} {min_r:>9}", pairs.len());
+        if r.is_nan() || r < *min_r {
+            failures.push(format!("{feature}: r = {r:.3} < {min_r}"));
+        }
+    }
+    let f0 = "F0semitoneFrom27.5Hz_sma3nz";
+    let diffs: Vec<f64> = files
+        .iter()
+        .filter(|f| f.starts_with(speech_only))
+        .filter_map(|f| Some(ours[f].get(f0)? - reference[*f].get(f0)?))
+        .collect();
+    let mad = diffs.iter().map(|d| d.abs()).sum::<f64>() / diffs.len() as f64;
+    let bias = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    println!(
+        "F0 mean |difference| over {} clips: {mad:.2} st (ours minus openSMILE on average: {bias:+.2} st)",
+        diffs.len()
+    );
+    if mad > max_f0_mad {
+        failures.push(format!(
+            "F0 mean differs by {mad:.2} st on average (> {max_f0_mad} st)"
+        ));
+    }
+    failures
+}
+
 #[test]
 fn frame_descriptors_agree_with_opensmile_egemaps() {
     let reference = reference();
@@ -164,36 +216,56 @@ fn frame_descriptors_agree_with_opensmile_egemaps() {
     files.sort();
     let ours: HashMap<&String, HashMap<String, f64>> =
         files.iter().map(|f| (*f, ours(f))).collect();
-    let mut failures = vec![];
-    println!("{:<30} {:>6} {:>8}", "feature", "clips", "r");
-    for (feature, set, min_r) in TARGETS {
-        let pairs: Vec<(f64, f64)> = files
-            .iter()
-            .filter(|f| *set == "all" || f.starts_with("speech"))
-            .filter_map(|f| Some((*ours[f].get(*feature)?, *reference[*f].get(*feature)?)))
-            .collect();
-        let r = pearson(&pairs);
-        println!("{feature:<30} {:>6} {r:>8.3}", pairs.len());
-        if r.is_nan() || r < *min_r {
-            failures.push(format!("{feature}: r = {r:.3} < {min_r}"));
-        }
-    }
-    // F0 level: mean absolute difference over the speech clips, in semitones.
-    let f0 = "F0semitoneFrom27.5Hz_sma3nz";
-    let diffs: Vec<f64> = files
+    let failures = compare(TARGETS, &files, &ours, &reference, "speech", 1.0);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Natural voices: 70 EmoDB clips (10 per emotion) read from the shared corpus,
+/// resampled to 16 kHz; openSMILE's numbers for the same clips are committed
+/// (dsp/reference/egemaps_emodb.py). Jitter, shimmer, HNR and formants only
+/// mean something on real voices. Thresholds sit just under what was measured;
+/// -1 marks a descriptor reported but not yet required (docs/features.md).
+const EMODB_TARGETS: &[(&str, &str, f64)] = &[
+    ("F0semitoneFrom27.5Hz_sma3nz", "all", 0.9),
+    ("jitterLocal_sma3nz", "all", -1.0),
+    ("shimmerLocaldB_sma3nz", "all", 0.6),
+    ("HNRdBACF_sma3nz", "all", 0.7),
+    ("Loudness_sma3", "all", 0.98),
+    ("alphaRatio_sma3", "all", 0.93),
+    ("hammarbergIndex_sma3", "all", 0.98),
+    ("slope0-500_sma3", "all", 0.9),
+    ("slope500-1500_sma3", "all", 0.85),
+    ("mfcc1_sma3", "all", 0.98),
+    ("mfcc2_sma3", "all", 0.98),
+    ("mfcc3_sma3", "all", 0.98),
+    ("mfcc4_sma3", "all", 0.98),
+    ("spectralFlux_sma3", "all", 0.97),
+    ("F1frequency_sma3nz_amean", "all", -1.0),
+    ("F2frequency_sma3nz_amean", "all", -1.0),
+    ("F3frequency_sma3nz_amean", "all", -1.0),
+    ("loudnessPeaksPerSec", "all", -1.0),
+    ("VoicedSegmentsPerSec", "all", 0.2),
+];
+
+#[test]
+fn natural_voices_agree_with_opensmile_on_emodb() {
+    let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora/emodb/wav");
+    let reference: HashMap<String, HashMap<String, f64>> = read_csv("egemaps_emodb.csv");
+    let mut files: Vec<&String> = reference.keys().collect();
+    files.sort();
+    let ours: HashMap<&String, HashMap<String, f64>> = files
         .iter()
-        .filter(|f| f.starts_with("speech"))
-        .filter_map(|f| Some((ours[f].get(f0)? - reference[*f].get(f0)?).abs()))
+        .map(|f| {
+            let (audio, rate) = emonav::analyze::read_wav(&corpus.join(f)).unwrap_or_else(|e| {
+                panic!("{e} (the shared EmoDB corpus belongs beside the repository)")
+            });
+            let audio = emonav_dsp::telephone::resample(&audio, rate, 16000).unwrap();
+            (*f, measure(&audio, 16000))
+        })
         .collect();
-    let mad = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    println!(
-        "F0 mean |difference| over {} speech clips: {mad:.2} st",
-        diffs.len()
-    );
-    if mad > 1.0 {
-        failures.push(format!(
-            "F0 mean differs by {mad:.2} st on average (> 1 st)"
-        ));
-    }
+    // On EmoDB our F0 runs 1.5 st above openSMILE's on average (pitch is only
+    // tracked on frames our VAD calls energetic, so quiet, low phrase endings
+    // are missing): a known gap, guarded at its current size.
+    let failures = compare(EMODB_TARGETS, &files, &ours, &reference, "", 1.8);
     assert!(failures.is_empty(), "{failures:#?}");
 }
