@@ -109,6 +109,12 @@ pub struct Summary {
     pub f0_percentiles_st: [Option<f32>; 3],
     /// Loudness 20th, 50th and 80th percentiles.
     pub loudness_percentiles: [Option<f32>; 3],
+    /// F0 range p20–p80, semitones.
+    pub f0_range_st: Option<f32>,
+    /// F0 coefficient of variation.
+    pub f0_cv: Option<f32>,
+    /// Loudness range p20–p80.
+    pub loudness_range: Option<f32>,
     /// Loudness peaks per second.
     pub loudness_peaks_per_s: Option<f32>,
     /// Voiced segments per second.
@@ -192,6 +198,9 @@ pub fn analyze(path: &Path, policy: &Policy) -> Result<Analysis, AnalyzeError> {
             shimmer_mean_db: f.spectral.shimmer.mean(),
             f0_percentiles_st: [0.2, 0.5, 0.8].map(|q| f.f0_percentile(q)),
             loudness_percentiles: [0.2, 0.5, 0.8].map(|q| f.loudness_percentile(q)),
+            f0_range_st: f.f0_range_st(),
+            f0_cv: f.f0_cv(),
+            loudness_range: f.loudness_range(),
             loudness_peaks_per_s: f.loudness_peaks_per_s(),
             voiced_segments_per_s: f.voiced_segments_per_s(),
             mean_voiced_segment_s: f.mean_voiced_segment_s(),
@@ -255,6 +264,9 @@ impl std::fmt::Display for Analysis {
                 "loudness p20/p50/p80",
                 s.loudness_percentiles.map(o).join("/"),
             ),
+            ("F0 range p20-p80 st", o(s.f0_range_st)),
+            ("F0 coeff. of variation", o(s.f0_cv)),
+            ("loudness range p20-p80", o(s.loudness_range)),
             ("loudness peaks/s", o(s.loudness_peaks_per_s)),
             ("voiced segments/s", o(s.voiced_segments_per_s)),
             ("voiced segment s", o(s.mean_voiced_segment_s)),

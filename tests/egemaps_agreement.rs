@@ -108,6 +108,8 @@ fn measure(audio: &[f32], rate: u32) -> HashMap<String, f64> {
         fu.f0_percentile(0.8),
     );
     put("loudness_sma3_percentile50.0", fu.loudness_percentile(0.5));
+    put("F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2", fu.f0_range_st());
+    put("loudness_sma3_pctlrange0-2", fu.loudness_range());
     put("loudnessPeaksPerSec", fu.loudness_peaks_per_s());
     put("F1frequency_sma3nz_amean", fu.spectral.formants[0].mean());
     put("F2frequency_sma3nz_amean", fu.spectral.formants[1].mean());
@@ -153,6 +155,8 @@ const TARGETS: &[(&str, &str, f64)] = &[
     ("F0semitoneFrom27.5Hz_sma3nz_percentile50.0", "speech", 0.95),
     ("F0semitoneFrom27.5Hz_sma3nz_percentile80.0", "speech", 0.8),
     ("loudness_sma3_percentile50.0", "speech", 0.95),
+    ("F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2", "speech", 0.4),
+    ("loudness_sma3_pctlrange0-2", "speech", 0.95),
     ("loudnessPeaksPerSec", "speech", 0.4),
     ("VoicedSegmentsPerSec", "speech", 0.25),
     ("MeanVoicedSegmentLengthSec", "speech", 0.6),
@@ -243,6 +247,8 @@ const EMODB_TARGETS: &[(&str, &str, f64)] = &[
     ("F1frequency_sma3nz_amean", "all", -1.0),
     ("F2frequency_sma3nz_amean", "all", -1.0),
     ("F3frequency_sma3nz_amean", "all", -1.0),
+    ("F0semitoneFrom27.5Hz_sma3nz_pctlrange0-2", "all", -1.0),
+    ("loudness_sma3_pctlrange0-2", "all", 0.95),
     ("loudnessPeaksPerSec", "all", -1.0),
     ("VoicedSegmentsPerSec", "all", 0.2),
 ];

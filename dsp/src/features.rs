@@ -352,6 +352,21 @@ impl Functionals {
         self.loudness_hist.quantile(q)
     }
 
+    /// F0 range between the 20th and 80th percentiles, semitones (eGeMAPS' pctlrange0-2).
+    pub fn f0_range_st(&self) -> Option<f32> {
+        Some(self.f0_percentile(0.8)? - self.f0_percentile(0.2)?)
+    }
+
+    /// Coefficient of variation (std / mean) of F0 in Hz-free semitones.
+    pub fn f0_cv(&self) -> Option<f32> {
+        Some(self.f0_std_st()? / self.f0_mean_st()?)
+    }
+
+    /// Loudness range between the 20th and 80th percentiles.
+    pub fn loudness_range(&self) -> Option<f32> {
+        Some(self.loudness_percentile(0.8)? - self.loudness_percentile(0.2)?)
+    }
+
     /// Loudness peaks per second of audio.
     pub fn loudness_peaks_per_s(&self) -> Option<f32> {
         (self.frames > 0).then(|| self.loudness_peaks as f32 * 100.0 / self.frames as f32)
