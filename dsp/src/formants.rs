@@ -36,11 +36,7 @@ impl FormantTracker {
         Self {
             rate: rate as f32,
             order: (2 + rate as usize / 1000).min(MAX_ORDER),
-            window: (0..len)
-                .map(|i| {
-                    0.54 - 0.46 * (2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32).cos()
-                })
-                .collect(),
+            window: crate::spectral::hamming(len),
             frame: vec![0.0; len],
             poly: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),

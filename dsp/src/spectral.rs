@@ -63,6 +63,13 @@ fn equal_loudness(f: f32) -> f32 {
     ((w2 + 56.8e6) * w2 * w2 / ((w2 + 6.3e6).powi(2) * (w2 + 0.38e9))) as f32
 }
 
+/// A Hamming window of `len` samples.
+pub(crate) fn hamming(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| 0.54 - 0.46 * (2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32).cos())
+        .collect()
+}
+
 fn hz_to_mel(f: f32) -> f32 {
     1127.0 * (1.0 + f / 700.0).ln()
 }
@@ -78,9 +85,7 @@ impl SpectralAnalyzer {
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(n);
         let bins = n / 2 + 1;
         // Hamming, as openSMILE's eGeMAPS spectral front end.
-        let window = (0..len)
-            .map(|i| 0.54 - 0.46 * (2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32).cos())
-            .collect();
+        let window = hamming(len);
         let rate_f = rate as f32;
         let bin_hz = rate_f / n as f32;
         let (lo, hi) = (hz_to_mel(20.0), hz_to_mel((rate_f / 2.0).min(8000.0)));
