@@ -46,6 +46,10 @@ fn analyse(c: &mut Criterion) {
         let mut p = emonav_dsp::pitch::PitchTracker::new(8000, 320);
         b.iter(|| black_box(p.process(black_box(&window))))
     });
+    g.bench_function("formants_frame_8k", |b| {
+        let mut f = emonav_dsp::formants::FormantTracker::new(8000, 200);
+        b.iter(|| black_box(f.process(black_box(&window))))
+    });
     g.bench_function("spectral_frame_8k", |b| {
         let mut s = emonav_dsp::spectral::SpectralAnalyzer::new(8000, 200);
         b.iter(|| black_box(s.process(black_box(&window))))

@@ -58,9 +58,7 @@ impl FormantTracker {
         let p = self.order;
         let mut r = [0f64; MAX_ORDER + 1];
         for (lag, rv) in r.iter_mut().enumerate().take(p + 1) {
-            *rv = (lag..len)
-                .map(|i| self.frame[i] as f64 * self.frame[i - lag] as f64)
-                .sum();
+            *rv = crate::pitch::dot(&self.frame[lag..], &self.frame[..len - lag]) as f64;
         }
         if r[0] <= 1e-12 {
             return [0.0; 3];

@@ -110,6 +110,25 @@ fn perturbation(x: &[f32], period: f32) -> (Option<f32>, Option<f32>) {
     (Some(jitter), shimmer)
 }
 
+/// Dot product over eight independent partial sums: the compiler may not
+/// reassociate a float `.sum()`, so without them every add waits on the last.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// NCCF of `x` for lags `lo..=hi` over `span` samples into `out[lag]`;
 /// returns the best (lag, value), or `None` for a silent segment.
 fn nccf_scan(
