@@ -20,12 +20,12 @@ for voice in en-us en-us+f3 de en-us+m7 en-gb+f4; do
       t=${text[$((n % 3))]}
       espeak-ng -v "$voice" -p "$pitch" -s "$speed" -w "$tmp/raw.wav" "$t"
       name="speech_${voice//+/_}_p${pitch}_s${speed}"
-      sox -V1 "$tmp/raw.wav" -r 8000 -c 1 -b 16 "$out/${name}_8k.wav" gain -3 sinc 300-3400 trim 0 2 pad 0 2 trim 0 2
-      sox -V1 "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$out/${name}_16k.wav" gain -3 sinc 50-7000 trim 0 2 pad 0 2 trim 0 2
+      sox -R -V1 "$tmp/raw.wav" -r 8000 -c 1 -b 16 "$out/${name}_8k.wav" gain -3 sinc 300-3400 trim 0 2 pad 0 2 trim 0 2
+      sox -R -V1 "$tmp/raw.wav" -r 16000 -c 1 -b 16 "$out/${name}_16k.wav" gain -3 sinc 50-7000 trim 0 2 pad 0 2 trim 0 2
     done
   done
 done
-sox -V1 -n -r 8000 -c 1 -b 16 "$out/tone_200hz_8k.wav" synth 2 sine 200 vol 0.3
-sox -V1 -n -r 8000 -c 1 -b 16 "$out/square_150hz_8k.wav" synth 2 square 150 vol 0.2 sinc -3400
-sox -V1 -n -r 8000 -c 1 -b 16 "$out/noise_8k.wav" synth 2 whitenoise vol 0.01
-sox -V1 -n -r 8000 -c 1 -b 16 "$out/silence_8k.wav" synth 2 sine 0 vol 0 dither
+sox -R -V1 -n -r 8000 -c 1 -b 16 "$out/tone_200hz_8k.wav" synth 2 sine 200 vol 0.3
+sox -R -V1 -n -r 8000 -c 1 -b 16 "$out/square_150hz_8k.wav" synth 2 square 150 vol 0.2 sinc -3400
+sox -R -V1 -n -r 8000 -c 1 -b 16 "$out/noise_8k.wav" synth 2 whitenoise vol 0.01
+sox -R -V1 -n -r 8000 -c 1 -b 16 "$out/silence_8k.wav" synth 2 sine 0 vol 0 dither

@@ -4,6 +4,7 @@
 use crate::estimator::{EmotionEstimator, Estimate, HeuristicArousal};
 use crate::features::{semitones, FrameFeatures, Functionals};
 use crate::formants::FormantTracker;
+use crate::kernels::{dot, sum};
 use crate::pitch::PitchTracker;
 use crate::spectral::SpectralAnalyzer;
 
@@ -86,16 +87,20 @@ impl Analyzer {
     fn process_frame(&mut self) {
         let n = self.window.len();
         let recent = &self.window[n - self.energy_len..];
-        let mean = recent.iter().sum::<f32>() / recent.len() as f32;
-        let power =
-            recent.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / recent.len() as f32;
+        let len = recent.len();
+        let mean = sum(recent) / len as f32;
+        let e_all = dot(recent, recent);
+        let power = (e_all / len as f32 - mean * mean).max(0.0);
         // +3 dB: a full-scale sine reads 0 dBFS.
         let energy_db = 10.0 * (power.max(1e-12)).log10() + 3.01;
-        let diff = recent
-            .windows(2)
-            .map(|w| (w[1] - w[0]) * (w[1] - w[0]))
-            .sum::<f32>()
-            / (recent.len() - 1) as f32;
+        // Σ(x[i+1] - x[i])² expanded, so that it runs as one dot product.
+        let (first, last) = (recent[0], recent[len - 1]);
+        let diff = (2.0 * e_all
+            - first * first
+            - last * last
+            - 2.0 * dot(&recent[1..], &recent[..len - 1]))
+        .max(0.0)
+            / (len - 1) as f32;
         let hf_ratio_db = 10.0 * (diff.max(1e-12) / power.max(1e-12)).log10();
 
         // Until the pitch window has filled once, its start is zero padding.
@@ -106,7 +111,7 @@ impl Analyzer {
             && energy_db > SPEECH_MIN_DB
             && energy_db > self.noise_floor_db + SPEECH_ABOVE_FLOOR_DB;
         let pitch = if energetic {
-            let mean_all = self.window.iter().sum::<f32>() / n as f32;
+            let mean_all = sum(&self.window) / n as f32;
             // Remove DC in place: the window is shifted after this frame anyway,
             // and the offset is constant over it.
             for v in self.window.iter_mut() {

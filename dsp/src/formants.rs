@@ -12,8 +12,9 @@ use realfft::{RealFftPlanner, RealToComplex};
 
 /// Highest LPC order (16 kHz).
 const MAX_ORDER: usize = 18;
-/// Envelope resolution: FFT length.
-const N: usize = 512;
+/// Envelope resolution: FFT length (31 Hz bins at 8 kHz, refined by
+/// parabolic interpolation on the log envelope).
+const N: usize = 256;
 
 /// A planned formant tracker for one sample rate.
 pub struct FormantTracker {
@@ -58,7 +59,7 @@ impl FormantTracker {
         let p = self.order;
         let mut r = [0f64; MAX_ORDER + 1];
         for (lag, rv) in r.iter_mut().enumerate().take(p + 1) {
-            *rv = crate::pitch::dot(&self.frame[lag..], &self.frame[..len - lag]) as f64;
+            *rv = crate::kernels::dot(&self.frame[lag..], &self.frame[..len - lag]) as f64;
         }
         if r[0] <= 1e-12 {
             return [0.0; 3];

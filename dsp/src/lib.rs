@@ -9,6 +9,7 @@ pub mod estimator;
 pub mod features;
 pub mod formants;
 pub mod g711;
+mod kernels;
 pub mod pitch;
 pub mod spectral;
 pub mod telephone;

@@ -7,6 +7,8 @@
 //! interpolation. Works on telephone audio where the fundamental itself is
 //! filtered out: the period is still in the harmonics.
 
+use crate::kernels::dot;
+
 /// Lowest F0 searched (Hz).
 pub const F0_MIN: f32 = 60.0;
 /// Highest F0 searched (Hz).
@@ -26,6 +28,8 @@ pub struct PitchTracker {
     /// The frame decimated by two, and its NCCF.
     dec: Vec<f32>,
     coarse: Vec<f32>,
+    /// Prefix sums of squares (scratch).
+    sq: Vec<f32>,
 }
 
 /// One frame's pitch.
@@ -110,54 +114,40 @@ fn perturbation(x: &[f32], period: f32) -> (Option<f32>, Option<f32>) {
     (Some(jitter), shimmer)
 }
 
-/// Dot product over eight independent partial sums: the compiler may not
-/// reassociate a float `.sum()`, so without them every add waits on the last.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// NCCF of `x` for lags `lo..=hi` over `span` samples into `out[lag]`;
-/// returns the best (lag, value), or `None` for a silent segment.
+/// returns the best (lag, value), or `None` for a silent segment. `sq` is
+/// scratch for prefix sums of squares (at least `x.len() + 1` long), so that
+/// each lag's energy is a subtraction rather than a serial running update,
+/// and the normalisation runs as its own loop over the whole lag range.
 fn nccf_scan(
     x: &[f32],
     span: usize,
     lo: usize,
     hi: usize,
     out: &mut [f32],
+    sq: &mut [f32],
 ) -> Option<(usize, f32)> {
-    let e0: f32 = x[..span].iter().map(|v| v * v).sum();
+    sq[0] = 0.0;
+    for i in 0..hi + span {
+        sq[i + 1] = sq[i] + x[i] * x[i];
+    }
+    let e0 = sq[span];
     if e0 <= f32::EPSILON {
         return None;
     }
-    // Energy of the shifted segment, updated incrementally across lags.
-    let mut el: f32 = x[lo..lo + span].iter().map(|v| v * v).sum();
+    for (lag, o) in out[lo..=hi].iter_mut().enumerate() {
+        let lag = lag + lo;
+        *o = dot(&x[..span], &x[lag..lag + span]);
+    }
+    for (lag, o) in out[lo..=hi].iter_mut().enumerate() {
+        let el = (sq[lag + lo + span] - sq[lag + lo]).max(0.0);
+        *o /= (e0 * el).sqrt().max(f32::EPSILON);
+    }
     let mut best = (lo, f32::MIN);
-    for lag in lo..=hi {
-        let dot: f32 = x[..span]
-            .iter()
-            .zip(&x[lag..lag + span])
-            .map(|(a, b)| a * b)
-            .sum();
-        let v = dot / (e0 * el).sqrt().max(f32::EPSILON);
-        out[lag] = v;
+    for (lag, &v) in out[lo..=hi].iter().enumerate() {
         if v > best.1 {
-            best = (lag, v);
+            best = (lag + lo, v);
         }
-        el += x[lag + span] * x[lag + span] - x[lag] * x[lag];
-        el = el.max(0.0);
     }
     Some(best)
 }
@@ -179,6 +169,7 @@ impl PitchTracker {
             nccf: vec![0.0; max_lag + 2],
             dec: vec![0.0; frame_len / 2 + 1],
             coarse: vec![0.0; max_lag / 2 + 3],
+            sq: vec![0.0; frame_len + 1],
         }
     }
 
@@ -201,9 +192,14 @@ impl PitchTracker {
         }
         let (clo, chi) = ((self.min_lag / 2).max(1), self.max_lag.div_ceil(2));
         let coarse_span = half - chi - 1;
-        let Some(coarse_best) =
-            nccf_scan(&self.dec[..half], coarse_span, clo, chi, &mut self.coarse)
-        else {
+        let Some(coarse_best) = nccf_scan(
+            &self.dec[..half],
+            coarse_span,
+            clo,
+            chi,
+            &mut self.coarse,
+            &mut self.sq,
+        ) else {
             return Pitch::default();
         };
         // The decimated correlation runs a little lower than the full-rate one.
@@ -223,7 +219,7 @@ impl PitchTracker {
             .unwrap_or(coarse_best.0);
         let lo = (2 * c).saturating_sub(3).max(self.min_lag);
         let hi = (2 * c + 3).min(self.max_lag);
-        let Some(best) = nccf_scan(x, self.span, lo, hi, &mut self.nccf) else {
+        let Some(best) = nccf_scan(x, self.span, lo, hi, &mut self.nccf, &mut self.sq) else {
             return Pitch::default();
         };
         if best.1 < VOICING_THRESHOLD {

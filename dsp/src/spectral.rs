@@ -52,8 +52,8 @@ pub struct SpectralAnalyzer {
     mel_energy: [f32; MEL_BANDS],
     /// DCT-II basis for the kept cepstral coefficients.
     dct: [[f32; MEL_BANDS]; MFCCS],
-    /// Equal-loudness weight of each mel band's centre frequency.
-    eql: [f32; MEL_BANDS],
+    /// Natural log of the equal-loudness weight of each mel band's centre frequency.
+    ln_eql: [f32; MEL_BANDS],
     have_previous: bool,
 }
 
@@ -131,7 +131,7 @@ impl SpectralAnalyzer {
                             .cos()
                 })
             }),
-            eql: std::array::from_fn(|b| equal_loudness(edges[b + 1])),
+            ln_eql: std::array::from_fn(|b| equal_loudness(edges[b + 1]).ln()),
             have_previous: false,
         }
     }
@@ -141,7 +141,7 @@ impl SpectralAnalyzer {
     }
 
     fn band_energy(&self, lo: f32, hi: f32) -> f32 {
-        self.power[self.bin(lo)..self.bin(hi)].iter().sum()
+        crate::kernels::sum(&self.power[self.bin(lo)..self.bin(hi)])
     }
 
     fn band_max(&self, lo: f32, hi: f32) -> f32 {
@@ -159,7 +159,7 @@ impl SpectralAnalyzer {
         let (mut sx, mut sy, mut sxx, mut sxy) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
         for k in a..=b {
             let x = k as f32 * bin_hz;
-            let y = 10.0 * self.power[k].max(1e-12).log10();
+            let y = (10.0 / std::f32::consts::LN_10) * crate::kernels::ln(self.power[k].max(1e-12));
             sx += x;
             sy += y;
             sxx += x * x;
@@ -224,8 +224,8 @@ impl SpectralAnalyzer {
                 .zip(&self.power[*first..])
                 .map(|(w, p)| w * p)
                 .sum::<f32>()
-                .max(1e-10)
-                .ln();
+                .max(1e-10);
+            *e = crate::kernels::ln(*e);
         }
         let mut mfcc = [0.0; MFCCS];
         for (c, basis) in mfcc.iter_mut().zip(&self.dct) {
@@ -237,8 +237,9 @@ impl SpectralAnalyzer {
         let loudness = self
             .mel_energy
             .iter()
-            .zip(&self.eql)
-            .map(|(ln_e, w)| (w * ln_e.exp()).powf(0.33))
+            .zip(&self.ln_eql)
+            // (w·E)^0.33 from the logs already at hand: one exp per band.
+            .map(|(ln_e, ln_w)| (0.33 * (ln_w + ln_e)).exp())
             .sum::<f32>()
             / MEL_BANDS as f32;
         Spectral {
