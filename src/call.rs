@@ -157,6 +157,8 @@ struct Media {
     pcm: Box<[i16; MAX_SAMPLES]>,
     first_audio: Option<Instant>,
     last_packet: Option<Instant>,
+    /// RTP timestamp of the last telephone-event acted on.
+    last_event: Option<u32>,
 }
 
 /// A call.
@@ -310,6 +312,7 @@ impl Call {
             pcm: Box::new([0; MAX_SAMPLES]),
             first_audio: None,
             last_packet: None,
+            last_event: None,
         });
         Ok(())
     }
@@ -452,9 +455,21 @@ impl Call {
                     .then(|| self.s.policy.early(&m.analyzer.estimate()))
                     .flatten()
             }
-            RtpEvent::Event { event, end, .. } => {
+            RtpEvent::Event {
+                event,
+                end,
+                timestamp,
+                ..
+            } => {
                 tracing::trace!(call_id = %self.dialog.call_id, event, end, "telephone-event");
-                None
+                // RFC 4733 §2.5.1.4: the end packet is sent three times; act once.
+                let digit = keypad_digit(event);
+                if listening && end && m.last_event != Some(timestamp) && self.decision.is_none() {
+                    m.last_event = Some(timestamp);
+                    digit.and_then(|d| self.s.policy.on_digit(d, &m.analyzer.estimate()))
+                } else {
+                    None
+                }
             }
             _ => None,
         };
@@ -836,6 +851,17 @@ impl Call {
     fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str) {
         let (dest, data) = reply_datagram(req, source, code, reason, &self.s.user_agent);
         self.outputs.push_back(Output::Send { dest, data });
+    }
+}
+
+/// The keypad character of an RFC 4733 event code (§3.2: 0-9, *, #, A-D).
+fn keypad_digit(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some((b'0' + event) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + event - 12) as char),
+        _ => None,
     }
 }
 

@@ -120,6 +120,9 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             r.queue
         );
     }
+    for r in &p.policy.dtmf {
+        println!("  key {:<17} digit {} -> {}", r.label, r.digit, r.queue);
+    }
     println!("  default queue         {}", p.policy.default_queue);
     Ok(())
 }

@@ -26,6 +26,8 @@ pub struct Policy {
     pub flag_arousal: f32,
     /// Rules, first match wins.
     pub rules: Vec<Rule>,
+    /// Keypad rules (RFC 4733 telephone-events), checked before any emotion rule.
+    pub dtmf: Vec<DtmfRule>,
 }
 
 impl Default for Policy {
@@ -50,6 +52,7 @@ impl Default for Policy {
                     queue: "sip:standard@127.0.0.1".into(),
                 },
             ],
+            dtmf: Vec::new(),
         }
     }
 }
@@ -89,6 +92,25 @@ pub enum Reason {
     NoSpeech,
     /// The call could not be analysed (e.g. the media never started).
     NotAnalysed,
+    /// The caller pressed a key that a `[[policy.dtmf]]` rule routes (RFC 4733).
+    Dtmf,
+}
+
+/// A keypad rule: the digit routes the caller, whatever the emotion estimate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfRule {
+    /// One of `0`–`9`, `*`, `#`, `A`–`D`.
+    pub digit: char,
+    /// Refer-To target, any SIP/SIPS/tel URI, used verbatim.
+    pub queue: String,
+    /// Label for `X-Emonav-Emotion` and the event line (default `dtmf`).
+    #[serde(default = "dtmf_label")]
+    pub label: String,
+}
+
+fn dtmf_label() -> String {
+    "dtmf".into()
 }
 
 /// A routing decision.
@@ -120,6 +142,15 @@ impl Policy {
             return Err("policy.decision_deadline_ms must be > 0".into());
         }
         check_uri("policy.default_queue", &self.default_queue)?;
+        for (i, r) in self.dtmf.iter().enumerate() {
+            check_uri(&format!("policy.dtmf[{i}].queue"), &r.queue)?;
+            if !"0123456789*#ABCD".contains(r.digit) {
+                return Err(format!(
+                    "policy.dtmf[{i}].digit: {:?} is not a keypad digit (0-9, *, #, A-D)",
+                    r.digit
+                ));
+            }
+        }
         for (i, r) in self.rules.iter().enumerate() {
             check_uri(&format!("policy.rules[{i}].queue"), &r.queue)?;
             if let (Some(lo), Some(hi)) = (r.arousal_min, r.arousal_max) {
@@ -146,6 +177,20 @@ impl Policy {
         } else {
             self.route(e, Reason::Deadline)
         }
+    }
+
+    /// The decision for a keypad digit, if a rule routes it.
+    pub fn on_digit(&self, digit: char, e: &Estimate) -> Option<Decision> {
+        let rule = self.dtmf.iter().find(|r| r.digit == digit)?;
+        Some(Decision {
+            queue: rule.queue.clone(),
+            label: rule.label.clone(),
+            reason: Reason::Dtmf,
+            arousal: e.arousal,
+            confidence: e.confidence,
+            speech_ms: e.speech_ms,
+            flagged: e.arousal >= self.flag_arousal && e.confidence > 0.0,
+        })
     }
 
     /// The default queue, for a call that could not be analysed.
@@ -224,6 +269,33 @@ mod tests {
             (d.queue.as_str(), d.reason),
             ("sip:default@127.0.0.1", Reason::NoSpeech)
         );
+    }
+
+    #[test]
+    fn keypad_rule_routes_whatever_the_emotion() {
+        let p = Policy {
+            dtmf: vec![DtmfRule {
+                digit: '0',
+                queue: "sip:operator@127.0.0.1".into(),
+                label: "operator".into(),
+            }],
+            ..Policy::default()
+        };
+        let d = p.on_digit('0', &est(0.95, 0.9, 2000)).unwrap();
+        assert_eq!(
+            (d.queue.as_str(), d.reason),
+            ("sip:operator@127.0.0.1", Reason::Dtmf)
+        );
+        assert!(p.on_digit('5', &est(0.2, 0.9, 2000)).is_none());
+        let bad = Policy {
+            dtmf: vec![DtmfRule {
+                digit: 'x',
+                queue: "sip:o@h".into(),
+                label: "o".into(),
+            }],
+            ..Policy::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("keypad digit"));
     }
 
     #[test]

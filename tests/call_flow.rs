@@ -261,3 +261,33 @@ fn unanswered_200_is_retransmitted_until_ack() {
         "no retransmission after ACK"
     );
 }
+
+#[test]
+fn keypad_zero_goes_to_the_operator_whatever_the_emotion() {
+    let emonav = Emonav::start(
+        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1\"\n",
+    );
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    assert_eq!(uac.invite_final(5 * S).code, 200);
+    uac.ack(true);
+    let started = Instant::now();
+    // No voice at all: without the key this call would wait for the deadline.
+    uac.send_digit(0, 40_000);
+    let refer = uac.expect_request("REFER", 3 * S).expect("REFER");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "routed on the key, not the deadline"
+    );
+    assert_eq!(refer_to(&refer), "<sip:operator@127.0.0.1>");
+    assert_eq!(refer.headers.get("X-Emonav-Emotion"), Some("operator"));
+    assert_eq!(refer.headers.get("X-Emonav-Reason"), Some("dtmf"));
+    complete_transfer(&mut uac, &refer);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["decision_reason"], "dtmf");
+    assert_eq!(
+        ev["refer_attempts"].as_array().unwrap().len(),
+        1,
+        "the end packet acted on once"
+    );
+}

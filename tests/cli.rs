@@ -22,6 +22,7 @@ fn check_config_accepts_the_default_profile() {
     assert!(out.contains("sip-profiles/default.toml: ok"), "{out}");
     assert!(out.contains("udp:127.0.0.1:5060"), "{out}");
     assert!(out.contains("sip:deescalation@127.0.0.1"), "{out}");
+    assert!(out.contains("digit 0 -> sip:operator@127.0.0.1"), "{out}");
 }
 
 #[test]

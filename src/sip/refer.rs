@@ -28,6 +28,7 @@ fn reason_token(d: &Decision) -> &'static str {
         crate::policy::Reason::Deadline => "deadline",
         crate::policy::Reason::NoSpeech => "no-speech",
         crate::policy::Reason::NotAnalysed => "not-analysed",
+        crate::policy::Reason::Dtmf => "dtmf",
     }
 }
 

@@ -465,6 +465,33 @@ impl Uac {
         self.sip.send_to(&resp.to_bytes(), dest).unwrap();
     }
 
+    /// Send an RFC 4733 digit on payload type 101 as a real phone does: three
+    /// progress packets, then the end packet three times, one RTP timestamp.
+    pub fn send_digit(&self, event: u8, seq_base: u16) {
+        let dest = self.remote_rtp.expect("answered with SDP");
+        let ts: u32 = 0x0100_0000;
+        for (i, (end, duration)) in [
+            (false, 160u16),
+            (false, 320),
+            (false, 480),
+            (true, 640),
+            (true, 640),
+            (true, 640),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut pkt = vec![0x80, 101 | if i == 0 { 0x80 } else { 0 }];
+            pkt.extend_from_slice(&seq_base.wrapping_add(i as u16).to_be_bytes());
+            pkt.extend_from_slice(&ts.to_be_bytes());
+            pkt.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            pkt.extend_from_slice(&[event, if end { 0x80 | 10 } else { 10 }]);
+            pkt.extend_from_slice(&duration.to_be_bytes());
+            self.rtp.send_to(&pkt, dest).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stream a G.711 payload as RTP with payload type `pt`, 20 ms packets,
     /// paced in real time, in a background thread; returns when started.
     pub fn play(&self, payload: Vec<u8>, pt: u8) -> std::thread::JoinHandle<()> {
