@@ -79,18 +79,23 @@ fn ended(call: &mut Call) -> Option<CallRecord> {
     rec
 }
 
-fn answered(t0: Instant) -> Call {
-    let src: SocketAddr = CALLER.parse().unwrap();
+/// A call whose 100 and 200 have been sent (and checked), not yet ACKed.
+fn offered(t0: Instant) -> Call {
     let mut call = Call::new(
         settings(),
         invite(),
-        src,
+        src(),
         "127.0.0.1:20000".parse().unwrap(),
         t0,
     )
     .unwrap();
     assert_eq!(codes(&sent(&mut call)), ["100", "200"]);
-    call.handle_request(&ack(&call), src, t0 + Duration::from_millis(10));
+    call
+}
+
+fn answered(t0: Instant) -> Call {
+    let mut call = offered(t0);
+    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
     call
 }
 
@@ -140,15 +145,7 @@ fn refer_is_retransmitted_by_timer_e_and_notify_timeout_hangs_up() {
 #[test]
 fn missing_ack_retransmits_200_then_hangs_up() {
     let t0 = Instant::now();
-    let mut call = Call::new(
-        settings(),
-        invite(),
-        src(),
-        "127.0.0.1:20000".parse().unwrap(),
-        t0,
-    )
-    .unwrap();
-    sent(&mut call);
+    let mut call = offered(t0);
     let mut retransmits = 0;
     while let Some(t) = call.poll_timeout() {
         if t > t0 + Duration::from_secs(40) {
@@ -230,15 +227,7 @@ fn notify_with_wrong_event_is_489() {
 #[test]
 fn bye_before_ack_stops_the_200_retransmissions() {
     let t0 = Instant::now();
-    let mut call = Call::new(
-        settings(),
-        invite(),
-        src(),
-        "127.0.0.1:20000".parse().unwrap(),
-        t0,
-    )
-    .unwrap();
-    sent(&mut call);
+    let mut call = offered(t0);
     call.handle_request(
         &in_dialog(&call, "BYE", 2, "", ""),
         src(),
