@@ -4,7 +4,7 @@
 use crate::estimator::{EmotionEstimator, Estimate, HeuristicArousal};
 use crate::features::{semitones, FrameFeatures, Functionals};
 use crate::formants::FormantTracker;
-use crate::kernels::{dot, sum};
+use crate::kernels::{db, dot, sum};
 use crate::pitch::PitchTracker;
 use crate::spectral::SpectralAnalyzer;
 
@@ -92,7 +92,7 @@ impl Analyzer {
         let e_all = dot(recent, recent);
         let power = (e_all / len as f32 - mean * mean).max(0.0);
         // +3 dB: a full-scale sine reads 0 dBFS.
-        let energy_db = 10.0 * (power.max(1e-12)).log10() + 3.01;
+        let energy_db = db(power.max(1e-12)) + 3.01;
         // Σ(x[i+1] - x[i])² expanded, so that it runs as one dot product.
         let (first, last) = (recent[0], recent[len - 1]);
         let diff = (2.0 * e_all
@@ -101,7 +101,7 @@ impl Analyzer {
             - 2.0 * dot(&recent[1..], &recent[..len - 1]))
         .max(0.0)
             / (len - 1) as f32;
-        let hf_ratio_db = 10.0 * (diff.max(1e-12) / power.max(1e-12)).log10();
+        let hf_ratio_db = db(diff.max(1e-12) / power.max(1e-12));
 
         // Until the pitch window has filled once, its start is zero padding.
         let primed = (self.functionals.frames as usize + 1) * self.hop >= n;
@@ -156,7 +156,7 @@ impl Analyzer {
             noise_floor_db: self.noise_floor_db,
             hnr_db: if voiced {
                 let r = pitch.strength.clamp(1e-4, 0.9999);
-                10.0 * (r / (1.0 - r)).log10()
+                db(r / (1.0 - r))
             } else {
                 0.0
             },

@@ -65,7 +65,7 @@ impl Histogram {
 
     /// Add a value.
     pub fn add(&mut self, v: f32) {
-        let i = ((v - self.lo) / (self.hi - self.lo) * HIST_BINS as f32) as i64;
+        let i = ((v - self.lo) * (HIST_BINS as f32 / (self.hi - self.lo))) as i64;
         self.bins[i.clamp(0, HIST_BINS as i64 - 1) as usize] += 1;
         self.n += 1;
     }

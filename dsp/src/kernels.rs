@@ -51,6 +51,11 @@ pub fn ln(x: f32) -> f32 {
     e as f32 * std::f32::consts::LN_2 + ln_m
 }
 
+/// 10·log10(x) for a positive, normal `x`, through [`ln`].
+pub fn db(x: f32) -> f32 {
+    (10.0 / std::f32::consts::LN_10) * ln(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

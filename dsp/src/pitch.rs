@@ -127,11 +127,20 @@ fn nccf_scan(
     out: &mut [f32],
     sq: &mut [f32],
 ) -> Option<(usize, f32)> {
-    sq[0] = 0.0;
-    for i in 0..hi + span {
-        sq[i + 1] = sq[i] + x[i] * x[i];
+    // Few lags (the refinement pass): a dot product per energy is cheaper
+    // than a serial prefix sum over the whole stretch.
+    let direct = hi - lo < 16;
+    if !direct {
+        sq[0] = 0.0;
+        for i in 0..hi + span {
+            sq[i + 1] = sq[i] + x[i] * x[i];
+        }
     }
-    let e0 = sq[span];
+    let e0 = if direct {
+        dot(&x[..span], &x[..span])
+    } else {
+        sq[span]
+    };
     if e0 <= f32::EPSILON {
         return None;
     }
@@ -140,7 +149,12 @@ fn nccf_scan(
         *o = dot(&x[..span], &x[lag..lag + span]);
     }
     for (lag, o) in out[lo..=hi].iter_mut().enumerate() {
-        let el = (sq[lag + lo + span] - sq[lag + lo]).max(0.0);
+        let at = lag + lo;
+        let el = if direct {
+            dot(&x[at..at + span], &x[at..at + span])
+        } else {
+            (sq[at + span] - sq[at]).max(0.0)
+        };
         *o /= (e0 * el).sqrt().max(f32::EPSILON);
     }
     let mut best = (lo, f32::MIN);

@@ -212,7 +212,7 @@ impl SpectralAnalyzer {
         let nyq = self.rate / 2.0;
         let low = self.band_energy(50.0, 1000.0);
         let high = self.band_energy(1000.0, 5000.0f32.min(nyq));
-        let alpha_ratio_db = 10.0 * (high.max(1e-12) / low.max(1e-12)).log10();
+        let alpha_ratio_db = crate::kernels::db(high.max(1e-12) / low.max(1e-12));
         let hammarberg_db = 10.0
             * (self.band_max(0.0, 2000.0).max(1e-12)
                 / self.band_max(2000.0, 5000.0f32.min(nyq)).max(1e-12))
