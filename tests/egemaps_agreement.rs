@@ -269,9 +269,9 @@ fn natural_voices_agree_with_opensmile_on_emodb() {
             (*f, measure(&audio, 16000))
         })
         .collect();
-    // On EmoDB our F0 runs 1.5 st above openSMILE's on average (pitch is only
-    // tracked on frames our VAD calls energetic, so quiet, low phrase endings
-    // are missing): a known gap, guarded at its current size.
+    // On EmoDB our F0 runs 1.5 st above openSMILE's on average (likely
+    // octave-up picks that openSMILE's smoothed contour avoids; see
+    // docs/features.md): a known gap, guarded at its current size.
     let failures = compare(EMODB_TARGETS, &files, &ours, &reference, "", 1.8);
     assert!(failures.is_empty(), "{failures:#?}");
 }
