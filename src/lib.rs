@@ -7,8 +7,11 @@
 pub mod analyze;
 pub mod call;
 pub mod config;
+pub mod corpus;
 pub mod events;
+pub mod learn;
 pub mod media;
+pub mod plot;
 pub mod policy;
 pub mod sdp;
 pub mod server;

@@ -1,4 +1,4 @@
-//! The `emonav` binary: `run` (default), `analyze` and `check-config`.
+//! The `emonav` binary: `run` (default), `analyze`, `train`, `eval` and `check-config`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use emonav::config::Profile;
+use emonav::corpus::{self, Labels};
 use emonav::events::EventSink;
+use emonav::learn::{self, Normalisation};
 use emonav::server::Server;
 
 const DEFAULT_PROFILE: &str = "sip-profiles/default.toml";
@@ -34,6 +36,43 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PROFILE)]
         profile: PathBuf,
         /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train an emotion model on a labelled corpus (features through the in-call pipeline).
+    Train {
+        /// Corpus folder (EmoDB: the folder holding `wav/`; CSV paths are relative to it).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// `emodb` (labels in the file names) or a CSV of `path,label[,speaker]`.
+        #[arg(long, default_value = "emodb")]
+        labels: Labels,
+        /// Where to write the model (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score a model on a labelled corpus, or run leave-one-speaker-out training and scoring.
+    Eval {
+        /// Corpus folder.
+        #[arg(long)]
+        corpus: PathBuf,
+        /// `emodb` or a CSV of `path,label[,speaker]`.
+        #[arg(long, default_value = "emodb")]
+        labels: Labels,
+        /// Model to score (the embedded default when neither this nor --loso is given).
+        #[arg(long, conflicts_with = "loso")]
+        model: Option<PathBuf>,
+        /// Leave-one-speaker-out: train on all speakers but one, score that one, for each.
+        #[arg(long)]
+        loso: bool,
+        /// z-score each speaker's features over all their clips first (the
+        /// corpus's per-speaker reference; not possible in a live call).
+        #[arg(long)]
+        speaker_norm: bool,
+        /// Write a PNG plot of UAR against seconds of speech heard.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Print one JSON object instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -79,6 +118,28 @@ fn main() -> ExitCode {
             profile,
             json,
         }) => analyze(&file, &profile, json),
+        Some(Command::Train {
+            corpus,
+            labels,
+            out,
+        }) => train(&corpus, &labels, &out),
+        Some(Command::Eval {
+            corpus,
+            labels,
+            model,
+            loso,
+            speaker_norm,
+            plot,
+            json,
+        }) => eval(
+            &corpus,
+            &labels,
+            model.as_deref(),
+            loso,
+            speaker_norm,
+            plot.as_deref(),
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +195,80 @@ fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&a)?);
     } else {
         print!("{a}");
+    }
+    Ok(())
+}
+
+fn train(dir: &Path, labels: &Labels, out: &Path) -> anyhow::Result<()> {
+    let items = corpus::load(dir, labels)?;
+    let (g, speakers) = learn::groups(&items);
+    let feats = learn::extract_all(&items)?;
+    let all: Vec<usize> = (0..items.len()).collect();
+    let description = format!(
+        "trained on {} clips from {} ({} speakers), 8 kHz mu-law telephone conditions, by emonav {}",
+        items.len(),
+        dir.display(),
+        speakers.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let model = emonav_dsp::model::train(&learn::samples(&items, &feats, &g, &all), &description)?;
+    std::fs::write(out, model.to_json() + "\n")
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} (arousal lambda {}, anger lambda {})",
+        out.display(),
+        model.arousal.lambda,
+        model.anger.lambda
+    );
+    Ok(())
+}
+
+fn eval(
+    dir: &Path,
+    labels: &Labels,
+    model: Option<&Path>,
+    loso: bool,
+    speaker_norm: bool,
+    plot: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let items = corpus::load(dir, labels)?;
+    let (g, speakers) = learn::groups(&items);
+    if loso && speakers.len() < 2 {
+        anyhow::bail!("--loso needs a speaker for every clip and at least two speakers (CSV: path,label,speaker)");
+    }
+    let mut feats = learn::extract_all(&items)?;
+    let norm = if speaker_norm {
+        learn::speaker_normalise(&mut feats, &g);
+        Normalisation::Speaker
+    } else {
+        Normalisation::Population
+    };
+    let (mode, preds) = if loso {
+        ("loso", learn::loso(&items, &feats, &g)?)
+    } else {
+        let m = match model {
+            Some(p) => emonav_dsp::Model::from_json(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .with_context(|| format!("{}", p.display()))?,
+            None => learn::default_model(),
+        };
+        (
+            "model",
+            feats.iter().map(|f| learn::predict(&m, f)).collect(),
+        )
+    };
+    let report = learn::report(mode, norm, &items, speakers.len(), &preds);
+    if let Some(p) = plot {
+        emonav::plot::uar_by_speech(&report, p)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
     }
     Ok(())
 }

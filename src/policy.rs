@@ -237,6 +237,7 @@ mod tests {
             arousal,
             confidence,
             speech_ms,
+            ..Default::default()
         }
     }
 

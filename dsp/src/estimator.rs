@@ -7,6 +7,8 @@ use crate::features::{FrameFeatures, Functionals};
 pub struct Estimate {
     /// Arousal in [0, 1] (0 = calm, 1 = agitated).
     pub arousal: f32,
+    /// Probability of anger in [0, 1] (0 when the estimator has no anger model).
+    pub anger: f32,
     /// Confidence in [0, 1] that the arousal side (high/low) is right.
     pub confidence: f32,
     /// Milliseconds of speech the estimate is based on.
@@ -76,6 +78,7 @@ impl EmotionEstimator for HeuristicArousal {
         let ramp = (speech_ms as f32 / CONFIDENT_AFTER_MS).min(1.0);
         Estimate {
             arousal,
+            anger: 0.0,
             confidence: (2.0 * arousal - 1.0).abs() * ramp,
             speech_ms,
         }

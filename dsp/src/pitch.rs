@@ -48,6 +48,10 @@ pub struct Pitch {
     pub shimmer_db: Option<f32>,
 }
 
+/// Mean power of the correlated head of the window, relative to the whole
+/// window's, below which the frame is an onset and not yet voiced (−13 dB).
+const ONSET_RATIO: f32 = 0.05;
+
 /// Peaks marked per frame at most (40 ms at 500 Hz is 20 periods).
 const MAX_PEAKS: usize = 32;
 
@@ -216,6 +220,16 @@ impl PitchTracker {
         ) else {
             return Pitch::default();
         };
+        // The correlated segment (the window's start) must hold the voice, not
+        // just the tail: at a syllable onset the start is silence, which after
+        // DC removal is a constant offset that correlates perfectly with
+        // itself at the shortest lag (a spurious "500 Hz" frame at every
+        // onset). The prefix sums of the scan above give both energies free.
+        let head = self.sq[coarse_span] / coarse_span as f32;
+        let whole = self.sq[chi + coarse_span] / (chi + coarse_span) as f32;
+        if head < ONSET_RATIO * whole {
+            return Pitch::default();
+        }
         // The decimated correlation runs a little lower than the full-rate one.
         if coarse_best.1 < VOICING_THRESHOLD - 0.1 {
             return Pitch {
@@ -225,12 +239,20 @@ impl PitchTracker {
         }
         // Shortest coarse lag at a local peak within 10 % of the best one
         // (plain autocorrelation's octave-down errors pick twice the period).
-        let c = (clo + 1..chi)
-            .find(|&l| {
-                let v = self.coarse[l];
-                v >= 0.9 * coarse_best.1 && v >= self.coarse[l - 1] && v >= self.coarse[l + 1]
-            })
-            .unwrap_or(coarse_best.0);
+        // A maximum on the edge of the lag range is no peak: it is what a
+        // window half filled with a burst onset gives (a "500 Hz" frame at
+        // every syllable start), so such a frame is unvoiced.
+        let is_peak = |l: usize| {
+            let v = self.coarse[l];
+            v >= self.coarse[l - 1] && v >= self.coarse[l + 1]
+        };
+        let Some(c) = (clo + 1..chi).find(|&l| self.coarse[l] >= 0.9 * coarse_best.1 && is_peak(l))
+        else {
+            return Pitch {
+                strength: coarse_best.1,
+                ..Pitch::default()
+            };
+        };
         let lo = (2 * c).saturating_sub(3).max(self.min_lag);
         let hi = (2 * c + 3).min(self.max_lag);
         let Some(best) = nccf_scan(x, self.span, lo, hi, &mut self.nccf, &mut self.sq) else {

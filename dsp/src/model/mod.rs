@@ -1,0 +1,478 @@
+//! Trained emotion models: the feature vector, the model file, training, and
+//! the streaming estimator a call runs.
+//!
+//! A model is two calibrated linear classifiers over the standardised
+//! [`FEATURE_NAMES`] vector: arousal (high vs low) and anger (vs the rest).
+//! Each probability is Platt-calibrated on out-of-speaker predictions made
+//! during training, so "0.9" means what it says for a speaker the model has
+//! not heard (under equal class priors; see docs/model.md).
+
+mod logistic;
+mod vector;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::estimator::{EmotionEstimator, Estimate};
+use crate::features::{FrameFeatures, Functionals};
+use logistic::{balanced_weights, fit, Design};
+pub use vector::{feature_vector, FEATURES, FEATURE_NAMES};
+
+/// Identifies the file format; bumped on any incompatible change.
+pub const FORMAT: &str = "emonav-model/1";
+
+/// Standardised values are clipped to this many deviations, so one wild
+/// feature on a strange line cannot swamp the rest.
+const CLIP: f32 = 5.0;
+
+/// Why a model file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Not JSON, or not a model.
+    #[error("not an emonav model: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Another format version.
+    #[error("model format {found:?}, this build reads {FORMAT:?}")]
+    Format {
+        /// The format the file declares.
+        found: String,
+    },
+    /// Built over another feature layout.
+    #[error("model was built over other features (at {index}: {found:?}, expected {expected:?}); retrain it with this build")]
+    Features {
+        /// First differing position.
+        index: usize,
+        /// The file's name there.
+        found: String,
+        /// This build's name there.
+        expected: String,
+    },
+    /// Vectors of the wrong length.
+    #[error("model field {0} has the wrong length")]
+    Shape(&'static str),
+}
+
+/// Why training cannot proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A task has only one class among the labelled samples.
+    #[error("task {0}: training data needs both classes")]
+    OneClass(&'static str),
+}
+
+/// One calibrated linear classifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    /// One weight per standardised feature.
+    pub weights: Vec<f32>,
+    /// Intercept.
+    pub bias: f32,
+    /// Platt scaling `(a, b)`: probability = σ(a·score + b).
+    pub calibration: [f32; 2],
+    /// L2 strength chosen by cross-validation over speakers.
+    pub lambda: f32,
+}
+
+impl Linear {
+    fn score(&self, x: &[f32; FEATURES]) -> f32 {
+        self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.bias
+    }
+
+    fn probability(&self, x: &[f32; FEATURES]) -> f32 {
+        let [a, b] = self.calibration;
+        1.0 / (1.0 + (-(a * self.score(x) + b)).exp())
+    }
+}
+
+/// Both tasks' probabilities for one feature vector.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Scores {
+    /// Probability of high arousal.
+    pub arousal: f32,
+    /// Probability of anger.
+    pub anger: f32,
+}
+
+/// A trained model, as stored in a JSON file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// [`FORMAT`].
+    pub format: String,
+    /// What it was trained on and how (free text, for people).
+    pub description: String,
+    /// [`FEATURE_NAMES`] at training time.
+    pub features: Vec<String>,
+    /// Per-feature mean over the training data.
+    pub mean: Vec<f32>,
+    /// Per-feature standard deviation over the training data.
+    pub scale: Vec<f32>,
+    /// High vs low arousal.
+    pub arousal: Linear,
+    /// Anger vs everything else.
+    pub anger: Linear,
+}
+
+impl Model {
+    /// Read and check a model from JSON.
+    pub fn from_json(text: &str) -> Result<Model, ModelError> {
+        let m: Model = serde_json::from_str(text)?;
+        if m.format != FORMAT {
+            return Err(ModelError::Format { found: m.format });
+        }
+        for (index, expected) in FEATURE_NAMES.iter().enumerate() {
+            let found = m.features.get(index).map(String::as_str).unwrap_or("");
+            if found != *expected {
+                return Err(ModelError::Features {
+                    index,
+                    found: found.into(),
+                    expected: (*expected).into(),
+                });
+            }
+        }
+        if m.features.len() != FEATURES {
+            return Err(ModelError::Shape("features"));
+        }
+        for (name, len) in [
+            ("mean", m.mean.len()),
+            ("scale", m.scale.len()),
+            ("arousal.weights", m.arousal.weights.len()),
+            ("anger.weights", m.anger.weights.len()),
+        ] {
+            if len != FEATURES {
+                return Err(ModelError::Shape(name));
+            }
+        }
+        Ok(m)
+    }
+
+    /// The model as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a model always serialises")
+    }
+
+    /// Standardise a raw vector in place (NaN becomes the mean, 0).
+    pub fn standardise(&self, x: &mut [f32; FEATURES]) {
+        for ((v, m), s) in x.iter_mut().zip(&self.mean).zip(&self.scale) {
+            *v = if v.is_finite() {
+                ((*v - m) / s).clamp(-CLIP, CLIP)
+            } else {
+                0.0
+            };
+        }
+    }
+
+    /// Probabilities for a raw feature vector. Never allocates.
+    pub fn scores(&self, raw: &[f32; FEATURES]) -> Scores {
+        let mut x = *raw;
+        self.standardise(&mut x);
+        Scores {
+            arousal: self.arousal.probability(&x),
+            anger: self.anger.probability(&x),
+        }
+    }
+
+    /// Probabilities from the functionals so far.
+    pub fn scores_of(&self, f: &Functionals) -> Scores {
+        let mut raw = [0.0; FEATURES];
+        feature_vector(f, &mut raw);
+        self.scores(&raw)
+    }
+}
+
+/// One training example: a raw feature vector, its labels and its speaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Raw features.
+    pub x: [f32; FEATURES],
+    /// High arousal? `None` leaves the sample out of the arousal task.
+    pub arousal: Option<bool>,
+    /// Anger? `None` leaves the sample out of the anger task.
+    pub anger: Option<bool>,
+    /// Speaker (or any grouping that must not straddle a train/test split).
+    pub group: u32,
+}
+
+/// L2 strengths tried by cross-validation over speakers.
+const LAMBDAS: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+
+/// Train a model: standardise, then for each task pick the L2 strength by
+/// leave-one-group-out log loss, calibrate on the out-of-group scores, and
+/// fit the final weights on everything.
+pub fn train(samples: &[Sample], description: &str) -> Result<Model, TrainError> {
+    let (mean, scale) = standardisation(samples);
+    let mut x = Vec::with_capacity(samples.len() * FEATURES);
+    for s in samples {
+        for ((v, m), sd) in s.x.iter().zip(&mean).zip(&scale) {
+            let z = if v.is_finite() {
+                ((v - m) / sd).clamp(-CLIP, CLIP)
+            } else {
+                0.0
+            };
+            x.push(z as f64);
+        }
+    }
+    let groups: Vec<u32> = samples.iter().map(|s| s.group).collect();
+    let arousal = train_task(&x, &groups, samples.iter().map(|s| s.arousal), "arousal")?;
+    let anger = train_task(&x, &groups, samples.iter().map(|s| s.anger), "anger")?;
+    Ok(Model {
+        format: FORMAT.into(),
+        description: description.into(),
+        features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+        mean,
+        scale,
+        arousal,
+        anger,
+    })
+}
+
+fn standardisation(samples: &[Sample]) -> (Vec<f32>, Vec<f32>) {
+    let mut mean = vec![0.0f32; FEATURES];
+    let mut scale = vec![1.0f32; FEATURES];
+    for j in 0..FEATURES {
+        let vals: Vec<f64> = samples
+            .iter()
+            .map(|s| s.x[j] as f64)
+            .filter(|v| v.is_finite())
+            .collect();
+        if vals.len() < 2 {
+            continue;
+        }
+        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+        let var = vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / vals.len() as f64;
+        mean[j] = m as f32;
+        scale[j] = (var.sqrt() as f32).max(1e-6);
+    }
+    (mean, scale)
+}
+
+fn train_task(
+    x: &[f64],
+    groups: &[u32],
+    labels: impl Iterator<Item = Option<bool>>,
+    task: &'static str,
+) -> Result<Linear, TrainError> {
+    let mut rows = Vec::new();
+    let mut g = Vec::new();
+    let mut y = Vec::new();
+    for (i, l) in labels.enumerate() {
+        if let Some(l) = l {
+            rows.extend_from_slice(&x[i * FEATURES..(i + 1) * FEATURES]);
+            g.push(groups[i]);
+            y.push(l);
+        }
+    }
+    if y.iter().all(|&v| v) || y.iter().all(|&v| !v) {
+        return Err(TrainError::OneClass(task));
+    }
+    let mut distinct = g.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // With a single group there is nothing to cross-validate over: a middle
+    // strength and an identity calibration.
+    let (lambda, calibration) = if distinct.len() < 2 {
+        (1e-2, [1.0, 0.0])
+    } else {
+        let mut best = (f64::INFINITY, LAMBDAS[0], Vec::new());
+        for &lambda in &LAMBDAS {
+            let oof = out_of_group_scores(&rows, &g, &distinct, &y, lambda);
+            let loss = weighted_log_loss(&oof, &y);
+            if loss < best.0 {
+                best = (loss, lambda, oof);
+            }
+        }
+        let (_, lambda, oof) = best;
+        let platt = fit(
+            &Design { x: &oof, dims: 1 },
+            &y,
+            &balanced_weights(&y),
+            1e-6,
+        );
+        (lambda, [platt[0] as f32, platt[1] as f32])
+    };
+    let beta = fit(
+        &Design {
+            x: &rows,
+            dims: FEATURES,
+        },
+        &y,
+        &balanced_weights(&y),
+        lambda,
+    );
+    Ok(Linear {
+        weights: beta[..FEATURES].iter().map(|&w| w as f32).collect(),
+        bias: beta[FEATURES] as f32,
+        calibration,
+        lambda: lambda as f32,
+    })
+}
+
+/// Each row's linear score from a model that never saw its group.
+fn out_of_group_scores(
+    rows: &[f64],
+    g: &[u32],
+    distinct: &[u32],
+    y: &[bool],
+    lambda: f64,
+) -> Vec<f64> {
+    let mut oof = vec![0.0; y.len()];
+    for &held in distinct {
+        let mut tx = Vec::new();
+        let mut ty = Vec::new();
+        for i in 0..y.len() {
+            if g[i] != held {
+                tx.extend_from_slice(&rows[i * FEATURES..(i + 1) * FEATURES]);
+                ty.push(y[i]);
+            }
+        }
+        if ty.iter().all(|&v| v) || ty.iter().all(|&v| !v) {
+            continue;
+        }
+        let beta = fit(
+            &Design {
+                x: &tx,
+                dims: FEATURES,
+            },
+            &ty,
+            &balanced_weights(&ty),
+            lambda,
+        );
+        for i in (0..y.len()).filter(|&i| g[i] == held) {
+            let r = &rows[i * FEATURES..(i + 1) * FEATURES];
+            oof[i] = r.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>() + beta[FEATURES];
+        }
+    }
+    oof
+}
+
+fn weighted_log_loss(scores: &[f64], y: &[bool]) -> f64 {
+    let w = balanced_weights(y);
+    scores
+        .iter()
+        .zip(y)
+        .zip(&w)
+        .map(|((&z, &l), &wi)| {
+            // log(1 + e^{-z}) for positives, log(1 + e^{z}) for negatives, stably.
+            let m = if l { -z } else { z };
+            wi * (m.max(0.0) + (-m.abs()).exp().ln_1p())
+        })
+        .sum::<f64>()
+        / y.len() as f64
+}
+
+/// Milliseconds between model evaluations in a call.
+pub const UPDATE_MS: u32 = 500;
+
+/// The estimator a call runs: re-scores the model every [`UPDATE_MS`] of
+/// audio from the functionals so far (the features are cumulative, so
+/// nothing is lost between updates), and reports the calibrated arousal
+/// probability with confidence |2p − 1|.
+#[derive(Debug, Clone)]
+pub struct ModelEstimator {
+    model: Arc<Model>,
+    raw: [f32; FEATURES],
+    frames: u32,
+    current: Estimate,
+}
+
+impl ModelEstimator {
+    /// An estimator over a shared model.
+    pub fn new(model: Arc<Model>) -> Self {
+        Self {
+            model,
+            raw: [0.0; FEATURES],
+            frames: 0,
+            current: Estimate::default(),
+        }
+    }
+}
+
+impl EmotionEstimator for ModelEstimator {
+    fn update(&mut self, _frame: &FrameFeatures, f: &Functionals) {
+        self.frames += 1;
+        if self.frames * 10 < UPDATE_MS || f.speech_frames == 0 {
+            return;
+        }
+        self.frames = 0;
+        feature_vector(f, &mut self.raw);
+        let s = self.model.scores(&self.raw);
+        self.current = Estimate {
+            arousal: s.arousal,
+            anger: s.anger,
+            confidence: (2.0 * s.arousal - 1.0).abs(),
+            speech_ms: f.speech_ms(),
+        };
+    }
+
+    fn estimate(&self, _f: &Functionals) -> Estimate {
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two speakers, two clusters per task along different features.
+    fn toy() -> Vec<Sample> {
+        let mut rng = fastrand::Rng::with_seed(9);
+        (0..400)
+            .map(|i| {
+                let high = i % 2 == 0;
+                let angry = high && i % 4 == 0;
+                let mut x = [0.0f32; FEATURES];
+                for v in x.iter_mut() {
+                    *v = rng.f32();
+                }
+                x[0] += if high { 1.5 } else { 0.0 };
+                x[5] += if angry { 1.5 } else { 0.0 };
+                x[7] = f32::NAN;
+                Sample {
+                    x,
+                    arousal: Some(high),
+                    anger: Some(angry),
+                    group: i % 2 + 2 * (i / 200),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trains_separates_and_round_trips_through_json() {
+        let data = toy();
+        let m = train(&data, "toy").unwrap();
+        let right = data
+            .iter()
+            .filter(|s| {
+                let p = m.scores(&s.x);
+                (p.arousal > 0.5) == s.arousal.unwrap() && (p.anger > 0.5) == s.anger.unwrap()
+            })
+            .count();
+        assert!(right > 360, "{right}/400");
+        let back = Model::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.scores(&data[0].x), m.scores(&data[0].x));
+    }
+
+    #[test]
+    fn a_model_over_other_features_is_refused() {
+        let mut m = train(&toy(), "toy").unwrap();
+        m.features[3] = "something_else".into();
+        let err = Model::from_json(&m.to_json()).unwrap_err();
+        assert!(
+            matches!(err, ModelError::Features { index: 3, .. }),
+            "{err}"
+        );
+        assert!(matches!(
+            Model::from_json("{\"format\":\"x\"}"),
+            Err(ModelError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn one_class_is_an_error() {
+        let mut d = toy();
+        d.iter_mut().for_each(|s| s.anger = Some(false));
+        assert!(matches!(train(&d, ""), Err(TrainError::OneClass("anger"))));
+    }
+}

@@ -1,0 +1,403 @@
+//! `emonav train` and `emonav eval`: features from a labelled corpus through
+//! the in-call pipeline, the model fit, leave-one-speaker-out evaluation and
+//! its metrics (UAR per task, confusion matrices, UAR by seconds of speech
+//! heard, reliability of the probabilities).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use emonav_dsp::model::{self, Sample, FEATURES};
+use emonav_dsp::Model;
+use serde::Serialize;
+
+use crate::corpus::{extract, CorpusError, Features, Item, SNAPSHOTS_MS};
+
+/// The default model, trained on all of EmoDB (see docs/model.md).
+pub const DEFAULT_MODEL: &str = include_str!("../models/default.json");
+
+/// The embedded default model.
+pub fn default_model() -> Model {
+    Model::from_json(DEFAULT_MODEL).expect("the embedded model matches this build (tested)")
+}
+
+/// Extract every item's features, on all cores, with a progress line on a terminal.
+pub fn extract_all(items: &[Item]) -> Result<Vec<Features>, CorpusError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().max(1));
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let show = std::io::stderr().is_terminal();
+    let mut out: Vec<Option<Result<Features, CorpusError>>> =
+        (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let chunks = out.chunks_mut(items.len().div_ceil(workers));
+        for (w, slot) in chunks.enumerate() {
+            let start = w * items.len().div_ceil(workers);
+            let done = &done;
+            s.spawn(move || {
+                for (i, o) in slot.iter_mut().enumerate() {
+                    *o = Some(extract(&items[start + i].path));
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if show && (n % 10 == 0 || n == items.len()) {
+                        let bar = 30 * n / items.len();
+                        eprint!(
+                            "\rextracting [{}{}] {n}/{}",
+                            "#".repeat(bar),
+                            " ".repeat(30 - bar),
+                            items.len()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    if show {
+        eprintln!();
+    }
+    out.into_iter()
+        .map(|o| o.expect("every slot filled"))
+        .collect()
+}
+
+/// Speaker index per item; items without a speaker fall into five
+/// interleaved groups, so model selection still has folds to use.
+pub fn groups(items: &[Item]) -> (Vec<u32>, Vec<String>) {
+    let mut names: Vec<String> = items.iter().filter_map(|i| i.speaker.clone()).collect();
+    names.sort();
+    names.dedup();
+    let g = items
+        .iter()
+        .enumerate()
+        .map(|(n, i)| match &i.speaker {
+            Some(s) => names.binary_search(s).expect("listed") as u32,
+            None => (names.len() + n % 5) as u32,
+        })
+        .collect();
+    (g, names)
+}
+
+/// How features are normalised before training and scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalisation {
+    /// Population statistics only (what a call can do).
+    Population,
+    /// Each speaker's features z-scored over all of that speaker's clips
+    /// first: the corpus README's "per-speaker normalisation" reference. A
+    /// live call cannot do this (it would need the caller's speech in every
+    /// emotion); it bounds what caller normalisation could reach.
+    Speaker,
+}
+
+/// z-score each speaker's vectors (every snapshot) by the statistics of that
+/// speaker's whole-clip vectors.
+pub fn speaker_normalise(feats: &mut [Features], g: &[u32]) {
+    let mut by: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, &s) in g.iter().enumerate() {
+        by.entry(s).or_default().push(i);
+    }
+    for idx in by.values() {
+        for j in 0..FEATURES {
+            let vals: Vec<f32> = idx
+                .iter()
+                .map(|&i| feats[i].whole[j])
+                .filter(|v| v.is_finite())
+                .collect();
+            if vals.len() < 2 {
+                continue;
+            }
+            let m = vals.iter().sum::<f32>() / vals.len() as f32;
+            let sd = (vals.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / vals.len() as f32)
+                .sqrt()
+                .max(1e-6);
+            for &i in idx {
+                let f = &mut feats[i];
+                f.whole[j] = (f.whole[j] - m) / sd;
+                for a in f.at.iter_mut() {
+                    a[j] = (a[j] - m) / sd;
+                }
+            }
+        }
+    }
+}
+
+/// Training rows for the given items: each clip at 0.5 s and 1 s of speech
+/// and whole, so that one model is calibrated for the early, thin evidence a
+/// call decides on as well as for full clips.
+pub fn samples(items: &[Item], feats: &[Features], g: &[u32], which: &[usize]) -> Vec<Sample> {
+    let mut out = Vec::with_capacity(which.len() * 3);
+    for &i in which {
+        let e = items[i].emotion;
+        let f = &feats[i];
+        for x in [f.at[0], f.at[1], f.whole] {
+            out.push(Sample {
+                x,
+                arousal: e.high_arousal(),
+                anger: Some(e == crate::corpus::Emotion::Anger),
+                group: g[i],
+            });
+        }
+    }
+    out
+}
+
+/// Probabilities for one clip: at each snapshot, then whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prediction {
+    /// P(high arousal) at each of [`SNAPSHOTS_MS`].
+    pub arousal_at: [f32; SNAPSHOTS_MS.len()],
+    /// P(anger) at each of [`SNAPSHOTS_MS`].
+    pub anger_at: [f32; SNAPSHOTS_MS.len()],
+    /// P(high arousal), whole clip.
+    pub arousal: f32,
+    /// P(anger), whole clip.
+    pub anger: f32,
+}
+
+/// Score one clip with a model.
+pub fn predict(m: &Model, f: &Features) -> Prediction {
+    let mut p = Prediction::default();
+    for (k, x) in f.at.iter().enumerate() {
+        let s = m.scores(x);
+        p.arousal_at[k] = s.arousal;
+        p.anger_at[k] = s.anger;
+    }
+    let s = m.scores(&f.whole);
+    p.arousal = s.arousal;
+    p.anger = s.anger;
+    p
+}
+
+/// Leave-one-speaker-out: for each speaker, train on the others (with their
+/// own nested model selection) and score the held-out speaker's clips.
+pub fn loso(
+    items: &[Item],
+    feats: &[Features],
+    g: &[u32],
+) -> Result<Vec<Prediction>, model::TrainError> {
+    let mut speakers: Vec<u32> = g.to_vec();
+    speakers.sort_unstable();
+    speakers.dedup();
+    let mut preds = vec![Prediction::default(); items.len()];
+    for &held in &speakers {
+        let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
+        let m = model::train(&samples(items, feats, g, &train_idx), "loso fold")?;
+        for i in (0..items.len()).filter(|&i| g[i] == held) {
+            preds[i] = predict(&m, &feats[i]);
+        }
+    }
+    Ok(preds)
+}
+
+/// A binary task's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    /// The negative and positive class names.
+    pub classes: [&'static str; 2],
+    /// Clips in the task.
+    pub clips: usize,
+    /// Unweighted average recall, whole clip.
+    pub uar: f64,
+    /// UAR from the first N seconds of speech (the whole clip when shorter), keyed by N.
+    pub uar_by_speech_s: BTreeMap<String, f64>,
+    /// Whole-clip confusion matrix: rows truth (negative, positive), columns prediction.
+    pub confusion: [[usize; 2]; 2],
+}
+
+fn uar(pairs: impl Iterator<Item = (bool, f32)>) -> (f64, [[usize; 2]; 2]) {
+    let mut c = [[0usize; 2]; 2];
+    for (truth, p) in pairs {
+        c[truth as usize][(p >= 0.5) as usize] += 1;
+    }
+    let recall = |r: [usize; 2], k: usize| {
+        let n = r[0] + r[1];
+        if n == 0 {
+            0.0
+        } else {
+            r[k] as f64 / n as f64
+        }
+    };
+    ((recall(c[0], 0) + recall(c[1], 1)) / 2.0, c)
+}
+
+fn task_report(
+    classes: [&'static str; 2],
+    truth: &[Option<bool>],
+    at: impl Fn(usize, usize) -> f32,
+    whole: impl Fn(usize) -> f32,
+) -> TaskReport {
+    let idx: Vec<usize> = (0..truth.len()).filter(|&i| truth[i].is_some()).collect();
+    let (u, confusion) = uar(idx.iter().map(|&i| (truth[i].unwrap(), whole(i))));
+    let uar_by_speech_s = SNAPSHOTS_MS
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| {
+            let (u, _) = uar(idx.iter().map(|&i| (truth[i].unwrap(), at(i, k))));
+            (format!("{}", *ms as f32 / 1000.0), u)
+        })
+        .collect();
+    TaskReport {
+        classes,
+        clips: idx.len(),
+        uar: u,
+        uar_by_speech_s,
+        confusion,
+    }
+}
+
+/// One bin of the reliability curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bin {
+    /// Lower edge of the predicted probability.
+    pub from: f32,
+    /// Mean predicted probability in the bin.
+    pub predicted: f64,
+    /// Share of the bin that was truly positive.
+    pub observed: f64,
+    /// Predictions in the bin.
+    pub count: usize,
+}
+
+fn reliability(pairs: &[(bool, f32)]) -> Vec<Bin> {
+    (0..10)
+        .filter_map(|b| {
+            let lo = b as f32 / 10.0;
+            let inside: Vec<&(bool, f32)> = pairs
+                .iter()
+                .filter(|(_, p)| *p >= lo && (*p < lo + 0.1 || b == 9))
+                .collect();
+            (!inside.is_empty()).then(|| Bin {
+                from: lo,
+                predicted: inside.iter().map(|(_, p)| *p as f64).sum::<f64>() / inside.len() as f64,
+                observed: inside.iter().filter(|(t, _)| *t).count() as f64 / inside.len() as f64,
+                count: inside.len(),
+            })
+        })
+        .collect()
+}
+
+/// Everything `emonav eval` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// "loso" or "model".
+    pub mode: String,
+    /// The normalisation used.
+    pub normalisation: Normalisation,
+    /// Clips scored.
+    pub clips: usize,
+    /// Speakers in the corpus.
+    pub speakers: usize,
+    /// High vs low arousal.
+    pub arousal: TaskReport,
+    /// Anger vs the rest.
+    pub anger: TaskReport,
+    /// Arousal reliability, every snapshot and whole clip pooled.
+    pub arousal_reliability: Vec<Bin>,
+    /// Anger reliability, pooled likewise.
+    pub anger_reliability: Vec<Bin>,
+}
+
+/// Figures from predictions.
+pub fn report(
+    mode: &str,
+    normalisation: Normalisation,
+    items: &[Item],
+    speakers: usize,
+    preds: &[Prediction],
+) -> EvalReport {
+    let arousal_truth: Vec<Option<bool>> = items.iter().map(|i| i.emotion.high_arousal()).collect();
+    let anger_truth: Vec<Option<bool>> = items
+        .iter()
+        .map(|i| Some(i.emotion == crate::corpus::Emotion::Anger))
+        .collect();
+    let pooled = |truth: &[Option<bool>], f: &dyn Fn(&Prediction) -> Vec<f32>| {
+        let mut v = Vec::new();
+        for (t, p) in truth.iter().zip(preds) {
+            if let Some(t) = t {
+                v.extend(f(p).into_iter().map(|x| (*t, x)));
+            }
+        }
+        reliability(&v)
+    };
+    EvalReport {
+        mode: mode.into(),
+        normalisation,
+        clips: items.len(),
+        speakers,
+        arousal: task_report(
+            ["low", "high"],
+            &arousal_truth,
+            |i, k| preds[i].arousal_at[k],
+            |i| preds[i].arousal,
+        ),
+        anger: task_report(
+            ["rest", "anger"],
+            &anger_truth,
+            |i, k| preds[i].anger_at[k],
+            |i| preds[i].anger,
+        ),
+        arousal_reliability: pooled(&arousal_truth, &|p| {
+            let mut v = p.arousal_at.to_vec();
+            v.push(p.arousal);
+            v
+        }),
+        anger_reliability: pooled(&anger_truth, &|p| {
+            let mut v = p.anger_at.to_vec();
+            v.push(p.anger);
+            v
+        }),
+    }
+}
+
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} evaluation, {} clips, {} speakers, {:?} normalisation",
+            self.mode, self.clips, self.speakers, self.normalisation
+        )?;
+        writeln!(f, "\ntask      UAR    | UAR after seconds of speech heard")?;
+        write!(f, "                 |")?;
+        for k in self.arousal.uar_by_speech_s.keys() {
+            write!(f, " {k:>6}")?;
+        }
+        writeln!(f)?;
+        for (name, t) in [("arousal", &self.arousal), ("anger", &self.anger)] {
+            write!(f, "{name:<9} {:.3}  |", t.uar)?;
+            for v in t.uar_by_speech_s.values() {
+                write!(f, " {v:>6.3}")?;
+            }
+            writeln!(f)?;
+        }
+        for (name, t) in [("arousal", &self.arousal), ("anger", &self.anger)] {
+            let [n, p] = t.classes;
+            let c = t.confusion;
+            writeln!(
+                f,
+                "\n{name} confusion (rows truth, columns predicted), {} clips",
+                t.clips
+            )?;
+            writeln!(f, "{:>8} {n:>8} {p:>8}", "")?;
+            writeln!(f, "{n:>8} {:>8} {:>8}", c[0][0], c[0][1])?;
+            writeln!(f, "{p:>8} {:>8} {:>8}", c[1][0], c[1][1])?;
+        }
+        for (name, bins) in [
+            ("arousal", &self.arousal_reliability),
+            ("anger", &self.anger_reliability),
+        ] {
+            writeln!(f, "\n{name} reliability: predicted -> observed (count)")?;
+            for b in bins {
+                writeln!(
+                    f,
+                    "  {:.1}-{:.1}: {:.2} -> {:.2} ({})",
+                    b.from,
+                    b.from + 0.1,
+                    b.predicted,
+                    b.observed,
+                    b.count
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
