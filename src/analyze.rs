@@ -4,10 +4,11 @@
 //! with the same early/deadline rules a call applies.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use emonav_dsp::{telephone, Analyzer, Estimate};
+use emonav_dsp::{telephone, Analyzer, Estimate, Model, ModelEstimator};
 
 use crate::policy::{Decision, Policy};
 
@@ -60,6 +61,8 @@ pub struct Point {
     pub ms: u32,
     /// Arousal.
     pub arousal: f32,
+    /// Probability of anger.
+    pub anger: f32,
     /// Confidence.
     pub confidence: f32,
     /// Speech heard so far, ms.
@@ -143,10 +146,10 @@ pub struct Analysis {
 }
 
 /// Run a recording through the call pipeline and the policy.
-pub fn analyze(path: &Path, policy: &Policy) -> Result<Analysis, AnalyzeError> {
+pub fn analyze(path: &Path, policy: &Policy, model: Arc<Model>) -> Result<Analysis, AnalyzeError> {
     let (audio, rate) = read_wav(path)?;
     let pcm = telephone::telephone_8k(&audio, rate)?;
-    let mut a = Analyzer::new(8000);
+    let mut a = Analyzer::with_estimator(8000, Box::new(ModelEstimator::new(model)));
     let mut timeline = Vec::new();
     let mut decision: Option<(Decision, u64)> = None;
     let deadline = policy.decision_deadline_ms;
@@ -216,6 +219,7 @@ fn point(ms: u32, e: &Estimate) -> Point {
     Point {
         ms,
         arousal: e.arousal,
+        anger: e.anger,
         confidence: e.confidence,
         speech_ms: e.speech_ms,
     }
@@ -274,12 +278,12 @@ impl std::fmt::Display for Analysis {
         ] {
             writeln!(f, "  {k:<22}{v:>18}")?;
         }
-        writeln!(f, "\n  time ms   arousal  confidence  speech ms")?;
+        writeln!(f, "\n  time ms   arousal  anger  confidence  speech ms")?;
         for p in &self.timeline {
             writeln!(
                 f,
-                "  {:>7}   {:>7.2}  {:>10.2}  {:>9}",
-                p.ms, p.arousal, p.confidence, p.speech_ms
+                "  {:>7}   {:>7.2}  {:>5.2}  {:>10.2}  {:>9}",
+                p.ms, p.arousal, p.anger, p.confidence, p.speech_ms
             )?;
         }
         let d = &self.decision;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use emonav_dsp::{Analyzer, Estimate};
+use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
 use crate::config::{Fallback, Profile};
 use crate::events::{CallRecord, Outcome, ReferAttempt};
@@ -61,6 +61,8 @@ pub struct CallSettings {
     pub contact: Uri,
     /// `Server`/`User-Agent` value.
     pub user_agent: String,
+    /// The emotion model every call's estimator runs.
+    pub model: Arc<Model>,
 }
 
 impl CallSettings {
@@ -90,6 +92,7 @@ impl CallSettings {
             sip_addr,
             contact,
             user_agent: p.sip.user_agent.clone(),
+            model: p.model(),
         }
     }
 
@@ -225,6 +228,7 @@ impl Call {
             speech_ms: 0,
             arousal: None,
             confidence: None,
+            anger: None,
             emotion: None,
             queue: None,
             decision_reason: None,
@@ -308,7 +312,10 @@ impl Call {
         self.media = Some(Media {
             rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
             codec: neg.codec,
-            analyzer: Analyzer::new(rate),
+            analyzer: Analyzer::with_estimator(
+                rate,
+                Box::new(ModelEstimator::new(self.s.model.clone())),
+            ),
             pcm: Box::new([0; MAX_SAMPLES]),
             first_audio: None,
             last_packet: None,
@@ -487,6 +494,7 @@ impl Call {
         self.record.speech_ms = d.speech_ms;
         self.record.arousal = Some(d.arousal);
         self.record.confidence = Some(d.confidence);
+        self.record.anger = Some(d.anger);
         self.record.emotion = Some(d.label.clone());
         self.record.queue = Some(d.queue.clone());
         self.record.decision_reason = Some(d.reason);

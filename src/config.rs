@@ -6,6 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use emonav_dsp::Model;
 use serde::Deserialize;
 
 use crate::policy::Policy;
@@ -56,6 +59,20 @@ pub struct Profile {
     pub transfer: TransferConfig,
     /// `[events]`
     pub events: EventsConfig,
+    /// `[model]`
+    pub model: ModelConfig,
+    /// The model `[model] file` names, read when the profile was loaded.
+    #[serde(skip)]
+    loaded_model: Option<Arc<Model>>,
+}
+
+/// `[model]`: which emotion model a call runs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A model file written by `emonav train`, relative to the profile's
+    /// folder; `None` = the default model embedded in the binary.
+    pub file: Option<String>,
 }
 
 /// `[sip]`: signalling.
@@ -179,20 +196,42 @@ impl Profile {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_in(&text, &path.display().to_string(), base)
     }
 
-    /// Parse and validate profile text; `origin` names it in errors.
+    /// Parse and validate profile text; `origin` names it in errors, and a
+    /// model file is looked for relative to the current folder.
     pub fn from_toml(text: &str, origin: &str) -> Result<Profile, ConfigError> {
-        let profile: Profile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::from_toml_in(text, origin, Path::new("."))
+    }
+
+    fn from_toml_in(text: &str, origin: &str, base: &Path) -> Result<Profile, ConfigError> {
+        let mut profile: Profile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),
         })?;
-        profile.validate().map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: origin.to_string(),
             message,
-        })?;
+        };
+        profile.validate().map_err(invalid)?;
+        if let Some(file) = &profile.model.file {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(format!("model.file {}: {e}", path.display())))?;
+            let model = Model::from_json(&text)
+                .map_err(|e| invalid(format!("model.file {}: {e}", path.display())))?;
+            profile.loaded_model = Some(Arc::new(model));
+        }
         Ok(profile)
+    }
+
+    /// The emotion model calls run: the profile's file, or the embedded default.
+    pub fn model(&self) -> Arc<Model> {
+        self.loaded_model
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::learn::default_model()))
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -75,6 +75,8 @@ pub struct CallRecord {
     pub arousal: Option<f32>,
     /// Confidence at the decision.
     pub confidence: Option<f32>,
+    /// Probability of anger when the decision was taken.
+    pub anger: Option<f32>,
     /// Emotion label of the matching rule.
     pub emotion: Option<String>,
     /// Chosen queue.

@@ -190,7 +190,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
 
 fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
     let p = load(profile)?;
-    let a = emonav::analyze::analyze(file, &p.policy)?;
+    let a = emonav::analyze::analyze(file, &p.policy, p.model())?;
     if json {
         println!("{}", serde_json::to_string(&a)?);
     } else {

@@ -24,6 +24,8 @@ pub struct Policy {
     pub default_queue: String,
     /// Arousal at or above which a call is flagged high-risk in logs and events.
     pub flag_arousal: f32,
+    /// Probability of anger at or above which a call is flagged high-risk too.
+    pub flag_anger: f32,
     /// Rules, first match wins.
     pub rules: Vec<Rule>,
     /// Keypad rules (RFC 4733 telephone-events), checked before any emotion rule.
@@ -38,6 +40,7 @@ impl Default for Policy {
             confidence_threshold: 0.7,
             default_queue: "sip:default@127.0.0.1".into(),
             flag_arousal: 0.8,
+            flag_anger: 0.8,
             rules: vec![
                 Rule {
                     label: "agitated".into(),
@@ -126,6 +129,8 @@ pub struct Decision {
     pub arousal: f32,
     /// Its confidence.
     pub confidence: f32,
+    /// Probability of anger at the time.
+    pub anger: f32,
     /// Speech heard, ms.
     pub speech_ms: u32,
     /// Flagged high-risk.
@@ -164,6 +169,11 @@ impl Policy {
         Ok(())
     }
 
+    /// High-risk: high arousal or likely anger, from an estimate with speech behind it.
+    fn flags(&self, e: &Estimate) -> bool {
+        e.speech_ms > 0 && (e.arousal >= self.flag_arousal || e.anger >= self.flag_anger)
+    }
+
     /// An early decision, if the estimate is already good enough.
     pub fn early(&self, e: &Estimate) -> Option<Decision> {
         (e.speech_ms >= self.min_speech_ms && e.confidence >= self.confidence_threshold)
@@ -189,7 +199,8 @@ impl Policy {
             arousal: e.arousal,
             confidence: e.confidence,
             speech_ms: e.speech_ms,
-            flagged: e.arousal >= self.flag_arousal && e.confidence > 0.0,
+            anger: e.anger,
+            flagged: self.flags(e),
         })
     }
 
@@ -202,6 +213,7 @@ impl Policy {
             arousal: e.arousal,
             confidence: e.confidence,
             speech_ms: e.speech_ms,
+            anger: e.anger,
             flagged: false,
         }
     }
@@ -215,7 +227,8 @@ impl Policy {
                 arousal: e.arousal,
                 confidence: e.confidence,
                 speech_ms: e.speech_ms,
-                flagged: e.arousal >= self.flag_arousal,
+                anger: e.anger,
+                flagged: self.flags(e),
             },
             None => self.default_decision(e, reason),
         }
