@@ -1,5 +1,7 @@
 //! SIP signalling (RFC 3261 and friends).
 pub mod dialog;
+pub mod digest;
 pub mod message;
 pub mod refer;
+pub mod registration;
 pub mod transaction;
