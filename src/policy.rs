@@ -24,7 +24,8 @@ pub struct Policy {
     pub default_queue: String,
     /// Arousal at or above which a call is flagged high-risk in logs and events.
     pub flag_arousal: f32,
-    /// Probability of anger at or above which a call is flagged high-risk too.
+    /// Probability of anger at or above which a call is flagged high-risk too
+    /// (while arousal is at least 0.5).
     pub flag_anger: f32,
     /// Rules, first match wins.
     pub rules: Vec<Rule>,
@@ -169,9 +170,14 @@ impl Policy {
         Ok(())
     }
 
-    /// High-risk: high arousal or likely anger, from an estimate with speech behind it.
+    /// High-risk: high arousal, or likely anger. Anger is a high-arousal
+    /// state, so an anger score counts only while arousal is on the high
+    /// side too: the two classifiers must agree, which keeps voices unlike
+    /// any training speech (synthetic ones, say) from being flagged on the
+    /// anger score alone.
     fn flags(&self, e: &Estimate) -> bool {
-        e.speech_ms > 0 && (e.arousal >= self.flag_arousal || e.anger >= self.flag_anger)
+        e.speech_ms > 0
+            && (e.arousal >= self.flag_arousal || (e.anger >= self.flag_anger && e.arousal >= 0.5))
     }
 
     /// An early decision, if the estimate is already good enough.
@@ -261,6 +267,18 @@ mod tests {
         assert_eq!(d.queue, "sip:deescalation@127.0.0.1");
         assert_eq!(d.reason, Reason::Confident);
         assert!(d.flagged);
+    }
+
+    #[test]
+    fn anger_flags_only_when_arousal_agrees() {
+        let p = Policy::default();
+        let angry = |arousal| Estimate {
+            anger: 0.95,
+            ..est(arousal, 0.8, 1500)
+        };
+        assert!(p.at_deadline(&angry(0.7)).flagged, "angry and aroused");
+        assert!(!p.at_deadline(&angry(0.1)).flagged, "anger score alone");
+        assert!(!p.at_deadline(&est(0.7, 0.4, 1500)).flagged, "neither high");
     }
 
     #[test]

@@ -179,6 +179,17 @@ pub struct SpectralStats {
     pub shimmer: Running,
     /// F1–F3 over voiced frames where found (Hz).
     pub formants: [Running; 3],
+    /// Alpha ratio over unvoiced speech frames (dB): eGeMAPS' "UV" variant,
+    /// where fricative noise shows vocal effort apart from the voice source.
+    pub alpha_ratio_uv: Running,
+    /// Hammarberg index over unvoiced speech frames (dB).
+    pub hammarberg_uv: Running,
+    /// Slope 0–500 Hz over unvoiced speech frames.
+    pub slope_0_500_uv: Running,
+    /// F0 rise between consecutive voiced frames (semitones per second).
+    pub f0_rising: Running,
+    /// F0 fall between consecutive voiced frames (semitones per second, positive).
+    pub f0_falling: Running,
 }
 
 /// Running statistics over the call so far, updated in O(1) per frame.
@@ -200,6 +211,7 @@ pub struct Functionals {
     /// Loudest speech frame (dBFS).
     pub energy_max_db: f32,
     was_voiced: bool,
+    last_st: f32,
     /// Spectral descriptors and HNR over speech.
     pub spectral: SpectralStats,
     /// F0 (semitones) over voiced frames, for percentiles (0.31 st bins).
@@ -228,6 +240,7 @@ impl Default for Functionals {
             hf_sum: 0.0,
             energy_max_db: 0.0,
             was_voiced: false,
+            last_st: 0.0,
             spectral: SpectralStats::default(),
             f0_hist: Histogram::new(0.0, 80.0),
             loudness_hist: Histogram::new(0.0, 2.0),
@@ -284,6 +297,20 @@ impl Functionals {
         sp.loudness.add(f.spectral.loudness);
         if f.voiced {
             sp.hnr.add(f.hnr_db);
+            if self.was_voiced {
+                // Larger steps are octave jumps, not intonation.
+                let slope = (f.f0_semitones - self.last_st) * 100.0;
+                if slope > 0.0 && slope < 400.0 {
+                    sp.f0_rising.add(slope);
+                } else if slope < 0.0 && slope > -400.0 {
+                    sp.f0_falling.add(-slope);
+                }
+            }
+            self.last_st = f.f0_semitones;
+        } else {
+            sp.alpha_ratio_uv.add(f.spectral.alpha_ratio_db);
+            sp.hammarberg_uv.add(f.spectral.hammarberg_db);
+            sp.slope_0_500_uv.add(f.spectral.slope_0_500);
         }
         let e = f.energy_db as f64;
         self.energy_sum += e;

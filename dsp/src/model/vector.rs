@@ -11,7 +11,7 @@
 use crate::features::Functionals;
 
 /// Number of entries in the feature vector.
-pub const FEATURES: usize = 40;
+pub const FEATURES: usize = 47;
 
 /// Names of the entries, in order. A model file carries these and is refused
 /// when they differ, so a model can never be read against another layout.
@@ -56,6 +56,13 @@ pub const FEATURE_NAMES: [&str; FEATURES] = [
     "mean_voiced_segment_s",
     "mean_unvoiced_segment_s",
     "voiced_share",
+    "alpha_ratio_uv_mean",
+    "hammarberg_uv_mean",
+    "slope_0_500_uv_mean",
+    "f0_rising_mean",
+    "f0_rising_std",
+    "f0_falling_mean",
+    "f0_falling_std",
 ];
 
 fn ratio(num: Option<f32>, den: Option<f32>) -> Option<f32> {
@@ -115,6 +122,13 @@ pub fn feature_vector(f: &Functionals, out: &mut [f32; FEATURES]) {
         f.mean_voiced_segment_s(),
         f.mean_unvoiced_segment_s(),
         ratio(Some(f.voiced_frames as f32), Some(f.speech_frames as f32)),
+        sp.alpha_ratio_uv.mean(),
+        sp.hammarberg_uv.mean(),
+        sp.slope_0_500_uv.mean(),
+        sp.f0_rising.mean(),
+        sp.f0_rising.std(),
+        sp.f0_falling.mean(),
+        sp.f0_falling.std(),
     ];
     for (o, v) in out.iter_mut().zip(values) {
         *o = v.filter(|x| x.is_finite()).unwrap_or(f32::NAN);
