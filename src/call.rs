@@ -61,8 +61,8 @@ pub struct CallSettings {
     pub contact: Uri,
     /// `Server`/`User-Agent` value.
     pub user_agent: String,
-    /// The emotion model every call's estimator runs.
-    pub model: Arc<Model>,
+    /// The emotion models calls run: G.711 (8 kHz) and Opus (16 kHz).
+    pub models: [Arc<Model>; 2],
 }
 
 impl CallSettings {
@@ -92,7 +92,7 @@ impl CallSettings {
             sip_addr,
             contact,
             user_agent: p.sip.user_agent.clone(),
-            model: p.model(),
+            models: [p.model(8000), p.model(16000)],
         }
     }
 
@@ -314,7 +314,9 @@ impl Call {
             codec: neg.codec,
             analyzer: Analyzer::with_estimator(
                 rate,
-                Box::new(ModelEstimator::new(self.s.model.clone())),
+                Box::new(ModelEstimator::new(
+                    self.s.models[usize::from(rate == 16000)].clone(),
+                )),
             ),
             pcm: Box::new([0; MAX_SAMPLES]),
             first_audio: None,

@@ -61,18 +61,20 @@ pub struct Profile {
     pub events: EventsConfig,
     /// `[model]`
     pub model: ModelConfig,
-    /// The model `[model] file` names, read when the profile was loaded.
+    /// The models `[model]` names (8 and 16 kHz), read when the profile was loaded.
     #[serde(skip)]
-    loaded_model: Option<Arc<Model>>,
+    loaded_models: [Option<Arc<Model>>; 2],
 }
 
 /// `[model]`: which emotion model a call runs.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// A model file written by `emonav train`, relative to the profile's
-    /// folder; `None` = the default model embedded in the binary.
+    /// A model file written by `emonav train` for G.711 calls (8 kHz),
+    /// relative to the profile's folder; `None` = the embedded default.
     pub file: Option<String>,
+    /// Likewise for Opus calls (`emonav train --rate 16000`).
+    pub wideband_file: Option<String>,
 }
 
 /// `[sip]`: signalling.
@@ -216,22 +218,40 @@ impl Profile {
             message,
         };
         profile.validate().map_err(invalid)?;
-        if let Some(file) = &profile.model.file {
+        let files = [
+            ("model.file", profile.model.file.clone(), 8000),
+            (
+                "model.wideband_file",
+                profile.model.wideband_file.clone(),
+                16000,
+            ),
+        ];
+        for (slot, (key, file, rate)) in files.into_iter().enumerate() {
+            let Some(file) = file else { continue };
             let path = base.join(file);
             let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid(format!("model.file {}: {e}", path.display())))?;
+                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
             let model = Model::from_json(&text)
-                .map_err(|e| invalid(format!("model.file {}: {e}", path.display())))?;
-            profile.loaded_model = Some(Arc::new(model));
+                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
+            if model.sample_rate != rate {
+                return Err(invalid(format!(
+                    "{key} {}: trained at {} Hz, this key takes a {rate} Hz model",
+                    path.display(),
+                    model.sample_rate
+                )));
+            }
+            profile.loaded_models[slot] = Some(Arc::new(model));
         }
         Ok(profile)
     }
 
-    /// The emotion model calls run: the profile's file, or the embedded default.
-    pub fn model(&self) -> Arc<Model> {
-        self.loaded_model
+    /// The emotion model calls analysed at `rate` run (16000 for Opus, else
+    /// 8000): the profile's file, or the embedded default.
+    pub fn model(&self, rate: u32) -> Arc<Model> {
+        let slot = usize::from(rate == 16000);
+        self.loaded_models[slot]
             .clone()
-            .unwrap_or_else(|| Arc::new(crate::learn::default_model()))
+            .unwrap_or_else(|| Arc::new(crate::learn::default_model(rate)))
     }
 
     fn validate(&self) -> Result<(), String> {
