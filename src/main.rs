@@ -202,6 +202,26 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         println!("  key {:<17} digit {} -> {}", r.label, r.digit, r.queue);
     }
     println!("  default queue         {}", p.policy.default_queue);
+    if p.registrations.is_empty() {
+        println!("  registration          none");
+    }
+    for r in &p.registrations {
+        println!(
+            "  registration          {} at {} as {} (password set), expires {} s, contact user {}",
+            r.aor,
+            r.registrar,
+            r.username,
+            r.expires,
+            r.contact_user.as_deref().unwrap_or(&p.sip.user)
+        );
+    }
+    for c in p.dialog_credentials() {
+        println!(
+            "  in-dialog auth        {} for realm {}",
+            c.username,
+            c.realm.as_deref().unwrap_or("(any)")
+        );
+    }
     Ok(())
 }
 
@@ -249,6 +269,7 @@ fn train(dir: &Path, labels: &Labels, out: &Path, rate: u32) -> anyhow::Result<(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one per command-line option
 fn eval(
     dir: &Path,
     labels: &Labels,
