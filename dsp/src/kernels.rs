@@ -5,6 +5,7 @@
 //! product on the project machine).
 
 /// Dot product of the common length of `a` and `b`.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -25,6 +26,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Sum of `a`.
+#[inline]
 pub fn sum(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let c = a.chunks_exact(8);

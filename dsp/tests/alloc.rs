@@ -1,9 +1,12 @@
-//! `Analyzer::push` and `estimate` allocate nothing once constructed.
+//! `Analyzer::push` and `estimate` allocate nothing once constructed, with the
+//! heuristic estimator and with a trained model (the embedded defaults).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use emonav_dsp::Analyzer;
+use std::sync::Arc;
+
+use emonav_dsp::{Analyzer, EmotionEstimator, HeuristicArousal, Model, ModelEstimator};
 
 struct Counting;
 
@@ -43,15 +46,28 @@ fn ten_seconds_of_audio_without_an_allocation() {
                 }
             })
             .collect();
-        let mut a = Analyzer::new(rate);
-        a.push(&signal[..rate as usize / 10]);
-        let before = ALLOCS.load(Ordering::Relaxed);
-        for packet in signal.chunks(rate as usize / 50) {
-            a.push(packet);
-            std::hint::black_box(a.estimate());
+        let model = if rate == 8000 {
+            include_str!("../../models/default.json")
+        } else {
+            include_str!("../../models/default-16k.json")
+        };
+        let model = Arc::new(Model::from_json(model).unwrap());
+        let estimators: [Box<dyn EmotionEstimator>; 2] = [
+            Box::new(HeuristicArousal),
+            Box::new(ModelEstimator::new(model)),
+        ];
+        for estimator in estimators {
+            let mut a = Analyzer::with_estimator(rate, estimator);
+            a.push(&signal[..rate as usize / 10]);
+            let before = ALLOCS.load(Ordering::Relaxed);
+            for packet in signal.chunks(rate as usize / 50) {
+                a.push(packet);
+                std::hint::black_box(a.estimate());
+            }
+            let during = ALLOCS.load(Ordering::Relaxed) - before;
+            assert_eq!(during, 0, "{during} allocations at {rate} Hz");
+            assert!(a.functionals().speech_ms() > 3000, "speech was analysed");
+            assert!(a.estimate().speech_ms > 0, "the estimator ran");
         }
-        let during = ALLOCS.load(Ordering::Relaxed) - before;
-        assert_eq!(during, 0, "{during} allocations at {rate} Hz");
-        assert!(a.functionals().speech_ms() > 3000, "speech was analysed");
     }
 }
