@@ -273,6 +273,8 @@ fn opus_call(t0: Instant) -> Call {
     let body = String::from_utf8_lossy(&ok.body);
     assert!(body.contains("a=rtpmap:111 opus/48000/2\r\n"), "{body}");
     assert!(body.contains("useinbandfec=1"), "{body}");
+    let playback = format!("maxplaybackrate={OPUS_ANALYSIS_RATE}");
+    assert!(body.contains(&playback), "the rate we decode at: {body}");
     call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
     call
 }

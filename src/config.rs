@@ -130,7 +130,8 @@ impl Default for MediaConfig {
         Self {
             rtp_port_min: 20000,
             rtp_port_max: 20999,
-            codecs: vec![CodecName::Pcmu, CodecName::Pcma],
+            // G.711 first: what a PBX trunk offers; Opus for callers who offer nothing else.
+            codecs: vec![CodecName::Pcmu, CodecName::Pcma, CodecName::Opus],
             rtp_timeout_ms: 30_000,
         }
     }
