@@ -15,14 +15,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
-use crate::config::{Fallback, Profile};
+use crate::config::{DialogCredential, Fallback, Profile};
 use crate::events::{CallRecord, Outcome, ReferAttempt};
 use crate::media::opus::{self, OpusDecoder};
 use crate::media::rtp::{RtpEvent, RtpReceiver, RtpStats};
 use crate::policy::{Decision, Policy, Reason};
 use crate::sdp::{self, CodecName, SdpError};
 use crate::sip::dialog::{response_destination, Dialog, DialogError};
-use crate::sip::message::{Method, Request, Response, Uri, Via};
+use crate::sip::digest::{self, Authenticator};
+use crate::sip::message::{CSeq, Method, Request, Response, Uri, Via};
 use crate::sip::refer::{self, NotifyError, ReferNotify};
 use crate::sip::transaction::{Action, ClientNonInvite, ServerInvite, Timers};
 
@@ -36,13 +37,11 @@ pub const ACCEPT: &str = "application/sdp, message/sipfrag";
 const MAX_SAMPLES: usize = 2048;
 const _: () = assert!(opus::MAX_PACKET_SAMPLES <= MAX_SAMPLES);
 
-/// Rate Opus is decoded at for the analyser. 8 kHz, not the wideband 16 kHz
-/// the analyser also takes: the emotion model is trained on telephone-band
-/// features (8 kHz, `src/corpus.rs`), and at 16 kHz the features shift enough
-/// that it hears the agitated fixture as calm (arousal 0.34 instead of 0.96,
-/// measured on both the decoded Opus and the uncoded WAV resampled to
-/// 16 kHz). Raise it with a model trained on wideband features.
-pub const OPUS_ANALYSIS_RATE: u32 = 8000;
+/// Rate Opus is decoded at for the analyser: wideband, which the 16 kHz model
+/// (`CallSettings::models`) is trained for. The 8 kHz model must never see
+/// 16 kHz features: it hears the agitated fixture as calm there (arousal
+/// 0.34 instead of 0.96).
+pub const OPUS_ANALYSIS_RATE: u32 = 16_000;
 
 /// Most Opus packets concealed for one sequence gap: enough to bridge the
 /// usual burst loss, bounded so a long outage or a resynchronised sequence
@@ -77,8 +76,11 @@ pub struct CallSettings {
     pub contact: Uri,
     /// `Server`/`User-Agent` value.
     pub user_agent: String,
-    /// The emotion model every call's estimator runs.
-    pub model: Arc<Model>,
+    /// The emotion models calls run: G.711 (8 kHz) and Opus (16 kHz).
+    pub models: [Arc<Model>; 2],
+    /// Credentials for peers that challenge our REFER or BYE, in the order
+    /// tried ([`Profile::dialog_credentials`]).
+    pub credentials: Vec<DialogCredential>,
 }
 
 impl CallSettings {
@@ -108,7 +110,8 @@ impl CallSettings {
             sip_addr,
             contact,
             user_agent: p.sip.user_agent.clone(),
-            model: p.model(),
+            models: [p.model(8000), p.model(16000)],
+            credentials: p.dialog_credentials(),
         }
     }
 
@@ -167,6 +170,11 @@ struct OutgoingTx {
     cseq: u32,
     data: Vec<u8>,
     dest: SocketAddr,
+    /// The request as sent, to re-send it with credentials.
+    request: Request,
+    /// Already carries credentials answering a challenge: a second challenge
+    /// means they were refused, and the request fails.
+    authenticated: bool,
 }
 
 struct Media {
@@ -389,7 +397,9 @@ impl Call {
             codec: neg.codec,
             analyzer: Analyzer::with_estimator(
                 rate,
-                Box::new(ModelEstimator::new(self.s.model.clone())),
+                Box::new(ModelEstimator::new(
+                    self.s.models[usize::from(rate == 16000)].clone(),
+                )),
             ),
             pcm: Box::new([0; MAX_SAMPLES]),
             opus,
@@ -625,6 +635,10 @@ impl Call {
 
     fn send_request(&mut self, mut req: Request, now: Instant) {
         req.headers.push("User-Agent", self.s.user_agent.clone());
+        self.transmit(req, false, now);
+    }
+
+    fn transmit(&mut self, req: Request, authenticated: bool, now: Instant) {
         let branch = req
             .top_via()
             .and_then(|v| v.branch().map(str::to_owned))
@@ -638,12 +652,76 @@ impl Call {
         });
         self.client_tx = Some(OutgoingTx {
             tx: ClientNonInvite::new(now, self.s.timers),
-            method: req.method,
+            method: req.method.clone(),
             branch,
             cseq,
             data,
             dest,
+            request: req,
+            authenticated,
         });
+    }
+
+    /// Re-send a challenged request once with credentials (RFC 3261 §22.2,
+    /// §22.3): a new transaction, so a new branch and the next CSeq. Returns
+    /// false when it cannot be answered (no credentials for the realm, a
+    /// challenge we cannot parse, or one already answered), and the
+    /// challenge is then the request's final response.
+    fn answer_challenge(&mut self, resp: &Response, now: Instant) -> bool {
+        let Some(out) = &self.client_tx else {
+            return false;
+        };
+        if out.authenticated || !matches!(out.method, Method::Refer | Method::Bye) {
+            return false;
+        }
+        let call_id = &self.dialog.call_id;
+        let (kind, challenge) = match digest::response_challenge(resp) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%call_id, code = resp.code, error = %e, "cannot answer the challenge");
+                return false;
+            }
+        };
+        let Some(cred) = self.s.credentials.iter().find(|c| {
+            c.realm
+                .as_deref()
+                .is_none_or(|r| r.eq_ignore_ascii_case(&challenge.realm))
+        }) else {
+            tracing::warn!(
+                %call_id, method = %out.method, realm = %challenge.realm,
+                "challenged, but no credentials for the realm"
+            );
+            return false;
+        };
+        let mut req = out.request.clone();
+        self.dialog.local_cseq += 1;
+        let cseq = self.dialog.local_cseq;
+        req.headers.set("Via", self.s.via().to_string());
+        req.headers.set(
+            "CSeq",
+            CSeq {
+                seq: cseq,
+                method: req.method.clone(),
+            }
+            .to_string(),
+        );
+        let uri = req.uri.to_string();
+        let mut auth = Authenticator::new(kind, challenge);
+        let value = auth.authorization(
+            &cred.username,
+            cred.password.expose(),
+            req.method.as_str(),
+            &uri,
+            &req.body,
+        );
+        req.headers.set(kind.credentials_header(), value);
+        if req.method == Method::Refer {
+            // RFC 3515 §2.4.6: the subscription's id is the CSeq of the REFER that was accepted.
+            self.refer_cseq = Some(cseq);
+        }
+        tracing::info!(%call_id, method = %req.method, code = resp.code, "challenged; re-sending with credentials");
+        self.transmit(req, true, now);
+        true
     }
 
     /// A response from the network whose Call-ID is ours.
@@ -662,6 +740,9 @@ impl Call {
             return;
         }
         let method = out.method.clone();
+        if matches!(resp.code, 401 | 407) && self.answer_challenge(resp, now) {
+            return;
+        }
         self.on_final_response(&method, resp.code, now);
     }
 

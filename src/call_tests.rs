@@ -81,8 +81,12 @@ fn ended(call: &mut Call) -> Option<CallRecord> {
 
 /// A call whose 100 and 200 have been sent (and checked), not yet ACKed.
 fn offered(t0: Instant) -> Call {
+    offered_with(settings(), t0)
+}
+
+fn offered_with(settings: Arc<CallSettings>, t0: Instant) -> Call {
     let mut call = Call::new(
-        settings(),
+        settings,
         invite(),
         src(),
         "127.0.0.1:20000".parse().unwrap(),
@@ -243,6 +247,185 @@ fn bye_before_ack_stops_the_200_retransmissions() {
         assert!(sent(&mut call).is_empty(), "sent something at {:?}", t - t0);
     }
     assert!(call.is_finished());
+}
+
+fn with_credentials(realm: Option<&str>) -> Arc<CallSettings> {
+    let mut s = CallSettings::from_profile(&Profile::default(), 5060);
+    s.credentials = vec![DialogCredential {
+        realm: realm.map(str::to_owned),
+        username: "emonav".into(),
+        password: crate::config::Secret::new("secret"),
+    }];
+    Arc::new(s)
+}
+
+fn challenge(req: &Message, code: u16) -> Response {
+    let mut resp = response_to(req, code);
+    let header = if code == 401 {
+        "WWW-Authenticate"
+    } else {
+        "Proxy-Authenticate"
+    };
+    resp.headers.push(
+        header,
+        r#"Digest realm="pbx", nonce="n0nce", qop="auth", algorithm=MD5"#,
+    );
+    resp
+}
+
+fn only_request(mut out: Vec<Message>) -> Request {
+    assert_eq!(out.len(), 1, "{:?}", codes(&out));
+    match out.remove(0) {
+        Message::Request(r) => r,
+        Message::Response(r) => panic!("request expected, got {}", r.code),
+    }
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Check a Digest answer independently of the digest module (RFC 2617 §3.2.2, qop=auth).
+fn assert_valid_digest(value: &str, method: &str, uri: &str) {
+    let param = |name: &str| -> String {
+        let rest = value
+            .split(&format!("{name}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name} in {value}"));
+        let v = rest.split(',').next().unwrap().trim();
+        v.trim_matches('"').to_string()
+    };
+    assert_eq!(param("username"), "emonav");
+    assert_eq!(param("realm"), "pbx");
+    assert_eq!(param("nonce"), "n0nce");
+    assert_eq!(param("uri"), uri);
+    let ha1 = md5_hex("emonav:pbx:secret");
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let expected = md5_hex(&format!(
+        "{ha1}:n0nce:{}:{}:auth:{ha2}",
+        param("nc"),
+        param("cnonce")
+    ));
+    assert_eq!(param("response"), expected, "{value}");
+}
+
+#[test]
+fn challenged_refer_is_resent_once_with_credentials() {
+    let t0 = Instant::now();
+    let mut call = offered_with(with_credentials(None), t0);
+    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let first = only_request(sent(&mut call));
+    call.handle_response(
+        &challenge(&Message::Request(first.clone()), 407),
+        t0 + Duration::from_millis(3100),
+    );
+    let again = only_request(sent(&mut call));
+    assert_eq!(again.method, Method::Refer);
+    assert_eq!(again.cseq().unwrap().seq, first.cseq().unwrap().seq + 1);
+    assert_ne!(
+        again.top_via().unwrap().branch(),
+        first.top_via().unwrap().branch()
+    );
+    assert_eq!(again.headers.get("Refer-To"), first.headers.get("Refer-To"));
+    assert!(again.headers.get("Authorization").is_none());
+    let uri = again.uri.to_string();
+    assert_valid_digest(
+        again.headers.get("Proxy-Authorization").unwrap(),
+        "REFER",
+        &uri,
+    );
+
+    // The retransmission timer follows the new transaction, not the old one.
+    call.handle_response(
+        &response_to(&Message::Request(again.clone()), 202),
+        t0 + Duration::from_millis(3200),
+    );
+    let id = again.cseq().unwrap().seq;
+    let notify = in_dialog(
+        &call,
+        "NOTIFY",
+        2,
+        &format!("Event: refer;id={id}\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n"),
+        "SIP/2.0 200 OK\r\n",
+    );
+    call.handle_request(&notify, src(), t0 + Duration::from_millis(3300));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200", "BYE"]);
+    call.handle_response(&response_to(&out[1], 200), t0 + Duration::from_millis(3400));
+    let rec = ended(&mut call).expect("event");
+    assert_eq!(rec.outcome, Outcome::Transferred);
+    assert_eq!(
+        rec.refer_attempts.len(),
+        1,
+        "a re-sent REFER is the same attempt"
+    );
+    assert_eq!(rec.refer_attempts[0].response, Some(202));
+}
+
+#[test]
+fn second_challenge_for_the_same_request_fails_it() {
+    let t0 = Instant::now();
+    let mut call = offered_with(with_credentials(None), t0);
+    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let first = Message::Request(only_request(sent(&mut call)));
+    call.handle_response(&challenge(&first, 407), t0 + Duration::from_millis(3100));
+    let again = Message::Request(only_request(sent(&mut call)));
+    call.handle_response(&challenge(&again, 407), t0 + Duration::from_millis(3200));
+    // The default queue was the target: the fallback is a BYE.
+    let bye = only_request(sent(&mut call));
+    assert_eq!(bye.method, Method::Bye);
+    assert!(bye.headers.get("Proxy-Authorization").is_none());
+    call.handle_response(
+        &response_to(&Message::Request(bye), 200),
+        t0 + Duration::from_millis(3300),
+    );
+    let rec = ended(&mut call).expect("event");
+    assert_eq!(rec.outcome, Outcome::Failed);
+    assert_eq!(rec.refer_attempts[0].response, Some(407));
+}
+
+#[test]
+fn challenged_bye_is_resent_with_authorization() {
+    let t0 = Instant::now();
+    let mut call = offered_with(with_credentials(Some("PBX")), t0);
+    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = Message::Request(only_request(sent(&mut call)));
+    call.handle_response(&response_to(&refer, 603), t0 + Duration::from_millis(3100));
+    let bye = only_request(sent(&mut call));
+    assert_eq!(bye.method, Method::Bye);
+    call.handle_response(
+        &challenge(&Message::Request(bye.clone()), 401),
+        t0 + Duration::from_millis(3200),
+    );
+    let again = only_request(sent(&mut call));
+    assert_eq!(again.method, Method::Bye);
+    assert_eq!(again.cseq().unwrap().seq, bye.cseq().unwrap().seq + 1);
+    let uri = again.uri.to_string();
+    assert_valid_digest(again.headers.get("Authorization").unwrap(), "BYE", &uri);
+    assert!(ended(&mut call).is_none());
+    call.handle_response(
+        &response_to(&Message::Request(again), 200),
+        t0 + Duration::from_millis(3300),
+    );
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Failed);
+}
+
+#[test]
+fn challenge_for_an_unknown_realm_is_a_failure() {
+    let t0 = Instant::now();
+    let mut call = offered_with(with_credentials(Some("elsewhere")), t0);
+    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = Message::Request(only_request(sent(&mut call)));
+    call.handle_response(&challenge(&refer, 407), t0 + Duration::from_millis(3100));
+    assert_eq!(only_request(sent(&mut call)).method, Method::Bye);
 }
 
 /// An Opus call (PT 111, only Opus in the profile), answered and ACKed, that

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::policy::Policy;
 use crate::sdp::CodecName;
+use crate::sip::message::{Scheme, Uri};
 
 /// Why a profile cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,18 +62,23 @@ pub struct Profile {
     pub events: EventsConfig,
     /// `[model]`
     pub model: ModelConfig,
-    /// The model `[model] file` names, read when the profile was loaded.
+    /// `[[registration]]`: accounts to keep registered (none by default).
+    #[serde(rename = "registration")]
+    pub registrations: Vec<RegistrationConfig>,
+    /// The models `[model]` names (8 and 16 kHz), read when the profile was loaded.
     #[serde(skip)]
-    loaded_model: Option<Arc<Model>>,
+    loaded_models: [Option<Arc<Model>>; 2],
 }
 
 /// `[model]`: which emotion model a call runs.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// A model file written by `emonav train`, relative to the profile's
-    /// folder; `None` = the default model embedded in the binary.
+    /// A model file written by `emonav train` for G.711 calls (8 kHz),
+    /// relative to the profile's folder; `None` = the embedded default.
     pub file: Option<String>,
+    /// Likewise for Opus calls (`emonav train --rate 16000`).
+    pub wideband_file: Option<String>,
 }
 
 /// `[sip]`: signalling.
@@ -94,6 +100,92 @@ pub struct SipConfig {
     pub t2_ms: u64,
     /// Value of the `User-Agent`/`Server` header.
     pub user_agent: String,
+    /// Digest user name for our in-dialog requests (REFER, BYE) when a peer
+    /// challenges them, whatever the realm; `None`: see [`Profile::dialog_credentials`].
+    pub auth_username: Option<String>,
+    /// Password going with `auth_username`.
+    pub auth_password: Option<Secret>,
+}
+
+/// A password from a profile: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a password.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The password itself, for the Digest computation.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+/// `[[registration]]`: one account emonav keeps registered (RFC 3261 §10),
+/// so that a PBX or carrier can route calls to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Registrar SIP URI; REGISTERs go to its host and port (an IP literal,
+    /// or a name resolved with A/AAAA records: no RFC 3263 SRV lookup).
+    pub registrar: String,
+    /// Address of record, in To and From.
+    pub aor: String,
+    /// Digest user name.
+    pub username: String,
+    /// Digest password.
+    pub password: Secret,
+    /// Expiry asked for, in seconds.
+    #[serde(default = "default_expires")]
+    pub expires: u32,
+    /// User part of the Contact bound; `None`: `[sip] user`.
+    pub contact_user: Option<String>,
+}
+
+fn default_expires() -> u32 {
+    3600
+}
+
+impl RegistrationConfig {
+    /// The registrar URI, parsed (validated when the profile was loaded).
+    pub fn registrar_uri(&self) -> Result<Uri, String> {
+        sip_uri("registrar", &self.registrar)
+    }
+
+    /// The address of record, parsed.
+    pub fn aor_uri(&self) -> Result<Uri, String> {
+        sip_uri("aor", &self.aor)
+    }
+}
+
+fn sip_uri(key: &str, value: &str) -> Result<Uri, String> {
+    let uri = Uri::parse(value).map_err(|e| format!("registration.{key} {value:?}: {e}"))?;
+    if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips) {
+        return Err(format!(
+            "registration.{key} {value:?}: a sip: or sips: URI is needed"
+        ));
+    }
+    Ok(uri)
+}
+
+/// Credentials for a Digest challenge to an in-dialog request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogCredential {
+    /// The realm they answer; `None`: any.
+    pub realm: Option<String>,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: Secret,
 }
 
 impl Default for SipConfig {
@@ -106,6 +198,8 @@ impl Default for SipConfig {
             t1_ms: 500,
             t2_ms: 4000,
             user_agent: concat!("emonav/", env!("CARGO_PKG_VERSION")).into(),
+            auth_username: None,
+            auth_password: None,
         }
     }
 }
@@ -217,22 +311,40 @@ impl Profile {
             message,
         };
         profile.validate().map_err(invalid)?;
-        if let Some(file) = &profile.model.file {
+        let files = [
+            ("model.file", profile.model.file.clone(), 8000),
+            (
+                "model.wideband_file",
+                profile.model.wideband_file.clone(),
+                16000,
+            ),
+        ];
+        for (slot, (key, file, rate)) in files.into_iter().enumerate() {
+            let Some(file) = file else { continue };
             let path = base.join(file);
             let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid(format!("model.file {}: {e}", path.display())))?;
+                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
             let model = Model::from_json(&text)
-                .map_err(|e| invalid(format!("model.file {}: {e}", path.display())))?;
-            profile.loaded_model = Some(Arc::new(model));
+                .map_err(|e| invalid(format!("{key} {}: {e}", path.display())))?;
+            if model.sample_rate != rate {
+                return Err(invalid(format!(
+                    "{key} {}: trained at {} Hz, this key takes a {rate} Hz model",
+                    path.display(),
+                    model.sample_rate
+                )));
+            }
+            profile.loaded_models[slot] = Some(Arc::new(model));
         }
         Ok(profile)
     }
 
-    /// The emotion model calls run: the profile's file, or the embedded default.
-    pub fn model(&self) -> Arc<Model> {
-        self.loaded_model
+    /// The emotion model calls analysed at `rate` run (16000 for Opus, else
+    /// 8000): the profile's file, or the embedded default.
+    pub fn model(&self, rate: u32) -> Arc<Model> {
+        let slot = usize::from(rate == 16000);
+        self.loaded_models[slot]
             .clone()
-            .unwrap_or_else(|| Arc::new(crate::learn::default_model()))
+            .unwrap_or_else(|| Arc::new(crate::learn::default_model(rate)))
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -248,7 +360,59 @@ impl Profile {
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err("sip.t1_ms must be > 0 and sip.t2_ms >= sip.t1_ms".into());
         }
+        if self.sip.auth_username.is_some() != self.sip.auth_password.is_some() {
+            return Err("sip.auth_username and sip.auth_password go together".into());
+        }
+        for (i, r) in self.registrations.iter().enumerate() {
+            let at = |m: String| format!("registration #{}: {m}", i + 1);
+            r.registrar_uri().map_err(at)?;
+            r.aor_uri().map_err(at)?;
+            if r.username.is_empty() {
+                return Err(at("registration.username is empty".into()));
+            }
+            if r.expires == 0 {
+                return Err(at("registration.expires must be > 0".into()));
+            }
+            if let Some(u) = &r.contact_user {
+                if u.is_empty() || u.contains(['@', ':', ';', '>', ' ']) {
+                    return Err(at(format!(
+                        "registration.contact_user {u:?} is not a URI user"
+                    )));
+                }
+            }
+        }
         self.policy.validate()
+    }
+
+    /// Credentials for challenged in-dialog requests, in the order tried:
+    /// `[sip] auth_username`/`auth_password` for any realm, then every
+    /// `[[registration]]` account for the realm equal to its registrar's host
+    /// (the usual choice of PBXs; Asterisk's `default_realm` must be set to
+    /// it). The first that fits the challenge's realm is used.
+    pub fn dialog_credentials(&self) -> Vec<DialogCredential> {
+        let mut out = Vec::new();
+        if let (Some(u), Some(p)) = (&self.sip.auth_username, &self.sip.auth_password) {
+            out.push(DialogCredential {
+                realm: None,
+                username: u.clone(),
+                password: p.clone(),
+            });
+        }
+        for r in &self.registrations {
+            if let Ok(uri) = r.registrar_uri() {
+                out.push(DialogCredential {
+                    realm: Some(
+                        uri.host
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string(),
+                    ),
+                    username: r.username.clone(),
+                    password: r.password.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// The address we put in Contact, Via and SDP.
@@ -305,6 +469,59 @@ mod tests {
     fn unknown_key_is_refused_with_its_name() {
         let err = Profile::from_toml("[sip]\nlisten_addr = \"x\"\n", "p.toml").unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn registration_accounts_parse_and_hide_the_password() {
+        let p = Profile::from_toml(
+            "[[registration]]\nregistrar = \"sip:127.0.0.1:5070\"\naor = \"sip:emonav@pbx\"\n\
+             username = \"emonav\"\npassword = \"s3cret\"\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(p.registrations.len(), 1);
+        assert_eq!(p.registrations[0].expires, 3600);
+        assert!(!format!("{p:?}").contains("s3cret"));
+        let creds = p.dialog_credentials();
+        assert_eq!(creds.len(), 1);
+        assert_eq!(creds[0].realm.as_deref(), Some("127.0.0.1"));
+        assert_eq!(creds[0].password.expose(), "s3cret");
+    }
+
+    #[test]
+    fn sip_auth_credentials_come_first_and_need_both_keys() {
+        let p = Profile::from_toml(
+            "[sip]\nauth_username = \"u\"\nauth_password = \"p\"\n\
+             [[registration]]\nregistrar = \"sip:pbx\"\naor = \"sip:a@pbx\"\n\
+             username = \"r\"\npassword = \"q\"\n",
+            "p",
+        )
+        .unwrap();
+        let creds = p.dialog_credentials();
+        assert_eq!(
+            (creds[0].realm.as_deref(), creds[0].username.as_str()),
+            (None, "u")
+        );
+        assert_eq!(creds[1].realm.as_deref(), Some("pbx"));
+        let err = Profile::from_toml("[sip]\nauth_username = \"u\"\n", "p").unwrap_err();
+        assert!(err.to_string().contains("auth_password"), "{err}");
+    }
+
+    #[test]
+    fn bad_registration_is_refused_with_its_key() {
+        let err = Profile::from_toml(
+            "[[registration]]\nregistrar = \"tel:+1\"\naor = \"sip:a@b\"\n\
+             username = \"u\"\npassword = \"p\"\n",
+            "p",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("registration.registrar"), "{err}");
+        let err = Profile::from_toml(
+            "[[registration]]\nregistrar = \"sip:b\"\naor = \"sip:a@b\"\nusername = \"u\"\n",
+            "p",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
     }
 
     #[test]

@@ -252,15 +252,16 @@ pub struct Features {
     pub speech_ms: u32,
 }
 
-/// Extract a recording's features through the in-call pipeline: 8 kHz,
-/// 300–3400 Hz, μ-law, 20 ms packets into the call's analyser.
-pub fn extract(path: &Path) -> Result<Features, CorpusError> {
+/// Extract a recording's features through the in-call pipeline at
+/// `analysis_rate`: 8000 is a G.711 call (8 kHz, 300–3400 Hz, μ-law), 16000
+/// an Opus call (16 kHz wideband); 20 ms packets into the call's analyser.
+pub fn extract(path: &Path, analysis_rate: u32) -> Result<Features, CorpusError> {
     let (audio, rate) = read_wav(path)?;
-    let pcm = telephone::telephone_8k(&audio, rate).map_err(AnalyzeError::from)?;
-    let mut a = Analyzer::new(8000);
+    let pcm = telephone::call_audio(&audio, rate, analysis_rate).map_err(AnalyzeError::from)?;
+    let mut a = Analyzer::new(analysis_rate);
     let mut at = [[f32::NAN; FEATURES]; SNAPSHOTS_MS.len()];
     let mut next = 0;
-    for packet in pcm.chunks(160) {
+    for packet in pcm.chunks(analysis_rate as usize / 50) {
         a.push(packet);
         while next < SNAPSHOTS_MS.len() && a.functionals().speech_ms() >= SNAPSHOTS_MS[next] {
             feature_vector(a.functionals(), &mut at[next]);

@@ -12,16 +12,23 @@ use serde::Serialize;
 
 use crate::corpus::{extract, CorpusError, Features, Item, SNAPSHOTS_MS};
 
-/// The default model, trained on all of EmoDB (see docs/model.md).
+/// The default model for G.711 calls, trained on all of EmoDB (docs/model.md).
 pub const DEFAULT_MODEL: &str = include_str!("../models/default.json");
+/// The default model for wideband (Opus) calls, trained likewise at 16 kHz.
+pub const DEFAULT_MODEL_16K: &str = include_str!("../models/default-16k.json");
 
-/// The embedded default model.
-pub fn default_model() -> Model {
-    Model::from_json(DEFAULT_MODEL).expect("the embedded model matches this build (tested)")
+/// The embedded default model for an analysis rate (16000, else 8000).
+pub fn default_model(rate: u32) -> Model {
+    let text = if rate == 16000 {
+        DEFAULT_MODEL_16K
+    } else {
+        DEFAULT_MODEL
+    };
+    Model::from_json(text).expect("the embedded models match this build (tested)")
 }
 
 /// Extract every item's features, on all cores, with a progress line on a terminal.
-pub fn extract_all(items: &[Item]) -> Result<Vec<Features>, CorpusError> {
+pub fn extract_all(items: &[Item], rate: u32) -> Result<Vec<Features>, CorpusError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(items.len().max(1));
@@ -36,7 +43,7 @@ pub fn extract_all(items: &[Item]) -> Result<Vec<Features>, CorpusError> {
             let done = &done;
             s.spawn(move || {
                 for (i, o) in slot.iter_mut().enumerate() {
-                    *o = Some(extract(&items[start + i].path));
+                    *o = Some(extract(&items[start + i].path, rate));
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     if show && (n % 10 == 0 || n == items.len()) {
                         let bar = 30 * n / items.len();
@@ -174,6 +181,7 @@ pub fn loso(
     items: &[Item],
     feats: &[Features],
     g: &[u32],
+    rate: u32,
 ) -> Result<Vec<Prediction>, model::TrainError> {
     let mut speakers: Vec<u32> = g.to_vec();
     speakers.sort_unstable();
@@ -181,7 +189,7 @@ pub fn loso(
     let mut preds = vec![Prediction::default(); items.len()];
     for &held in &speakers {
         let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
-        let m = model::train(&samples(items, feats, g, &train_idx), "loso fold")?;
+        let m = model::train(&samples(items, feats, g, &train_idx), rate, "loso fold")?;
         for i in (0..items.len()).filter(|&i| g[i] == held) {
             preds[i] = predict(&m, &feats[i]);
         }
@@ -283,6 +291,8 @@ pub struct EvalReport {
     pub mode: String,
     /// The normalisation used.
     pub normalisation: Normalisation,
+    /// Analysis rate: 8000 (G.711 conditions) or 16000 (Opus, wideband).
+    pub sample_rate: u32,
     /// Clips scored.
     pub clips: usize,
     /// Speakers in the corpus.
@@ -301,6 +311,7 @@ pub struct EvalReport {
 pub fn report(
     mode: &str,
     normalisation: Normalisation,
+    sample_rate: u32,
     items: &[Item],
     speakers: usize,
     preds: &[Prediction],
@@ -322,6 +333,7 @@ pub fn report(
     EvalReport {
         mode: mode.into(),
         normalisation,
+        sample_rate,
         clips: items.len(),
         speakers,
         arousal: task_report(
@@ -353,8 +365,8 @@ impl std::fmt::Display for EvalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} evaluation, {} clips, {} speakers, {:?} normalisation",
-            self.mode, self.clips, self.speakers, self.normalisation
+            "{} evaluation at {} Hz, {} clips, {} speakers, {:?} normalisation",
+            self.mode, self.sample_rate, self.clips, self.speakers, self.normalisation
         )?;
         writeln!(f, "\ntask      UAR    | UAR after seconds of speech heard")?;
         write!(f, "                 |")?;

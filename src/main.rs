@@ -50,6 +50,9 @@ enum Command {
         /// Where to write the model (JSON).
         #[arg(long)]
         out: PathBuf,
+        /// Analysis rate: 8000 (G.711 calls: 8 kHz μ-law) or 16000 (Opus calls: 16 kHz wideband).
+        #[arg(long, default_value_t = 8000, value_parser = parse_rate)]
+        rate: u32,
     },
     /// Score a model on a labelled corpus, or run leave-one-speaker-out training and scoring.
     Eval {
@@ -75,6 +78,9 @@ enum Command {
         /// Print one JSON object instead of tables.
         #[arg(long)]
         json: bool,
+        /// Analysis rate: 8000 (G.711 calls: 8 kHz μ-law) or 16000 (Opus calls: 16 kHz wideband).
+        #[arg(long, default_value_t = 8000, value_parser = parse_rate)]
+        rate: u32,
     },
     /// Validate a profile and print the settings in effect.
     CheckConfig {
@@ -122,7 +128,8 @@ fn main() -> ExitCode {
             corpus,
             labels,
             out,
-        }) => train(&corpus, &labels, &out),
+            rate,
+        }) => train(&corpus, &labels, &out, rate),
         Some(Command::Eval {
             corpus,
             labels,
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
             speaker_norm,
             plot,
             json,
+            rate,
         }) => eval(
             &corpus,
             &labels,
@@ -139,6 +147,7 @@ fn main() -> ExitCode {
             speaker_norm,
             plot.as_deref(),
             json,
+            rate,
         ),
     };
     match result {
@@ -147,6 +156,14 @@ fn main() -> ExitCode {
             eprintln!("emonav: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u32, String> {
+    match s {
+        "8000" => Ok(8000),
+        "16000" => Ok(16000),
+        _ => Err("8000 (G.711) or 16000 (Opus)".into()),
     }
 }
 
@@ -185,12 +202,32 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         println!("  key {:<17} digit {} -> {}", r.label, r.digit, r.queue);
     }
     println!("  default queue         {}", p.policy.default_queue);
+    if p.registrations.is_empty() {
+        println!("  registration          none");
+    }
+    for r in &p.registrations {
+        println!(
+            "  registration          {} at {} as {} (password set), expires {} s, contact user {}",
+            r.aor,
+            r.registrar,
+            r.username,
+            r.expires,
+            r.contact_user.as_deref().unwrap_or(&p.sip.user)
+        );
+    }
+    for c in p.dialog_credentials() {
+        println!(
+            "  in-dialog auth        {} for realm {}",
+            c.username,
+            c.realm.as_deref().unwrap_or("(any)")
+        );
+    }
     Ok(())
 }
 
 fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
     let p = load(profile)?;
-    let a = emonav::analyze::analyze(file, &p.policy, p.model())?;
+    let a = emonav::analyze::analyze(file, &p.policy, p.model(8000))?;
     if json {
         println!("{}", serde_json::to_string(&a)?);
     } else {
@@ -199,19 +236,28 @@ fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train(dir: &Path, labels: &Labels, out: &Path) -> anyhow::Result<()> {
+fn train(dir: &Path, labels: &Labels, out: &Path, rate: u32) -> anyhow::Result<()> {
     let items = corpus::load(dir, labels)?;
     let (g, speakers) = learn::groups(&items);
-    let feats = learn::extract_all(&items)?;
+    let feats = learn::extract_all(&items, rate)?;
     let all: Vec<usize> = (0..items.len()).collect();
     let description = format!(
-        "trained on {} clips from {} ({} speakers), 8 kHz mu-law telephone conditions, by emonav {}",
+        "trained on {} clips from {} ({} speakers), {}, by emonav {}",
         items.len(),
         dir.display(),
         speakers.len(),
+        if rate == 16000 {
+            "16 kHz wideband (Opus call) conditions"
+        } else {
+            "8 kHz mu-law telephone conditions"
+        },
         env!("CARGO_PKG_VERSION")
     );
-    let model = emonav_dsp::model::train(&learn::samples(&items, &feats, &g, &all), &description)?;
+    let model = emonav_dsp::model::train(
+        &learn::samples(&items, &feats, &g, &all),
+        rate,
+        &description,
+    )?;
     std::fs::write(out, model.to_json() + "\n")
         .with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!(
@@ -223,6 +269,7 @@ fn train(dir: &Path, labels: &Labels, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one per command-line option
 fn eval(
     dir: &Path,
     labels: &Labels,
@@ -231,13 +278,14 @@ fn eval(
     speaker_norm: bool,
     plot: Option<&Path>,
     json: bool,
+    rate: u32,
 ) -> anyhow::Result<()> {
     let items = corpus::load(dir, labels)?;
     let (g, speakers) = learn::groups(&items);
     if loso && speakers.len() < 2 {
         anyhow::bail!("--loso needs a speaker for every clip and at least two speakers (CSV: path,label,speaker)");
     }
-    let mut feats = learn::extract_all(&items)?;
+    let mut feats = learn::extract_all(&items, rate)?;
     let norm = if speaker_norm {
         learn::speaker_normalise(&mut feats, &g);
         Normalisation::Speaker
@@ -245,7 +293,7 @@ fn eval(
         Normalisation::Population
     };
     let (mode, preds) = if loso {
-        ("loso", learn::loso(&items, &feats, &g)?)
+        ("loso", learn::loso(&items, &feats, &g, rate)?)
     } else {
         let m = match model {
             Some(p) => emonav_dsp::Model::from_json(
@@ -253,14 +301,21 @@ fn eval(
                     .with_context(|| format!("cannot read {}", p.display()))?,
             )
             .with_context(|| format!("{}", p.display()))?,
-            None => learn::default_model(),
+            None => learn::default_model(rate),
         };
+        if m.sample_rate != rate {
+            anyhow::bail!(
+                "the model was trained at {} Hz; evaluate it with --rate {}",
+                m.sample_rate,
+                m.sample_rate
+            );
+        }
         (
             "model",
             feats.iter().map(|f| learn::predict(&m, f)).collect(),
         )
     };
-    let report = learn::report(mode, norm, &items, speakers.len(), &preds);
+    let report = learn::report(mode, norm, rate, &items, speakers.len(), &preds);
     if let Some(p) = plot {
         emonav::plot::uar_by_speech(&report, p)
             .with_context(|| format!("cannot write {}", p.display()))?;

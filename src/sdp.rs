@@ -395,7 +395,7 @@ pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Nego
 /// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
 /// calls decode at (`call::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
 /// in-band FEC welcome.
-pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=8000;stereo=0;useinbandfec=1";
+pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=16000;stereo=0;useinbandfec=1";
 
 /// Build the SDP answer (RFC 3264 §6): same number of m= lines as the offer,
 /// non-audio and extra audio streams rejected with port 0, our RTP address in c=/m=.
@@ -436,7 +436,7 @@ pub fn answer(
         match (neg.codec, &neg.fmtp) {
             // RFC 7587 §6.1: Opus fmtp parameters describe what the *receiver*
             // of the stream wants, so the offer's are not ours to echo. We
-            // decode narrowband mono and can rebuild a lost packet from the
+            // decode wideband mono and can rebuild a lost packet from the
             // next one's in-band FEC.
             (CodecName::Opus, _) => {
                 let _ = write!(s, "a=fmtp:{} {OPUS_ANSWER_FMTP}\r\n", neg.pt);

@@ -5,6 +5,10 @@
 //! call's task over a channel. Each call task owns its RTP socket and its
 //! [`Call`] state machine; the per-packet path (RTP in → decode → analyse)
 //! runs there without allocating or locking.
+//!
+//! The SIP task also drives the `[[registration]]` accounts: one
+//! [`Registration`] each, sending over the same socket (so the registrar sees
+//! the address it will send INVITEs to) and removing the bindings on shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,10 +21,15 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::call::{reply_datagram, Call, CallSettings, Output};
+use crate::call::{reply_datagram, uri_host, Call, CallSettings, Output};
 use crate::config::Profile;
 use crate::events::{EventSink, Metrics};
-use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request};
+use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request, Response, Uri};
+use crate::sip::registration::{self, Account, Registration, State};
+use crate::sip::transaction::Timers;
+
+/// How long a shutdown waits for the registrars to answer the un-REGISTERs.
+const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A SIP message for a call task, with where it came from.
 type CallInput = (Message, SocketAddr);
@@ -41,6 +50,8 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     http: Option<TcpListener>,
+    accounts: Vec<(Account, String)>,
+    reg_settings: registration::Settings,
 }
 
 impl Server {
@@ -53,6 +64,7 @@ impl Server {
             None => None,
         };
         let (lo, hi) = (profile.media.rtp_port_min, profile.media.rtp_port_max);
+        let accounts = accounts(profile, port)?;
         let shared = Shared {
             settings: Arc::new(CallSettings::from_profile(profile, port)),
             sip: Arc::new(sip),
@@ -66,6 +78,16 @@ impl Server {
         Ok(Server {
             shared: Arc::new(shared),
             http,
+            accounts,
+            reg_settings: registration::Settings {
+                timers: Timers {
+                    t1: profile.t1(),
+                    t2: profile.t2(),
+                    ..Timers::default()
+                },
+                user_agent: Some(profile.sip.user_agent.clone()),
+                ..registration::Settings::default()
+            },
         })
     }
 
@@ -84,30 +106,257 @@ impl Server {
         if let Some(listener) = self.http {
             tokio::spawn(serve_http(listener, self.shared.clone()));
         }
-        sip_loop(self.shared, shutdown).await;
+        let now = Instant::now().into_std();
+        let regs = Registrations::new(
+            self.accounts
+                .into_iter()
+                .map(|(account, target)| {
+                    let reg = Registration::with_settings(account, self.reg_settings.clone(), now);
+                    (reg, target)
+                })
+                .collect(),
+        );
+        sip_loop(self.shared, regs, shutdown).await;
     }
 }
 
-async fn sip_loop(shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+/// The `[[registration]]` accounts of a profile, with our Contact (the user
+/// at the advertised address and the bound port) and the `host:port` to
+/// send to.
+fn accounts(profile: &Profile, sip_port: u16) -> std::io::Result<Vec<(Account, String)>> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let mut out = Vec::new();
+    for r in &profile.registrations {
+        let registrar = r.registrar_uri().map_err(invalid)?;
+        let user = r.contact_user.as_deref().unwrap_or(&profile.sip.user);
+        let contact = Uri::parse(&format!(
+            "sip:{user}@{}:{sip_port}",
+            uri_host(profile.advertised_ip())
+        ))
+        .map_err(|e| invalid(format!("registration contact: {e}")))?;
+        // UDP only: a sips: registrar still gets its port or 5061.
+        let port = registrar.port.unwrap_or(match registrar.scheme {
+            crate::sip::message::Scheme::Sips => 5061,
+            _ => 5060,
+        });
+        let target = format!("{}:{port}", registrar.host);
+        out.push((
+            Account {
+                aor: r.aor_uri().map_err(invalid)?,
+                registrar,
+                username: r.username.clone(),
+                password: r.password.expose().to_string(),
+                contact,
+                expires: r.expires,
+            },
+            target,
+        ));
+    }
+    Ok(out)
+}
+
+/// One registration and where its registrar is.
+struct RegSlot {
+    reg: Registration,
+    /// `host:port` of the registrar URI.
+    target: String,
+    dest: Option<SocketAddr>,
+    resolving: bool,
+    /// Last state logged, to log changes only.
+    logged: Option<State>,
+}
+
+/// The registrations the SIP task drives.
+struct Registrations {
+    slots: Vec<RegSlot>,
+    resolved_tx: mpsc::UnboundedSender<(usize, Option<SocketAddr>)>,
+    resolved_rx: mpsc::UnboundedReceiver<(usize, Option<SocketAddr>)>,
+}
+
+impl Registrations {
+    fn new(regs: Vec<(Registration, String)>) -> Self {
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
+        Self {
+            slots: regs
+                .into_iter()
+                .map(|(reg, target)| RegSlot {
+                    dest: target.parse().ok(),
+                    reg,
+                    target,
+                    resolving: false,
+                    logged: None,
+                })
+                .collect(),
+            resolved_tx,
+            resolved_rx,
+        }
+    }
+
+    /// Hand a response to its registration; false if it is none of ours.
+    fn handle_response(&mut self, resp: &Response, now: std::time::Instant) -> bool {
+        let Some(call_id) = resp.call_id() else {
+            return false;
+        };
+        match self.slots.iter_mut().find(|s| s.reg.call_id() == call_id) {
+            Some(slot) => {
+                slot.reg.handle_response(resp, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.reg.poll_timeout())
+            .min()
+            .map(Instant::from_std)
+    }
+
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        for s in &mut self.slots {
+            if s.reg.poll_timeout().is_some_and(|t| t <= now) {
+                s.reg.handle_timeout(now);
+            }
+        }
+    }
+
+    fn unregister(&mut self, now: std::time::Instant) {
+        for s in &mut self.slots {
+            s.reg.unregister(now);
+        }
+    }
+
+    fn all_unregistered(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| matches!(s.reg.state(), State::Unregistered))
+    }
+
+    /// Send what the registrations have to send, and log state changes.
+    fn flush(&mut self, sock: &UdpSocket) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            while let Some(req) = s.reg.poll_output() {
+                match s.dest {
+                    Some(dest) => send(sock, dest, &req.to_bytes()),
+                    // Dropped: the transaction retransmits once the name is resolved.
+                    None if !s.resolving => {
+                        s.resolving = true;
+                        let (tx, target) = (self.resolved_tx.clone(), s.target.clone());
+                        tokio::spawn(async move {
+                            let addr = tokio::net::lookup_host(target.as_str())
+                                .await
+                                .map_err(|e| {
+                                    tracing::warn!(registrar = %target, error = %e, "cannot resolve the registrar");
+                                })
+                                .ok()
+                                .and_then(|mut a| a.next());
+                            let _ = tx.send((i, addr));
+                        });
+                    }
+                    None => {}
+                }
+            }
+            let state = s.reg.state();
+            if s.logged.as_ref() != Some(state) {
+                log_state(&s.reg, state);
+                s.logged = Some(state.clone());
+            }
+        }
+    }
+
+    fn resolved(&mut self, i: usize, addr: Option<SocketAddr>) {
+        if let Some(s) = self.slots.get_mut(i) {
+            s.resolving = false;
+            s.dest = addr;
+        }
+    }
+}
+
+fn log_state(reg: &Registration, state: &State) {
+    let a = reg.account();
+    let (aor, registrar) = (a.aor.to_string(), a.registrar.to_string());
+    match state {
+        State::Registering => tracing::info!(%aor, %registrar, "registering"),
+        State::Registered { expires_at } => {
+            let secs = expires_at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            tracing::info!(%aor, %registrar, expires_in_s = secs, "registered")
+        }
+        State::Failed { retry_at, reason } => {
+            let secs = retry_at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            tracing::warn!(%aor, %registrar, %reason, retry_in_s = secs, "registration failed")
+        }
+        State::Unregistering => tracing::info!(%aor, %registrar, "unregistering"),
+        State::Unregistered => tracing::info!(%aor, %registrar, "unregistered"),
+    }
+}
+
+async fn sip_loop(
+    shared: Arc<Shared>,
+    mut regs: Registrations,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut calls: HashMap<String, mpsc::UnboundedSender<CallInput>> = HashMap::new();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
     let mut buf = vec![0u8; 65_535];
+    regs.flush(&shared.sip);
     loop {
+        let wake = regs.next_timeout();
         tokio::select! {
             r = shared.sip.recv_from(&mut buf) => match r {
-                Ok((n, src)) => on_datagram(&shared, &mut calls, &ended_tx, &buf[..n], src),
+                Ok((n, src)) => on_datagram(&shared, &mut calls, &mut regs, &ended_tx, &buf[..n], src),
                 Err(e) => tracing::warn!(error = %e, "SIP socket receive error"),
             },
             Some(id) = ended_rx.recv() => { calls.remove(&id); }
+            Some((i, addr)) = regs.resolved_rx.recv() => regs.resolved(i, addr),
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                regs.handle_timeout(Instant::now().into_std());
+            }
             _ = &mut shutdown => break,
         }
+        regs.flush(&shared.sip);
+    }
+    if regs.slots.is_empty() {
+        return;
+    }
+    // Remove the bindings, so the registrar stops sending calls to an address
+    // nobody answers; a registrar that does not answer in time is not waited for.
+    regs.unregister(Instant::now().into_std());
+    regs.flush(&shared.sip);
+    let give_up = Instant::now() + UNREGISTER_WAIT;
+    while !regs.all_unregistered() {
+        let wake = regs.next_timeout().map_or(give_up, |t| t.min(give_up));
+        tokio::select! {
+            r = shared.sip.recv_from(&mut buf) => {
+                if let Ok((n, _)) = r {
+                    if let Ok(Message::Response(resp)) = parse_datagram(&buf[..n]) {
+                        regs.handle_response(&resp, Instant::now().into_std());
+                    }
+                }
+            }
+            Some((i, addr)) = regs.resolved_rx.recv() => regs.resolved(i, addr),
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= give_up {
+                    tracing::warn!("registrar did not confirm the un-REGISTER in time");
+                    break;
+                }
+                regs.handle_timeout(Instant::now().into_std());
+            }
+        }
+        regs.flush(&shared.sip);
     }
 }
 
 fn on_datagram(
     shared: &Arc<Shared>,
     calls: &mut HashMap<String, mpsc::UnboundedSender<CallInput>>,
+    regs: &mut Registrations,
     ended_tx: &mpsc::UnboundedSender<String>,
     data: &[u8],
     src: SocketAddr,
@@ -144,6 +393,11 @@ fn on_datagram(
             return;
         }
     };
+    if let Message::Response(r) = &msg {
+        if regs.handle_response(r, Instant::now().into_std()) {
+            return;
+        }
+    }
     let call_id = match &msg {
         Message::Request(r) => r.call_id(),
         Message::Response(r) => r.call_id(),

@@ -77,3 +77,51 @@ fn analyze_refuses_a_file_that_is_not_wav() {
     assert!(!ok);
     assert!(err.contains("cannot read tests/fixtures/calm.ul"), "{err}");
 }
+
+#[test]
+fn check_config_accepts_every_shipped_profile() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-profiles");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let rel = format!(
+            "sip-profiles/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        let (ok, out, err) = emonav(&["check-config", "--profile", &rel]);
+        assert!(ok, "{rel}: {err}");
+        assert!(out.contains(&format!("{rel}: ok")), "{out}");
+        checked.push(rel);
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "sip-profiles/asterisk.toml",
+            "sip-profiles/carrier-peering.toml",
+            "sip-profiles/default.toml"
+        ]
+    );
+}
+
+#[test]
+fn check_config_lists_registration_accounts_without_the_password() {
+    let (ok, out, err) = emonav(&["check-config", "--profile", "sip-profiles/asterisk.toml"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("registration          sip:emonav@127.0.0.1 at sip:127.0.0.1:5070 as emonav"),
+        "{out}"
+    );
+    assert!(!out.contains("secret"), "{out}");
+    let (ok, out, _) = emonav(&[
+        "check-config",
+        "--profile",
+        "sip-profiles/carrier-peering.toml",
+    ]);
+    assert!(ok);
+    assert!(out.contains("registration          none"), "{out}");
+    assert!(out.contains("-> tel:+493012345671"), "{out}");
+}

@@ -61,6 +61,7 @@ fn a_model_trained_on_some_speakers_recognises_held_out_ones() {
     let train = csv_for(&["03", "08", "09", "10"], "train");
     let test = csv_for(&["11", "13"], "test");
     let model = std::env::temp_dir().join(format!("emonav-model-{}.json", std::process::id()));
+    let plot = std::env::temp_dir().join(format!("emonav-plot-{}.png", std::process::id()));
     let c = corpus();
     let (ok, _, err) = emonav(&[
         "train",
@@ -80,6 +81,8 @@ fn a_model_trained_on_some_speakers_recognises_held_out_ones() {
         test.to_str().unwrap(),
         "--model",
         model.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
         "--json",
     ]);
     assert!(ok, "{err}");
@@ -93,7 +96,12 @@ fn a_model_trained_on_some_speakers_recognises_held_out_ones() {
     assert!(anger >= 0.7, "anger UAR {anger}");
     let early = r["arousal"]["uar_by_speech_s"]["1"].as_f64().unwrap();
     assert!(early >= 0.75, "arousal UAR after 1 s of speech {early}");
-    for p in [train, test, model] {
+    let png = std::fs::read(&plot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+        "a PNG plot"
+    );
+    for p in [train, test, model, plot] {
         let _ = std::fs::remove_file(p);
     }
 }
@@ -126,6 +134,25 @@ fn the_embedded_model_scores_exactly_as_its_file() {
     let embedded = run(args(&[]));
     let file = run(args(&["--model", "models/default.json"]));
     assert_eq!(embedded, file);
+    let wide = run(args(&["--rate", "16000"]));
+    let wide_file = run(args(&[
+        "--rate",
+        "16000",
+        "--model",
+        "models/default-16k.json",
+    ]));
+    assert_eq!(wide, wide_file);
+    assert_eq!(json(&wide)["sample_rate"], 16000);
+    let (ok, _, err) = emonav(&[
+        "eval",
+        "--corpus",
+        c.to_str().unwrap(),
+        "--labels",
+        clips.to_str().unwrap(),
+        "--model",
+        "models/default-16k.json",
+    ]);
+    assert!(!ok && err.contains("--rate 16000"), "{err}");
     // The default model was trained on every EmoDB speaker, this one included:
     // an in-sample figure, so it must be high.
     let uar = json(&embedded)["arousal"]["uar"].as_f64().unwrap();

@@ -73,6 +73,55 @@ fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
     }
 }
 
+/// Start SIPp as a server (`uas` side, no remote host) on `port` with a
+/// scenario; returns the process and the folder of its logs.
+fn sipp_server(scenario: &str, port: u16) -> (std::process::Child, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "emonav-sipp-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sf = root().join("tests/sipp").join(scenario);
+    let child = Command::new("sipp")
+        .arg("-sf")
+        .arg(&sf)
+        .args(["-m", "1", "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-timeout",
+            "30",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_logs",
+            "-log_file",
+        ])
+        .arg(dir.join("actions.log"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp is installed");
+    (child, dir)
+}
+
+/// Wait for a child to exit, killing it after `timeout`.
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn refer_targets(log: &str) -> Vec<&str> {
     log.lines()
         .filter_map(|l| l.strip_prefix("REFER-TO: "))
@@ -133,6 +182,58 @@ fn sipp_cancel_before_answer() {
         emonav.next_event(Duration::from_secs(5))["outcome"],
         "cancelled"
     );
+}
+
+#[test]
+fn sipp_registrar_challenges_and_emonav_registers_then_unregisters_on_sigterm() {
+    let port = free_port();
+    let (mut registrar, dir) = sipp_server("uas_registrar.xml", port);
+    // Give SIPp time to bind; a REGISTER lost before that is retransmitted anyway.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut emonav = Emonav::start(&format!(
+        "[[registration]]\nregistrar = \"sip:127.0.0.1:{port}\"\naor = \"sip:emonav@127.0.0.1\"\n\
+         username = \"emonav\"\npassword = \"secret\"\nexpires = 120\n"
+    ));
+    let line = emonav
+        .wait_log(": registered", Duration::from_secs(10))
+        .expect("emonav did not register");
+    assert!(
+        line.contains("expires_in_s=59") || line.contains("expires_in_s=60"),
+        "{line}"
+    );
+    let status = emonav
+        .terminate(Duration::from_secs(5))
+        .expect("emonav did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let sipp_status = wait_child(&mut registrar, Duration::from_secs(10));
+    let log = std::fs::read_to_string(dir.join("actions.log")).unwrap_or_default();
+    if !sipp_status.success() {
+        eprintln!(
+            "sipp errors:\n{}",
+            std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default()
+        );
+    }
+    assert!(sipp_status.success(), "sipp failed: {sipp_status:?}\n{log}");
+    assert!(log.contains("REGISTERED: sip:emonav@127.0.0.1:"), "{log}");
+    assert!(log.contains("UNREGISTERED"), "{log}");
+}
+
+#[test]
+fn sipp_challenged_refer_and_bye_are_resent_with_credentials() {
+    let emonav = Emonav::start("[sip]\nauth_username = \"emonav\"\nauth_password = \"secret\"\n");
+    let run = sipp(&emonav, "uac_refer_auth.xml", None);
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{}",
+        run.status,
+        run.log
+    );
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert!(run.log.contains("PROXY-AUTHORIZATION: "), "{}", run.log);
+    assert!(run.log.contains("BYE AUTHORISED"), "{}", run.log);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred");
+    assert_eq!(ev["refer_attempts"][0]["response"], 202);
 }
 
 #[test]

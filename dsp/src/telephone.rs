@@ -83,6 +83,27 @@ pub fn telephone_8k(input: &[f32], rate: u32) -> Result<Vec<i16>, ConvertError> 
     Ok(out)
 }
 
+/// Mono float audio at `rate` Hz → what a wideband (Opus) call delivers to
+/// the analyser: 16 kHz, 50 Hz high-pass (handset and codec both cut the
+/// rumble below), as 16-bit PCM. Opus' own coding noise is not simulated:
+/// at call bit rates it sits far below what the features resolve.
+pub fn wideband_16k(input: &[f32], rate: u32) -> Result<Vec<i16>, ConvertError> {
+    let mut x = resample(input, rate, 16000)?;
+    highpass(&mut x, 16000, 50.0);
+    Ok(x.iter()
+        .map(|v| (v * 32767.0).clamp(-32768.0, 32767.0) as i16)
+        .collect())
+}
+
+/// The call conditions for an analysis rate: 8000 (G.711) or 16000 (Opus).
+pub fn call_audio(input: &[f32], rate: u32, analysis_rate: u32) -> Result<Vec<i16>, ConvertError> {
+    if analysis_rate == 16000 {
+        wideband_16k(input, rate)
+    } else {
+        telephone_8k(input, rate)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

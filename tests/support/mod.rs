@@ -159,6 +159,35 @@ impl Emonav {
         (head.lines().next().unwrap().to_string(), body.to_string())
     }
 
+    /// Wait for a log line containing `needle` (earlier lines are consumed).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.log.recv_timeout(left).ok()?;
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Stop it the way an init system does (SIGTERM) and wait for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Log lines so far.
     pub fn drain_log(&self) -> Vec<String> {
         self.log.try_iter().collect()

@@ -26,6 +26,10 @@ pub const FORMAT: &str = "emonav-model/1";
 /// feature on a strange line cannot swamp the rest.
 const CLIP: f32 = 5.0;
 
+fn narrowband() -> u32 {
+    8000
+}
+
 /// Why a model file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -101,6 +105,10 @@ pub struct Model {
     pub format: String,
     /// What it was trained on and how (free text, for people).
     pub description: String,
+    /// The analysis rate its features were computed at (8000 for G.711
+    /// calls, 16000 for Opus): features differ between the two bands.
+    #[serde(default = "narrowband")]
+    pub sample_rate: u32,
     /// [`FEATURE_NAMES`] at training time.
     pub features: Vec<String>,
     /// Per-feature mean over the training data.
@@ -129,6 +137,9 @@ impl Model {
                     expected: (*expected).into(),
                 });
             }
+        }
+        if m.sample_rate != 8000 && m.sample_rate != 16000 {
+            return Err(ModelError::Shape("sample_rate (8000 or 16000)"));
         }
         if m.features.len() != FEATURES {
             return Err(ModelError::Shape("features"));
@@ -199,7 +210,7 @@ const LAMBDAS: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
 /// Train a model: standardise, then for each task pick the L2 strength by
 /// leave-one-group-out log loss, calibrate on the out-of-group scores, and
 /// fit the final weights on everything.
-pub fn train(samples: &[Sample], description: &str) -> Result<Model, TrainError> {
+pub fn train(samples: &[Sample], sample_rate: u32, description: &str) -> Result<Model, TrainError> {
     let (mean, scale) = standardisation(samples);
     let mut x = Vec::with_capacity(samples.len() * FEATURES);
     for s in samples {
@@ -218,6 +229,7 @@ pub fn train(samples: &[Sample], description: &str) -> Result<Model, TrainError>
     Ok(Model {
         format: FORMAT.into(),
         description: description.into(),
+        sample_rate,
         features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
         mean,
         scale,
@@ -440,7 +452,7 @@ mod tests {
     #[test]
     fn trains_separates_and_round_trips_through_json() {
         let data = toy();
-        let m = train(&data, "toy").unwrap();
+        let m = train(&data, 8000, "toy").unwrap();
         let right = data
             .iter()
             .filter(|s| {
@@ -456,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_model_over_other_features_is_refused() {
-        let mut m = train(&toy(), "toy").unwrap();
+        let mut m = train(&toy(), 8000, "toy").unwrap();
         m.features[3] = "something_else".into();
         let err = Model::from_json(&m.to_json()).unwrap_err();
         assert!(
@@ -473,6 +485,9 @@ mod tests {
     fn one_class_is_an_error() {
         let mut d = toy();
         d.iter_mut().for_each(|s| s.anger = Some(false));
-        assert!(matches!(train(&d, ""), Err(TrainError::OneClass("anger"))));
+        assert!(matches!(
+            train(&d, 8000, ""),
+            Err(TrainError::OneClass("anger"))
+        ));
     }
 }
