@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs the system tools the tests drive
-# (SIPp, from the Debian package sip-tester) with apt-get when they are
-# missing; run as root or with sudo on a fresh Debian/Ubuntu machine.
+# (SIPp, from the Debian package sip-tester) and the libopus the build links
+# (libopus-dev, found through pkg-config) with apt-get when they are missing;
+# run as root or with sudo on a fresh Debian/Ubuntu machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
+pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
 
 if ((${#need[@]})); then
   SUDO=""

@@ -17,6 +17,7 @@ use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
 use crate::config::{DialogCredential, Fallback, Profile};
 use crate::events::{CallRecord, Outcome, ReferAttempt};
+use crate::media::opus::{self, OpusDecoder};
 use crate::media::rtp::{RtpEvent, RtpReceiver, RtpStats};
 use crate::policy::{Decision, Policy, Reason};
 use crate::sdp::{self, CodecName, SdpError};
@@ -31,8 +32,21 @@ pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY";
 /// Bodies we understand, for `Accept`.
 pub const ACCEPT: &str = "application/sdp, message/sipfrag";
 
-/// Largest RTP payload decoded per packet (G.711 at 120 ms ptime is 960 bytes).
+/// Largest RTP payload decoded per packet (G.711 at 120 ms ptime is 960 bytes;
+/// a 120 ms Opus packet decodes to at most 1920 samples).
 const MAX_SAMPLES: usize = 2048;
+const _: () = assert!(opus::MAX_PACKET_SAMPLES <= MAX_SAMPLES);
+
+/// Rate Opus is decoded at for the analyser: wideband, which the 16 kHz model
+/// (`CallSettings::models`) is trained for. The 8 kHz model must never see
+/// 16 kHz features: it hears the agitated fixture as calm there (arousal
+/// 0.34 instead of 0.96).
+pub const OPUS_ANALYSIS_RATE: u32 = 16_000;
+
+/// Most Opus packets concealed for one sequence gap: enough to bridge the
+/// usual burst loss, bounded so a long outage or a resynchronised sequence
+/// does not make up seconds of audio the caller never said.
+const MAX_CONCEALED: u16 = 5;
 
 /// How long a call that ended keeps answering stray in-dialog requests.
 const LINGER: Duration = Duration::from_secs(32);
@@ -168,10 +182,61 @@ struct Media {
     codec: CodecName,
     analyzer: Analyzer,
     pcm: Box<[i16; MAX_SAMPLES]>,
+    /// The decoder of an Opus call (G.711 needs no state).
+    opus: Option<OpusDecoder>,
+    /// Sequence number of the last Opus packet decoded, to see losses.
+    last_seq: Option<u16>,
     first_audio: Option<Instant>,
     last_packet: Option<Instant>,
     /// RTP timestamp of the last telephone-event acted on.
     last_event: Option<u32>,
+}
+
+impl Media {
+    /// Decode one Opus packet into the analyser, concealing the packets lost
+    /// since the last one so the analysed timeline stays continuous. False
+    /// when the decoder refused the packet (counted as malformed): it is then
+    /// treated as lost, and concealed when the next good packet arrives.
+    fn decode_opus(&mut self, seq: u16, payload: &[u8]) -> bool {
+        let Some(dec) = &mut self.opus else {
+            return false;
+        };
+        let lost = self
+            .last_seq
+            .map_or(0, |last| seq.wrapping_sub(last).wrapping_sub(1));
+        // The receiver only hands over newer packets, so a "gap" near 65535
+        // would be a restarted sequence: nothing to conceal then.
+        let lost = if lost < u16::MAX / 2 { lost } else { 0 };
+        let pcm = &mut self.pcm[..];
+        if lost > 0 {
+            // The packet right before this one may ride in its in-band FEC.
+            for _ in 1..lost.min(MAX_CONCEALED) {
+                if let Ok(n) = dec.conceal(pcm) {
+                    self.analyzer.push(&pcm[..n]);
+                }
+            }
+            let n = dec.recover(payload, pcm).or_else(|_| dec.conceal(pcm));
+            if let Ok(n) = n {
+                self.analyzer.push(&pcm[..n]);
+            }
+        }
+        match dec.decode(payload, pcm) {
+            Ok(n) => {
+                self.analyzer.push(&pcm[..n]);
+                self.last_seq = Some(seq);
+                true
+            }
+            Err(_) => {
+                self.rtp.count_undecodable();
+                // Leave this packet's slot to be concealed by the next good
+                // one (the gap before it is already filled).
+                if self.last_seq.is_some() {
+                    self.last_seq = Some(seq.wrapping_sub(1));
+                }
+                false
+            }
+        }
+    }
 }
 
 /// A call.
@@ -315,9 +380,17 @@ impl Call {
         let id = fastrand::u64(1..u64::MAX / 2);
         self.answer_sdp = Some(sdp::answer(&offer, &neg, local_rtp, id, id));
         self.record.codec = Some(neg.codec);
-        let rate = match neg.codec {
-            CodecName::Pcmu | CodecName::Pcma => 8000,
-            CodecName::Opus => 16000,
+        let (rate, opus) = match neg.codec {
+            CodecName::Pcmu | CodecName::Pcma => (8000, None),
+            CodecName::Opus => match OpusDecoder::new(OPUS_ANALYSIS_RATE) {
+                Ok(d) => (OPUS_ANALYSIS_RATE, Some(d)),
+                Err(e) => {
+                    tracing::error!(call_id = %self.dialog.call_id, error = %e, "no Opus decoder");
+                    return Err(SdpError::NoCommonCodec {
+                        offered: "opus (decoder unavailable)".into(),
+                    });
+                }
+            },
         };
         self.media = Some(Media {
             rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
@@ -329,6 +402,8 @@ impl Call {
                 )),
             ),
             pcm: Box::new([0; MAX_SAMPLES]),
+            opus,
+            last_seq: None,
             first_audio: None,
             last_packet: None,
             last_event: None,
@@ -459,16 +534,25 @@ impl Call {
         let Some(m) = &mut self.media else { return };
         m.last_packet = Some(now);
         let early = match m.rtp.handle(datagram) {
-            RtpEvent::Audio { payload, .. } if analysing && self.decision.is_none() => {
-                let n = payload.len().min(MAX_SAMPLES);
-                let pcm = &mut m.pcm[..n];
-                match m.codec {
-                    CodecName::Pcmu => emonav_dsp::g711::decode_ulaw(&payload[..n], pcm),
-                    CodecName::Pcma => emonav_dsp::g711::decode_alaw(&payload[..n], pcm),
-                    // Not negotiable yet (profile validation refuses it).
-                    CodecName::Opus => return,
+            RtpEvent::Audio { payload, seq, .. } if analysing && self.decision.is_none() => {
+                let decoded = match m.codec {
+                    CodecName::Pcmu | CodecName::Pcma => {
+                        let n = payload.len().min(MAX_SAMPLES);
+                        let pcm = &mut m.pcm[..n];
+                        if m.codec == CodecName::Pcmu {
+                            emonav_dsp::g711::decode_ulaw(&payload[..n], pcm);
+                        } else {
+                            emonav_dsp::g711::decode_alaw(&payload[..n], pcm);
+                        }
+                        m.analyzer.push(pcm);
+                        true
+                    }
+                    CodecName::Opus => m.decode_opus(seq, payload),
+                };
+                if !decoded {
+                    tracing::trace!(call_id = %self.dialog.call_id, seq, "undecodable audio packet");
+                    return;
                 }
-                m.analyzer.push(pcm);
                 m.first_audio.get_or_insert(now);
                 listening
                     .then(|| self.s.policy.early(&m.analyzer.estimate()))

@@ -427,3 +427,93 @@ fn challenge_for_an_unknown_realm_is_a_failure() {
     call.handle_response(&challenge(&refer, 407), t0 + Duration::from_millis(3100));
     assert_eq!(only_request(sent(&mut call)).method, Method::Bye);
 }
+
+/// An Opus call (PT 111, only Opus in the profile), answered and ACKed, that
+/// will not decide within a few seconds of audio.
+fn opus_call(t0: Instant) -> Call {
+    let mut profile = Profile::default();
+    profile.media.codecs = vec![CodecName::Opus];
+    profile.policy.decision_deadline_ms = 60_000;
+    profile.policy.min_speech_ms = 60_000;
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n\
+               a=fmtp:111 minptime=10;useinbandfec=1\r\n";
+    let invite = request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\n\
+         Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let settings = Arc::new(CallSettings::from_profile(&profile, 5060));
+    let local = "127.0.0.1:20000".parse().unwrap();
+    let mut call = Call::new(settings, invite, src(), local, t0).unwrap();
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["100", "200"]);
+    let Message::Response(ok) = &out[1] else {
+        unreachable!()
+    };
+    let body = String::from_utf8_lossy(&ok.body);
+    assert!(body.contains("a=rtpmap:111 opus/48000/2\r\n"), "{body}");
+    assert!(body.contains("useinbandfec=1"), "{body}");
+    let playback = format!("maxplaybackrate={OPUS_ANALYSIS_RATE}");
+    assert!(body.contains(&playback), "the rate we decode at: {body}");
+    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call
+}
+
+/// One RTP packet per 20 ms of a 16 kHz 200 Hz tone, Opus-encoded, PT 111.
+fn opus_packets(count: u16) -> Vec<Vec<u8>> {
+    use audiopus::coder::Encoder;
+    use audiopus::{Application, Channels, SampleRate};
+    let enc = Encoder::new(SampleRate::Hz16000, Channels::Mono, Application::Voip).unwrap();
+    (0..count)
+        .map(|i| {
+            let pcm: Vec<i16> = (0..320)
+                .map(|n| {
+                    let t = (i as usize * 320 + n) as f32 / 16000.0;
+                    (6000.0 * (2.0 * std::f32::consts::PI * 200.0 * t).sin()) as i16
+                })
+                .collect();
+            let mut p = vec![0x80, 111];
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(&(i as u32 * 960).to_be_bytes());
+            p.extend_from_slice(&7u32.to_be_bytes());
+            let mut buf = [0u8; 400];
+            let n = enc.encode(&pcm, &mut buf).unwrap();
+            p.extend_from_slice(&buf[..n]);
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn opus_losses_are_concealed_and_garbage_is_counted() {
+    let t0 = Instant::now();
+    let mut call = opus_call(t0);
+    let packets = opus_packets(100);
+    let audio_ms = |call: &Call| call.media.as_ref().unwrap().analyzer.audio_ms();
+    for p in &packets[..50] {
+        call.handle_rtp(p, t0);
+    }
+    let before = audio_ms(&call);
+    assert!((980..=1000).contains(&before), "{before} ms for 50 packets");
+    // 3 lost: concealed (two by PLC, the last from packet 53's FEC or PLC).
+    call.handle_rtp(&packets[53], t0);
+    assert_eq!(audio_ms(&call), before + 80, "3 concealed + 1 decoded");
+    // A packet the decoder refuses: counted, and concealed once the next arrives.
+    let mut garbage = packets[54].clone();
+    garbage.truncate(12);
+    garbage.extend_from_slice(&[0x03, 0x00]);
+    call.handle_rtp(&garbage, t0);
+    assert_eq!(audio_ms(&call), before + 80);
+    call.handle_rtp(&packets[55], t0);
+    assert_eq!(audio_ms(&call), before + 120);
+    // A long outage is bridged by at most 5 frames, not by its whole length.
+    call.handle_rtp(&packets[90], t0);
+    assert_eq!(audio_ms(&call), before + 120 + 100 + 20);
+    let st = call.media.as_ref().unwrap().rtp.stats();
+    assert_eq!(st.malformed, 1);
+    assert_eq!(st.received, 54);
+    assert!(call.poll_output().is_none(), "no decision yet");
+}

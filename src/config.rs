@@ -224,7 +224,8 @@ impl Default for MediaConfig {
         Self {
             rtp_port_min: 20000,
             rtp_port_max: 20999,
-            codecs: vec![CodecName::Pcmu, CodecName::Pcma],
+            // G.711 first: what a PBX trunk offers; Opus for callers who offer nothing else.
+            codecs: vec![CodecName::Pcmu, CodecName::Pcma, CodecName::Opus],
             rtp_timeout_ms: 30_000,
         }
     }
@@ -355,14 +356,6 @@ impl Profile {
         }
         if self.media.codecs.is_empty() {
             return Err("media.codecs must name at least one codec".into());
-        }
-        if let Some(c) = self
-            .media
-            .codecs
-            .iter()
-            .find(|c| !matches!(c, CodecName::Pcmu | CodecName::Pcma))
-        {
-            return Err(format!("media.codecs: {c:?} is not supported yet"));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err("sip.t1_ms must be > 0 and sip.t2_ms >= sip.t1_ms".into());
@@ -536,5 +529,13 @@ mod tests {
         let err = Profile::from_toml("[media]\nrtp_port_min = 30000\nrtp_port_max = 20000\n", "p")
             .unwrap_err();
         assert!(err.to_string().contains("rtp_port_min"), "{err}");
+    }
+
+    #[test]
+    fn every_codec_is_accepted_and_typos_are_refused() {
+        let p = Profile::from_toml("[media]\ncodecs = [\"opus\", \"pcmu\"]\n", "p").unwrap();
+        assert_eq!(p.media.codecs, [CodecName::Opus, CodecName::Pcmu]);
+        let err = Profile::from_toml("[media]\ncodecs = [\"g729\"]\n", "p").unwrap_err();
+        assert!(err.to_string().contains("g729"), "{err}");
     }
 }

@@ -392,6 +392,11 @@ pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Nego
     })
 }
 
+/// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
+/// calls decode at (`call::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
+/// in-band FEC welcome.
+pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=16000;stereo=0;useinbandfec=1";
+
 /// Build the SDP answer (RFC 3264 §6): same number of m= lines as the offer,
 /// non-audio and extra audio streams rejected with port 0, our RTP address in c=/m=.
 pub fn answer(
@@ -428,8 +433,18 @@ pub fn answer(
             CodecName::Opus => ("opus", "48000/2"),
         };
         let _ = write!(s, "a=rtpmap:{} {name}/{rate}\r\n", neg.pt);
-        if let Some(f) = &neg.fmtp {
-            let _ = write!(s, "a=fmtp:{} {f}\r\n", neg.pt);
+        match (neg.codec, &neg.fmtp) {
+            // RFC 7587 §6.1: Opus fmtp parameters describe what the *receiver*
+            // of the stream wants, so the offer's are not ours to echo. We
+            // decode wideband mono and can rebuild a lost packet from the
+            // next one's in-band FEC.
+            (CodecName::Opus, _) => {
+                let _ = write!(s, "a=fmtp:{} {OPUS_ANSWER_FMTP}\r\n", neg.pt);
+            }
+            (_, Some(f)) => {
+                let _ = write!(s, "a=fmtp:{} {f}\r\n", neg.pt);
+            }
+            (_, None) => {}
         }
         if let Some(ev) = neg.telephone_event_pt {
             let rate = m
@@ -556,6 +571,78 @@ mod tests {
             let e = parse(body).unwrap_err().to_string();
             assert!(e.contains(needle), "{body:?}: {e}");
         }
+    }
+
+    const OPUS_FIRST: [CodecName; 3] = [CodecName::Opus, CodecName::Pcmu, CodecName::Pcma];
+
+    #[test]
+    fn opus_offer_keeps_its_payload_type_and_fmtp() {
+        // WebRTC and Asterisk number Opus 111, SIPp scenarios 96: neither is assumed.
+        for pt in [96u8, 111, 127] {
+            let sd = parse(&offer(&format!(
+                "m=audio 4000 RTP/AVP {pt} 0 101\r\na=rtpmap:{pt} opus/48000/2\r\n\
+                 a=fmtp:{pt} minptime=10;useinbandfec=1\r\na=rtpmap:101 telephone-event/48000\r\n\
+                 a=rtpmap:0 PCMU/8000\r\n"
+            )))
+            .unwrap();
+            let n = negotiate(&sd, &OPUS_FIRST).unwrap();
+            assert_eq!(
+                (n.codec, n.pt, n.clock_rate, n.channels),
+                (CodecName::Opus, pt, 48000, 2)
+            );
+            assert_eq!(n.fmtp.as_deref(), Some("minptime=10;useinbandfec=1"));
+            assert_eq!(n.telephone_event_pt, Some(101), "the 48 kHz event type");
+            let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
+            assert!(
+                a.contains(&format!("m=audio 20000 RTP/AVP {pt} 101\r\n")),
+                "{a}"
+            );
+            assert!(
+                a.contains(&format!("a=rtpmap:{pt} opus/48000/2\r\n")),
+                "{a}"
+            );
+            assert!(
+                a.contains(&format!("a=fmtp:{pt} {OPUS_ANSWER_FMTP}\r\n")),
+                "{a}"
+            );
+            assert!(OPUS_ANSWER_FMTP.contains("useinbandfec=1"));
+            let back = parse(&a).unwrap();
+            assert_eq!(negotiate(&back, &OPUS_FIRST).unwrap().pt, pt);
+        }
+    }
+
+    #[test]
+    fn opus_needs_its_rtpmap_and_our_preference() {
+        // Without an rtpmap a dynamic type means nothing.
+        let sd = parse(&offer("m=audio 4000 RTP/AVP 96\r\n")).unwrap();
+        assert!(matches!(
+            negotiate(&sd, &OPUS_FIRST),
+            Err(SdpError::NoCommonCodec { .. })
+        ));
+        // Opus at another clock rate is not RFC 7587 Opus.
+        let sd = parse(&offer(
+            "m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 opus/16000\r\n",
+        ))
+        .unwrap();
+        assert!(negotiate(&sd, &OPUS_FIRST).is_err());
+        // A G.711-only profile does not take an Opus offer; an Opus-last one
+        // still prefers G.711 when both are offered.
+        let both = parse(&offer(
+            "m=audio 4000 RTP/AVP 96 0\r\na=rtpmap:96 opus/48000/2\r\n",
+        ))
+        .unwrap();
+        assert_eq!(negotiate(&both, &PREFS).unwrap().codec, CodecName::Pcmu);
+        assert_eq!(
+            negotiate(&both, &OPUS_FIRST).unwrap().codec,
+            CodecName::Opus
+        );
+        let opus_only = parse(&offer(
+            "m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 OPUS/48000/2\r\n",
+        ))
+        .unwrap();
+        assert!(negotiate(&opus_only, &PREFS).is_err());
+        let n = negotiate(&opus_only, &OPUS_FIRST).unwrap();
+        assert_eq!((n.pt, n.fmtp), (96, None), "no fmtp offered, none invented");
     }
 
     #[test]

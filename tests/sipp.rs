@@ -35,6 +35,7 @@ fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
     let fixtures = root().join("tests/fixtures");
     let audio = fixtures.join(pcap.unwrap_or("agitated-pcmu.pcap"));
     xml = xml.replace("../fixtures/agitated-pcmu.pcap", audio.to_str().unwrap());
+    xml = xml.replace("../fixtures/agitated-opus.pcap", audio.to_str().unwrap());
     let sf = dir.join(scenario);
     std::fs::write(&sf, xml).unwrap();
     let log = dir.join("actions.log");
@@ -233,4 +234,33 @@ fn sipp_challenged_refer_and_bye_are_resent_with_credentials() {
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred");
     assert_eq!(ev["refer_attempts"][0]["response"], 202);
+}
+
+#[test]
+fn sipp_agitated_opus_caller_is_referred_to_deescalation() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_refer_opus.xml", Some("agitated-opus.pcap"));
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(
+        (&ev["codec"], &ev["outcome"]),
+        (&"opus".into(), &"transferred".into()),
+        "{ev}"
+    );
+    assert_eq!(ev["rtp"]["malformed"], 0, "{ev}");
+}
+
+#[test]
+fn sipp_calm_opus_caller_is_referred_to_standard() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_refer_opus.xml", Some("calm-opus.pcap"));
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(
+        (&ev["codec"], &ev["emotion"]),
+        (&"opus".into(), &"calm".into()),
+        "{ev}"
+    );
 }

@@ -55,7 +55,7 @@ pub struct RtpStats {
     pub duplicates: u64,
     /// Late (reordered beyond play-out) packets.
     pub late: u64,
-    /// Malformed datagrams.
+    /// Malformed datagrams, and valid RTP whose payload the codec refused.
     pub malformed: u64,
     /// RTCP seen on the RTP port.
     pub rtcp: u64,
@@ -230,6 +230,12 @@ impl RtpReceiver {
         if let Some(s) = self.seq.take() {
             self.stats.lost += s.expected().saturating_sub(s.received);
         }
+    }
+
+    /// Count an accepted audio packet whose payload the decoder refused: to
+    /// the operator it is garbage like any malformed datagram.
+    pub fn count_undecodable(&mut self) {
+        self.stats.malformed += 1;
     }
 
     /// Statistics so far.
