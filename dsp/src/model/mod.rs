@@ -373,7 +373,7 @@ fn weighted_log_loss(scores: &[f64], y: &[bool]) -> f64 {
 }
 
 /// Milliseconds between model evaluations in a call.
-pub const UPDATE_MS: u32 = 500;
+pub const UPDATE_MS: u32 = 250;
 
 /// The estimator a call runs: re-scores the model every [`UPDATE_MS`] of
 /// audio from the functionals so far (the features are cumulative, so
