@@ -2,7 +2,9 @@
 //! (`valgrind --tool=callgrind target/release/examples/profile FILE.ul`).
 
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: profile FILE.ul [REPEATS]");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: profile FILE.ul [REPEATS]");
     let repeats: usize = std::env::args()
         .nth(2)
         .map_or(5, |r| r.parse().expect("REPEATS is a number"));
