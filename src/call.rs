@@ -16,9 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
 use crate::config::{DialogCredential, Fallback, Profile};
-use crate::events::{CallRecord, Outcome, ReferAttempt};
+use crate::events::{CallRecord, MediaStats, Outcome, ReferAttempt};
+use crate::media::jitter::JitterBuffer;
+use crate::media::latch::{Latch, Verdict};
 use crate::media::opus::{self, OpusDecoder};
 use crate::media::rtp::{RtpEvent, RtpReceiver, RtpStats};
+use crate::media::sender::SilenceSender;
 use crate::policy::{Decision, Policy, Reason};
 use crate::sdp::{self, CodecName, SdpError};
 use crate::sip::dialog::{response_destination, Dialog, DialogError};
@@ -70,6 +73,10 @@ pub struct CallSettings {
     pub fallback: Fallback,
     /// End the call after this long without RTP (`None`: never).
     pub rtp_timeout: Option<Duration>,
+    /// Jitter-buffer playout delay.
+    pub jitter_delay: Duration,
+    /// Send 20 ms silence packets to the caller (RTP keepalive).
+    pub send_silence: bool,
     /// Our sent-by for Via (advertised address and SIP port).
     pub sip_addr: SocketAddr,
     /// Our Contact URI.
@@ -107,6 +114,8 @@ impl CallSettings {
             fallback: p.transfer.fallback,
             rtp_timeout: (p.media.rtp_timeout_ms > 0)
                 .then(|| Duration::from_millis(p.media.rtp_timeout_ms)),
+            jitter_delay: Duration::from_millis(p.media.jitter_ms),
+            send_silence: p.media.send_silence,
             sip_addr,
             contact,
             user_agent: p.sip.user_agent.clone(),
@@ -179,63 +188,111 @@ struct OutgoingTx {
 
 struct Media {
     rtp: RtpReceiver,
-    codec: CodecName,
+    /// Puts the caller's packets back in order and paces them (`[media] jitter_ms`).
+    jitter: JitterBuffer,
+    /// Where the caller's RTP really comes from (RFC 4961 latching).
+    latch: Latch,
+    /// Negotiated audio payload type (the jitter buffer also carries
+    /// telephone-events, which only hold their sequence slot).
+    audio_pt: u8,
+    dec: Decode,
     analyzer: Analyzer,
-    pcm: Box<[i16; MAX_SAMPLES]>,
-    /// The decoder of an Opus call (G.711 needs no state).
-    opus: Option<OpusDecoder>,
-    /// Sequence number of the last Opus packet decoded, to see losses.
-    last_seq: Option<u16>,
+    /// Our silence stream (`[media] send_silence`), started at the answer;
+    /// None until then or when we must not send.
+    sender: Option<SilenceSender>,
+    /// Whether we send at all: sendrecv/sendonly answer, send_silence on.
+    send: bool,
+    /// The SDP's RTP address, used until the latch knows better.
+    sdp_rtp: Option<SocketAddr>,
     first_audio: Option<Instant>,
     last_packet: Option<Instant>,
     /// RTP timestamp of the last telephone-event acted on.
     last_event: Option<u32>,
 }
 
-impl Media {
-    /// Decode one Opus packet into the analyser, concealing the packets lost
-    /// since the last one so the analysed timeline stays continuous. False
-    /// when the decoder refused the packet (counted as malformed): it is then
-    /// treated as lost, and concealed when the next good packet arrives.
-    fn decode_opus(&mut self, seq: u16, payload: &[u8]) -> bool {
-        let Some(dec) = &mut self.opus else {
-            return false;
-        };
-        let lost = self
-            .last_seq
-            .map_or(0, |last| seq.wrapping_sub(last).wrapping_sub(1));
-        // The receiver only hands over newer packets, so a "gap" near 65535
-        // would be a restarted sequence: nothing to conceal then.
-        let lost = if lost < u16::MAX / 2 { lost } else { 0 };
+/// Decoding of the packets the jitter buffer releases, in order.
+struct Decode {
+    codec: CodecName,
+    pcm: Box<[i16; MAX_SAMPLES]>,
+    /// The decoder of an Opus call (G.711 needs no state).
+    opus: Option<OpusDecoder>,
+    /// Samples in the last G.711 packet: a lost one is replaced by as much silence.
+    g711_frame: usize,
+    /// Packets the decoder refused since the last good one: concealed with the next.
+    refused: u16,
+}
+
+impl Decode {
+    /// Decode one released packet into the analyser, first concealing the
+    /// `lost` packets before it (at most [`MAX_CONCEALED`]) so the analysed
+    /// timeline stays continuous: Opus by PLC (the last one from this
+    /// packet's in-band FEC when it has some), G.711 by silence (repeating
+    /// a frame would make up pitch and energy the caller never produced).
+    /// False when the decoder refused the packet: it is then concealed when
+    /// the next good packet comes.
+    fn feed(&mut self, analyzer: &mut Analyzer, lost: u16, payload: &[u8]) -> bool {
+        let lost = lost.saturating_add(std::mem::take(&mut self.refused));
         let pcm = &mut self.pcm[..];
-        if lost > 0 {
-            // The packet right before this one may ride in its in-band FEC.
-            for _ in 1..lost.min(MAX_CONCEALED) {
-                if let Ok(n) = dec.conceal(pcm) {
-                    self.analyzer.push(&pcm[..n]);
+        match (self.codec, &mut self.opus) {
+            (CodecName::Opus, Some(dec)) => {
+                if lost > 0 {
+                    for _ in 1..lost.min(MAX_CONCEALED) {
+                        if let Ok(n) = dec.conceal(pcm) {
+                            analyzer.push(&pcm[..n]);
+                        }
+                    }
+                    let n = dec.recover(payload, pcm).or_else(|_| dec.conceal(pcm));
+                    if let Ok(n) = n {
+                        analyzer.push(&pcm[..n]);
+                    }
+                }
+                match dec.decode(payload, pcm) {
+                    Ok(n) => {
+                        analyzer.push(&pcm[..n]);
+                        true
+                    }
+                    Err(_) => {
+                        self.refused = 1;
+                        false
+                    }
                 }
             }
-            let n = dec.recover(payload, pcm).or_else(|_| dec.conceal(pcm));
-            if let Ok(n) = n {
-                self.analyzer.push(&pcm[..n]);
-            }
-        }
-        match dec.decode(payload, pcm) {
-            Ok(n) => {
-                self.analyzer.push(&pcm[..n]);
-                self.last_seq = Some(seq);
+            (CodecName::Opus, None) => false,
+            (g711, _) => {
+                let frame = self.g711_frame.min(MAX_SAMPLES);
+                pcm[..frame].fill(0);
+                for _ in 0..lost.min(MAX_CONCEALED) {
+                    analyzer.push(&pcm[..frame]);
+                }
+                let n = payload.len().min(MAX_SAMPLES);
+                if n == 0 {
+                    return false;
+                }
+                let pcm = &mut pcm[..n];
+                if g711 == CodecName::Pcmu {
+                    emonav_dsp::g711::decode_ulaw(&payload[..n], pcm);
+                } else {
+                    emonav_dsp::g711::decode_alaw(&payload[..n], pcm);
+                }
+                analyzer.push(pcm);
+                self.g711_frame = n;
                 true
             }
-            Err(_) => {
-                self.rtp.count_undecodable();
-                // Leave this packet's slot to be concealed by the next good
-                // one (the gap before it is already filled).
-                if self.last_seq.is_some() {
-                    self.last_seq = Some(seq.wrapping_sub(1));
-                }
-                false
-            }
         }
+    }
+}
+
+impl Media {
+    /// Statistics into the call's record.
+    fn record(&self, r: &mut CallRecord) {
+        let jitter = self.jitter.stats();
+        r.rtp = self.rtp.stats();
+        r.rtp.late = jitter.late;
+        r.media = MediaStats {
+            jitter,
+            latch: self.latch.stats(),
+            sent: self.sender.as_ref().map_or(0, |s| s.sent()),
+        };
     }
 }
 
@@ -299,6 +356,7 @@ impl Call {
             duration_ms: 0,
             codec: None,
             rtp: RtpStats::default(),
+            media: MediaStats::default(),
             audio_ms: 0,
             speech_ms: 0,
             arousal: None,
@@ -392,18 +450,33 @@ impl Call {
                 }
             },
         };
+        let send = self.s.send_silence
+            && matches!(
+                neg.direction,
+                sdp::Direction::SendRecv | sdp::Direction::SendOnly
+            );
+        let sdp_rtp = Some(neg.remote_rtp).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
         self.media = Some(Media {
             rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
-            codec: neg.codec,
+            jitter: JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, self.started),
+            latch: Latch::new(neg.pt),
+            audio_pt: neg.pt,
+            dec: Decode {
+                codec: neg.codec,
+                pcm: Box::new([0; MAX_SAMPLES]),
+                opus,
+                g711_frame: 160,
+                refused: 0,
+            },
+            sender: None,
+            send,
+            sdp_rtp,
             analyzer: Analyzer::with_estimator(
                 rate,
                 Box::new(ModelEstimator::new(
                     self.s.models[usize::from(rate == 16000)].clone(),
                 )),
             ),
-            pcm: Box::new([0; MAX_SAMPLES]),
-            opus,
-            last_seq: None,
             first_audio: None,
             last_packet: None,
             last_event: None,
@@ -421,9 +494,13 @@ impl Call {
         matches!(self.phase, Phase::Finished) && self.outputs.is_empty()
     }
 
-    /// True while RTP is still of interest.
+    /// True while the RTP socket is of use: audio to analyse, or our
+    /// silence to send until the transfer is over.
     pub fn wants_media(&self) -> bool {
-        matches!(self.phase, Phase::Offered { .. } | Phase::Listening) && self.media.is_some()
+        matches!(
+            self.phase,
+            Phase::Offered { .. } | Phase::Listening | Phase::Transferring { .. }
+        ) && self.media.is_some()
     }
 
     /// Next output, if any.
@@ -443,6 +520,7 @@ impl Call {
         [
             phase,
             media,
+            self.playout_due(),
             self.server_tx.poll_timeout(),
             self.client_tx.as_ref().and_then(|t| t.tx.poll_timeout()),
         ]
@@ -496,6 +574,9 @@ impl Call {
                 Action::None => {}
             }
         }
+        if matches!(self.phase, Phase::Offered { .. } | Phase::Listening) {
+            self.play_out(now);
+        }
         match self.phase {
             Phase::Offered { answer_at } if now >= answer_at => self.answer(now),
             Phase::Listening => {
@@ -527,44 +608,49 @@ impl Call {
             .unwrap_or_default()
     }
 
-    /// One RTP datagram for this call's media port.
+    /// One RTP datagram for this call's media port, source unknown (no latching).
     pub fn handle_rtp(&mut self, datagram: &[u8], now: Instant) {
+        self.handle_rtp_from(datagram, None, now);
+    }
+
+    /// One RTP datagram for this call's media port from `source`: latched
+    /// (RFC 4961), accounted, put in the jitter buffer; what is due is
+    /// decoded and analysed. Allocation-free.
+    pub fn handle_rtp_from(&mut self, datagram: &[u8], source: Option<SocketAddr>, now: Instant) {
         let listening = matches!(self.phase, Phase::Listening);
         let analysing = listening || matches!(self.phase, Phase::Offered { .. });
         let Some(m) = &mut self.media else { return };
+        if let Some(src) = source {
+            let peeked = crate::media::rtp::peek(datagram);
+            if m.latch.check(src, peeked, now, &self.dialog.call_id) == Verdict::Stray {
+                return;
+            }
+        }
         m.last_packet = Some(now);
         let early = match m.rtp.handle(datagram) {
-            RtpEvent::Audio { payload, seq, .. } if analysing && self.decision.is_none() => {
-                let decoded = match m.codec {
-                    CodecName::Pcmu | CodecName::Pcma => {
-                        let n = payload.len().min(MAX_SAMPLES);
-                        let pcm = &mut m.pcm[..n];
-                        if m.codec == CodecName::Pcmu {
-                            emonav_dsp::g711::decode_ulaw(&payload[..n], pcm);
-                        } else {
-                            emonav_dsp::g711::decode_alaw(&payload[..n], pcm);
-                        }
-                        m.analyzer.push(pcm);
-                        true
-                    }
-                    CodecName::Opus => m.decode_opus(seq, payload),
-                };
-                if !decoded {
-                    tracing::trace!(call_id = %self.dialog.call_id, seq, "undecodable audio packet");
-                    return;
-                }
-                m.first_audio.get_or_insert(now);
-                listening
-                    .then(|| self.s.policy.early(&m.analyzer.estimate()))
-                    .flatten()
+            RtpEvent::Audio {
+                ssrc,
+                seq,
+                timestamp,
+                payload,
+            } if analysing && self.decision.is_none() => {
+                m.jitter
+                    .push(ssrc, seq, Some(timestamp), m.audio_pt, payload, now);
+                None
             }
             RtpEvent::Event {
+                ssrc,
+                seq,
                 event,
                 end,
                 timestamp,
                 ..
             } => {
                 tracing::trace!(call_id = %self.dialog.call_id, event, end, "telephone-event");
+                // Its sequence slot, so the audio around it shows no gap.
+                if analysing && self.decision.is_none() {
+                    m.jitter.push(ssrc, seq, None, u8::MAX, &[], now);
+                }
                 // RFC 4733 §2.5.1.4: the end packet is sent three times; act once.
                 let digit = keypad_digit(event);
                 if listening && end && m.last_event != Some(timestamp) && self.decision.is_none() {
@@ -576,9 +662,83 @@ impl Call {
             }
             _ => None,
         };
+        match early {
+            Some(d) => self.decide(d, now),
+            None => self.play_out(now),
+        }
+    }
+
+    /// Decode and analyse what the jitter buffer releases at `now`, checking
+    /// the policy after each packet.
+    fn play_out(&mut self, now: Instant) {
+        let listening = matches!(self.phase, Phase::Listening);
+        let Some(m) = &mut self.media else { return };
+        let mut early = None;
+        while self.decision.is_none() && early.is_none() {
+            let Some(p) = m.jitter.pop(now) else { break };
+            if p.pt != m.audio_pt {
+                continue;
+            }
+            if !m.dec.feed(&mut m.analyzer, p.lost, p.payload) {
+                tracing::trace!(call_id = %self.dialog.call_id, seq = p.seq, "undecodable audio packet");
+                m.rtp.count_undecodable();
+                continue;
+            }
+            m.first_audio.get_or_insert(now);
+            if listening {
+                early = self.s.policy.early(&m.analyzer.estimate());
+            }
+        }
         if let Some(d) = early {
             self.decide(d, now);
         }
+    }
+
+    /// Our next RTP packet, if one is due at `now`, and where it goes (the
+    /// latched source, else the SDP's address). Call until None after every
+    /// input and timeout; the packet lives in a buffer allocated once.
+    pub fn poll_rtp(&mut self, now: Instant) -> Option<(SocketAddr, &[u8])> {
+        if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
+            return None;
+        }
+        let m = self.media.as_mut()?;
+        if !m.send {
+            return None;
+        }
+        let dest = m.latch.address().or(m.sdp_rtp)?;
+        let codec = m.dec.codec;
+        let pt = m.audio_pt;
+        let packet = m
+            .sender
+            .get_or_insert_with(|| SilenceSender::new(codec, pt, now))
+            .poll(now)?;
+        Some((dest, packet))
+    }
+
+    /// When [`poll_rtp`](Self::poll_rtp) has the next packet: a clock of its
+    /// own, apart from [`poll_timeout`](Self::poll_timeout)'s protocol timers.
+    pub fn poll_rtp_timeout(&self) -> Option<Instant> {
+        if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
+            return None;
+        }
+        let m = self.media.as_ref()?;
+        if !m.send || m.latch.address().or(m.sdp_rtp).is_none() {
+            return None;
+        }
+        Some(m.sender.as_ref().map_or(
+            self.answered_at.unwrap_or(self.started),
+            SilenceSender::poll_timeout,
+        ))
+    }
+
+    /// The jitter buffer's next playout, while audio is analysed.
+    fn playout_due(&self) -> Option<Instant> {
+        if !matches!(self.phase, Phase::Offered { .. } | Phase::Listening)
+            || self.decision.is_some()
+        {
+            return None;
+        }
+        self.media.as_ref()?.jitter.poll_timeout()
     }
 
     fn decide(&mut self, d: Decision, now: Instant) {
@@ -828,7 +988,7 @@ impl Call {
         }
         self.record.duration_ms = (now - self.started).as_millis() as u64;
         if let Some(m) = &self.media {
-            self.record.rtp = m.rtp.stats();
+            m.record(&mut self.record);
             if self.record.audio_ms == 0 {
                 self.record.audio_ms = m.analyzer.audio_ms();
             }
@@ -897,7 +1057,7 @@ impl Call {
         // the caller has the dialog, and must not get our BYE for "no ACK".
         self.server_tx.on_ack(now);
         if let Some(m) = self.media.take() {
-            self.record.rtp = m.rtp.stats();
+            m.record(&mut self.record);
             self.record.audio_ms = self.record.audio_ms.max(m.analyzer.audio_ms());
         }
         match self.phase {

@@ -493,24 +493,31 @@ fn opus_losses_are_concealed_and_garbage_is_counted() {
     let mut call = opus_call(t0);
     let packets = opus_packets(100);
     let audio_ms = |call: &Call| call.media.as_ref().unwrap().analyzer.audio_ms();
-    for p in &packets[..50] {
-        call.handle_rtp(p, t0);
+    // Each packet arrives when it is due (20 ms apart); the jitter buffer
+    // releases it 60 ms later.
+    let at = |seq: usize| t0 + Duration::from_millis(20 * seq as u64);
+    let play = |call: &mut Call, p: &[u8], seq: usize| {
+        call.handle_rtp(p, at(seq));
+        call.handle_timeout(at(seq) + Duration::from_millis(60));
+    };
+    for (seq, p) in packets[..50].iter().enumerate() {
+        play(&mut call, p, seq);
     }
     let before = audio_ms(&call);
     assert!((980..=1000).contains(&before), "{before} ms for 50 packets");
     // 3 lost: concealed (two by PLC, the last from packet 53's FEC or PLC).
-    call.handle_rtp(&packets[53], t0);
+    play(&mut call, &packets[53], 53);
     assert_eq!(audio_ms(&call), before + 80, "3 concealed + 1 decoded");
     // A packet the decoder refuses: counted, and concealed once the next arrives.
     let mut garbage = packets[54].clone();
     garbage.truncate(12);
     garbage.extend_from_slice(&[0x03, 0x00]);
-    call.handle_rtp(&garbage, t0);
+    play(&mut call, &garbage, 54);
     assert_eq!(audio_ms(&call), before + 80);
-    call.handle_rtp(&packets[55], t0);
+    play(&mut call, &packets[55], 55);
     assert_eq!(audio_ms(&call), before + 120);
     // A long outage is bridged by at most 5 frames, not by its whole length.
-    call.handle_rtp(&packets[90], t0);
+    play(&mut call, &packets[90], 90);
     assert_eq!(audio_ms(&call), before + 120 + 100 + 20);
     let st = call.media.as_ref().unwrap().rtp.stats();
     assert_eq!(st.malformed, 1);

@@ -217,6 +217,12 @@ pub struct MediaConfig {
     /// End the call when no RTP has arrived for this long after the first
     /// packet, in ms (0 = never).
     pub rtp_timeout_ms: u64,
+    /// Jitter-buffer playout delay, ms: packets are put back in order and
+    /// released this long after they are due (0..=500).
+    pub jitter_ms: u64,
+    /// Send 20 ms RTP packets of silence back to the caller, so that
+    /// RTP-inactivity timers of PBXs do not end the call.
+    pub send_silence: bool,
 }
 
 impl Default for MediaConfig {
@@ -227,6 +233,8 @@ impl Default for MediaConfig {
             // G.711 first: what a PBX trunk offers; Opus for callers who offer nothing else.
             codecs: vec![CodecName::Pcmu, CodecName::Pcma, CodecName::Opus],
             rtp_timeout_ms: 30_000,
+            jitter_ms: 60,
+            send_silence: true,
         }
     }
 }
@@ -352,6 +360,12 @@ impl Profile {
             return Err(format!(
                 "media.rtp_port_min ({}) must be > 0 and <= media.rtp_port_max ({})",
                 self.media.rtp_port_min, self.media.rtp_port_max
+            ));
+        }
+        if self.media.jitter_ms > 500 {
+            return Err(format!(
+                "media.jitter_ms ({}) must be at most 500",
+                self.media.jitter_ms
             ));
         }
         if self.media.codecs.is_empty() {

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::media::jitter::JitterStats;
+use crate::media::latch::LatchStats;
 use crate::media::rtp::RtpStats;
 use crate::policy::Reason;
 use crate::sdp::CodecName;
@@ -48,6 +50,17 @@ pub struct ReferAttempt {
     pub notify_status: Option<u16>,
 }
 
+/// Media-plane counters beyond the receiver's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MediaStats {
+    /// The jitter buffer's.
+    pub jitter: JitterStats,
+    /// Datagrams from other sources than the latched one, and re-latches.
+    pub latch: LatchStats,
+    /// RTP packets we sent (silence keepalive).
+    pub sent: u64,
+}
+
 /// The structured line written when a call ends.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallRecord {
@@ -67,6 +80,8 @@ pub struct CallRecord {
     pub codec: Option<CodecName>,
     /// RTP counters.
     pub rtp: RtpStats,
+    /// Jitter buffer, latching and keepalive counters.
+    pub media: MediaStats,
     /// Audio decoded and analysed, ms.
     pub audio_ms: u32,
     /// Speech heard before the decision, ms.
@@ -155,6 +170,12 @@ pub struct Metrics {
     pub rtp_packets: AtomicU64,
     /// RTP datagrams ignored as malformed, unknown PT or RTCP (summed at call end).
     pub rtp_ignored: AtomicU64,
+    /// Frames concealed for lost RTP (jitter buffer, summed at call end).
+    pub rtp_lost: AtomicU64,
+    /// RTP packets dropped as late by the jitter buffer (summed at call end).
+    pub rtp_late: AtomicU64,
+    /// RTP datagrams from other sources than the latched one (summed at call end).
+    pub rtp_stray: AtomicU64,
 }
 
 impl Metrics {
@@ -179,13 +200,18 @@ impl Metrics {
             r.rtp.malformed + r.rtp.unknown_pt + r.rtp.rtcp,
             Ordering::Relaxed,
         );
+        let j = &r.media.jitter;
+        self.rtp_lost.fetch_add(j.lost, Ordering::Relaxed);
+        self.rtp_late.fetch_add(j.late, Ordering::Relaxed);
+        self.rtp_stray
+            .fetch_add(r.media.latch.stray, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let started = self.calls_started.load(Ordering::Relaxed);
         let ended = self.calls_ended.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 10] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "emonav_calls_started_total",
                 "counter",
@@ -240,6 +266,24 @@ impl Metrics {
                 "counter",
                 "RTP datagrams ignored (ended calls)",
                 self.rtp_ignored.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_rtp_lost_frames_total",
+                "counter",
+                "RTP frames lost and concealed (ended calls)",
+                self.rtp_lost.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_rtp_late_total",
+                "counter",
+                "RTP packets too late for the jitter buffer (ended calls)",
+                self.rtp_late.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_rtp_stray_total",
+                "counter",
+                "RTP datagrams from other sources than the latched one (ended calls)",
+                self.rtp_stray.load(Ordering::Relaxed),
             ),
         ];
         let mut s = String::new();

@@ -538,7 +538,18 @@ async fn call_task(
         if !call.wants_media() {
             rtp = None;
         }
-        let wake = call.poll_timeout().map(Instant::from_std);
+        if let Some(sock) = &rtp {
+            let now = Instant::now().into_std();
+            while let Some((dest, packet)) = call.poll_rtp(now) {
+                // A full buffer loses a silence packet: nothing to retry.
+                let _ = sock.try_send_to(packet, dest);
+            }
+        }
+        let wake = [call.poll_timeout(), call.poll_rtp_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::from_std);
         tokio::select! {
             input = rx.recv() => match input {
                 Some((Message::Request(r), from)) => call.handle_request(&r, from, Instant::now().into_std()),
@@ -546,21 +557,28 @@ async fn call_task(
                 None => break,
             },
             r = recv_rtp(rtp.as_ref(), &mut buf) => {
-                if let Ok(n) = r {
-                    call.handle_rtp(&buf[..n], Instant::now().into_std());
+                if let Ok((n, from)) = r {
+                    call.handle_rtp_from(&buf[..n], Some(from), Instant::now().into_std());
                 }
             }
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
-                call.handle_timeout(Instant::now().into_std());
+                let now = Instant::now().into_std();
+                // Woken for our RTP only (sent at the top of the loop)?
+                if call.poll_timeout().is_some_and(|t| t <= now) {
+                    call.handle_timeout(now);
+                }
             }
         }
     }
     let _ = ended.send(call_id);
 }
 
-async fn recv_rtp(sock: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<usize> {
+async fn recv_rtp(
+    sock: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
     match sock {
-        Some(s) => s.recv_from(buf).await.map(|(n, _)| n),
+        Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emonav::call::{Call, CallSettings};
+use emonav::call::{Call, CallSettings, Output};
 use emonav::config::Profile;
 use emonav::sip::message::{parse_datagram, Message};
 
@@ -54,6 +54,28 @@ fn request(text: &str) -> emonav::sip::message::Request {
     }
 }
 
+/// ACK the call's 200 OK (so no retransmission shows up as output), at `now`.
+fn ack_200(call: &mut Call, call_id: &str, now: Instant) {
+    let mut to = None;
+    while let Some(o) = call.poll_output() {
+        if let Output::Send { data, .. } = o {
+            if let Ok(Message::Response(r)) = parse_datagram(&data) {
+                if r.code == 200 {
+                    to = r.headers.get("To").map(str::to_owned);
+                }
+            }
+        }
+    }
+    let to = to.expect("200 OK sent");
+    let ack = request(&format!(
+        "ACK sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack{call_id}\r\n\
+         From: <sip:c@127.0.0.1>;tag=c1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n"
+    ));
+    call.handle_request(&ack, "127.0.0.1:5070".parse().unwrap(), now);
+    assert!(call.poll_output().is_none());
+}
+
 #[test]
 fn listening_call_decodes_and_analyses_without_allocating() {
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
@@ -78,7 +100,7 @@ fn listening_call_decodes_and_analyses_without_allocating() {
         t0,
     )
     .unwrap();
-    while call.poll_output().is_some() {}
+    ack_200(&mut call, "alloc-1", t0);
 
     // Speech-like μ-law: a 180 Hz tone with harmonics, 20 ms packets.
     let packets: Vec<Vec<u8>> = (0..600u32)
@@ -100,13 +122,27 @@ fn listening_call_decodes_and_analyses_without_allocating() {
             p
         })
         .collect();
+    // Packets arrive 20 ms apart from a source other than the SDP's (the
+    // latch takes it); a stray source interleaves garbage.
+    let at = |i: usize| t0 + Duration::from_millis(20 * i as u64);
+    let caller: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    let from = Some(caller);
+    let stray = Some("127.0.0.1:40004".parse().unwrap());
     // Warm up: the first packets set up the stream state.
-    for p in &packets[..50] {
-        call.handle_rtp(p, t0);
+    for (i, p) in packets[..50].iter().enumerate() {
+        call.handle_rtp_from(p, from, at(i));
+        while call.poll_rtp(at(i)).is_some() {}
     }
     let before = allocs();
-    for (i, p) in packets[50..].iter().enumerate() {
-        call.handle_rtp(p, t0 + Duration::from_millis(20 * i as u64));
+    for (i, p) in packets.iter().enumerate().skip(50) {
+        call.handle_rtp_from(p, from, at(i));
+        if i % 10 == 0 {
+            call.handle_rtp_from(p, stray, at(i));
+        }
+        call.handle_timeout(at(i) + Duration::from_millis(5));
+        while let Some((dest, pkt)) = call.poll_rtp(at(i) + Duration::from_millis(5)) {
+            assert_eq!((dest, pkt.len()), (caller, 172));
+        }
         assert!(call.poll_output().is_none(), "no decision expected");
     }
     let during = allocs() - before;
@@ -141,7 +177,7 @@ fn listening_opus_call_decodes_conceals_and_analyses_without_allocating() {
     let src: SocketAddr = "127.0.0.1:5070".parse().unwrap();
     let local = "127.0.0.1:20000".parse().unwrap();
     let mut call = Call::new(settings, invite, src, local, t0).unwrap();
-    while call.poll_output().is_some() {}
+    ack_200(&mut call, "alloc-2", t0);
 
     // Speech-like wideband audio, 20 ms Opus packets with in-band FEC.
     let mut enc = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).unwrap();
@@ -179,12 +215,16 @@ fn listening_opus_call_decodes_conceals_and_analyses_without_allocating() {
         .filter(|(i, _)| i % 25 != 24)
         .map(|(_, p)| p)
         .collect();
+    // Each packet arrives in its 20 ms slot (the lost ones leave a gap).
+    let at = |i: usize| t0 + Duration::from_millis(20 * i as u64);
+    let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]) as usize;
     for p in &packets[..50] {
-        call.handle_rtp(p, t0);
+        call.handle_rtp(p, at(seq(p)));
     }
     let before = allocs();
-    for (i, p) in packets[50..].iter().enumerate() {
-        call.handle_rtp(p, t0 + Duration::from_millis(20 * i as u64));
+    for p in &packets[50..] {
+        call.handle_rtp(p, at(seq(p)));
+        call.handle_timeout(at(seq(p)) + Duration::from_millis(5));
         assert!(call.poll_output().is_none(), "no decision expected");
     }
     let during = allocs() - before;

@@ -1,4 +1,6 @@
 //! Media plane: RTP reception and decoding into PCM for analysis.
 pub mod jitter;
+pub mod latch;
 pub mod opus;
 pub mod rtp;
+pub mod sender;

@@ -5,8 +5,11 @@
 /// What one received datagram turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RtpEvent<'a> {
-    /// Audio of the negotiated payload type, in order or late-but-new.
+    /// Audio of the negotiated payload type, new (possibly out of order: the
+    /// jitter buffer puts it back in place or finds it late).
     Audio {
+        /// Synchronisation source.
+        ssrc: u32,
         /// Sequence number.
         seq: u16,
         /// RTP timestamp.
@@ -16,6 +19,10 @@ pub enum RtpEvent<'a> {
     },
     /// An RFC 4733 event packet (digit 0-15, end flag, duration).
     Event {
+        /// Synchronisation source.
+        ssrc: u32,
+        /// Sequence number (shared with the audio).
+        seq: u16,
         /// Event code (0-9, 10 = `*`, 11 = `#`, 12-15 = A-D).
         event: u8,
         /// End bit.
@@ -40,8 +47,6 @@ pub enum Ignored {
     UnknownPayloadType,
     /// Same sequence number seen already.
     Duplicate,
-    /// Older than what we already played out.
-    Late,
 }
 
 /// Counters for the call's event line and metrics.
@@ -53,7 +58,8 @@ pub struct RtpStats {
     pub lost: u64,
     /// Duplicates.
     pub duplicates: u64,
-    /// Late (reordered beyond play-out) packets.
+    /// Packets that came after their play-out time (counted by the call's
+    /// jitter buffer: the receiver hands reordered packets on).
     pub late: u64,
     /// Malformed datagrams, and valid RTP whose payload the codec refused.
     pub malformed: u64,
@@ -63,6 +69,22 @@ pub struct RtpStats {
     pub unknown_pt: u64,
     /// SSRC changes followed.
     pub ssrc_changes: u64,
+}
+
+/// Payload type and SSRC of a datagram if it is valid RTP (not RTCP), without
+/// accounting it anywhere: for deciding where media comes from.
+pub fn peek(datagram: &[u8]) -> Option<(u8, u32)> {
+    if is_rtcp(datagram) {
+        return None;
+    }
+    let rtp = rtp_rs::RtpReader::new(datagram).ok()?;
+    Some((rtp.payload_type(), rtp.ssrc()))
+}
+
+/// RTCP shares the first byte's layout; its packet types 200-204 land on RTP
+/// payload types 72-76 with the marker bit set (RFC 5761 §4).
+pub fn is_rtcp(datagram: &[u8]) -> bool {
+    datagram.len() >= 2 && datagram[0] >> 6 == 2 && (200..=204).contains(&datagram[1])
 }
 
 /// RFC 3550 Appendix A.1 constants.
@@ -123,9 +145,7 @@ impl RtpReceiver {
 
     /// Classify and account one datagram. Never panics on any input.
     pub fn handle<'a>(&mut self, datagram: &'a [u8]) -> RtpEvent<'a> {
-        // RTCP shares the first byte's layout; its packet types 200-204 land
-        // on RTP payload types 72-76 with the marker bit set (RFC 5761 §4).
-        if datagram.len() >= 2 && datagram[0] >> 6 == 2 && (200..=204).contains(&datagram[1]) {
+        if is_rtcp(datagram) {
             self.stats.rtcp += 1;
             return RtpEvent::Ignored(Ignored::Rtcp);
         }
@@ -150,6 +170,8 @@ impl RtpReceiver {
         if is_event {
             // RFC 4733 §2.3: event, E|R|volume, duration.
             return RtpEvent::Event {
+                ssrc: rtp.ssrc(),
+                seq: rtp.sequence_number().into(),
                 event: payload[0],
                 end: payload[1] & 0x80 != 0,
                 duration: u16::from_be_bytes([payload[2], payload[3]]),
@@ -157,6 +179,7 @@ impl RtpReceiver {
             };
         }
         RtpEvent::Audio {
+            ssrc: rtp.ssrc(),
             seq: rtp.sequence_number().into(),
             timestamp: rtp.timestamp(),
             payload,
@@ -206,7 +229,7 @@ impl RtpReceiver {
             self.stats.malformed += 1;
             return Some(Ignored::Malformed);
         } else {
-            // Reordered within MAX_MISORDER: a duplicate if seen, else late.
+            // Reordered within MAX_MISORDER: a duplicate if seen, else new.
             let back = s.max_seq.wrapping_sub(seq) as u32;
             if back < 64 && s.window & (1u64 << back) != 0 {
                 self.stats.duplicates += 1;
@@ -217,8 +240,7 @@ impl RtpReceiver {
             }
             s.received += 1;
             self.stats.received += 1;
-            self.stats.late += 1;
-            return Some(Ignored::Late);
+            return None;
         }
         s.received += 1;
         self.stats.received += 1;
@@ -288,16 +310,17 @@ mod tests {
     #[test]
     fn loss_reorder_and_duplicates() {
         let mut rx = RtpReceiver::new(0, None);
-        // 3 lost for good, 6 arrives late, 5 duplicated.
+        // 3 lost for good, 6 reordered (handed on: the jitter buffer decides
+        // whether it is late), 5 duplicated.
         let audio = feed(&mut rx, &[1, 2, 4, 5, 5, 7, 6, 8, 12]);
         assert_eq!(
             audio,
-            [true, true, true, true, false, true, false, true, true]
+            [true, true, true, true, false, true, true, true, true]
         );
         let st = rx.stats();
         assert_eq!(st.received, 8);
         assert_eq!(st.duplicates, 1);
-        assert_eq!(st.late, 1);
+        assert_eq!(st.late, 0);
         assert_eq!(st.lost, 12 - 8, "3, 9, 10, 11 missing");
     }
 

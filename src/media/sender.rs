@@ -1,0 +1,155 @@
+//! Our side of a sendrecv stream: 20 ms RTP packets of silence, so that a
+//! PBX or SBC with an RTP-inactivity timer does not hang the call up while
+//! we only listen. G.711 carries digital silence (μ-law 0xFF, A-law 0xD5);
+//! Opus carries the 3-byte CELT silence frame (TOC 0xF8: fullband, 20 ms,
+//! mono, one frame) that WebRTC stacks send for muted audio. Our own random
+//! SSRC, sequence and timestamp start (RFC 3550 §5.1), sequence +1 and
+//! timestamp +1 frame per packet; if the task wakes late the timestamp
+//! follows the wall clock, the sequence stays contiguous.
+//!
+//! Sans-IO and allocation-free per packet: [`poll`](SilenceSender::poll)
+//! fills a buffer allocated once.
+
+use std::time::{Duration, Instant};
+
+use crate::sdp::CodecName;
+
+/// Packet interval.
+pub const PTIME: Duration = Duration::from_millis(20);
+/// One 20 ms Opus frame of silence (RFC 6716 §3.1 TOC config 31, code 0).
+pub const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
+/// Packets sent at most at once when the task woke late; older slots are skipped.
+const MAX_BURST: u32 = 3;
+
+/// Generator of our silence stream.
+#[derive(Debug)]
+pub struct SilenceSender {
+    buf: Box<[u8; 12 + 160]>,
+    len: usize,
+    seq: u16,
+    ts: u32,
+    /// Timestamp units per packet.
+    step: u32,
+    next_at: Instant,
+    sent: u64,
+}
+
+impl SilenceSender {
+    /// A stream of payload type `pt` for `codec`, first packet at `start`.
+    pub fn new(codec: CodecName, pt: u8, start: Instant) -> Self {
+        let (payload, step): (&[u8], u32) = match codec {
+            CodecName::Pcmu => (&[0xFF; 160], 160),
+            CodecName::Pcma => (&[0xD5; 160], 160),
+            CodecName::Opus => (&OPUS_SILENCE, 960),
+        };
+        let mut buf = Box::new([0u8; 12 + 160]);
+        buf[0] = 0x80;
+        buf[1] = pt & 0x7F;
+        buf[8..12].copy_from_slice(&fastrand::u32(..).to_be_bytes());
+        buf[12..12 + payload.len()].copy_from_slice(payload);
+        Self {
+            buf,
+            len: 12 + payload.len(),
+            seq: fastrand::u16(..),
+            ts: fastrand::u32(..),
+            step,
+            next_at: start,
+            sent: 0,
+        }
+    }
+
+    /// When the next packet is due.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_at
+    }
+
+    /// Packets sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Our SSRC.
+    pub fn ssrc(&self) -> u32 {
+        u32::from_be_bytes([self.buf[8], self.buf[9], self.buf[10], self.buf[11]])
+    }
+
+    /// The next packet if one is due at `now`; call until None.
+    pub fn poll(&mut self, now: Instant) -> Option<&[u8]> {
+        if now < self.next_at {
+            return None;
+        }
+        let behind = ((now - self.next_at).as_micros() / PTIME.as_micros()) as u32;
+        if behind >= MAX_BURST {
+            // Woke very late: skip the missed slots (the timestamp keeps the
+            // wall clock, the sequence stays contiguous: nothing was lost).
+            let skip = behind - MAX_BURST + 1;
+            self.ts = self.ts.wrapping_add(skip * self.step);
+            self.next_at += PTIME * skip;
+        }
+        self.buf[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        self.buf[4..8].copy_from_slice(&self.ts.to_be_bytes());
+        // Marker on the first packet of the stream (RFC 3551 §4.1).
+        self.buf[1] = (self.buf[1] & 0x7F) | if self.sent == 0 { 0x80 } else { 0 };
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(self.step);
+        self.next_at += PTIME;
+        self.sent += 1;
+        Some(&self.buf[..self.len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::opus::{OpusDecoder, MAX_PACKET_SAMPLES};
+
+    fn header(p: &[u8]) -> (u8, u16, u32) {
+        let r = rtp_rs::RtpReader::new(p).unwrap();
+        (r.payload_type(), r.sequence_number().into(), r.timestamp())
+    }
+
+    #[test]
+    fn pcmu_packets_every_20_ms_with_contiguous_sequence_and_timestamps() {
+        let t0 = Instant::now();
+        let mut s = SilenceSender::new(CodecName::Pcmu, 0, t0);
+        let first = s.poll(t0).unwrap().to_vec();
+        assert_eq!(first.len(), 172);
+        assert!(first[12..].iter().all(|&b| b == 0xFF));
+        assert_eq!(first[1] & 0x80, 0x80, "marker on the first packet");
+        assert!(s.poll(t0).is_none());
+        assert_eq!(s.poll_timeout(), t0 + PTIME);
+        let second = s.poll(t0 + PTIME).unwrap().to_vec();
+        let (h1, h2) = (header(&first), header(&second));
+        assert_eq!((h1.0, h2.0), (0, 0));
+        assert_eq!(h2.1, h1.1.wrapping_add(1));
+        assert_eq!(h2.2, h1.2.wrapping_add(160));
+        assert_eq!(second[8..12], first[8..12], "one SSRC");
+        // A 1 s stall: at most a short burst, the timestamp follows the clock.
+        let late = t0 + Duration::from_millis(1040);
+        let mut burst = vec![];
+        while let Some(p) = s.poll(late) {
+            burst.push(header(p));
+        }
+        assert_eq!(burst.len(), MAX_BURST as usize);
+        assert_eq!(burst[0].1, h2.1.wrapping_add(1));
+        assert_eq!(burst.last().unwrap().2, h1.2.wrapping_add(52 * 160));
+        assert_eq!(s.sent(), 2 + MAX_BURST as u64);
+    }
+
+    #[test]
+    fn opus_silence_frame_decodes_to_20_ms_of_silence() {
+        let t0 = Instant::now();
+        let mut s = SilenceSender::new(CodecName::Opus, 111, t0);
+        let p = s.poll(t0).unwrap().to_vec();
+        let p2 = s.poll(t0 + PTIME).unwrap().to_vec();
+        assert_eq!(header(&p2).2, header(&p).2.wrapping_add(960));
+        assert_eq!(header(&p).0, 111);
+        let mut dec = OpusDecoder::new(16_000).unwrap();
+        let mut out = [0i16; MAX_PACKET_SAMPLES];
+        let n = dec.decode(&p[12..], &mut out).unwrap();
+        assert_eq!(n, 320);
+        assert!(out[..n].iter().all(|&x| x.abs() < 4));
+        let a = SilenceSender::new(CodecName::Pcma, 8, t0).poll(t0).unwrap()[12];
+        assert_eq!(a, 0xD5);
+    }
+}
