@@ -668,6 +668,13 @@ impl Call {
         }
     }
 
+    /// A datagram on the RTCP port (RTP port + 1): counted, nothing more.
+    pub fn handle_rtcp(&mut self, datagram: &[u8]) {
+        if let Some(m) = &mut self.media {
+            m.rtp.handle_rtcp_port(datagram);
+        }
+    }
+
     /// Decode and analyse what the jitter buffer releases at `now`, checking
     /// the policy after each packet.
     fn play_out(&mut self, now: Instant) {

@@ -458,7 +458,7 @@ fn send(sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {
 }
 
 /// Bind an RTP socket on an even port of the profile's range (RFC 3550 §11).
-async fn bind_rtp(shared: &Shared) -> Option<UdpSocket> {
+async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, Option<UdpSocket>)> {
     let (lo, hi) = shared.rtp_range;
     let slots = (hi - lo) / 2 + 1;
     for _ in 0..slots.min(64) {
@@ -474,7 +474,13 @@ async fn bind_rtp(shared: &Shared) -> Option<UdpSocket> {
             continue;
         }
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port)).await {
-            return Some(s);
+            // RTCP's conventional port (RFC 3550 §11), when free: what
+            // arrives there is counted (we answer without rtcp-mux, yet
+            // accept RTCP on the RTP port too).
+            let rtcp = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port + 1))
+                .await
+                .ok();
+            return Some((s, rtcp));
         }
     }
     None
@@ -488,7 +494,7 @@ async fn call_task(
     ended: mpsc::UnboundedSender<String>,
 ) {
     let call_id = invite.call_id().unwrap_or("").to_string();
-    let Some(rtp) = bind_rtp(&shared).await else {
+    let Some((rtp, rtcp)) = bind_rtp(&shared).await else {
         tracing::error!(%call_id, "no free RTP port in the profile's range");
         reply(
             &shared,
@@ -521,7 +527,9 @@ async fn call_task(
     drop(invite);
     tracing::info!(%call_id, %src, rtp = %local_rtp, "call started");
     let mut rtp = Some(rtp);
+    let mut rtcp = rtcp;
     let mut buf = [0u8; 2048];
+    let mut rtcp_buf = [0u8; 1500];
     loop {
         while let Some(out) = call.poll_output() {
             match out {
@@ -537,6 +545,7 @@ async fn call_task(
         }
         if !call.wants_media() {
             rtp = None;
+            rtcp = None;
         }
         if let Some(sock) = &rtp {
             let now = Instant::now().into_std();
@@ -559,6 +568,11 @@ async fn call_task(
             r = recv_rtp(rtp.as_ref(), &mut buf) => {
                 if let Ok((n, from)) = r {
                     call.handle_rtp_from(&buf[..n], Some(from), Instant::now().into_std());
+                }
+            }
+            r = recv_rtp(rtcp.as_ref(), &mut rtcp_buf) => {
+                if let Ok((n, _)) = r {
+                    call.handle_rtcp(&rtcp_buf[..n]);
                 }
             }
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {

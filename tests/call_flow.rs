@@ -291,3 +291,110 @@ fn keypad_zero_goes_to_the_operator_whatever_the_emotion() {
         "the end packet acted on once"
     );
 }
+
+/// RTP header fields: (payload type, sequence, timestamp, SSRC).
+fn rtp_header(p: &[u8]) -> (u8, u16, u32, u32) {
+    assert!(p.len() >= 12 && p[0] >> 6 == 2, "RTP v2: {p:?}");
+    (
+        p[1] & 0x7f,
+        u16::from_be_bytes([p[2], p[3]]),
+        u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+        u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+    )
+}
+
+#[test]
+fn media_from_another_address_is_latched_and_a_stray_source_ignored() {
+    let emonav = Emonav::start("");
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    assert_eq!(uac.invite_final(5 * S).code, 200);
+    uac.ack(true);
+    // Before any RTP, our silence goes to the SDP's address.
+    uac.rtp
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = uac.rtp.recv_from(&mut buf).expect("RTP to the SDP address");
+    assert_eq!(Some(from), uac.remote_rtp, "symmetric: from our RTP port");
+    assert_eq!(rtp_header(&buf[..n]).0, 0);
+    // The caller's media really comes from elsewhere (a relay, NAT).
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    relay
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let started = Instant::now();
+    uac.play_from(&relay, fixture("agitated.ul"), 0, 0x1111_1111);
+    // A second source sends calm speech and RTCP: ignored, counted.
+    let stray = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    uac.play_from(&stray, fixture("calm.ul"), 0, 0x2222_2222);
+    // RTCP (receiver report, rtcp-mux) from the latched source: counted, harmless.
+    let rr = [
+        0x81, 201, 0, 7, 0x11, 0x11, 0x11, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0,
+    ];
+    let rtp_port = uac.remote_rtp.unwrap();
+    relay.send_to(&rr, rtp_port).unwrap();
+    // ... and on the RTCP port (RTP + 1).
+    let rtcp_port = std::net::SocketAddr::new(rtp_port.ip(), rtp_port.port() + 1);
+    relay.send_to(&rr, rtcp_port).unwrap();
+    // Our RTP now goes to the latched address.
+    let (n, _) = relay
+        .recv_from(&mut buf)
+        .expect("RTP to the latched address");
+    assert_eq!(rtp_header(&buf[..n]).0, 0);
+    let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
+    assert_eq!(refer_to(&refer), "<sip:deescalation@127.0.0.1>");
+    assert!(started.elapsed() < Duration::from_millis(3600));
+    complete_transfer(&mut uac, &refer);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["emotion"], "agitated", "{ev}");
+    assert!(ev["media"]["latch"]["stray"].as_u64().unwrap() > 10, "{ev}");
+    assert_eq!(ev["rtp"]["rtcp"], 2, "{ev}");
+    assert_eq!(ev["rtp"]["ssrc_changes"], 0, "{ev}");
+    assert!(ev["media"]["sent"].as_u64().unwrap() > 10, "{ev}");
+}
+
+#[test]
+fn silence_is_sent_back_every_20_ms_with_contiguous_sequence_and_timestamps() {
+    let emonav = Emonav::start("");
+    let (uac, _) = answered_call(&emonav, "calm.ul");
+    uac.rtp
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut got = vec![];
+    let t = Instant::now();
+    while got.len() < 25 {
+        let (n, _) = uac.rtp.recv_from(&mut buf).expect("our RTP");
+        assert_eq!(n, 12 + 160, "20 ms of PCMU");
+        assert!(buf[12..n].iter().all(|&b| b == 0xff), "μ-law silence");
+        got.push(rtp_header(&buf[..n]));
+    }
+    let elapsed = t.elapsed();
+    assert!(
+        elapsed > Duration::from_millis(350) && elapsed < Duration::from_millis(1000),
+        "paced at 20 ms: 24 intervals in {elapsed:?}"
+    );
+    for w in got.windows(2) {
+        let ((pt, seq, ts, ssrc), (pt2, seq2, ts2, ssrc2)) = (w[0], w[1]);
+        assert_eq!((pt, pt2), (0, 0));
+        assert_eq!(seq2, seq.wrapping_add(1));
+        assert_eq!(ts2.wrapping_sub(ts) % 160, 0);
+        assert!(ts2.wrapping_sub(ts) >= 160 && ts2.wrapping_sub(ts) <= 480);
+        assert_eq!(ssrc, ssrc2);
+        assert_ne!(ssrc, 0x1234_5678, "our own SSRC, not the caller's");
+    }
+}
+
+#[test]
+fn no_silence_when_disabled() {
+    let emonav = Emonav::start("[media]\nsend_silence = false\n");
+    let (uac, _) = answered_call(&emonav, "calm.ul");
+    uac.rtp
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(uac.rtp.recv_from(&mut buf).is_err(), "nothing sent");
+}

@@ -260,6 +260,16 @@ impl RtpReceiver {
         self.stats.malformed += 1;
     }
 
+    /// Account a datagram that arrived on the RTCP port (RTP port + 1): RTCP
+    /// is counted, anything else is garbage. Never touches the RTP state.
+    pub fn handle_rtcp_port(&mut self, datagram: &[u8]) {
+        if is_rtcp(datagram) {
+            self.stats.rtcp += 1;
+        } else {
+            self.stats.malformed += 1;
+        }
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> RtpStats {
         let mut st = self.stats;
@@ -371,6 +381,32 @@ mod tests {
             (st.rtcp, st.malformed, st.unknown_pt, st.received),
             (1, 2, 1, 0)
         );
+    }
+
+    #[test]
+    fn rtcp_interleaved_with_rtp_does_not_disturb_the_stream() {
+        let mut rx = RtpReceiver::new(0, None);
+        let sr = [
+            0x80, 200, 0, 6, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let bye = [0x81, 203, 0, 1, 0, 0, 0, 9];
+        for seq in 0..20u16 {
+            assert!(matches!(
+                rx.handle(&pkt(1, seq, 0, &[0xff; 160])),
+                RtpEvent::Audio { .. }
+            ));
+            assert_eq!(rx.handle(&sr), RtpEvent::Ignored(Ignored::Rtcp));
+            assert_eq!(peek(&sr), None, "RTCP never latches");
+        }
+        rx.handle(&bye);
+        rx.handle_rtcp_port(&sr);
+        rx.handle_rtcp_port(b"junk");
+        let st = rx.stats();
+        assert_eq!(
+            (st.received, st.lost, st.rtcp, st.malformed),
+            (20, 0, 22, 1)
+        );
+        assert_eq!(st.ssrc_changes, 0);
     }
 
     #[test]

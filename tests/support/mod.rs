@@ -524,11 +524,22 @@ impl Uac {
     /// Stream a G.711 payload as RTP with payload type `pt`, 20 ms packets,
     /// paced in real time, in a background thread; returns when started.
     pub fn play(&self, payload: Vec<u8>, pt: u8) -> std::thread::JoinHandle<()> {
-        let sock = self.rtp.try_clone().unwrap();
+        self.play_from(&self.rtp, payload, pt, 0x1234_5678)
+    }
+
+    /// [`play`](Self::play) from another socket than the SDP's, with `ssrc`.
+    #[allow(dead_code)]
+    pub fn play_from(
+        &self,
+        sock: &UdpSocket,
+        payload: Vec<u8>,
+        pt: u8,
+        ssrc: u32,
+    ) -> std::thread::JoinHandle<()> {
+        let sock = sock.try_clone().unwrap();
         let dest = self.remote_rtp.expect("answered with SDP");
         std::thread::spawn(move || {
             let start = Instant::now();
-            let ssrc: u32 = 0x1234_5678;
             for (i, chunk) in payload.chunks(160).enumerate() {
                 let due = start + Duration::from_millis(20 * i as u64);
                 if let Some(d) = due.checked_duration_since(Instant::now()) {
