@@ -358,6 +358,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let sip = server.sip_addr()?;
         tracing::info!(
             sip = %format!("udp:{sip}"),
+            sip_tcp = %server.sip_tcp_addr().map_or("off".into(), |a| format!("tcp:{a}")),
             http = %server.http_addr().map_or("off".into(), |a| a.to_string()),
             profile = %args.profile.display(),
             "emonav listening"
