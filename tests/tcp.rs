@@ -254,3 +254,71 @@ fn oversized_message_gets_513_and_the_connection_closes() {
     assert_eq!(c.final_response(2 * S).code, 513);
     assert!(c.recv(2 * S).is_none(), "connection closed");
 }
+
+#[test]
+fn refer_opens_a_new_connection_to_the_contact_once_the_dialogs_one_is_closed() {
+    let emonav = Emonav::start("");
+    let addr = emonav.sip_tcp.unwrap();
+    // Where the caller's Contact points: emonav must connect here (§18.1.1).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let contact = listener.local_addr().unwrap();
+    let mut caller = TcpCaller::connect(addr);
+    let mut media = Uac::new(emonav.sip);
+    let sdp = media.g711_offer();
+    let me = caller.me();
+    let invite = format!(
+        "INVITE sip:emonav@{addr};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bKre1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag={t}\r\nTo: <sip:emonav@{addr}>\r\n\
+         Call-ID: {c}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{contact};transport=tcp>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+        t = caller.tag,
+        c = caller.call_id,
+        len = sdp.len()
+    );
+    caller.send(&invite);
+    let ok = caller.final_response(5 * S);
+    assert_eq!(ok.code, 200);
+    caller.remote_tag = ok.to().and_then(|t| t.tag().map(str::to_owned));
+    let port: u16 = String::from_utf8_lossy(&ok.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio ").map(str::to_owned))
+        .and_then(|l| l.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap();
+    media.remote_rtp = Some(SocketAddr::new(addr.ip(), port));
+    caller.request("ACK", 1, "", "");
+    std::thread::sleep(Duration::from_millis(100));
+    drop(caller);
+    media.play(fixture("agitated.ul"), 0);
+
+    // Bounded wait: a test that hangs is worse than one that fails.
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + 6 * S;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("emonav did not connect to the Contact: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    let mut back = TcpCaller {
+        stream,
+        framer: StreamFramer::default(),
+        remote: addr,
+        call_id: String::new(),
+        tag: String::new(),
+        remote_tag: None,
+        pending: Vec::new(),
+    };
+    let refer = back
+        .expect_request("REFER", 6 * S)
+        .expect("REFER on the new connection");
+    assert_eq!(refer.top_via().unwrap().transport, "TCP");
+    assert_eq!(
+        refer.headers.get("Refer-To"),
+        Some("<sip:deescalation@127.0.0.1>")
+    );
+    // Its 202 goes back on the connection emonav opened.
+    back.respond(&refer, 202, "Accepted");
+}
