@@ -354,7 +354,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let server = Server::bind(&profile, events)
             .await
-            .with_context(|| format!("cannot bind udp:{}", profile.sip.listen))?;
+            .with_context(|| format!("cannot bind SIP on {}", profile.sip.listen))?;
         let sip = server.sip_addr()?;
         tracing::info!(
             sip = %format!("udp:{sip}"),
