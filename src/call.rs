@@ -26,6 +26,7 @@ use crate::sip::digest::{self, Authenticator};
 use crate::sip::message::{CSeq, Method, Request, Response, Uri, Via};
 use crate::sip::refer::{self, NotifyError, ReferNotify};
 use crate::sip::transaction::{Action, ClientNonInvite, ServerInvite, Timers};
+use crate::sip::transport::Transport;
 
 /// Methods we answer, for `Allow` (RFC 3261 §20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY";
@@ -72,7 +73,7 @@ pub struct CallSettings {
     pub rtp_timeout: Option<Duration>,
     /// Our sent-by for Via (advertised address and SIP port).
     pub sip_addr: SocketAddr,
-    /// Our Contact URI.
+    /// Our Contact URI (for UDP; see [`CallSettings::contact_uri`]).
     pub contact: Uri,
     /// `Server`/`User-Agent` value.
     pub user_agent: String,
@@ -115,9 +116,20 @@ impl CallSettings {
         }
     }
 
-    fn via(&self) -> Via {
+    /// Our Contact URI for a dialog on `transport`: `;transport=tcp` for
+    /// TCP, so that the peer's requests come back over TCP (RFC 3261 §18.1.1).
+    pub fn contact_uri(&self, transport: Transport) -> Uri {
+        let mut uri = self.contact.clone();
+        if let Some(t) = transport.uri_param() {
+            uri.params.set("transport", Some(t));
+        }
+        uri
+    }
+
+    /// A Via for a new request of ours on `transport`, with a fresh branch.
+    pub fn via(&self, transport: Transport) -> Via {
         let mut via = Via {
-            transport: "UDP".into(),
+            transport: transport.via_token().into(),
             host: uri_host(self.sip_addr.ip()),
             port: Some(self.sip_addr.port()),
             params: Default::default(),
@@ -134,12 +146,19 @@ impl CallSettings {
 /// What the call wants the edge to do.
 #[derive(Debug)]
 pub enum Output {
-    /// Send a SIP datagram.
+    /// Send a SIP message.
     Send {
-        /// Destination.
+        /// Destination: for a connection-oriented transport, where to open a
+        /// connection when `connection` is not open (any more).
         dest: SocketAddr,
         /// Serialised message.
         data: Vec<u8>,
+        /// Transport to send it on (RFC 3261 §18).
+        transport: Transport,
+        /// For a connection-oriented transport, the remote address of the
+        /// connection to reuse while it is open: the one the request being
+        /// answered came on (§18.2.2), or the one the dialog came on.
+        connection: Option<SocketAddr>,
     },
     /// The call is over: log this record. The call keeps answering stray
     /// requests until [`Call::is_finished`].
@@ -246,6 +265,8 @@ pub struct Call {
     invite_branch: String,
     response_dest: SocketAddr,
     source: SocketAddr,
+    /// Transport the INVITE came on: our requests in the dialog use it.
+    transport: Transport,
     dialog: Dialog,
     server_tx: ServerInvite,
     /// Last response to the INVITE, resent on INVITE retransmissions and by Timer G.
@@ -273,6 +294,20 @@ impl Call {
         s: Arc<CallSettings>,
         invite: Request,
         source: SocketAddr,
+        local_rtp: SocketAddr,
+        now: Instant,
+    ) -> Result<Call, DialogError> {
+        Self::new_on(s, invite, source, Transport::Udp, local_rtp, now)
+    }
+
+    /// [`Call::new`] for an INVITE that came on `transport` (for TCP,
+    /// `source` is the connection's remote address): the dialog's requests
+    /// and our Via and Contact use that transport.
+    pub fn new_on(
+        s: Arc<CallSettings>,
+        invite: Request,
+        source: SocketAddr,
+        transport: Transport,
         local_rtp: SocketAddr,
         now: Instant,
     ) -> Result<Call, DialogError> {
@@ -337,6 +372,7 @@ impl Call {
             invite_branch,
             response_dest,
             source,
+            transport,
         };
         match call.prepare_media(local_rtp) {
             Ok(()) => {
@@ -474,6 +510,11 @@ impl Call {
     /// Timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.server_tx.on_timeout(now) {
+            // Timer G is for unreliable transports (§17.2.1); the 2xx is
+            // retransmitted whatever the transport (§13.3.1.4).
+            Action::Retransmit
+                if self.transport.is_reliable()
+                    && self.server_tx.final_code().is_some_and(|c| c >= 300) => {}
             Action::Retransmit => self.resend_invite_response(),
             Action::TimedOut if self.server_tx.final_code().is_some_and(|c| c < 300) => {
                 tracing::warn!(call_id = %self.dialog.call_id, "no ACK for 200 OK; hanging up");
@@ -484,9 +525,16 @@ impl Call {
         }
         if let Some(out) = &mut self.client_tx {
             match out.tx.on_timeout(now) {
+                // Timer E is for unreliable transports only (§17.1.2.2).
+                Action::Retransmit if self.transport.is_reliable() => {}
                 Action::Retransmit => {
                     let (dest, data) = (out.dest, out.data.clone());
-                    self.outputs.push_back(Output::Send { dest, data });
+                    self.outputs.push_back(Output::Send {
+                        dest,
+                        data,
+                        transport: self.transport,
+                        connection: None,
+                    });
                 }
                 Action::TimedOut => {
                     let method = out.method.clone();
@@ -613,9 +661,9 @@ impl Call {
             return;
         }
         let Some(d) = &self.decision else { return };
-        let mut req = self
-            .dialog
-            .request(Method::Refer, &self.s.via(), &self.s.contact);
+        let mut req =
+            self.dialog
+                .request(Method::Refer, &self.s.via(self.transport), &self.contact());
         let referred_by = self.dialog.local.uri.clone();
         refer::add_refer_headers(&mut req, target, &referred_by, d);
         if self.record.answer_to_refer_ms.is_none() {
@@ -649,6 +697,9 @@ impl Call {
         self.outputs.push_back(Output::Send {
             dest,
             data: data.clone(),
+            transport: self.transport,
+            // §18.1.1: the connection the dialog came on, while it is open.
+            connection: self.transport.is_reliable().then_some(self.source),
         });
         self.client_tx = Some(OutgoingTx {
             tx: ClientNonInvite::new(now, self.s.timers),
@@ -696,7 +747,8 @@ impl Call {
         let mut req = out.request.clone();
         self.dialog.local_cseq += 1;
         let cseq = self.dialog.local_cseq;
-        req.headers.set("Via", self.s.via().to_string());
+        req.headers
+            .set("Via", self.s.via(self.transport).to_string());
         req.headers.set(
             "CSeq",
             CSeq {
@@ -815,7 +867,7 @@ impl Call {
         self.phase = Phase::HangingUp;
         let req = self
             .dialog
-            .request(Method::Bye, &self.s.via(), &self.s.contact);
+            .request(Method::Bye, &self.s.via(self.transport), &self.contact());
         self.send_request(req, now);
     }
 
@@ -999,7 +1051,7 @@ impl Call {
                 resp.headers.push("Record-Route", rr);
             }
             resp.headers
-                .push("Contact", format!("<{}>", self.s.contact));
+                .push("Contact", format!("<{}>", self.contact()));
         }
         if code >= 200 {
             resp.headers.push("Allow", ALLOW);
@@ -1019,13 +1071,35 @@ impl Call {
             self.outputs.push_back(Output::Send {
                 dest: self.response_dest,
                 data: self.invite_response.clone(),
+                transport: self.transport,
+                connection: self.transport.is_reliable().then_some(self.source),
             });
         }
     }
 
     fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str) {
         let (dest, data) = reply_datagram(req, source, code, reason, &self.s.user_agent);
-        self.outputs.push_back(Output::Send { dest, data });
+        // §18.2.2: the request's Via names the transport it came on.
+        let transport = req
+            .top_via()
+            .and_then(|v| Transport::from_via_token(&v.transport))
+            .unwrap_or(self.transport);
+        self.outputs.push_back(Output::Send {
+            dest,
+            data,
+            transport,
+            connection: transport.is_reliable().then_some(source),
+        });
+    }
+
+    /// Our Contact URI for this dialog's transport.
+    fn contact(&self) -> Uri {
+        self.s.contact_uri(self.transport)
+    }
+
+    /// The transport of this call's dialog.
+    pub fn transport(&self) -> Transport {
+        self.transport
     }
 }
 
@@ -1090,3 +1164,7 @@ pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) 
 #[cfg(test)]
 #[path = "call_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "call_transport_tests.rs"]
+mod transport_tests;

@@ -23,8 +23,22 @@ struct Run {
     log: String,
 }
 
+/// A TCP port free at the time of asking.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Run a scenario file once against `emonav`; `pcap` replaces the scenario's audio.
 fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
+    sipp_on(emonav, scenario, pcap, false)
+}
+
+/// [`sipp`] over UDP, or over TCP (`-t t1`: one connection for the call).
+fn sipp_on(emonav: &Emonav, scenario: &str, pcap: Option<&str>, tcp: bool) -> Run {
     let dir = std::env::temp_dir().join(format!(
         "emonav-sipp-{}-{}",
         std::process::id(),
@@ -40,12 +54,19 @@ fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
     std::fs::write(&sf, xml).unwrap();
     let log = dir.join("actions.log");
     let media = 30_000 + 4 * fastrand::u16(0..5_000);
+    let (target, transport, port) = if tcp {
+        let addr = emonav.sip_tcp.expect("emonav listens on TCP");
+        (addr, "t1", free_tcp_port())
+    } else {
+        (emonav.sip, "u1", free_port())
+    };
     let status = Command::new("sipp")
-        .arg(emonav.sip.to_string())
+        .arg(target.to_string())
         .args(["-sf"])
         .arg(&sf)
+        .args(["-t", transport])
         .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &free_port().to_string(), "-mp", &media.to_string()])
+        .args(["-p", &port.to_string(), "-mp", &media.to_string()])
         .args([
             "-timeout",
             "30",
@@ -137,6 +158,20 @@ fn sipp_agitated_caller_is_referred_to_deescalation() {
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred");
     assert!(ev["answer_to_refer_ms"].as_u64().unwrap() <= 3500, "{ev}");
+}
+
+#[test]
+fn sipp_over_tcp_agitated_caller_is_referred_to_deescalation() {
+    let emonav = Emonav::start("");
+    let run = sipp_on(&emonav, "uac_refer.xml", None, true);
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred");
+    assert!(emonav
+        .drain_log()
+        .iter()
+        .any(|l| l.contains("call started") && l.contains("transport=tcp")));
 }
 
 #[test]

@@ -5,3 +5,4 @@ pub mod message;
 pub mod refer;
 pub mod registration;
 pub mod transaction;
+pub mod transport;
