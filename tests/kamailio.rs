@@ -195,13 +195,27 @@ impl Drop for Kamailio {
     }
 }
 
-/// emonav with an account on `kamailio`.
-fn emonav_registered_to(kamailio: &Kamailio, password: &str) -> Emonav {
+/// emonav with an account on `kamailio`, plus `extra` profile TOML.
+fn emonav_registered_to(kamailio: &Kamailio, password: &str, extra: &str) -> Emonav {
     Emonav::start(&format!(
-        "[[registration]]\nregistrar = \"sip:{k}\"\naor = \"sip:emonav@127.0.0.1\"\n\
+        "{extra}[[registration]]\nregistrar = \"sip:{k}\"\naor = \"sip:emonav@127.0.0.1\"\n\
          username = \"emonav\"\npassword = \"{password}\"\nexpires = 120\n",
         k = kamailio.addr
     ))
+}
+
+/// Kamailio with emonav (`extra` profile TOML) registered to it.
+fn registered(extra: &str) -> (Kamailio, Emonav) {
+    let kamailio = Kamailio::start();
+    let emonav = emonav_registered_to(&kamailio, "secret", extra);
+    assert!(
+        emonav
+            .wait_log(": registered", Duration::from_secs(10))
+            .is_some(),
+        "emonav did not register to Kamailio\n{}",
+        kamailio.log_text()
+    );
+    (kamailio, emonav)
 }
 
 struct Run {
@@ -262,7 +276,7 @@ fn logged<'a>(log: &'a str, key: &str) -> Vec<&'a str> {
 #[test]
 fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself() {
     let kamailio = Kamailio::start();
-    let mut emonav = emonav_registered_to(&kamailio, "secret");
+    let mut emonav = emonav_registered_to(&kamailio, "secret", "");
     let line = emonav.wait_log(": registered", Duration::from_secs(10));
     assert!(
         line.is_some(),
@@ -345,7 +359,7 @@ fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself
 #[test]
 fn kamailio_refuses_a_wrong_password_and_has_no_binding_for_the_call() {
     let kamailio = Kamailio::start();
-    let emonav = emonav_registered_to(&kamailio, "wrong");
+    let emonav = emonav_registered_to(&kamailio, "wrong", "");
     let line = emonav.wait_log("registration failed", Duration::from_secs(10));
     assert!(
         line.is_some(),
@@ -353,4 +367,48 @@ fn kamailio_refuses_a_wrong_password_and_has_no_binding_for_the_call() {
         kamailio.log_text()
     );
     assert!(!kamailio.log_text().contains("registered sip:emonav"));
+}
+
+#[test]
+fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
+    // The plain scenario works through the proxy as is: the proxy looks the
+    // Request-URI's user up, and [routes] carries the Record-Route.
+    let (kamailio, emonav) = registered("");
+    let run = sipp(kamailio.addr, "uac_refer_decline.xml", "agitated-pcmu.pcap");
+    let context = format!(
+        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
+        run.log,
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1", "sip:default@127.0.0.1"],
+        "{context}"
+    );
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred_to_fallback", "{ev}\n{context}");
+}
+
+#[test]
+fn kamailio_relays_a_cancel_before_the_answer() {
+    let (kamailio, emonav) = registered("[sip]\nanswer_delay_ms = 3000\n");
+    let run = sipp(kamailio.addr, "uac_cancel.xml", "agitated-pcmu.pcap");
+    let context = format!(
+        "SIPp errors:\n{}\nKamailio log:\n{}",
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "cancelled", "{ev}\n{context}");
 }
