@@ -106,6 +106,11 @@ struct Kamailio {
 impl Kamailio {
     /// Start with tests/kamailio/kamailio.cfg and wait until it answers.
     fn start() -> Kamailio {
+        Self::start_with(&[])
+    }
+
+    /// The same, with extra `-A` defines (switches of the config).
+    fn start_with(defines: &[&str]) -> Kamailio {
         let kamailio = kamailio_binary();
         let modules = module_path(&kamailio);
         let dir = temp_dir("kamailio");
@@ -117,6 +122,7 @@ impl Kamailio {
             .arg("-L")
             .arg(&modules)
             .args(["-A", &format!("KAM_PORT={port}")])
+            .args(defines.iter().flat_map(|d| ["-A", d]))
             // Runtime and working folders: nothing under /var/run, no root needed.
             .arg("-Y")
             .arg(&dir)
@@ -170,6 +176,21 @@ impl Kamailio {
         }
     }
 
+    /// Wait until its log has a line containing `needle` (Kamailio logs
+    /// after it has answered, so a peer may be faster than the log).
+    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its log so far (stderr, -E).
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -204,9 +225,9 @@ fn emonav_registered_to(kamailio: &Kamailio, password: &str, extra: &str) -> Emo
     ))
 }
 
-/// Kamailio with emonav (`extra` profile TOML) registered to it.
-fn registered(extra: &str) -> (Kamailio, Emonav) {
-    let kamailio = Kamailio::start();
+/// Kamailio (with `defines`) and emonav (`extra` profile TOML) registered to it.
+fn registered(defines: &[&str], extra: &str) -> (Kamailio, Emonav) {
+    let kamailio = Kamailio::start_with(defines);
     let emonav = emonav_registered_to(&kamailio, "secret", extra);
     assert!(
         emonav
@@ -290,9 +311,10 @@ fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself
         "{line}"
     );
     assert!(
-        kamailio
-            .log_text()
-            .contains("registered sip:emonav@127.0.0.1 at "),
+        kamailio.wait_log(
+            "registered sip:emonav@127.0.0.1 at ",
+            Duration::from_secs(2)
+        ),
         "{}",
         kamailio.log_text()
     );
@@ -339,7 +361,10 @@ fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself
     assert_eq!(ev["refer_attempts"][0]["response"], 202, "{ev}");
     for method in ["ACK", "REFER", "NOTIFY", "BYE"] {
         let line = format!("in-dialog {method} loose-routed");
-        assert!(kamailio.log_text().contains(&line), "{line}\n{context}");
+        assert!(
+            kamailio.wait_log(&line, Duration::from_secs(2)),
+            "{line}\n{context}"
+        );
     }
 
     // On SIGTERM emonav removes its binding, and Kamailio confirms it.
@@ -373,7 +398,7 @@ fn kamailio_refuses_a_wrong_password_and_has_no_binding_for_the_call() {
 fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
     // The plain scenario works through the proxy as is: the proxy looks the
     // Request-URI's user up, and [routes] carries the Record-Route.
-    let (kamailio, emonav) = registered("");
+    let (kamailio, emonav) = registered(&[], "");
     let run = sipp(kamailio.addr, "uac_refer_decline.xml", "agitated-pcmu.pcap");
     let context = format!(
         "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
@@ -397,7 +422,7 @@ fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
 
 #[test]
 fn kamailio_relays_a_cancel_before_the_answer() {
-    let (kamailio, emonav) = registered("[sip]\nanswer_delay_ms = 3000\n");
+    let (kamailio, emonav) = registered(&[], "[sip]\nanswer_delay_ms = 3000\n");
     let run = sipp(kamailio.addr, "uac_cancel.xml", "agitated-pcmu.pcap");
     let context = format!(
         "SIPp errors:\n{}\nKamailio log:\n{}",
@@ -411,4 +436,41 @@ fn kamailio_relays_a_cancel_before_the_answer() {
     );
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "cancelled", "{ev}\n{context}");
+}
+
+#[test]
+fn kamailio_challenges_the_refer_and_bye_and_emonav_answers_with_its_account() {
+    // No [sip] auth_username: the 407's realm (127.0.0.1) is the registrar's
+    // host, so emonav answers with the [[registration]] account.
+    let (kamailio, emonav) = registered(&["WITH_INDIALOG_AUTH"], "");
+    let run = sipp(
+        kamailio.addr,
+        "uac_refer_via_proxy.xml",
+        "agitated-pcmu.pcap",
+    );
+    let context = format!(
+        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
+        run.log,
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1"],
+        "{context}"
+    );
+    for method in ["REFER", "BYE"] {
+        let line = format!("in-dialog {method} authenticated as emonav");
+        assert!(
+            kamailio.wait_log(&line, Duration::from_secs(2)),
+            "{line}\n{context}"
+        );
+    }
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}\n{context}");
 }
