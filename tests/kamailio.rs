@@ -9,6 +9,7 @@ mod support;
 
 use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -129,6 +130,8 @@ impl Kamailio {
             .arg("-w")
             .arg(&dir)
             .args(["-m", "32", "-M", "8"])
+            // Its own process group: the workers can be killed with it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("kamailio.out")).unwrap())
             .stderr(File::create(&log).unwrap())
@@ -199,19 +202,22 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        // SIGTERM lets the main process stop its workers; SIGKILL would
-        // orphan them.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        // SIGTERM lets the main process stop its workers. Workers that hang
+        // on in shutdown outlive it, so its process group (it leads one of
+        // its own, see `start_with`) is then killed as a whole.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.wait();
     }
 }
