@@ -778,6 +778,7 @@ impl Call {
 
     /// A response from the network whose Call-ID is ours.
     pub fn handle_response(&mut self, resp: &Response, now: Instant) {
+        self.late_refer_response(resp);
         let Some(out) = &mut self.client_tx else {
             return;
         };
@@ -796,6 +797,27 @@ impl Call {
             return;
         }
         self.on_final_response(&method, resp.code, now);
+    }
+
+    /// A final response to the current REFER whose transaction is already
+    /// gone: the final NOTIFY overtook the 202 (a proxy's workers may swap
+    /// them, RFC 3515 allows it). Only recorded in the attempt.
+    fn late_refer_response(&mut self, resp: &Response) {
+        let Some(cseq) = resp.cseq() else { return };
+        let refer_tx_open = self
+            .client_tx
+            .as_ref()
+            .is_some_and(|o| o.method == Method::Refer);
+        if resp.code < 200
+            || cseq.method != Method::Refer
+            || Some(cseq.seq) != self.refer_cseq
+            || refer_tx_open
+        {
+            return;
+        }
+        if let Some(a) = self.record.refer_attempts.last_mut() {
+            a.response.get_or_insert(resp.code);
+        }
     }
 
     fn on_final_response(&mut self, method: &Method, code: u16, now: Instant) {

@@ -210,6 +210,30 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
 }
 
 #[test]
+fn a_202_overtaken_by_the_final_notify_is_still_recorded() {
+    // Through a proxy the caller's 202 and NOTIFY may arrive swapped.
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    let notify = in_dialog(
+        &call,
+        "NOTIFY",
+        2,
+        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
+        "SIP/2.0 200 OK\r\n",
+    );
+    call.handle_request(&notify, src(), t0 + Duration::from_millis(3100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200", "BYE"]);
+    call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3110));
+    call.handle_response(&response_to(&out[1], 200), t0 + Duration::from_millis(3200));
+    let rec = ended(&mut call).expect("call ended after the BYE's 200");
+    assert_eq!(rec.outcome, Outcome::Transferred);
+    assert_eq!(rec.refer_attempts[0].response, Some(202));
+}
+
+#[test]
 fn lower_cseq_in_dialog_gets_500() {
     let t0 = Instant::now();
     let mut call = answered(t0);
