@@ -242,6 +242,11 @@ async fn bind_sip(profile: &Profile) -> std::io::Result<(UdpSocket, Option<TcpLi
     let mut tries = 0;
     loop {
         let udp = UdpSocket::bind(profile.sip.listen).await?;
+        // tokio's try_send_to goes by cached readiness, which a fresh socket
+        // does not have yet: without this the first datagram (a REGISTER
+        // sent at start-up) failed with "would block" and went out only on
+        // its retransmission.
+        udp.writable().await?;
         if !want_tcp {
             return Ok((udp, None));
         }
