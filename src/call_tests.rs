@@ -945,3 +945,23 @@ fn refer_sub_not_echoed_or_not_supported_waits_for_the_notify() {
     assert!(refer.headers.get("Refer-Sub").is_none());
     assert!(refer.headers.get("Referred-By").is_some());
 }
+
+#[test]
+fn retransmitted_invite_repeats_the_last_response_once_per_copy() {
+    let t0 = Instant::now();
+    let mut profile = Profile::default();
+    profile.sip.answer_delay_ms = 1000;
+    let s = Arc::new(CallSettings::from_profile(&profile, 5060));
+    let mut call = Call::new(s, invite(), src(), "127.0.0.1:20000".parse().unwrap(), t0).unwrap();
+    assert_eq!(codes(&sent(&mut call)), ["100"]);
+    call.handle_request(&invite(), src(), t0 + ms(300));
+    assert_eq!(
+        codes(&sent(&mut call)),
+        ["100"],
+        "the 100 again, nothing else"
+    );
+    call.handle_timeout(t0 + ms(1000));
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+    call.handle_request(&invite(), src(), t0 + ms(1100));
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+}
