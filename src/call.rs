@@ -25,11 +25,12 @@ use crate::sip::dialog::{response_destination, Dialog, DialogError};
 use crate::sip::digest::{self, Authenticator};
 use crate::sip::message::{CSeq, Method, Request, Response, Uri, Via};
 use crate::sip::refer::{self, NotifyError, ReferNotify};
+use crate::sip::session_timer;
 use crate::sip::transaction::{Action, ClientNonInvite, ServerInvite, Timers};
 use crate::sip::transport::Transport;
 
 /// Methods we answer, for `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, UPDATE";
 /// Bodies we understand, for `Accept`.
 pub const ACCEPT: &str = "application/sdp, message/sipfrag";
 
@@ -82,6 +83,8 @@ pub struct CallSettings {
     /// Credentials for peers that challenge our REFER or BYE, in the order
     /// tried ([`Profile::dialog_credentials`]).
     pub credentials: Vec<DialogCredential>,
+    /// Smallest session interval accepted (RFC 4028 `Min-SE`), seconds.
+    pub min_se: u32,
 }
 
 impl CallSettings {
@@ -113,6 +116,7 @@ impl CallSettings {
             user_agent: p.sip.user_agent.clone(),
             models: [p.model(8000), p.model(16000)],
             credentials: p.dialog_credentials(),
+            min_se: p.sip.min_se_s,
         }
     }
 
@@ -283,6 +287,8 @@ pub struct Call {
     caller_hung_up: bool,
     outputs: VecDeque<Output>,
     record: CallRecord,
+    /// Re-INVITE/UPDATE, hold, session timer and server transactions (call_dialog.rs).
+    d: DialogState,
 }
 
 impl Call {
@@ -350,6 +356,7 @@ impl Call {
         };
         let timers = s.timers;
         let dialog = Dialog::from_invite(&invite, &local_tag)?;
+        let norefersub = session_timer::lists_option(&invite.headers, "Supported", "norefersub");
         let mut call = Call {
             answer_sdp: None,
             media: None,
@@ -364,6 +371,7 @@ impl Call {
             caller_hung_up: false,
             outputs: VecDeque::new(),
             record,
+            d: DialogState::new(local_rtp, norefersub),
             server_tx: ServerInvite::new(timers),
             invite_response: Vec::new(),
             dialog,
@@ -374,7 +382,16 @@ impl Call {
             source,
             transport,
         };
-        match call.prepare_media(local_rtp) {
+        let timer = session_timer::negotiate(&call.invite, call.s.min_se);
+        if let Err(e) = timer {
+            // RFC 4028 §9 (the edge answers this statelessly before a call exists).
+            let mut resp = call.invite_response(422, "Session Interval Too Small", false);
+            resp.headers.push("Min-SE", e.min_se.to_string());
+            call.reject_with(resp, now);
+            return Ok(call);
+        }
+        call.d.timer = timer.ok().flatten();
+        match call.prepare_media(local_rtp, now) {
             Ok(()) => {
                 let trying = call.invite_response(100, "Trying", false);
                 call.send_invite_response(trying);
@@ -404,7 +421,7 @@ impl Call {
         Ok(call)
     }
 
-    fn prepare_media(&mut self, local_rtp: SocketAddr) -> Result<(), SdpError> {
+    fn prepare_media(&mut self, local_rtp: SocketAddr, now: Instant) -> Result<(), SdpError> {
         let body = std::str::from_utf8(&self.invite.body)
             .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))?;
         if body.trim().is_empty() {
@@ -413,8 +430,9 @@ impl Call {
         }
         let offer = sdp::parse(body)?;
         let neg = sdp::negotiate(&offer, &self.s.codecs)?;
-        let id = fastrand::u64(1..u64::MAX / 2);
-        self.answer_sdp = Some(sdp::answer(&offer, &neg, local_rtp, id, id));
+        let (id, version) = (self.d.sdp_id, self.d.sdp_version);
+        let answer = sdp::answer(&offer, &neg, local_rtp, id, version);
+        self.answer_sdp = Some(answer.clone());
         self.record.codec = Some(neg.codec);
         let (rate, opus) = match neg.codec {
             CodecName::Pcmu | CodecName::Pcma => (8000, None),
@@ -444,6 +462,7 @@ impl Call {
             last_packet: None,
             last_event: None,
         });
+        self.initial_session(&neg, &answer, rate, now);
         Ok(())
     }
 
@@ -481,6 +500,7 @@ impl Call {
             media,
             self.server_tx.poll_timeout(),
             self.client_tx.as_ref().and_then(|t| t.tx.poll_timeout()),
+            self.d.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -488,7 +508,8 @@ impl Call {
     }
 
     fn decision_due(&self) -> Option<Instant> {
-        if self.decision.is_some() {
+        // On hold the deadline's clock stops (call_dialog.rs).
+        if self.decision.is_some() || self.d.on_hold() {
             return None;
         }
         let start = self
@@ -496,19 +517,20 @@ impl Call {
             .as_ref()
             .and_then(|m| m.first_audio)
             .or(self.answered_at)?;
-        Some(start + self.s.deadline)
+        Some(start + self.s.deadline + self.d.held_after(start))
     }
 
     fn rtp_timeout_due(&self) -> Option<Instant> {
-        if self.decision.is_some() {
+        if self.decision.is_some() || self.d.on_hold() {
             return None;
         }
         let last = self.media.as_ref()?.last_packet?;
-        Some(last + self.s.rtp_timeout?)
+        Some(self.d.rtp_silence_start(last) + self.s.rtp_timeout?)
     }
 
     /// Timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.dialog_timeout(now);
         match self.server_tx.on_timeout(now) {
             // Timer G is for unreliable transports (§17.2.1); the 2xx is
             // retransmitted whatever the transport (§13.3.1.4).
@@ -578,7 +600,8 @@ impl Call {
     /// One RTP datagram for this call's media port.
     pub fn handle_rtp(&mut self, datagram: &[u8], now: Instant) {
         let listening = matches!(self.phase, Phase::Listening);
-        let analysing = listening || matches!(self.phase, Phase::Offered { .. });
+        let analysing =
+            (listening || matches!(self.phase, Phase::Offered { .. })) && !self.d.on_hold();
         let Some(m) = &mut self.media else { return };
         m.last_packet = Some(now);
         let early = match m.rtp.handle(datagram) {
@@ -666,6 +689,11 @@ impl Call {
                 .request(Method::Refer, &self.s.via(self.transport), &self.contact());
         let referred_by = self.dialog.local.uri.clone();
         refer::add_refer_headers(&mut req, target, &referred_by, d);
+        if self.d.norefersub {
+            // RFC 4488 §4: no implicit subscription; the 2xx ends the transfer.
+            req.headers.push("Refer-Sub", "false");
+            req.headers.push("Supported", "norefersub");
+        }
         if self.record.answer_to_refer_ms.is_none() {
             self.record.answer_to_refer_ms = self.answered_at.map(|t| (now - t).as_millis() as u64);
         }
@@ -797,6 +825,17 @@ impl Call {
             return;
         }
         self.on_final_response(&method, resp.code, now);
+        if method == Method::Refer
+            && (200..300).contains(&resp.code)
+            && matches!(self.phase, Phase::Transferring { .. })
+            && Call::refer_without_subscription(resp)
+        {
+            tracing::info!(call_id = %self.dialog.call_id, "REFER accepted without subscription (RFC 4488)");
+            if let Some(a) = self.record.refer_attempts.last_mut() {
+                a.notify_status = None;
+            }
+            self.transfer_succeeded(now);
+        }
     }
 
     /// A final response to the current REFER whose transaction is already
@@ -917,21 +956,24 @@ impl Call {
 
     /// A request from the network whose Call-ID is ours.
     pub fn handle_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        if self.absorb_retransmission(req) {
+            return;
+        }
         let branch = req.top_via().and_then(|v| v.branch().map(str::to_owned));
         let same_tx = branch.as_deref() == Some(self.invite_branch.as_str());
         match &req.method {
             Method::Invite if same_tx => self.resend_invite_response(),
-            Method::Ack if same_tx || self.dialog.matches(req) => {
-                if self.server_tx.on_ack(now) {
+            Method::Invite if self.resend_reinvite_response(branch.as_deref()) => {}
+            Method::Ack => {
+                if self.route_ack(req, same_tx, now) {
                     tracing::debug!(call_id = %self.dialog.call_id, "ACK");
                     self.maybe_refer_after_ack(now);
                 }
             }
-            Method::Ack => {}
             Method::Cancel if same_tx => self.on_cancel(req, source, now),
-            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist"),
+            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist", now),
             _ if !self.dialog.matches(req) => {
-                self.reply(req, source, 481, "Call/Transaction Does Not Exist")
+                self.reply(req, source, 481, "Call/Transaction Does Not Exist", now)
             }
             _ => self.in_dialog_request(req, source, now),
         }
@@ -946,22 +988,25 @@ impl Call {
 
     fn in_dialog_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
         if let Err(e) = self.dialog.accept_remote_cseq(req) {
-            self.reply(req, source, 500, &format!("Server Internal Error ({e})"));
+            self.reply(
+                req,
+                source,
+                500,
+                &format!("Server Internal Error ({e})"),
+                now,
+            );
             return;
         }
         match &req.method {
             Method::Bye => {
-                self.reply(req, source, 200, "OK");
+                self.reply(req, source, 200, "OK", now);
                 self.on_caller_bye(now);
             }
             Method::Notify => self.on_notify(req, source, now),
-            Method::Options => self.reply(req, source, 200, "OK"),
-            Method::Invite => {
-                // Re-INVITE (hold, codec change) is not handled yet; 488 keeps the
-                // current session as it is (RFC 3261 §14.2).
-                self.reply(req, source, 488, "Not Acceptable Here");
-            }
-            _ => self.reply(req, source, 501, "Not Implemented"),
+            Method::Options => self.reply(req, source, 200, "OK", now),
+            Method::Invite => self.on_reinvite(req, source, now),
+            Method::Update => self.on_update(req, source, now),
+            _ => self.reply(req, source, 501, "Not Implemented", now),
         }
     }
 
@@ -995,12 +1040,12 @@ impl Call {
     fn on_notify(&mut self, req: &Request, source: SocketAddr, now: Instant) {
         let notify = match refer::inspect_notify(req) {
             Ok(n) => n,
-            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event"),
+            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event", now),
             Err(NotifyError::BadBody) => {
-                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)")
+                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)", now)
             }
         };
-        self.reply(req, source, 200, "OK");
+        self.reply(req, source, 200, "OK", now);
         // RFC 3515 §2.4.6: `id` names the REFER's CSeq; an old subscription's
         // reports must not decide the current attempt.
         let id = req
@@ -1031,7 +1076,7 @@ impl Call {
     }
 
     fn on_cancel(&mut self, cancel: &Request, source: SocketAddr, now: Instant) {
-        self.reply(cancel, source, 200, "OK");
+        self.reply(cancel, source, 200, "OK", now);
         if self.server_tx.is_proceeding() {
             self.record.outcome = Outcome::Cancelled;
             self.reject(487, "Request Terminated", now);
@@ -1043,6 +1088,9 @@ impl Call {
             return;
         };
         let mut ok = self.invite_response(200, "OK", true);
+        let timer = self.d.timer;
+        self.start_session_timer(timer, now);
+        self.add_timer_headers(&mut ok);
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = sdp.into_bytes();
         self.send_invite_response(ok);
@@ -1054,6 +1102,11 @@ impl Call {
     /// A final non-2xx to the INVITE: the call ends once the ACK (or Timer H) comes.
     fn reject(&mut self, code: u16, reason: &str, now: Instant) {
         let resp = self.invite_response(code, reason, false);
+        self.reject_with(resp, now);
+    }
+
+    fn reject_with(&mut self, resp: Response, now: Instant) {
+        let code = resp.code;
         self.send_invite_response(resp);
         self.server_tx.on_final_sent(code, now);
         if self.record.outcome == Outcome::Pending {
@@ -1078,6 +1131,7 @@ impl Call {
         if code >= 200 {
             resp.headers.push("Allow", ALLOW);
             resp.headers.push("Accept", ACCEPT);
+            resp.headers.push("Supported", call_dialog::SUPPORTED);
         }
         resp.headers.push("Server", self.s.user_agent.clone());
         resp
@@ -1099,19 +1153,9 @@ impl Call {
         }
     }
 
-    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str) {
-        let (dest, data) = reply_datagram(req, source, code, reason, &self.s.user_agent);
-        // §18.2.2: the request's Via names the transport it came on.
-        let transport = req
-            .top_via()
-            .and_then(|v| Transport::from_via_token(&v.transport))
-            .unwrap_or(self.transport);
-        self.outputs.push_back(Output::Send {
-            dest,
-            data,
-            transport,
-            connection: transport.is_reliable().then_some(source),
-        });
+    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str, now: Instant) {
+        let resp = stateless_response(req, code, reason, &self.s.user_agent);
+        self.respond(req, source, resp, now);
     }
 
     /// Our Contact URI for this dialog's transport.
@@ -1182,6 +1226,10 @@ pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) 
     resp.headers.push("Server", server);
     resp
 }
+
+#[path = "call_dialog.rs"]
+mod call_dialog;
+use call_dialog::DialogState;
 
 #[cfg(test)]
 #[path = "call_tests.rs"]

@@ -105,6 +105,9 @@ pub struct SipConfig {
     pub t2_ms: u64,
     /// Value of the `User-Agent`/`Server` header.
     pub user_agent: String,
+    /// Smallest session interval we accept (RFC 4028 `Min-SE`), seconds: a
+    /// `Session-Expires` below it is refused with `422`. At least 90.
+    pub min_se_s: u32,
     /// Digest user name for our in-dialog requests (REFER, BYE) when a peer
     /// challenges them, whatever the realm; `None`: see [`Profile::dialog_credentials`].
     pub auth_username: Option<String>,
@@ -204,6 +207,7 @@ impl Default for SipConfig {
             t1_ms: 500,
             t2_ms: 4000,
             user_agent: concat!("emonav/", env!("CARGO_PKG_VERSION")).into(),
+            min_se_s: 90,
             auth_username: None,
             auth_password: None,
         }
@@ -377,6 +381,9 @@ impl Profile {
             return Err(
                 "sip.transports must include \"udp\" (registrations use the UDP socket)".into(),
             );
+        }
+        if self.sip.min_se_s < 90 {
+            return Err("sip.min_se_s must be >= 90 (RFC 4028 §4)".into());
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err("sip.t1_ms must be > 0 and sip.t2_ms >= sip.t1_ms".into());

@@ -34,6 +34,7 @@ use crate::config::Profile;
 use crate::events::{EventSink, Metrics};
 use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request, Response, Uri};
 use crate::sip::registration::{self, Account, Registration, State};
+use crate::sip::session_timer;
 use crate::sip::transaction::Timers;
 use crate::sip::transport::{Frame, FrameError, StreamFramer, Transport};
 
@@ -596,6 +597,23 @@ fn dispatch(
     let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
     match &req.method {
         Method::Invite if !has_to_tag => {
+            // RFC 4028 §9: refused statelessly, so that the caller's retry
+            // with a larger interval (same Call-ID) starts a fresh call.
+            if let Err(e) = session_timer::negotiate(&req, shared.settings.min_se) {
+                let mut resp = stateless_response(
+                    &req,
+                    422,
+                    "Session Interval Too Small",
+                    &shared.settings.user_agent,
+                );
+                resp.headers.push("Min-SE", e.min_se.to_string());
+                let dest = req
+                    .top_via()
+                    .map(|v| crate::sip::dialog::response_destination(&v, src))
+                    .unwrap_or(src);
+                send(&shared.sip, dest, &resp.to_bytes());
+                return;
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             calls.insert(call_id.clone(), tx);
             shared.metrics.calls_started.fetch_add(1, Ordering::Relaxed);

@@ -299,3 +299,50 @@ fn sipp_calm_opus_caller_is_referred_to_standard() {
         "{ev}"
     );
 }
+
+#[test]
+fn sipp_hold_and_unhold_by_reinvite_before_the_transfer() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_reinvite_hold.xml", None);
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{}",
+        run.status,
+        run.log
+    );
+    assert!(run.log.contains("HOLD-ANSWER: recvonly"), "{}", run.log);
+    assert!(run.log.contains("UNHOLD-ANSWER: sendrecv"), "{}", run.log);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}");
+    // The 4 s hold does not count against the 3 s decision deadline.
+    assert!(ev["answer_to_refer_ms"].as_u64().unwrap() >= 4000, "{ev}");
+}
+
+#[test]
+fn sipp_retransmitted_invite_is_one_call() {
+    let emonav = Emonav::start("[sip]\nanswer_delay_ms = 1000\n");
+    let run = sipp(&emonav, "uac_invite_retrans.xml", None);
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{}",
+        run.status,
+        run.log
+    );
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(
+        emonav.next_event(Duration::from_secs(5))["outcome"],
+        "transferred"
+    );
+    assert!(
+        emonav.next_event_opt(Duration::from_secs(2)).is_none(),
+        "a second call was started"
+    );
+    let (_, metrics) = emonav.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("emonav_calls_started_total") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
