@@ -346,3 +346,24 @@ fn sipp_retransmitted_invite_is_one_call() {
         "{metrics}"
     );
 }
+
+#[test]
+fn sipp_keypad_zero_sends_the_caller_to_the_operator() {
+    // SIPp's own RFC 4733 recording of digit 0 (telephone-event, PT 101, as
+    // uac_refer.xml offers it), shipped with the sip-tester package.
+    let dtmf = "/usr/share/sip-tester/dtmf_2833_0.pcap";
+    assert!(
+        std::path::Path::new(dtmf).exists(),
+        "{dtmf} comes with SIPp (Debian package sip-tester)"
+    );
+    let emonav = Emonav::start(
+        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1\"\n",
+    );
+    let run = sipp(&emonav, "uac_refer.xml", Some(dtmf));
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:operator@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["decision_reason"], "dtmf", "{ev}");
+    assert_eq!(ev["outcome"], "transferred");
+    assert!(ev["answer_to_refer_ms"].as_u64().unwrap() < 1000, "{ev}");
+}
