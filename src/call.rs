@@ -28,10 +28,12 @@ use crate::sip::dialog::{response_destination, Dialog, DialogError};
 use crate::sip::digest::{self, Authenticator};
 use crate::sip::message::{CSeq, Method, Request, Response, Uri, Via};
 use crate::sip::refer::{self, NotifyError, ReferNotify};
+use crate::sip::session_timer;
 use crate::sip::transaction::{Action, ClientNonInvite, ServerInvite, Timers};
+use crate::sip::transport::Transport;
 
 /// Methods we answer, for `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, UPDATE";
 /// Bodies we understand, for `Accept`.
 pub const ACCEPT: &str = "application/sdp, message/sipfrag";
 
@@ -79,7 +81,7 @@ pub struct CallSettings {
     pub send_silence: bool,
     /// Our sent-by for Via (advertised address and SIP port).
     pub sip_addr: SocketAddr,
-    /// Our Contact URI.
+    /// Our Contact URI (for UDP; see [`CallSettings::contact_uri`]).
     pub contact: Uri,
     /// `Server`/`User-Agent` value.
     pub user_agent: String,
@@ -88,6 +90,8 @@ pub struct CallSettings {
     /// Credentials for peers that challenge our REFER or BYE, in the order
     /// tried ([`Profile::dialog_credentials`]).
     pub credentials: Vec<DialogCredential>,
+    /// Smallest session interval accepted (RFC 4028 `Min-SE`), seconds.
+    pub min_se: u32,
 }
 
 impl CallSettings {
@@ -121,12 +125,24 @@ impl CallSettings {
             user_agent: p.sip.user_agent.clone(),
             models: [p.model(8000), p.model(16000)],
             credentials: p.dialog_credentials(),
+            min_se: p.sip.min_se_s,
         }
     }
 
-    fn via(&self) -> Via {
+    /// Our Contact URI for a dialog on `transport`: `;transport=tcp` for
+    /// TCP, so that the peer's requests come back over TCP (RFC 3261 §18.1.1).
+    pub fn contact_uri(&self, transport: Transport) -> Uri {
+        let mut uri = self.contact.clone();
+        if let Some(t) = transport.uri_param() {
+            uri.params.set("transport", Some(t));
+        }
+        uri
+    }
+
+    /// A Via for a new request of ours on `transport`, with a fresh branch.
+    pub fn via(&self, transport: Transport) -> Via {
         let mut via = Via {
-            transport: "UDP".into(),
+            transport: transport.via_token().into(),
             host: uri_host(self.sip_addr.ip()),
             port: Some(self.sip_addr.port()),
             params: Default::default(),
@@ -143,12 +159,19 @@ impl CallSettings {
 /// What the call wants the edge to do.
 #[derive(Debug)]
 pub enum Output {
-    /// Send a SIP datagram.
+    /// Send a SIP message.
     Send {
-        /// Destination.
+        /// Destination: for a connection-oriented transport, where to open a
+        /// connection when `connection` is not open (any more).
         dest: SocketAddr,
         /// Serialised message.
         data: Vec<u8>,
+        /// Transport to send it on (RFC 3261 §18).
+        transport: Transport,
+        /// For a connection-oriented transport, the remote address of the
+        /// connection to reuse while it is open: the one the request being
+        /// answered came on (§18.2.2), or the one the dialog came on.
+        connection: Option<SocketAddr>,
     },
     /// The call is over: log this record. The call keeps answering stray
     /// requests until [`Call::is_finished`].
@@ -283,6 +306,16 @@ impl Decode {
 }
 
 impl Media {
+    /// Whether and where we send, from a (re-)negotiation.
+    fn set_direction(&mut self, neg: &sdp::Negotiated, send_silence: bool) {
+        self.send = send_silence
+            && matches!(
+                neg.direction,
+                sdp::Direction::SendRecv | sdp::Direction::SendOnly
+            );
+        self.sdp_rtp = Some(neg.remote_rtp).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
+    }
+
     /// Statistics into the call's record.
     fn record(&self, r: &mut CallRecord) {
         let jitter = self.jitter.stats();
@@ -303,6 +336,8 @@ pub struct Call {
     invite_branch: String,
     response_dest: SocketAddr,
     source: SocketAddr,
+    /// Transport the INVITE came on: our requests in the dialog use it.
+    transport: Transport,
     dialog: Dialog,
     server_tx: ServerInvite,
     /// Last response to the INVITE, resent on INVITE retransmissions and by Timer G.
@@ -319,6 +354,8 @@ pub struct Call {
     caller_hung_up: bool,
     outputs: VecDeque<Output>,
     record: CallRecord,
+    /// Re-INVITE/UPDATE, hold, session timer and server transactions (call_dialog.rs).
+    d: DialogState,
 }
 
 impl Call {
@@ -330,6 +367,20 @@ impl Call {
         s: Arc<CallSettings>,
         invite: Request,
         source: SocketAddr,
+        local_rtp: SocketAddr,
+        now: Instant,
+    ) -> Result<Call, DialogError> {
+        Self::new_on(s, invite, source, Transport::Udp, local_rtp, now)
+    }
+
+    /// [`Call::new`] for an INVITE that came on `transport` (for TCP,
+    /// `source` is the connection's remote address): the dialog's requests
+    /// and our Via and Contact use that transport.
+    pub fn new_on(
+        s: Arc<CallSettings>,
+        invite: Request,
+        source: SocketAddr,
+        transport: Transport,
         local_rtp: SocketAddr,
         now: Instant,
     ) -> Result<Call, DialogError> {
@@ -373,6 +424,7 @@ impl Call {
         };
         let timers = s.timers;
         let dialog = Dialog::from_invite(&invite, &local_tag)?;
+        let norefersub = session_timer::lists_option(&invite.headers, "Supported", "norefersub");
         let mut call = Call {
             answer_sdp: None,
             media: None,
@@ -387,6 +439,7 @@ impl Call {
             caller_hung_up: false,
             outputs: VecDeque::new(),
             record,
+            d: DialogState::new(local_rtp, norefersub),
             server_tx: ServerInvite::new(timers),
             invite_response: Vec::new(),
             dialog,
@@ -395,8 +448,18 @@ impl Call {
             invite_branch,
             response_dest,
             source,
+            transport,
         };
-        match call.prepare_media(local_rtp) {
+        let timer = session_timer::negotiate(&call.invite, call.s.min_se);
+        if let Err(e) = timer {
+            // RFC 4028 §9 (the edge answers this statelessly before a call exists).
+            let mut resp = call.invite_response(422, "Session Interval Too Small", false);
+            resp.headers.push("Min-SE", e.min_se.to_string());
+            call.reject_with(resp, now);
+            return Ok(call);
+        }
+        call.d.timer = timer.ok().flatten();
+        match call.prepare_media(local_rtp, now) {
             Ok(()) => {
                 let trying = call.invite_response(100, "Trying", false);
                 call.send_invite_response(trying);
@@ -426,7 +489,7 @@ impl Call {
         Ok(call)
     }
 
-    fn prepare_media(&mut self, local_rtp: SocketAddr) -> Result<(), SdpError> {
+    fn prepare_media(&mut self, local_rtp: SocketAddr, now: Instant) -> Result<(), SdpError> {
         let body = std::str::from_utf8(&self.invite.body)
             .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))?;
         if body.trim().is_empty() {
@@ -435,8 +498,9 @@ impl Call {
         }
         let offer = sdp::parse(body)?;
         let neg = sdp::negotiate(&offer, &self.s.codecs)?;
-        let id = fastrand::u64(1..u64::MAX / 2);
-        self.answer_sdp = Some(sdp::answer(&offer, &neg, local_rtp, id, id));
+        let (id, version) = (self.d.sdp_id, self.d.sdp_version);
+        let answer = sdp::answer(&offer, &neg, local_rtp, id, version);
+        self.answer_sdp = Some(answer.clone());
         self.record.codec = Some(neg.codec);
         let (rate, opus) = match neg.codec {
             CodecName::Pcmu | CodecName::Pcma => (8000, None),
@@ -481,6 +545,7 @@ impl Call {
             last_packet: None,
             last_event: None,
         });
+        self.initial_session(&neg, &answer, rate, now);
         Ok(())
     }
 
@@ -523,6 +588,7 @@ impl Call {
             self.playout_due(),
             self.server_tx.poll_timeout(),
             self.client_tx.as_ref().and_then(|t| t.tx.poll_timeout()),
+            self.d.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -530,7 +596,8 @@ impl Call {
     }
 
     fn decision_due(&self) -> Option<Instant> {
-        if self.decision.is_some() {
+        // On hold the deadline's clock stops (call_dialog.rs).
+        if self.decision.is_some() || self.d.on_hold() {
             return None;
         }
         let start = self
@@ -538,20 +605,26 @@ impl Call {
             .as_ref()
             .and_then(|m| m.first_audio)
             .or(self.answered_at)?;
-        Some(start + self.s.deadline)
+        Some(start + self.s.deadline + self.d.held_after(start))
     }
 
     fn rtp_timeout_due(&self) -> Option<Instant> {
-        if self.decision.is_some() {
+        if self.decision.is_some() || self.d.on_hold() {
             return None;
         }
         let last = self.media.as_ref()?.last_packet?;
-        Some(last + self.s.rtp_timeout?)
+        Some(self.d.rtp_silence_start(last) + self.s.rtp_timeout?)
     }
 
     /// Timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.dialog_timeout(now);
         match self.server_tx.on_timeout(now) {
+            // Timer G is for unreliable transports (§17.2.1); the 2xx is
+            // retransmitted whatever the transport (§13.3.1.4).
+            Action::Retransmit
+                if self.transport.is_reliable()
+                    && self.server_tx.final_code().is_some_and(|c| c >= 300) => {}
             Action::Retransmit => self.resend_invite_response(),
             Action::TimedOut if self.server_tx.final_code().is_some_and(|c| c < 300) => {
                 tracing::warn!(call_id = %self.dialog.call_id, "no ACK for 200 OK; hanging up");
@@ -562,9 +635,16 @@ impl Call {
         }
         if let Some(out) = &mut self.client_tx {
             match out.tx.on_timeout(now) {
+                // Timer E is for unreliable transports only (§17.1.2.2).
+                Action::Retransmit if self.transport.is_reliable() => {}
                 Action::Retransmit => {
                     let (dest, data) = (out.dest, out.data.clone());
-                    self.outputs.push_back(Output::Send { dest, data });
+                    self.outputs.push_back(Output::Send {
+                        dest,
+                        data,
+                        transport: self.transport,
+                        connection: None,
+                    });
                 }
                 Action::TimedOut => {
                     let method = out.method.clone();
@@ -618,7 +698,8 @@ impl Call {
     /// decoded and analysed. Allocation-free.
     pub fn handle_rtp_from(&mut self, datagram: &[u8], source: Option<SocketAddr>, now: Instant) {
         let listening = matches!(self.phase, Phase::Listening);
-        let analysing = listening || matches!(self.phase, Phase::Offered { .. });
+        let analysing =
+            (listening || matches!(self.phase, Phase::Offered { .. })) && !self.d.on_hold();
         let Some(m) = &mut self.media else { return };
         if let Some(src) = source {
             let peeked = crate::media::rtp::peek(datagram);
@@ -636,6 +717,8 @@ impl Call {
             } if analysing && self.decision.is_none() => {
                 m.jitter
                     .push(ssrc, seq, Some(timestamp), m.audio_pt, payload, now);
+                // The decision deadline runs from the first audio heard, not played out.
+                m.first_audio.get_or_insert(now);
                 None
             }
             RtpEvent::Event {
@@ -691,7 +774,6 @@ impl Call {
                 m.rtp.count_undecodable();
                 continue;
             }
-            m.first_audio.get_or_insert(now);
             if listening {
                 early = self.s.policy.early(&m.analyzer.estimate());
             }
@@ -780,11 +862,16 @@ impl Call {
             return;
         }
         let Some(d) = &self.decision else { return };
-        let mut req = self
-            .dialog
-            .request(Method::Refer, &self.s.via(), &self.s.contact);
+        let mut req =
+            self.dialog
+                .request(Method::Refer, &self.s.via(self.transport), &self.contact());
         let referred_by = self.dialog.local.uri.clone();
         refer::add_refer_headers(&mut req, target, &referred_by, d);
+        if self.d.norefersub {
+            // RFC 4488 §4: no implicit subscription; the 2xx ends the transfer.
+            req.headers.push("Refer-Sub", "false");
+            req.headers.push("Supported", "norefersub");
+        }
         if self.record.answer_to_refer_ms.is_none() {
             self.record.answer_to_refer_ms = self.answered_at.map(|t| (now - t).as_millis() as u64);
         }
@@ -816,6 +903,9 @@ impl Call {
         self.outputs.push_back(Output::Send {
             dest,
             data: data.clone(),
+            transport: self.transport,
+            // §18.1.1: the connection the dialog came on, while it is open.
+            connection: self.transport.is_reliable().then_some(self.source),
         });
         self.client_tx = Some(OutgoingTx {
             tx: ClientNonInvite::new(now, self.s.timers),
@@ -863,7 +953,8 @@ impl Call {
         let mut req = out.request.clone();
         self.dialog.local_cseq += 1;
         let cseq = self.dialog.local_cseq;
-        req.headers.set("Via", self.s.via().to_string());
+        req.headers
+            .set("Via", self.s.via(self.transport).to_string());
         req.headers.set(
             "CSeq",
             CSeq {
@@ -893,6 +984,7 @@ impl Call {
 
     /// A response from the network whose Call-ID is ours.
     pub fn handle_response(&mut self, resp: &Response, now: Instant) {
+        self.late_refer_response(resp);
         let Some(out) = &mut self.client_tx else {
             return;
         };
@@ -911,6 +1003,38 @@ impl Call {
             return;
         }
         self.on_final_response(&method, resp.code, now);
+        if method == Method::Refer
+            && (200..300).contains(&resp.code)
+            && matches!(self.phase, Phase::Transferring { .. })
+            && Call::refer_without_subscription(resp)
+        {
+            tracing::info!(call_id = %self.dialog.call_id, "REFER accepted without subscription (RFC 4488)");
+            if let Some(a) = self.record.refer_attempts.last_mut() {
+                a.notify_status = None;
+            }
+            self.transfer_succeeded(now);
+        }
+    }
+
+    /// A final response to the current REFER whose transaction is already
+    /// gone: the final NOTIFY overtook the 202 (a proxy's workers may swap
+    /// them, RFC 3515 allows it). Only recorded in the attempt.
+    fn late_refer_response(&mut self, resp: &Response) {
+        let Some(cseq) = resp.cseq() else { return };
+        let refer_tx_open = self
+            .client_tx
+            .as_ref()
+            .is_some_and(|o| o.method == Method::Refer);
+        if resp.code < 200
+            || cseq.method != Method::Refer
+            || Some(cseq.seq) != self.refer_cseq
+            || refer_tx_open
+        {
+            return;
+        }
+        if let Some(a) = self.record.refer_attempts.last_mut() {
+            a.response.get_or_insert(resp.code);
+        }
     }
 
     fn on_final_response(&mut self, method: &Method, code: u16, now: Instant) {
@@ -982,7 +1106,7 @@ impl Call {
         self.phase = Phase::HangingUp;
         let req = self
             .dialog
-            .request(Method::Bye, &self.s.via(), &self.s.contact);
+            .request(Method::Bye, &self.s.via(self.transport), &self.contact());
         self.send_request(req, now);
     }
 
@@ -1010,21 +1134,24 @@ impl Call {
 
     /// A request from the network whose Call-ID is ours.
     pub fn handle_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        if self.absorb_retransmission(req) {
+            return;
+        }
         let branch = req.top_via().and_then(|v| v.branch().map(str::to_owned));
         let same_tx = branch.as_deref() == Some(self.invite_branch.as_str());
         match &req.method {
             Method::Invite if same_tx => self.resend_invite_response(),
-            Method::Ack if same_tx || self.dialog.matches(req) => {
-                if self.server_tx.on_ack(now) {
+            Method::Invite if self.resend_reinvite_response(branch.as_deref()) => {}
+            Method::Ack => {
+                if self.route_ack(req, same_tx, now) {
                     tracing::debug!(call_id = %self.dialog.call_id, "ACK");
                     self.maybe_refer_after_ack(now);
                 }
             }
-            Method::Ack => {}
             Method::Cancel if same_tx => self.on_cancel(req, source, now),
-            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist"),
+            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist", now),
             _ if !self.dialog.matches(req) => {
-                self.reply(req, source, 481, "Call/Transaction Does Not Exist")
+                self.reply(req, source, 481, "Call/Transaction Does Not Exist", now)
             }
             _ => self.in_dialog_request(req, source, now),
         }
@@ -1039,22 +1166,25 @@ impl Call {
 
     fn in_dialog_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
         if let Err(e) = self.dialog.accept_remote_cseq(req) {
-            self.reply(req, source, 500, &format!("Server Internal Error ({e})"));
+            self.reply(
+                req,
+                source,
+                500,
+                &format!("Server Internal Error ({e})"),
+                now,
+            );
             return;
         }
         match &req.method {
             Method::Bye => {
-                self.reply(req, source, 200, "OK");
+                self.reply(req, source, 200, "OK", now);
                 self.on_caller_bye(now);
             }
             Method::Notify => self.on_notify(req, source, now),
-            Method::Options => self.reply(req, source, 200, "OK"),
-            Method::Invite => {
-                // Re-INVITE (hold, codec change) is not handled yet; 488 keeps the
-                // current session as it is (RFC 3261 §14.2).
-                self.reply(req, source, 488, "Not Acceptable Here");
-            }
-            _ => self.reply(req, source, 501, "Not Implemented"),
+            Method::Options => self.reply(req, source, 200, "OK", now),
+            Method::Invite => self.on_reinvite(req, source, now),
+            Method::Update => self.on_update(req, source, now),
+            _ => self.reply(req, source, 501, "Not Implemented", now),
         }
     }
 
@@ -1088,12 +1218,12 @@ impl Call {
     fn on_notify(&mut self, req: &Request, source: SocketAddr, now: Instant) {
         let notify = match refer::inspect_notify(req) {
             Ok(n) => n,
-            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event"),
+            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event", now),
             Err(NotifyError::BadBody) => {
-                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)")
+                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)", now)
             }
         };
-        self.reply(req, source, 200, "OK");
+        self.reply(req, source, 200, "OK", now);
         // RFC 3515 §2.4.6: `id` names the REFER's CSeq; an old subscription's
         // reports must not decide the current attempt.
         let id = req
@@ -1124,7 +1254,7 @@ impl Call {
     }
 
     fn on_cancel(&mut self, cancel: &Request, source: SocketAddr, now: Instant) {
-        self.reply(cancel, source, 200, "OK");
+        self.reply(cancel, source, 200, "OK", now);
         if self.server_tx.is_proceeding() {
             self.record.outcome = Outcome::Cancelled;
             self.reject(487, "Request Terminated", now);
@@ -1136,6 +1266,9 @@ impl Call {
             return;
         };
         let mut ok = self.invite_response(200, "OK", true);
+        let timer = self.d.timer;
+        self.start_session_timer(timer, now);
+        self.add_timer_headers(&mut ok);
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = sdp.into_bytes();
         self.send_invite_response(ok);
@@ -1147,6 +1280,11 @@ impl Call {
     /// A final non-2xx to the INVITE: the call ends once the ACK (or Timer H) comes.
     fn reject(&mut self, code: u16, reason: &str, now: Instant) {
         let resp = self.invite_response(code, reason, false);
+        self.reject_with(resp, now);
+    }
+
+    fn reject_with(&mut self, resp: Response, now: Instant) {
+        let code = resp.code;
         self.send_invite_response(resp);
         self.server_tx.on_final_sent(code, now);
         if self.record.outcome == Outcome::Pending {
@@ -1166,11 +1304,12 @@ impl Call {
                 resp.headers.push("Record-Route", rr);
             }
             resp.headers
-                .push("Contact", format!("<{}>", self.s.contact));
+                .push("Contact", format!("<{}>", self.contact()));
         }
         if code >= 200 {
             resp.headers.push("Allow", ALLOW);
             resp.headers.push("Accept", ACCEPT);
+            resp.headers.push("Supported", call_dialog::SUPPORTED);
         }
         resp.headers.push("Server", self.s.user_agent.clone());
         resp
@@ -1186,13 +1325,25 @@ impl Call {
             self.outputs.push_back(Output::Send {
                 dest: self.response_dest,
                 data: self.invite_response.clone(),
+                transport: self.transport,
+                connection: self.transport.is_reliable().then_some(self.source),
             });
         }
     }
 
-    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str) {
-        let (dest, data) = reply_datagram(req, source, code, reason, &self.s.user_agent);
-        self.outputs.push_back(Output::Send { dest, data });
+    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str, now: Instant) {
+        let resp = stateless_response(req, code, reason, &self.s.user_agent);
+        self.respond(req, source, resp, now);
+    }
+
+    /// Our Contact URI for this dialog's transport.
+    fn contact(&self) -> Uri {
+        self.s.contact_uri(self.transport)
+    }
+
+    /// The transport of this call's dialog.
+    pub fn transport(&self) -> Transport {
+        self.transport
     }
 }
 
@@ -1254,6 +1405,14 @@ pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) 
     resp
 }
 
+#[path = "call_dialog.rs"]
+mod call_dialog;
+use call_dialog::DialogState;
+
 #[cfg(test)]
 #[path = "call_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "call_transport_tests.rs"]
+mod transport_tests;

@@ -210,6 +210,30 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
 }
 
 #[test]
+fn a_202_overtaken_by_the_final_notify_is_still_recorded() {
+    // Through a proxy the caller's 202 and NOTIFY may arrive swapped.
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    let notify = in_dialog(
+        &call,
+        "NOTIFY",
+        2,
+        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
+        "SIP/2.0 200 OK\r\n",
+    );
+    call.handle_request(&notify, src(), t0 + Duration::from_millis(3100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200", "BYE"]);
+    call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3110));
+    call.handle_response(&response_to(&out[1], 200), t0 + Duration::from_millis(3200));
+    let rec = ended(&mut call).expect("call ended after the BYE's 200");
+    assert_eq!(rec.outcome, Outcome::Transferred);
+    assert_eq!(rec.refer_attempts[0].response, Some(202));
+}
+
+#[test]
 fn lower_cseq_in_dialog_gets_500() {
     let t0 = Instant::now();
     let mut call = answered(t0);
@@ -523,4 +547,456 @@ fn opus_losses_are_concealed_and_garbage_is_counted() {
     assert_eq!(st.malformed, 1);
     assert_eq!(st.received, 54);
     assert!(call.poll_output().is_none(), "no decision yet");
+}
+
+// ---- mid-dialog: retransmissions, re-INVITE, UPDATE, session timers, RFC 4488 ----
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn sdp_offer(version: u32, media: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{media}"
+    )
+}
+
+fn sdp_req(call: &Call, method: &str, cseq: u32, extra: &str, sdp: &str) -> Request {
+    let extra = format!("{extra}Content-Type: application/sdp\r\n");
+    in_dialog(call, method, cseq, &extra, sdp)
+}
+
+fn hold_offer() -> String {
+    sdp_offer(
+        2,
+        "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n",
+    )
+}
+
+fn unhold_offer() -> String {
+    sdp_offer(
+        3,
+        "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
+    )
+}
+
+fn only_response(mut out: Vec<Message>) -> Response {
+    assert_eq!(out.len(), 1, "{:?}", codes(&out));
+    match out.remove(0) {
+        Message::Response(r) => r,
+        Message::Request(r) => panic!("response expected, got {}", r.method),
+    }
+}
+
+fn body(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn invite_with(extra: &str) -> Request {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\n\
+         Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n{extra}\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ))
+}
+
+/// A call answered and ACKed with `profile` and extra INVITE headers; the 200 is returned.
+fn answered_with(profile: &Profile, extra: &str, t0: Instant) -> (Call, Response) {
+    let s = Arc::new(CallSettings::from_profile(profile, 5060));
+    let mut call = Call::new(
+        s,
+        invite_with(extra),
+        src(),
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    let mut out = sent(&mut call);
+    assert_eq!(codes(&out), ["100", "200"]);
+    let Message::Response(ok) = out.remove(1) else {
+        unreachable!()
+    };
+    call.handle_request(&ack(&call), src(), t0 + ms(10));
+    (call, ok)
+}
+
+fn pcmu_packet(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&9u32.to_be_bytes());
+    p.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
+    p
+}
+
+#[test]
+fn retransmitted_in_dialog_requests_get_the_same_response_until_timer_j() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    let opts = in_dialog(&call, "OPTIONS", 2, "", "");
+    call.handle_request(&opts, src(), t0 + ms(100));
+    let first = sent(&mut call);
+    call.handle_request(&opts, src(), t0 + ms(600));
+    let again = sent(&mut call);
+    assert_eq!(codes(&again), ["200"]);
+    let (Message::Response(a), Message::Response(b)) = (&first[0], &again[0]) else {
+        unreachable!()
+    };
+    assert_eq!(a.to_bytes(), b.to_bytes(), "the very same response");
+    // The BYE is handled once: one record, its retransmission answered again.
+    let bye = in_dialog(&call, "BYE", 3, "", "");
+    call.handle_request(&bye, src(), t0 + ms(700));
+    assert!(ended(&mut call).is_some());
+    call.handle_request(&bye, src(), t0 + ms(900));
+    let out: Vec<Output> = std::iter::from_fn(|| call.poll_output()).collect();
+    assert!(matches!(&out[..], [Output::Send { .. }]), "{out:?}");
+    // Timer J (64·T1) forgets the OPTIONS transaction at 100 ms + 32 s.
+    let j = t0 + ms(100) + Duration::from_secs(32);
+    assert!(call.d.answered.iter().any(|a| a.method == Method::Options));
+    call.handle_timeout(j);
+    assert!(!call.d.answered.iter().any(|a| a.method == Method::Options));
+}
+
+#[test]
+fn retransmitted_notify_is_not_processed_twice() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    call.handle_response(&response_to(&refer, 202), t0 + ms(3100));
+    let notify = in_dialog(
+        &call,
+        "NOTIFY",
+        2,
+        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
+        "SIP/2.0 200 OK\r\n",
+    );
+    call.handle_request(&notify, src(), t0 + ms(3200));
+    assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
+    call.handle_request(&notify, src(), t0 + ms(3700));
+    assert_eq!(codes(&sent(&mut call)), ["200"], "no second BYE");
+}
+
+#[test]
+fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_deadline() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    let hold = sdp_req(&call, "INVITE", 2, "", &hold_offer());
+    call.handle_request(&hold, src(), t0 + ms(1000));
+    let ok = only_response(sent(&mut call));
+    assert_eq!(ok.code, 200);
+    assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
+    assert!(
+        body(&ok).contains("m=audio 20000 "),
+        "same media port: {}",
+        body(&ok)
+    );
+    assert!(
+        body(&ok).contains(" 2 IN IP4"),
+        "o= version bumped: {}",
+        body(&ok)
+    );
+    // Timer G: the 200 again after T1, and for a retransmitted re-INVITE.
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(1500)));
+    call.handle_timeout(t0 + ms(1500));
+    assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
+    call.handle_request(&hold, src(), t0 + ms(1600));
+    assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(1700));
+    // On hold: no deadline, no REFER, however long.
+    assert_eq!(call.poll_timeout(), None);
+    call.handle_timeout(t0 + Duration::from_secs(4));
+    assert!(sent(&mut call).is_empty());
+    // Audio on hold (music) is not analysed.
+    call.handle_rtp(&pcmu_packet(1), t0 + Duration::from_secs(4));
+    assert_eq!(call.media.as_ref().unwrap().analyzer.audio_ms(), 0);
+    let unhold = sdp_req(&call, "INVITE", 3, "", &unhold_offer());
+    call.handle_request(&unhold, src(), t0 + Duration::from_secs(5));
+    let ok = only_response(sent(&mut call));
+    assert!(body(&ok).contains("a=sendrecv"), "{}", body(&ok));
+    assert!(body(&ok).contains(" 3 IN IP4"), "{}", body(&ok));
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(5010));
+    // 3 s of listening budget, 4 s of it spent on hold: the deadline moved to 7 s.
+    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(7)));
+    call.handle_timeout(t0 + Duration::from_secs(7));
+    assert_eq!(
+        codes(&sent(&mut call)),
+        ["REFER"],
+        "the transfer still happens"
+    );
+}
+
+#[test]
+fn hold_suspends_the_rtp_timeout_and_unhold_restarts_it() {
+    let t0 = Instant::now();
+    let mut profile = Profile::default();
+    profile.policy.decision_deadline_ms = 600_000;
+    profile.media.rtp_timeout_ms = 5_000;
+    let (mut call, _) = answered_with(&profile, "", t0);
+    call.handle_rtp(&pcmu_packet(1), t0 + ms(100));
+    // The jitter buffer plays the packet out 60 ms later.
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(160)));
+    call.handle_timeout(t0 + ms(160));
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(5100)));
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 2, "", &hold_offer()),
+        src(),
+        t0 + ms(200),
+    );
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(210));
+    sent(&mut call);
+    assert_eq!(call.poll_timeout(), None, "no RTP timeout on hold");
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 3, "", &unhold_offer()),
+        src(),
+        t0 + ms(60_000),
+    );
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(60_010));
+    sent(&mut call);
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(65_000)));
+}
+
+#[test]
+fn rfc2543_hold_and_codec_change_by_reinvite() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    let zero = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    call.handle_request(&sdp_req(&call, "INVITE", 2, "", zero), src(), t0 + ms(100));
+    let ok = only_response(sent(&mut call));
+    assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
+    assert!(call.d.on_hold());
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(110));
+    // Back, on A-law only, from another address: the decoder switches.
+    let alaw = "v=0\r\no=- 1 3 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 40002 RTP/AVP 8\r\n";
+    call.handle_request(&sdp_req(&call, "INVITE", 3, "", alaw), src(), t0 + ms(200));
+    let ok = only_response(sent(&mut call));
+    assert!(body(&ok).contains("a=rtpmap:8 PCMA/8000"), "{}", body(&ok));
+    assert!(!call.d.on_hold());
+    assert_eq!(call.media.as_ref().unwrap().dec.codec, CodecName::Pcma);
+    assert_eq!(
+        call.d.neg.as_ref().unwrap().remote_rtp,
+        "127.0.0.2:40002".parse().unwrap()
+    );
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(210));
+    let mut p = pcmu_packet(2);
+    p[1] = 8;
+    call.handle_rtp(&p, t0 + ms(300));
+    call.handle_timeout(t0 + ms(360));
+    assert_eq!(
+        call.media.as_ref().unwrap().analyzer.audio_ms(),
+        20,
+        "PCMA decoded"
+    );
+    // An offer we cannot take keeps the session: 488.
+    let g729 = sdp_offer(4, "m=audio 40000 RTP/AVP 18\r\n");
+    call.handle_request(&sdp_req(&call, "INVITE", 4, "", &g729), src(), t0 + ms(400));
+    assert_eq!(only_response(sent(&mut call)).code, 488);
+    assert_eq!(call.media.as_ref().unwrap().dec.codec, CodecName::Pcma);
+    call.handle_request(&in_dialog(&call, "ACK", 4, "", ""), src(), t0 + ms(410));
+    assert_eq!(
+        call.poll_timeout(),
+        Some(t0 + ms(300) + Duration::from_secs(3))
+    );
+}
+
+#[test]
+fn reinvite_while_one_is_pending_gets_500_with_retry_after() {
+    let t0 = Instant::now();
+    // The initial 200 is not ACKed yet.
+    let mut call = offered(t0);
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 2, "", &hold_offer()),
+        src(),
+        t0 + ms(50),
+    );
+    let r = only_response(sent(&mut call));
+    assert_eq!(r.code, 500);
+    let after: u32 = r.headers.get("Retry-After").unwrap().parse().unwrap();
+    assert!(after <= 10);
+    call.handle_request(&ack(&call), src(), t0 + ms(60));
+    // A re-INVITE whose 200 is not ACKed yet: the next one waits too.
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 3, "", &hold_offer()),
+        src(),
+        t0 + ms(100),
+    );
+    assert_eq!(only_response(sent(&mut call)).code, 200);
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 4, "", &unhold_offer()),
+        src(),
+        t0 + ms(150),
+    );
+    assert_eq!(only_response(sent(&mut call)).code, 500);
+    assert!(call.d.on_hold(), "the refused offer changed nothing");
+}
+
+#[test]
+fn offerless_reinvite_gets_our_offer_and_the_answer_in_the_ack() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_request(&in_dialog(&call, "INVITE", 2, "", ""), src(), t0 + ms(100));
+    let ok = only_response(sent(&mut call));
+    assert_eq!(ok.code, 200);
+    let offer = crate::sdp::parse(&body(&ok)).unwrap();
+    assert_eq!(offer.media[0].formats, [0, 101]);
+    assert_eq!(offer.media[0].direction, crate::sdp::Direction::SendRecv);
+    // Our offer is outstanding: an UPDATE or re-INVITE offer now is 491.
+    call.handle_request(
+        &sdp_req(&call, "UPDATE", 3, "", &hold_offer()),
+        src(),
+        t0 + ms(150),
+    );
+    assert_eq!(only_response(sent(&mut call)).code, 491);
+    let answer = sdp_offer(3, "m=audio 40000 RTP/AVP 0\r\na=sendonly\r\n");
+    let ack = sdp_req(&call, "ACK", 2, "", &answer);
+    call.handle_request(&ack, src(), t0 + ms(200));
+    assert!(sent(&mut call).is_empty());
+    assert!(
+        call.d.on_hold(),
+        "the answer in the ACK put the call on hold"
+    );
+}
+
+#[test]
+fn update_with_and_without_sdp() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    let upd = sdp_req(&call, "UPDATE", 2, "", &hold_offer());
+    call.handle_request(&upd, src(), t0 + ms(100));
+    let ok = only_response(sent(&mut call));
+    assert_eq!(ok.code, 200);
+    assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
+    assert!(ok.headers.get("Contact").is_some());
+    call.handle_request(&upd, src(), t0 + ms(600));
+    assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
+    let refresh = in_dialog(&call, "UPDATE", 3, "", "");
+    call.handle_request(&refresh, src(), t0 + ms(700));
+    let ok = only_response(sent(&mut call));
+    assert_eq!((ok.code, ok.body.len()), (200, 0));
+    assert!(call.d.on_hold(), "a refresh leaves the session as it is");
+}
+
+#[test]
+fn session_timer_is_answered_uac_refresher_and_expiry_sends_bye() {
+    let t0 = Instant::now();
+    let mut profile = Profile::default();
+    profile.policy.decision_deadline_ms = 600_000;
+    let (mut call, ok) = answered_with(&profile, "Supported: timer\r\nSession-Expires: 90\r\n", t0);
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+    // 90 s minus min(32, 30): BYE at 60 s unless refreshed; an UPDATE at 50 s refreshes.
+    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    let upd = in_dialog(
+        &call,
+        "UPDATE",
+        2,
+        "Supported: timer\r\nSession-Expires: 120\r\n",
+        "",
+    );
+    call.handle_request(&upd, src(), t0 + Duration::from_secs(50));
+    let r = only_response(sent(&mut call));
+    assert_eq!(r.headers.get("Session-Expires"), Some("120;refresher=uac"));
+    // 120 − 32 = 88 s after the refresh (Timer J of the UPDATE fires before).
+    assert_eq!(call.d.expires_at, Some(t0 + Duration::from_secs(138)));
+    // A refresh below Min-SE is refused and changes nothing.
+    let small = in_dialog(&call, "INVITE", 3, "Session-Expires: 30\r\n", "");
+    call.handle_request(&small, src(), t0 + Duration::from_secs(60));
+    let r = only_response(sent(&mut call));
+    assert_eq!((r.code, r.headers.get("Min-SE")), (422, Some("90")));
+    call.handle_request(
+        &in_dialog(&call, "ACK", 3, "", ""),
+        src(),
+        t0 + Duration::from_secs(60),
+    );
+    call.handle_timeout(t0 + Duration::from_secs(138));
+    let bye = only_request(sent(&mut call));
+    assert_eq!(bye.method, Method::Bye);
+    call.handle_response(
+        &response_to(&Message::Request(bye), 200),
+        t0 + Duration::from_secs(139),
+    );
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::SessionExpired);
+}
+
+#[test]
+fn too_small_session_interval_on_the_invite_is_422() {
+    let t0 = Instant::now();
+    let s = settings();
+    let inv = invite_with("Session-Expires: 60\r\nMin-SE: 60\r\n");
+    let mut call = Call::new(s, inv, src(), "127.0.0.1:20000".parse().unwrap(), t0).unwrap();
+    let r = only_response(sent(&mut call));
+    assert_eq!((r.code, r.headers.get("Min-SE")), (422, Some("90")));
+    // No session timer without Session-Expires, and none is armed.
+    let (call, ok) = answered_with(&Profile::default(), "Supported: timer\r\n", t0);
+    assert!(ok.headers.get("Session-Expires").is_none());
+    assert!(call.d.expires_at.is_none());
+}
+
+#[test]
+fn norefersub_peer_gets_refer_sub_false_and_the_2xx_ends_the_transfer() {
+    let t0 = Instant::now();
+    let (mut call, _) = answered_with(
+        &Profile::default(),
+        "Supported: replaces, norefersub\r\n",
+        t0,
+    );
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = only_request(sent(&mut call));
+    assert_eq!(refer.headers.get("Refer-Sub"), Some("false"));
+    assert!(refer
+        .headers
+        .get("Referred-By")
+        .unwrap()
+        .contains("sip:emonav@"));
+    let mut ok = response_to(&Message::Request(refer), 200);
+    ok.headers.push("Refer-Sub", "false");
+    call.handle_response(&ok, t0 + ms(3100));
+    let bye = only_request(sent(&mut call));
+    assert_eq!(bye.method, Method::Bye);
+    call.handle_response(&response_to(&Message::Request(bye), 200), t0 + ms(3200));
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Transferred);
+}
+
+#[test]
+fn refer_sub_not_echoed_or_not_supported_waits_for_the_notify() {
+    let t0 = Instant::now();
+    let (mut call, _) = answered_with(&Profile::default(), "Supported: norefersub\r\n", t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = only_request(sent(&mut call));
+    call.handle_response(&response_to(&Message::Request(refer), 202), t0 + ms(3100));
+    assert!(
+        sent(&mut call).is_empty(),
+        "a subscription exists: wait for the NOTIFY"
+    );
+    // A peer that did not advertise norefersub gets no Refer-Sub at all.
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = only_request(sent(&mut call));
+    assert!(refer.headers.get("Refer-Sub").is_none());
+    assert!(refer.headers.get("Referred-By").is_some());
+}
+
+#[test]
+fn retransmitted_invite_repeats_the_last_response_once_per_copy() {
+    let t0 = Instant::now();
+    let mut profile = Profile::default();
+    profile.sip.answer_delay_ms = 1000;
+    let s = Arc::new(CallSettings::from_profile(&profile, 5060));
+    let mut call = Call::new(s, invite(), src(), "127.0.0.1:20000".parse().unwrap(), t0).unwrap();
+    assert_eq!(codes(&sent(&mut call)), ["100"]);
+    call.handle_request(&invite(), src(), t0 + ms(300));
+    assert_eq!(
+        codes(&sent(&mut call)),
+        ["100"],
+        "the 100 again, nothing else"
+    );
+    call.handle_timeout(t0 + ms(1000));
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+    call.handle_request(&invite(), src(), t0 + ms(1100));
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
 }

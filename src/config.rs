@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::policy::Policy;
 use crate::sdp::CodecName;
 use crate::sip::message::{Scheme, Uri};
+use crate::sip::transport::Transport;
 
 /// Why a profile cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +86,12 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SipConfig {
-    /// Address and port to listen on for SIP over UDP.
+    /// Address and port to listen on for SIP, for every transport of
+    /// `transports` (UDP and TCP share the port).
     pub listen: SocketAddr,
+    /// Transports to listen on (RFC 3261 §18); UDP is mandatory for now
+    /// (registrations and stateless replies use the UDP socket).
+    pub transports: Vec<Transport>,
     /// Address advertised in Contact, Via and SDP when it differs from the
     /// listen address (NAT); defaults to the listen address.
     pub external_address: Option<IpAddr>,
@@ -100,6 +105,9 @@ pub struct SipConfig {
     pub t2_ms: u64,
     /// Value of the `User-Agent`/`Server` header.
     pub user_agent: String,
+    /// Smallest session interval we accept (RFC 4028 `Min-SE`), seconds: a
+    /// `Session-Expires` below it is refused with `422`. At least 90.
+    pub min_se_s: u32,
     /// Digest user name for our in-dialog requests (REFER, BYE) when a peer
     /// challenges them, whatever the realm; `None`: see [`Profile::dialog_credentials`].
     pub auth_username: Option<String>,
@@ -192,12 +200,14 @@ impl Default for SipConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:5060".parse().expect("static address"),
+            transports: vec![Transport::Udp, Transport::Tcp],
             external_address: None,
             user: "emonav".into(),
             answer_delay_ms: 0,
             t1_ms: 500,
             t2_ms: 4000,
             user_agent: concat!("emonav/", env!("CARGO_PKG_VERSION")).into(),
+            min_se_s: 90,
             auth_username: None,
             auth_password: None,
         }
@@ -371,6 +381,24 @@ impl Profile {
         if self.media.codecs.is_empty() {
             return Err("media.codecs must name at least one codec".into());
         }
+        if self.sip.transports.is_empty() {
+            return Err(
+                "sip.transports must name at least one transport (\"udp\", \"tcp\")".into(),
+            );
+        }
+        for (i, t) in self.sip.transports.iter().enumerate() {
+            if self.sip.transports[..i].contains(t) {
+                return Err(format!("sip.transports lists {t:?} twice", t = t.name()));
+            }
+        }
+        if !self.sip.transports.contains(&Transport::Udp) {
+            return Err(
+                "sip.transports must include \"udp\" (registrations use the UDP socket)".into(),
+            );
+        }
+        if self.sip.min_se_s < 90 {
+            return Err("sip.min_se_s must be >= 90 (RFC 4028 §4)".into());
+        }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err("sip.t1_ms must be > 0 and sip.t2_ms >= sip.t1_ms".into());
         }
@@ -464,11 +492,31 @@ mod tests {
         assert_eq!(p.sip.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!(p.http.listen, Some("127.0.0.1:9060".parse().unwrap()));
         assert_eq!(p.policy.rules.len(), 2);
+        assert_eq!(p.sip.transports, [Transport::Udp, Transport::Tcp]);
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
             }
+        }
+    }
+
+    #[test]
+    fn transports_are_validated() {
+        let p = Profile::from_toml("[sip]\ntransports = [\"udp\"]\n", "p").unwrap();
+        assert_eq!(p.sip.transports, [Transport::Udp]);
+        for (text, needle) in [
+            ("transports = []", "at least one transport"),
+            ("transports = [\"udp\", \"UDP\"]", "twice"),
+            ("transports = [\"tcp\"]", "must include \"udp\""),
+            (
+                "transports = [\"udp\", \"tls\"]",
+                "\"tls\" is not supported yet",
+            ),
+            ("transports = [\"udp\", \"sctpx\"]", "unknown transport"),
+        ] {
+            let err = Profile::from_toml(&format!("[sip]\n{text}\n"), "p").unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
         }
     }
 

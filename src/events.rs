@@ -37,6 +37,8 @@ pub enum Outcome {
     Rejected,
     /// No ACK for our 200 OK (RFC 3261 §13.3.1.4): we sent BYE.
     NoAck,
+    /// The caller did not refresh the session timer (RFC 4028 §10): we sent BYE.
+    SessionExpired,
 }
 
 /// One transfer attempt.
@@ -186,7 +188,7 @@ impl Metrics {
             Outcome::Transferred | Outcome::TransferredToFallback => {
                 self.calls_transferred.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::Failed | Outcome::NoAck => {
+            Outcome::Failed | Outcome::NoAck | Outcome::SessionExpired => {
                 self.calls_failed.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}

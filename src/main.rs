@@ -354,10 +354,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let server = Server::bind(&profile, events)
             .await
-            .with_context(|| format!("cannot bind udp:{}", profile.sip.listen))?;
+            .with_context(|| format!("cannot bind SIP on {}", profile.sip.listen))?;
         let sip = server.sip_addr()?;
         tracing::info!(
             sip = %format!("udp:{sip}"),
+            sip_tcp = %server.sip_tcp_addr().map_or("off".into(), |a| format!("tcp:{a}")),
             http = %server.http_addr().map_or("off".into(), |a| a.to_string()),
             profile = %args.profile.display(),
             "emonav listening"

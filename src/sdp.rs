@@ -374,6 +374,13 @@ pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Nego
         Direction::RecvOnly => Direction::SendOnly,
         Direction::Inactive => Direction::Inactive,
     };
+    // RFC 2543 hold (RFC 3264 §8.4): `c=0.0.0.0` means "send me nothing",
+    // whatever the attribute says.
+    let direction = match direction {
+        Direction::SendRecv if ip.is_unspecified() => Direction::RecvOnly,
+        Direction::SendOnly if ip.is_unspecified() => Direction::Inactive,
+        d => d,
+    };
     Ok(Negotiated {
         media_index,
         codec,
@@ -390,6 +397,47 @@ pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Nego
         direction,
         ptime: m.ptime,
     })
+}
+
+impl Negotiated {
+    /// The caller holds the call: anything but `sendrecv` (RFC 3264 §8.4 —
+    /// `a=sendonly` with music on hold, `a=inactive`, `c=0.0.0.0`, or a
+    /// caller that only listens). What it sends then is not the caller talking.
+    pub fn is_hold(&self) -> bool {
+        self.direction != Direction::SendRecv
+    }
+}
+
+/// Our SDP offer for a re-INVITE that came without one (RFC 3261 §14.2,
+/// RFC 3264 §8): the session as it stands (codec, payload types, telephone
+/// events), `sendrecv`, at our RTP address; the answer comes in the ACK.
+pub fn offer(neg: &Negotiated, local_rtp: SocketAddr, session_id: u64, version: u64) -> String {
+    let audio = Media {
+        kind: "audio".into(),
+        port: neg.remote_rtp.port(),
+        proto: "RTP/AVP".into(),
+        formats: std::iter::once(neg.pt)
+            .chain(neg.telephone_event_pt)
+            .collect(),
+        rtpmaps: Vec::new(),
+        fmtps: Vec::new(),
+        connection: None,
+        direction: Direction::SendRecv,
+        ptime: neg.ptime,
+    };
+    let sd = SessionDescription {
+        session_id,
+        session_version: version,
+        connection: None,
+        direction: Direction::SendRecv,
+        media: vec![audio],
+    };
+    let ours = Negotiated {
+        media_index: 0,
+        direction: Direction::SendRecv,
+        ..neg.clone()
+    };
+    answer(&sd, &ours, local_rtp, session_id, version)
 }
 
 /// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
@@ -524,6 +572,41 @@ mod tests {
         let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
         let m: Vec<&str> = a.lines().filter(|l| l.starts_with("m=")).collect();
         assert_eq!(m, ["m=video 0 RTP/AVP 96", "m=audio 20000 RTP/AVP 0"]);
+    }
+
+    #[test]
+    fn rfc2543_hold_with_zero_address_is_answered_recvonly() {
+        let o = parse(
+            "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+        )
+        .unwrap();
+        let n = negotiate(&o, &[CodecName::Pcmu]).unwrap();
+        assert_eq!(n.direction, Direction::RecvOnly);
+        assert!(n.is_hold());
+        let o = parse(
+            "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=recvonly\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            negotiate(&o, &[CodecName::Pcmu]).unwrap().direction,
+            Direction::Inactive
+        );
+    }
+
+    #[test]
+    fn our_offer_keeps_the_session_and_is_sendrecv() {
+        let o = parse(&offer(
+            "m=audio 4000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n",
+        ))
+        .unwrap();
+        let n = negotiate(&o, &[CodecName::Pcma]).unwrap();
+        let text = super::offer(&n, "127.0.0.1:20000".parse().unwrap(), 7, 9);
+        let back = parse(&text).unwrap();
+        assert_eq!(back.session_version, 9);
+        let m = &back.media[0];
+        assert_eq!((m.port, &m.formats[..]), (20000, &[8, 101][..]));
+        assert_eq!(m.direction, Direction::SendRecv);
+        assert!(text.contains("a=rtpmap:101 telephone-event/8000"), "{text}");
     }
 
     #[test]

@@ -9,24 +9,34 @@
 //! The SIP task also drives the `[[registration]]` accounts: one
 //! [`Registration`] each, sending over the same socket (so the registrar sees
 //! the address it will send INVITEs to) and removing the bindings on shutdown.
+//!
+//! SIP over TCP (RFC 3261 §18): a listener on the UDP socket's address and
+//! port, and one task per connection, accepted or opened by us. A connection
+//! task frames messages ([`StreamFramer`]) and hands them to the SIP task,
+//! which dispatches them exactly as datagrams, tagged with the transport and
+//! the connection's remote address. Sends name a transport and, for TCP, the
+//! connection to reuse while it is open (the request's, or the dialog's);
+//! otherwise a new connection is opened to the destination (§18.1.1, §18.2.2).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::call::{reply_datagram, uri_host, Call, CallSettings, Output};
+use crate::call::{reply_datagram, stateless_response, uri_host, Call, CallSettings, Output};
 use crate::config::Profile;
 use crate::events::{EventSink, Metrics};
 use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request, Response, Uri};
 use crate::sip::registration::{self, Account, Registration, State};
+use crate::sip::session_timer;
 use crate::sip::transaction::Timers;
+use crate::sip::transport::{Frame, FrameError, StreamFramer, Transport};
 
 /// How long a shutdown waits for the registrars to answer the un-REGISTERs.
 const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -34,10 +44,96 @@ const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A SIP message for a call task, with where it came from.
 type CallInput = (Message, SocketAddr);
 
+/// Where a message came from: the transport, and the source address (for
+/// TCP, the connection's remote address, which names the connection).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    addr: SocketAddr,
+    transport: Transport,
+}
+
+/// A message read from a TCP connection, for the SIP task.
+type Inbound = (Message, Peer);
+
+/// One open TCP connection, as the senders see it.
+struct ConnHandle {
+    id: u64,
+    /// Messages to write, in order.
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Calls whose dialog uses this connection: it is not closed for idleness.
+    dialogs: Arc<AtomicUsize>,
+}
+
+/// The TCP connections, by remote address.
+struct TcpConns {
+    conns: Mutex<HashMap<SocketAddr, ConnHandle>>,
+    next_id: AtomicU64,
+    /// Connection tasks hand what they read to the SIP task here.
+    inbound: mpsc::UnboundedSender<Inbound>,
+    /// A connection no dialog uses is closed after this long without traffic.
+    idle: std::time::Duration,
+}
+
+/// Keeps a connection open while a dialog uses it.
+struct DialogHold(Arc<AtomicUsize>);
+
+impl Drop for DialogHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl TcpConns {
+    /// Register a connection; returns its id, the queue to write and its dialog count.
+    fn register(
+        &self,
+        peer: SocketAddr,
+    ) -> (u64, mpsc::UnboundedReceiver<Vec<u8>>, Arc<AtomicUsize>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dialogs = Arc::new(AtomicUsize::new(0));
+        let handle = ConnHandle {
+            id,
+            tx,
+            dialogs: dialogs.clone(),
+        };
+        self.lock().insert(peer, handle);
+        (id, rx, dialogs)
+    }
+
+    fn unregister(&self, peer: SocketAddr, id: u64) {
+        let mut conns = self.lock();
+        if conns.get(&peer).is_some_and(|c| c.id == id) {
+            conns.remove(&peer);
+        }
+    }
+
+    /// Queue `data` on the connection to `peer`; gives it back if there is none.
+    fn try_send(&self, peer: SocketAddr, data: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.lock().get(&peer) {
+            Some(c) => c.tx.send(data).map_err(|e| e.0),
+            None => Err(data),
+        }
+    }
+
+    fn hold(&self, peer: SocketAddr) -> Option<DialogHold> {
+        let conns = self.lock();
+        let c = conns.get(&peer)?;
+        c.dialogs.fetch_add(1, Ordering::Relaxed);
+        Some(DialogHold(c.dialogs.clone()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, ConnHandle>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Shared by the SIP task and every call task.
 struct Shared {
     settings: Arc<CallSettings>,
     sip: Arc<UdpSocket>,
+    /// TCP connections; `None` when the profile does not list "tcp".
+    tcp: Option<TcpConns>,
     events: EventSink,
     metrics: Metrics,
     rtp_ip: std::net::IpAddr,
@@ -49,6 +145,8 @@ struct Shared {
 /// A bound, not yet running, endpoint.
 pub struct Server {
     shared: Arc<Shared>,
+    tcp: Option<TcpListener>,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
     http: Option<TcpListener>,
     accounts: Vec<(Account, String)>,
     reg_settings: registration::Settings,
@@ -57,8 +155,9 @@ pub struct Server {
 impl Server {
     /// Bind the SIP socket (and the HTTP listener) of a profile.
     pub async fn bind(profile: &Profile, events: EventSink) -> std::io::Result<Server> {
-        let sip = UdpSocket::bind(profile.sip.listen).await?;
+        let (sip, tcp) = bind_sip(profile).await?;
         let port = sip.local_addr()?.port();
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
         let http = match profile.http.listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -68,6 +167,12 @@ impl Server {
         let shared = Shared {
             settings: Arc::new(CallSettings::from_profile(profile, port)),
             sip: Arc::new(sip),
+            tcp: tcp.is_some().then(|| TcpConns {
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                inbound: inbound_tx,
+                idle: profile.t1() * 64,
+            }),
             events,
             metrics: Metrics::default(),
             rtp_ip: profile.sip.listen.ip(),
@@ -77,6 +182,8 @@ impl Server {
         };
         Ok(Server {
             shared: Arc::new(shared),
+            tcp,
+            inbound,
             http,
             accounts,
             reg_settings: registration::Settings {
@@ -96,6 +203,11 @@ impl Server {
         self.shared.sip.local_addr()
     }
 
+    /// The SIP over TCP address actually bound, if TCP is on.
+    pub fn sip_tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The HTTP address actually bound.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
@@ -105,6 +217,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         if let Some(listener) = self.http {
             tokio::spawn(serve_http(listener, self.shared.clone()));
+        }
+        if let Some(listener) = self.tcp {
+            tokio::spawn(accept_tcp(listener, self.shared.clone()));
         }
         let now = Instant::now().into_std();
         let regs = Registrations::new(
@@ -116,7 +231,43 @@ impl Server {
                 })
                 .collect(),
         );
-        sip_loop(self.shared, regs, shutdown).await;
+        sip_loop(self.shared, regs, self.inbound, shutdown).await;
+    }
+}
+
+/// Bind the UDP socket and, when the profile lists "tcp", a TCP listener on
+/// the same address and port. With port 0 the UDP port is chosen by the
+/// system; if TCP cannot have the same one, both are bound again.
+async fn bind_sip(profile: &Profile) -> std::io::Result<(UdpSocket, Option<TcpListener>)> {
+    let want_tcp = profile.sip.transports.contains(&Transport::Tcp);
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(profile.sip.listen).await?;
+        // tokio's try_send_to goes by cached readiness, which a fresh socket
+        // does not have yet: without this the first datagram (a REGISTER
+        // sent at start-up) failed with "would block" and went out only on
+        // its retransmission.
+        udp.writable().await?;
+        if !want_tcp {
+            return Ok((udp, None));
+        }
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && profile.sip.listen.port() == 0
+                    && tries < 16 =>
+            {
+                tries += 1;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot bind tcp:{addr}: {e}"),
+                ))
+            }
+        }
     }
 }
 
@@ -299,6 +450,7 @@ fn log_state(reg: &Registration, state: &State) {
 async fn sip_loop(
     shared: Arc<Shared>,
     mut regs: Registrations,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -313,6 +465,9 @@ async fn sip_loop(
                 Ok((n, src)) => on_datagram(&shared, &mut calls, &mut regs, &ended_tx, &buf[..n], src),
                 Err(e) => tracing::warn!(error = %e, "SIP socket receive error"),
             },
+            Some((msg, peer)) = inbound.recv() => {
+                dispatch(&shared, &mut calls, &mut regs, &ended_tx, msg, peer);
+            }
             Some(id) = ended_rx.recv() => { calls.remove(&id); }
             Some((i, addr)) = regs.resolved_rx.recv() => regs.resolved(i, addr),
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
@@ -365,6 +520,10 @@ fn on_datagram(
     if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
         return;
     }
+    let peer = Peer {
+        addr: src,
+        transport: Transport::Udp,
+    };
     let msg = match parse_datagram(data) {
         Ok(m) => m,
         Err(ParseError::BadRequest { reason, request }) => {
@@ -377,7 +536,7 @@ fn on_datagram(
                 reply(
                     shared,
                     &request,
-                    src,
+                    peer,
                     400,
                     &format!("Bad Request ({reason})"),
                 );
@@ -393,6 +552,20 @@ fn on_datagram(
             return;
         }
     };
+    dispatch(shared, calls, regs, ended_tx, msg, peer);
+}
+
+/// A parsed message, whatever transport it came on: to its call, its
+/// registration, or answered here.
+fn dispatch(
+    shared: &Arc<Shared>,
+    calls: &mut HashMap<String, mpsc::UnboundedSender<CallInput>>,
+    regs: &mut Registrations,
+    ended_tx: &mpsc::UnboundedSender<String>,
+    msg: Message,
+    peer: Peer,
+) {
+    let src = peer.addr;
     if let Message::Response(r) = &msg {
         if regs.handle_response(r, Instant::now().into_std()) {
             return;
@@ -424,13 +597,30 @@ fn on_datagram(
     let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
     match &req.method {
         Method::Invite if !has_to_tag => {
+            // RFC 4028 §9: refused statelessly, so that the caller's retry
+            // with a larger interval (same Call-ID) starts a fresh call.
+            if let Err(e) = session_timer::negotiate(&req, shared.settings.min_se) {
+                let mut resp = stateless_response(
+                    &req,
+                    422,
+                    "Session Interval Too Small",
+                    &shared.settings.user_agent,
+                );
+                resp.headers.push("Min-SE", e.min_se.to_string());
+                let dest = req
+                    .top_via()
+                    .map(|v| crate::sip::dialog::response_destination(&v, src))
+                    .unwrap_or(src);
+                send(&shared.sip, dest, &resp.to_bytes());
+                return;
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             calls.insert(call_id.clone(), tx);
             shared.metrics.calls_started.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(call_task(shared.clone(), req, src, rx, ended_tx.clone()));
+            tokio::spawn(call_task(shared.clone(), req, peer, rx, ended_tx.clone()));
         }
         Method::Ack => {}
-        Method::Options if !has_to_tag => reply(shared, &req, src, 200, "OK"),
+        Method::Options if !has_to_tag => reply(shared, &req, peer, 200, "OK"),
         Method::Register
         | Method::Subscribe
         | Method::Publish
@@ -438,16 +628,212 @@ fn on_datagram(
         | Method::Refer
             if !has_to_tag =>
         {
-            reply(shared, &req, src, 405, "Method Not Allowed")
+            reply(shared, &req, peer, 405, "Method Not Allowed")
         }
-        Method::Other(_) => reply(shared, &req, src, 501, "Not Implemented"),
-        _ => reply(shared, &req, src, 481, "Call/Transaction Does Not Exist"),
+        Method::Other(_) => reply(shared, &req, peer, 501, "Not Implemented"),
+        _ => reply(shared, &req, peer, 481, "Call/Transaction Does Not Exist"),
     }
 }
 
-fn reply(shared: &Shared, req: &Request, src: SocketAddr, code: u16, reason: &str) {
-    let (dest, data) = reply_datagram(req, src, code, reason, &shared.settings.user_agent);
-    send(&shared.sip, dest, &data);
+/// A stateless response, on the transport (and connection) the request came on.
+fn reply(shared: &Arc<Shared>, req: &Request, peer: Peer, code: u16, reason: &str) {
+    let (dest, data) = reply_datagram(req, peer.addr, code, reason, &shared.settings.user_agent);
+    let connection = peer.transport.is_reliable().then_some(peer.addr);
+    send_on(shared, peer.transport, dest, connection, data);
+}
+
+/// Send a message on `transport`. For TCP: on the connection to
+/// `connection` while it is open, else on one to `dest`, opened if needed.
+fn send_on(
+    shared: &Arc<Shared>,
+    transport: Transport,
+    dest: SocketAddr,
+    connection: Option<SocketAddr>,
+    data: Vec<u8>,
+) {
+    match transport {
+        Transport::Udp => send(&shared.sip, dest, &data),
+        Transport::Tcp => {
+            let Some(tcp) = &shared.tcp else {
+                tracing::warn!(%dest, "TCP is not enabled in the profile: message dropped");
+                return;
+            };
+            let data = match connection {
+                Some(c) => match tcp.try_send(c, data) {
+                    Ok(()) => return,
+                    Err(data) => data,
+                },
+                None => data,
+            };
+            let data = match tcp.try_send(dest, data) {
+                Ok(()) => return,
+                Err(data) => data,
+            };
+            // §18.1.1 / §18.2.2: no open connection, open one. Registered at
+            // once so that what follows queues behind this message.
+            let (id, rx, dialogs) = tcp.register(dest);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let connect =
+                    tokio::time::timeout(shared.settings.timers.t1 * 64, TcpStream::connect(dest));
+                match connect.await {
+                    Ok(Ok(stream)) => {
+                        tracing::debug!(%dest, "TCP connection opened");
+                        let _ = stream.set_nodelay(true);
+                        let mut stream = stream;
+                        if stream.write_all(&data).await.is_ok() {
+                            run_connection(shared, stream, dest, id, rx, dialogs).await;
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(%dest, error = %e, "cannot open a TCP connection"),
+                    Err(_) => tracing::warn!(%dest, "TCP connection timed out"),
+                }
+                if let Some(tcp) = &shared.tcp {
+                    tcp.unregister(dest, id);
+                }
+            });
+        }
+    }
+}
+
+/// Accept SIP over TCP connections, one task each.
+async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors, typically: do not spin.
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(tcp) = &shared.tcp else { return };
+        tracing::debug!(%peer, "TCP connection accepted");
+        let _ = stream.set_nodelay(true);
+        let (id, rx, dialogs) = tcp.register(peer);
+        tokio::spawn(run_connection(
+            shared.clone(),
+            stream,
+            peer,
+            id,
+            rx,
+            dialogs,
+        ));
+    }
+}
+
+/// One TCP connection: frames what it reads for the SIP task, writes what is
+/// queued for it, and closes on a framing error (after a 400 or 513 to a
+/// request), when the peer closes, or when idle with no dialog using it.
+async fn run_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    mut out: mpsc::UnboundedReceiver<Vec<u8>>,
+    dialogs: Arc<AtomicUsize>,
+) {
+    let Some(tcp) = &shared.tcp else { return };
+    let (mut rd, mut wr) = stream.into_split();
+    let mut framer = StreamFramer::default();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut last = Instant::now();
+    let from = Peer {
+        addr: peer,
+        transport: Transport::Tcp,
+    };
+    'conn: loop {
+        tokio::select! {
+            r = rd.read(&mut chunk) => {
+                let n = match r {
+                    Ok(0) => {
+                        tracing::debug!(%peer, "TCP connection closed by the peer");
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TCP read error");
+                        break;
+                    }
+                };
+                last = Instant::now();
+                framer.push(&chunk[..n]);
+                loop {
+                    match framer.next_frame() {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Ping)) => {
+                            if wr.write_all(b"\r\n").await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Ok(Some(Frame::Message(msg))) => {
+                            if tcp.inbound.send((msg, from)).is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(resp) = framing_error(&shared, peer, e) {
+                                let _ = wr.write_all(&resp).await;
+                            }
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            Some(data) = out.recv() => {
+                last = Instant::now();
+                if let Err(e) = wr.write_all(&data).await {
+                    tracing::warn!(%peer, error = %e, "TCP write failed");
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(last + tcp.idle) => {
+                if dialogs.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(%peer, "idle TCP connection closed");
+                    break;
+                }
+                last = Instant::now();
+            }
+        }
+    }
+    tcp.unregister(peer, id);
+}
+
+/// Log a stream that cannot go on; the response to send before closing, if
+/// the message was a request we could read enough of.
+fn framing_error(shared: &Shared, peer: SocketAddr, e: FrameError) -> Option<Vec<u8>> {
+    let ua = &shared.settings.user_agent;
+    match e {
+        FrameError::TooLarge { request } => {
+            shared
+                .metrics
+                .sip_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "SIP message over TCP too large: closing the connection");
+            let req = request.filter(|r| r.method != Method::Ack)?;
+            Some(stateless_response(&req, 513, "Message Too Large", ua).to_bytes())
+        }
+        FrameError::BadRequest { reason, request } => {
+            shared
+                .metrics
+                .sip_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %reason, "malformed SIP request over TCP: 400, closing the connection");
+            (request.method != Method::Ack).then(|| {
+                stateless_response(&request, 400, &format!("Bad Request ({reason})"), ua).to_bytes()
+            })
+        }
+        FrameError::Unparseable(why) => {
+            shared
+                .metrics
+                .sip_unparseable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %why, "unparseable SIP over TCP: closing the connection");
+            None
+        }
+    }
 }
 
 fn send(sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {
@@ -489,17 +875,23 @@ async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, Option<UdpSocket>)> {
 async fn call_task(
     shared: Arc<Shared>,
     invite: Request,
-    src: SocketAddr,
+    peer: Peer,
     mut rx: mpsc::UnboundedReceiver<CallInput>,
     ended: mpsc::UnboundedSender<String>,
 ) {
+    let src = peer.addr;
     let call_id = invite.call_id().unwrap_or("").to_string();
+    // The connection the dialog came on stays open while the call lasts.
+    let _hold = match (&shared.tcp, peer.transport) {
+        (Some(tcp), Transport::Tcp) => tcp.hold(src),
+        _ => None,
+    };
     let Some((rtp, rtcp)) = bind_rtp(&shared).await else {
         tracing::error!(%call_id, "no free RTP port in the profile's range");
         reply(
             &shared,
             &invite,
-            src,
+            peer,
             503,
             "Service Unavailable (no media port)",
         );
@@ -510,22 +902,23 @@ async fn call_task(
         Ok(a) => SocketAddr::new(shared.rtp_advertised, a.port()),
         Err(_) => return,
     };
-    let mut call = match Call::new(
+    let mut call = match Call::new_on(
         shared.settings.clone(),
         invite.clone(),
         src,
+        peer.transport,
         local_rtp,
         Instant::now().into_std(),
     ) {
         Ok(c) => c,
         Err(e) => {
-            reply(&shared, &invite, src, 400, &format!("Bad Request ({e})"));
+            reply(&shared, &invite, peer, 400, &format!("Bad Request ({e})"));
             let _ = ended.send(call_id);
             return;
         }
     };
     drop(invite);
-    tracing::info!(%call_id, %src, rtp = %local_rtp, "call started");
+    tracing::info!(%call_id, %src, transport = %peer.transport, rtp = %local_rtp, "call started");
     let mut rtp = Some(rtp);
     let mut rtcp = rtcp;
     let mut buf = [0u8; 2048];
@@ -533,7 +926,12 @@ async fn call_task(
     loop {
         while let Some(out) = call.poll_output() {
             match out {
-                Output::Send { dest, data } => send(&shared.sip, dest, &data),
+                Output::Send {
+                    dest,
+                    data,
+                    transport,
+                    connection,
+                } => send_on(&shared, transport, dest, connection, data),
                 Output::Ended(record) => {
                     shared.metrics.call_ended(&record);
                     shared.events.write(&record);

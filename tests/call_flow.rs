@@ -292,6 +292,118 @@ fn keypad_zero_goes_to_the_operator_whatever_the_emotion() {
     );
 }
 
+/// CANCEL sent back to back with the INVITE, while emonav (no answer delay)
+/// is already sending its 200 OK: whichever wins, one final response to the
+/// INVITE, 200 to the CANCEL, and the call ends cleanly.
+#[test]
+fn cancel_racing_the_200_ends_the_call_cleanly() {
+    let emonav = Emonav::start("");
+    let mut uac = Uac::new(emonav.sip);
+    uac.send_invite(&uac.g711_offer());
+    let me = uac.addr();
+    uac.send_raw(&format!(
+        "CANCEL sip:emonav@{r} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={b};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag={t}\r\nTo: <sip:emonav@{r}>\r\n\
+         Call-ID: {c}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        r = emonav.sip,
+        b = uac.invite_branch,
+        t = uac.tag,
+        c = uac.call_id
+    ));
+    let mut finals = vec![];
+    let deadline = Instant::now() + 2 * S;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match uac.recv(left) {
+            Some(emonav::sip::message::Message::Response(r)) if r.code >= 200 => {
+                finals.push((r.code, r.cseq().unwrap().method.as_str().to_string(), r));
+            }
+            Some(_) => {}
+            None => break,
+        }
+        if finals.iter().any(|f| f.1 == "CANCEL") && finals.iter().any(|f| f.1 == "INVITE") {
+            break;
+        }
+    }
+    let cancel: Vec<_> = finals.iter().filter(|f| f.1 == "CANCEL").collect();
+    assert_eq!(
+        cancel.len(),
+        1,
+        "{:?}",
+        finals.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(cancel[0].0, 200);
+    let invite = finals
+        .iter()
+        .find(|f| f.1 == "INVITE")
+        .expect("a final response to the INVITE");
+    match invite.0 {
+        200 => {
+            // Our 200 won: ACK it and hang up.
+            let resp = invite.2.clone();
+            uac.remote_tag = resp.to().and_then(|t| t.tag().map(str::to_owned));
+            uac.ack(true);
+            let branch = uac.request("BYE", "", "");
+            assert_eq!(uac.expect_response(&branch, 2 * S).unwrap().code, 200);
+            assert_eq!(emonav.next_event(3 * S)["outcome"], "caller_hangup");
+        }
+        487 => {
+            uac.ack(false);
+            assert_eq!(emonav.next_event(3 * S)["outcome"], "cancelled");
+        }
+        other => panic!("unexpected final response {other}"),
+    }
+    assert!(emonav.next_event_opt(S).is_none(), "one call only");
+}
+
+/// RFC 4028: a too-small Session-Expires is refused with 422 and Min-SE
+/// before any call exists, so the caller's retry on the same Call-ID works.
+#[test]
+fn session_interval_too_small_is_422_and_the_retry_is_answered() {
+    let emonav = Emonav::start("");
+    let uac = Uac::new(emonav.sip);
+    let sdp = uac.g711_offer();
+    let me = uac.addr();
+    let small = format!(
+        "INVITE sip:emonav@{r} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKst422a;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=st\r\nTo: <sip:emonav@{r}>\r\n\
+         Call-ID: st-422@test\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\n\
+         Session-Expires: 30\r\nSupported: timer\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {len}\r\n\r\n{sdp}",
+        r = emonav.sip,
+        len = sdp.len()
+    );
+    uac.send_raw(&small);
+    let mut uac = uac;
+    let r = loop {
+        match uac.recv(2 * S).expect("a response") {
+            emonav::sip::message::Message::Response(r) if r.code >= 200 => break r,
+            _ => {}
+        }
+    };
+    assert_eq!((r.code, r.headers.get("Min-SE")), (422, Some("90")));
+    let retry = small
+        .replace("Session-Expires: 30", "Session-Expires: 1800")
+        .replace("z9hG4bKst422a", "z9hG4bKst422b")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+    uac.send_raw(&retry);
+    let ok = loop {
+        match uac.recv(2 * S).expect("a response") {
+            emonav::sip::message::Message::Response(r)
+                if r.code >= 200 && r.call_id() == Some("st-422@test") =>
+            {
+                break r
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(ok.code, 200);
+    assert_eq!(
+        ok.headers.get("Session-Expires"),
+        Some("1800;refresher=uac")
+    );
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+}
+
 /// RTP header fields: (payload type, sequence, timestamp, SSRC).
 fn rtp_header(p: &[u8]) -> (u8, u16, u32, u32) {
     assert!(p.len() >= 12 && p[0] >> 6 == 2, "RTP v2: {p:?}");

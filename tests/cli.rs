@@ -102,7 +102,8 @@ fn check_config_accepts_every_shipped_profile() {
         [
             "sip-profiles/asterisk.toml",
             "sip-profiles/carrier-peering.toml",
-            "sip-profiles/default.toml"
+            "sip-profiles/default.toml",
+            "sip-profiles/freeswitch.toml"
         ]
     );
 }

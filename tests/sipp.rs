@@ -23,8 +23,22 @@ struct Run {
     log: String,
 }
 
+/// A TCP port free at the time of asking.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Run a scenario file once against `emonav`; `pcap` replaces the scenario's audio.
 fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
+    sipp_on(emonav, scenario, pcap, false)
+}
+
+/// [`sipp`] over UDP, or over TCP (`-t t1`: one connection for the call).
+fn sipp_on(emonav: &Emonav, scenario: &str, pcap: Option<&str>, tcp: bool) -> Run {
     let dir = std::env::temp_dir().join(format!(
         "emonav-sipp-{}-{}",
         std::process::id(),
@@ -40,12 +54,19 @@ fn sipp(emonav: &Emonav, scenario: &str, pcap: Option<&str>) -> Run {
     std::fs::write(&sf, xml).unwrap();
     let log = dir.join("actions.log");
     let media = 30_000 + 4 * fastrand::u16(0..5_000);
+    let (target, transport, port) = if tcp {
+        let addr = emonav.sip_tcp.expect("emonav listens on TCP");
+        (addr, "t1", free_tcp_port())
+    } else {
+        (emonav.sip, "u1", free_port())
+    };
     let status = Command::new("sipp")
-        .arg(emonav.sip.to_string())
+        .arg(target.to_string())
         .args(["-sf"])
         .arg(&sf)
+        .args(["-t", transport])
         .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &free_port().to_string(), "-mp", &media.to_string()])
+        .args(["-p", &port.to_string(), "-mp", &media.to_string()])
         .args([
             "-timeout",
             "30",
@@ -137,6 +158,20 @@ fn sipp_agitated_caller_is_referred_to_deescalation() {
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred");
     assert!(ev["answer_to_refer_ms"].as_u64().unwrap() <= 3500, "{ev}");
+}
+
+#[test]
+fn sipp_over_tcp_agitated_caller_is_referred_to_deescalation() {
+    let emonav = Emonav::start("");
+    let run = sipp_on(&emonav, "uac_refer.xml", None, true);
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred");
+    assert!(emonav
+        .drain_log()
+        .iter()
+        .any(|l| l.contains("call started") && l.contains("transport=tcp")));
 }
 
 #[test]
@@ -263,4 +298,72 @@ fn sipp_calm_opus_caller_is_referred_to_standard() {
         (&"opus".into(), &"calm".into()),
         "{ev}"
     );
+}
+
+#[test]
+fn sipp_hold_and_unhold_by_reinvite_before_the_transfer() {
+    let emonav = Emonav::start("");
+    let run = sipp(&emonav, "uac_reinvite_hold.xml", None);
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{}",
+        run.status,
+        run.log
+    );
+    assert!(run.log.contains("HOLD-ANSWER: recvonly"), "{}", run.log);
+    assert!(run.log.contains("UNHOLD-ANSWER: sendrecv"), "{}", run.log);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}");
+    // The 4 s hold does not count against the 3 s decision deadline.
+    assert!(ev["answer_to_refer_ms"].as_u64().unwrap() >= 4000, "{ev}");
+}
+
+#[test]
+fn sipp_retransmitted_invite_is_one_call() {
+    let emonav = Emonav::start("[sip]\nanswer_delay_ms = 1000\n");
+    let run = sipp(&emonav, "uac_invite_retrans.xml", None);
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{}",
+        run.status,
+        run.log
+    );
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(
+        emonav.next_event(Duration::from_secs(5))["outcome"],
+        "transferred"
+    );
+    assert!(
+        emonav.next_event_opt(Duration::from_secs(2)).is_none(),
+        "a second call was started"
+    );
+    let (_, metrics) = emonav.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("emonav_calls_started_total") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sipp_keypad_zero_sends_the_caller_to_the_operator() {
+    // SIPp's own RFC 4733 recording of digit 0 (telephone-event, PT 101, as
+    // uac_refer.xml offers it), shipped with the sip-tester package.
+    let dtmf = "/usr/share/sip-tester/dtmf_2833_0.pcap";
+    assert!(
+        std::path::Path::new(dtmf).exists(),
+        "{dtmf} comes with SIPp (Debian package sip-tester)"
+    );
+    let emonav = Emonav::start(
+        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1\"\n",
+    );
+    let run = sipp(&emonav, "uac_refer.xml", Some(dtmf));
+    assert!(run.status.success(), "sipp failed: {:?}", run.status);
+    assert_eq!(refer_targets(&run.log), ["sip:operator@127.0.0.1"]);
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["decision_reason"], "dtmf", "{ev}");
+    assert_eq!(ev["outcome"], "transferred");
+    assert!(ev["answer_to_refer_ms"].as_u64().unwrap() < 1000, "{ev}");
 }

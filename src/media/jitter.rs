@@ -188,6 +188,22 @@ impl JitterBuffer {
         }
     }
 
+    /// Forget the stream (keeping the statistics): the next packet starts
+    /// afresh, with no gap reported (a hold, a re-negotiation).
+    pub fn reset(&mut self) {
+        for s in self.slots.iter_mut() {
+            s.used = false;
+        }
+        self.pending = Pending::None;
+        self.ssrc = None;
+        self.span = 0;
+        self.depth = 0;
+        self.history = 0;
+        self.carry_lost = 0;
+        self.anchor = None;
+        self.bad_seq = None;
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> JitterStats {
         self.stats
@@ -667,6 +683,17 @@ mod tests {
         // 1 s stall, the buffer empty: the next packet gets the full delay again.
         push(&mut jb, 3, t0 + 1060 * MS);
         assert_eq!(jb.poll_timeout(), Some(t0 + 1120 * MS));
+    }
+
+    #[test]
+    fn reset_forgets_the_stream_without_reporting_a_gap() {
+        let (mut jb, t0) = jb();
+        push(&mut jb, 1, t0);
+        push(&mut jb, 2, t0);
+        jb.reset();
+        assert_eq!(jb.depth(), 0);
+        push(&mut jb, 500, t0 + 5000 * MS);
+        assert_eq!(drain(&mut jb, t0 + 6000 * MS), [(0, 500)]);
     }
 
     #[test]

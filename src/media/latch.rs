@@ -52,6 +52,11 @@ impl Latch {
         }
     }
 
+    /// A re-negotiated payload type: RTP of it (re-)latches from now on.
+    pub fn set_audio_pt(&mut self, pt: u8) {
+        self.audio_pt = pt;
+    }
+
     /// The address our RTP goes to, once latched.
     pub fn address(&self) -> Option<SocketAddr> {
         self.latched.map(|(a, _)| a)

@@ -254,6 +254,13 @@ impl RtpReceiver {
         }
     }
 
+    /// Accept other payload types from now on (a re-INVITE changed the
+    /// codec), keeping the statistics and the sequence state.
+    pub fn set_payload_types(&mut self, audio_pt: u8, event_pt: Option<u8>) {
+        self.audio_pt = audio_pt;
+        self.event_pt = event_pt;
+    }
+
     /// Count an accepted audio packet whose payload the decoder refused: to
     /// the operator it is garbage like any malformed datagram.
     pub fn count_undecodable(&mut self) {

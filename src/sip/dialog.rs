@@ -174,11 +174,14 @@ pub fn uri_socket_addr(uri: &Uri) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
 }
 
-/// Where to send a response over UDP (RFC 3261 §18.2.2 with RFC 3581 rport):
-/// to the source address when `rport` was asked for or the sent-by is not an
-/// IP literal we can reach, else to the sent-by host and port.
+/// Where to send a response (RFC 3261 §18.2.2 with RFC 3581 rport). Over
+/// UDP: to the source address when `rport` was asked for, else to the
+/// `received` address (the source IP) at the sent-by port. Over a reliable
+/// transport the response goes on the request's connection while it is open
+/// (the edge's business); this is where to open a new one otherwise: the
+/// `received` address at the sent-by port (rport is for UDP only).
 pub fn response_destination(via: &Via, source: SocketAddr) -> SocketAddr {
-    if via.params.get("rport").is_some() {
+    if via.params.get("rport").is_some() && via.transport.eq_ignore_ascii_case("UDP") {
         return source;
     }
     let port = via.port.unwrap_or(5060);

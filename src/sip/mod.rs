@@ -4,4 +4,6 @@ pub mod digest;
 pub mod message;
 pub mod refer;
 pub mod registration;
+pub mod session_timer;
 pub mod transaction;
+pub mod transport;

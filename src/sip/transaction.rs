@@ -9,6 +9,9 @@
 //!   plus the UAS core's 2xx retransmission of §13.3.1.4 (same schedule, ends
 //!   on the ACK, gives up after 64·T1) which RFC 3261 keeps above the
 //!   transaction but which has exactly the same shape.
+//! - [`ServerNonInvite`]: §17.2.2, Timer J (in-dialog BYE, NOTIFY, UPDATE,
+//!   INFO… we answer): a retransmitted request gets the same response again
+//!   without reaching the TU a second time.
 
 use std::time::{Duration, Instant};
 
@@ -263,6 +266,82 @@ impl ServerInvite {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NonInviteServerState {
+    Trying,
+    Proceeding,
+    Completed { until: Instant },
+    Terminated,
+}
+
+/// Non-INVITE server transaction (§17.2.2), for UDP. The owner keeps the last
+/// response sent and re-sends it whenever [`on_retransmission`]
+/// (Self::on_retransmission) says so.
+#[derive(Debug, Clone)]
+pub struct ServerNonInvite {
+    state: NonInviteServerState,
+    timers: Timers,
+}
+
+impl ServerNonInvite {
+    /// Start: a request arrived and is passed to the TU once.
+    pub fn new(timers: Timers) -> Self {
+        Self {
+            state: NonInviteServerState::Trying,
+            timers,
+        }
+    }
+
+    /// The TU sent a response: a provisional moves to Proceeding, a final to
+    /// Completed, where Timer J (64·T1 over UDP) absorbs retransmissions.
+    pub fn on_response_sent(&mut self, code: u16, now: Instant) {
+        match self.state {
+            NonInviteServerState::Trying | NonInviteServerState::Proceeding if code < 200 => {
+                self.state = NonInviteServerState::Proceeding;
+            }
+            NonInviteServerState::Trying | NonInviteServerState::Proceeding => {
+                self.state = NonInviteServerState::Completed {
+                    until: now + 64 * self.timers.t1,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// The request came again. True when the last response must be re-sent
+    /// (Proceeding or Completed); in Trying there is nothing to send yet.
+    /// Either way the TU must not see the request again.
+    pub fn on_retransmission(&self) -> bool {
+        matches!(
+            self.state,
+            NonInviteServerState::Proceeding | NonInviteServerState::Completed { .. }
+        )
+    }
+
+    /// When to call [`on_timeout`](Self::on_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            NonInviteServerState::Completed { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Timer J.
+    pub fn on_timeout(&mut self, now: Instant) -> Action {
+        if let NonInviteServerState::Completed { until } = self.state {
+            if now >= until {
+                self.state = NonInviteServerState::Terminated;
+            }
+        }
+        Action::None
+    }
+
+    /// True once Timer J fired: the owner may forget the transaction.
+    pub fn is_terminated(&self) -> bool {
+        self.state == NonInviteServerState::Terminated
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +442,39 @@ mod tests {
         assert!(tx.awaiting_ack());
         assert!(tx.on_ack(t0 + ms(20)));
         assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn server_non_invite_absorbs_retransmissions_until_timer_j() {
+        let t0 = Instant::now();
+        let mut tx = ServerNonInvite::new(Timers::default());
+        assert!(!tx.on_retransmission(), "nothing sent yet in Trying");
+        assert_eq!(tx.poll_timeout(), None);
+        tx.on_response_sent(200, t0);
+        assert!(tx.on_retransmission());
+        let at = tx.poll_timeout().unwrap();
+        assert_eq!(at - t0, ms(32_000), "Timer J = 64·T1 over UDP");
+        assert_eq!(tx.on_timeout(t0 + ms(31_999)), Action::None);
+        assert!(!tx.is_terminated());
+        tx.on_timeout(at);
+        assert!(tx.is_terminated());
+        assert!(!tx.on_retransmission());
+        assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn server_non_invite_provisional_then_final_and_timer_j_follows_t1() {
+        let t0 = Instant::now();
+        let timers = Timers {
+            t1: ms(100),
+            ..Timers::default()
+        };
+        let mut tx = ServerNonInvite::new(timers);
+        tx.on_response_sent(100, t0);
+        assert!(tx.on_retransmission(), "the 100 is re-sent");
+        assert_eq!(tx.poll_timeout(), None, "no timer in Proceeding");
+        tx.on_response_sent(200, t0 + ms(50));
+        tx.on_response_sent(500, t0 + ms(60));
+        assert_eq!(tx.poll_timeout(), Some(t0 + ms(50) + ms(6400)));
     }
 }

@@ -32,8 +32,10 @@ pub fn fixture_path(rel: &str) -> Vec<u8> {
 /// A running emonav process.
 pub struct Emonav {
     child: Child,
-    /// Its SIP address.
+    /// Its SIP address (UDP).
     pub sip: SocketAddr,
+    /// Its SIP over TCP address, when TCP is on (`sip_tcp=tcp:ADDR`).
+    pub sip_tcp: Option<SocketAddr>,
     /// Its HTTP address.
     pub http: SocketAddr,
     events: Receiver<serde_json::Value>,
@@ -112,7 +114,7 @@ impl Emonav {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        let (sip, http) = loop {
+        let (sip, sip_tcp, http) = loop {
             let line = log
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("emonav did not report its listening address");
@@ -121,12 +123,13 @@ impl Emonav {
                 rest.split_whitespace().next()?.parse().ok()
             };
             if let (Some(sip), Some(http)) = (field("sip=udp:"), field("http=")) {
-                break (sip, http);
+                break (sip, field("sip_tcp=tcp:"), http);
             }
         };
         Emonav {
             child,
             sip,
+            sip_tcp,
             http,
             events,
             log,

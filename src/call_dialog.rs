@@ -1,0 +1,665 @@
+//! The mid-dialog part of a [`Call`]: re-INVITE (RFC 3261 §14.2) and UPDATE
+//! (RFC 3311) offer/answer, hold and unhold, codec changes, session timers
+//! (RFC 4028), and the server non-INVITE transactions (§17.2.2) that answer
+//! retransmitted in-dialog requests without handling them twice.
+//!
+//! Hold and the analyser: while the caller holds the call (`a=sendonly`,
+//! `a=inactive` or `c=0.0.0.0`), RTP is not analysed (it would be music on
+//! hold), the RTP timeout is suspended and the decision deadline's clock is
+//! stopped: the deadline is a budget of listening time, and time on hold after
+//! the deadline's start is added to it. On unhold the RTP timeout restarts
+//! from the unhold instant. The analyser keeps its timeline: it simply gets no
+//! samples while on hold (Opus loss concealment does not bridge the hold).
+//!
+//! We never send RTP, so a new remote address is only recorded (and logged).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{stateless_response, Call, Output, ACCEPT};
+use crate::events::Outcome;
+use crate::media::jitter::JitterBuffer;
+use crate::media::opus::OpusDecoder;
+use crate::sdp::{self, CodecName, Negotiated, SdpError};
+use crate::sip::message::{Method, NameAddr, Request, Response};
+use crate::sip::session_timer::{self, Refresher, SessionTimer};
+use crate::sip::transaction::{Action, ServerInvite, ServerNonInvite};
+use crate::sip::transport::Transport;
+
+/// Extensions we support, for `Supported` in our responses.
+pub const SUPPORTED: &str = "timer";
+
+/// A request we answered (§17.2.2), to answer its retransmissions the same way.
+#[derive(Debug)]
+pub(super) struct AnsweredTx {
+    tx: ServerNonInvite,
+    branch: String,
+    pub(super) method: Method,
+    dest: SocketAddr,
+    response: Vec<u8>,
+}
+
+/// A re-INVITE we answered: its final response is retransmitted until the ACK.
+#[derive(Debug)]
+pub(super) struct ReInvite {
+    tx: ServerInvite,
+    branch: String,
+    cseq: u32,
+    dest: SocketAddr,
+    response: Vec<u8>,
+    /// It came without SDP: our offer is in the 200 and the answer is due in the ACK.
+    awaiting_answer: bool,
+}
+
+/// Hold bookkeeping (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct Hold {
+    since: Option<Instant>,
+    periods: Vec<(Instant, Instant)>,
+    resumed: Option<Instant>,
+}
+
+/// Mid-dialog state of a call.
+#[derive(Debug)]
+pub(super) struct DialogState {
+    pub(super) answered: Vec<AnsweredTx>,
+    pub(super) reinvite: Option<ReInvite>,
+    pub(super) hold: Hold,
+    /// The session as last negotiated.
+    pub(super) neg: Option<Negotiated>,
+    pub(super) local_rtp: SocketAddr,
+    pub(super) sdp_id: u64,
+    pub(super) sdp_version: u64,
+    /// Our last SDP body (answer or offer), to bump the version only on change.
+    pub(super) last_sdp: Option<String>,
+    /// Rate the analyser runs at (8000 for G.711, 16000 for Opus calls).
+    pub(super) analysis_rate: u32,
+    pub(super) timer: Option<SessionTimer>,
+    /// When we send BYE if the caller has not refreshed the session.
+    pub(super) expires_at: Option<Instant>,
+    /// The caller's INVITE said `Supported: norefersub` (RFC 4488).
+    pub(super) norefersub: bool,
+}
+
+impl DialogState {
+    pub(super) fn new(local_rtp: SocketAddr, norefersub: bool) -> Self {
+        DialogState {
+            answered: Vec::new(),
+            reinvite: None,
+            hold: Hold::default(),
+            neg: None,
+            local_rtp,
+            sdp_id: fastrand::u64(1..u64::MAX / 2),
+            sdp_version: 1,
+            last_sdp: None,
+            analysis_rate: 8000,
+            timer: None,
+            expires_at: None,
+            norefersub,
+        }
+    }
+
+    /// The analyser is not fed while the caller holds the call.
+    pub(super) fn on_hold(&self) -> bool {
+        self.hold.since.is_some()
+    }
+
+    /// Hold time after `start` (the deadline's origin), for the decision deadline.
+    pub(super) fn held_after(&self, start: Instant) -> Duration {
+        self.hold
+            .periods
+            .iter()
+            .filter(|(_, end)| *end > start)
+            .map(|(s, end)| *end - (*s).max(start))
+            .sum()
+    }
+
+    /// When the RTP timeout counts from, given the last packet.
+    pub(super) fn rtp_silence_start(&self, last_packet: Instant) -> Instant {
+        self.hold
+            .resumed
+            .map_or(last_packet, |r| r.max(last_packet))
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.answered
+                .iter()
+                .filter_map(|a| a.tx.poll_timeout())
+                .min(),
+            self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
+            self.expires_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+impl Call {
+    /// A retransmission of a request answered by a server non-INVITE
+    /// transaction: re-send its response, and true (the TU must not see it).
+    pub(super) fn absorb_retransmission(&mut self, req: &Request) -> bool {
+        if matches!(req.method, Method::Invite | Method::Ack) {
+            return false;
+        }
+        let Some(branch) = req.top_via().and_then(|v| v.branch().map(str::to_owned)) else {
+            return false;
+        };
+        let Some(a) = self
+            .d
+            .answered
+            .iter()
+            .find(|a| a.branch == branch && a.method == req.method)
+        else {
+            return false;
+        };
+        if a.tx.on_retransmission() {
+            tracing::debug!(call_id = %self.dialog.call_id, method = %req.method, "retransmission answered again");
+            self.outputs.push_back(Output::Send {
+                dest: a.dest,
+                data: a.response.clone(),
+                transport: self.transport,
+                connection: self.transport.is_reliable().then_some(a.dest),
+            });
+        }
+        true
+    }
+
+    /// Send a response to a non-INVITE request through a server transaction
+    /// (any INVITE response goes out as is).
+    pub(super) fn respond(
+        &mut self,
+        req: &Request,
+        source: SocketAddr,
+        resp: Response,
+        now: Instant,
+    ) {
+        let dest = req
+            .top_via()
+            .map(|v| crate::sip::dialog::response_destination(&v, source))
+            .unwrap_or(source);
+        let data = resp.to_bytes();
+        // §18.2.2: back on the transport (and connection) the request came on.
+        let transport = req
+            .top_via()
+            .and_then(|v| Transport::from_via_token(&v.transport))
+            .unwrap_or(self.transport);
+        self.outputs.push_back(Output::Send {
+            dest,
+            data: data.clone(),
+            transport,
+            connection: transport.is_reliable().then_some(source),
+        });
+        if matches!(req.method, Method::Invite | Method::Ack) {
+            return;
+        }
+        let Some(branch) = req.top_via().and_then(|v| v.branch().map(str::to_owned)) else {
+            return;
+        };
+        let mut tx = ServerNonInvite::new(self.s.timers);
+        tx.on_response_sent(resp.code, now);
+        self.d.answered.push(AnsweredTx {
+            tx,
+            branch,
+            method: req.method.clone(),
+            dest,
+            response: data,
+        });
+    }
+
+    /// A response to an in-dialog request, with our Contact on a 2xx and `Supported`.
+    fn dialog_response(&self, req: &Request, code: u16, reason: &str) -> Response {
+        let mut resp = stateless_response(req, code, reason, &self.s.user_agent);
+        if (200..300).contains(&code) {
+            resp.headers
+                .push("Contact", format!("<{}>", self.s.contact));
+            if resp.headers.get("Accept").is_none() {
+                resp.headers.push("Accept", ACCEPT);
+            }
+        }
+        resp.headers.push("Supported", SUPPORTED);
+        resp
+    }
+
+    /// Our session timer headers on a 2xx (RFC 4028 §9).
+    pub(super) fn add_timer_headers(&self, resp: &mut Response) {
+        if let Some(t) = &self.d.timer {
+            resp.headers.push("Session-Expires", t.header());
+            if t.require {
+                resp.headers.push("Require", "timer");
+            }
+        }
+    }
+
+    /// The session was (re)established or refreshed now with timer `t`.
+    pub(super) fn start_session_timer(&mut self, t: Option<SessionTimer>, now: Instant) {
+        self.d.timer = t;
+        // We do not send refreshes ourselves: with refresher=uas no expiry
+        // is armed (our calls end with the transfer long before 90 s).
+        self.d.expires_at = t
+            .filter(|t| t.refresher == Refresher::Uac)
+            .map(|t| now + t.bye_after());
+    }
+
+    /// Timers of the mid-dialog machinery: J, G/H/I of re-INVITEs, session expiry.
+    pub(super) fn dialog_timeout(&mut self, now: Instant) {
+        for a in &mut self.d.answered {
+            a.tx.on_timeout(now);
+        }
+        self.d.answered.retain(|a| !a.tx.is_terminated());
+        if let Some(r) = &mut self.d.reinvite {
+            match r.tx.on_timeout(now) {
+                Action::Retransmit => {
+                    let (dest, data) = (r.dest, r.response.clone());
+                    self.outputs.push_back(Output::Send {
+                        dest,
+                        data,
+                        transport: self.transport,
+                        connection: self.transport.is_reliable().then_some(dest),
+                    });
+                }
+                Action::TimedOut => {
+                    let ok = r.tx.final_code().is_some_and(|c| c < 300);
+                    self.d.reinvite = None;
+                    if ok && self.is_live() {
+                        // §13.3.1.4: the session SHOULD be ended with a BYE.
+                        tracing::warn!(call_id = %self.dialog.call_id, "no ACK for the re-INVITE's 200; hanging up");
+                        self.d.expires_at = None;
+                        self.client_tx = None;
+                        self.hang_up(Outcome::NoAck, now);
+                    }
+                }
+                Action::None => {}
+            }
+        }
+        if self.d.expires_at.is_some_and(|t| now >= t) {
+            self.d.expires_at = None;
+            if self.is_live() {
+                tracing::warn!(call_id = %self.dialog.call_id, "session timer expired without a refresh; hanging up");
+                self.client_tx = None;
+                self.hang_up(Outcome::SessionExpired, now);
+            }
+        }
+    }
+
+    /// Answered and not yet hanging up.
+    fn is_live(&self) -> bool {
+        matches!(
+            self.phase,
+            super::Phase::Listening | super::Phase::Transferring { .. }
+        )
+    }
+
+    /// An ACK: for the INVITE's final response, or for a re-INVITE's.
+    /// Returns true when it confirmed the initial INVITE's final response.
+    pub(super) fn route_ack(&mut self, req: &Request, same_tx: bool, now: Instant) -> bool {
+        let seq = req.cseq().map(|c| c.seq);
+        if let Some(r) = &mut self.d.reinvite {
+            if seq == Some(r.cseq) && (same_tx || self.dialog.matches(req)) {
+                if r.tx.on_ack(now) && r.awaiting_answer {
+                    r.awaiting_answer = false;
+                    self.apply_answer_in_ack(req, now);
+                }
+                return false;
+            }
+        }
+        let initial = self.invite.cseq().map(|c| c.seq);
+        (same_tx || (self.dialog.matches(req) && seq == initial)) && self.server_tx.on_ack(now)
+    }
+
+    /// A retransmitted re-INVITE: our response again. True if it was one.
+    pub(super) fn resend_reinvite_response(&mut self, branch: Option<&str>) -> bool {
+        match &self.d.reinvite {
+            Some(r) if branch == Some(r.branch.as_str()) => {
+                if r.tx.awaiting_ack() {
+                    let (dest, data) = (r.dest, r.response.clone());
+                    self.outputs.push_back(Output::Send {
+                        dest,
+                        data,
+                        transport: self.transport,
+                        connection: self.transport.is_reliable().then_some(dest),
+                    });
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A re-INVITE in our dialog (RFC 3261 §14.2).
+    pub(super) fn on_reinvite(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        let call_id = self.dialog.call_id.clone();
+        if self
+            .d
+            .reinvite
+            .as_ref()
+            .is_some_and(|r| r.awaiting_answer && r.tx.awaiting_ack())
+        {
+            // Our offer is outstanding (RFC 3261 §14.2, RFC 3311 §5.2).
+            tracing::info!(%call_id, "re-INVITE while our offer is pending: 491");
+            let resp = self.dialog_response(req, 491, "Request Pending");
+            return self.send_reinvite_final(req, source, resp, false, now);
+        }
+        let pending = self.server_tx.is_proceeding()
+            || self.server_tx.awaiting_ack()
+            || self
+                .d
+                .reinvite
+                .as_ref()
+                .is_some_and(|r| r.tx.awaiting_ack());
+        if pending {
+            // §14.2: an INVITE transaction still in progress on the dialog.
+            tracing::info!(%call_id, "re-INVITE while an INVITE is pending: 500 Retry-After");
+            let mut resp = self.dialog_response(req, 500, "Server Internal Error (INVITE pending)");
+            resp.headers
+                .push("Retry-After", fastrand::u32(0..=10).to_string());
+            // Stateless: the pending transaction keeps its own state.
+            self.outputs.push_back(Output::Send {
+                dest: reply_dest(req, source),
+                data: resp.to_bytes(),
+                transport: self.transport,
+                connection: self.transport.is_reliable().then_some(source),
+            });
+            return;
+        }
+        if !self.is_live() || self.media.is_none() {
+            let resp = self.dialog_response(req, 488, "Not Acceptable Here");
+            return self.send_reinvite_final(req, source, resp, false, now);
+        }
+        let timer = match session_timer::negotiate(req, self.s.min_se) {
+            Ok(t) => t,
+            Err(e) => {
+                let mut resp = self.dialog_response(req, 422, "Session Interval Too Small");
+                resp.headers.push("Min-SE", e.min_se.to_string());
+                return self.send_reinvite_final(req, source, resp, false, now);
+            }
+        };
+        let (body, awaiting_answer) = if req.body.iter().all(u8::is_ascii_whitespace) {
+            // No offer: ours goes in the 200, the answer comes in the ACK.
+            let Some(neg) = self.d.neg.clone() else {
+                let resp = self.dialog_response(req, 488, "Not Acceptable Here");
+                return self.send_reinvite_final(req, source, resp, false, now);
+            };
+            let sdp = self.versioned(|id, v, local| sdp::offer(&neg, local, id, v));
+            (sdp, true)
+        } else {
+            match self.apply_offer(&req.body, now) {
+                Ok(sdp) => (sdp, false),
+                Err(e) => {
+                    tracing::info!(%call_id, error = %e, "re-INVITE offer refused; session kept");
+                    let resp = self.offer_refused(req, &e);
+                    return self.send_reinvite_final(req, source, resp, false, now);
+                }
+            }
+        };
+        self.refresh_target(req);
+        self.start_session_timer(timer, now);
+        let mut resp = self.dialog_response(req, 200, "OK");
+        self.add_timer_headers(&mut resp);
+        resp.headers.push("Content-Type", "application/sdp");
+        resp.body = body.into_bytes();
+        self.send_reinvite_final(req, source, resp, awaiting_answer, now);
+    }
+
+    fn send_reinvite_final(
+        &mut self,
+        req: &Request,
+        source: SocketAddr,
+        resp: Response,
+        awaiting_answer: bool,
+        now: Instant,
+    ) {
+        let dest = reply_dest(req, source);
+        let data = resp.to_bytes();
+        self.outputs.push_back(Output::Send {
+            dest,
+            data: data.clone(),
+            transport: self.transport,
+            connection: self.transport.is_reliable().then_some(source),
+        });
+        let mut tx = ServerInvite::new(self.s.timers);
+        tx.on_final_sent(resp.code, now);
+        self.d.reinvite = Some(ReInvite {
+            tx,
+            branch: req
+                .top_via()
+                .and_then(|v| v.branch().map(str::to_owned))
+                .unwrap_or_default(),
+            cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
+            dest,
+            response: data,
+            awaiting_answer,
+        });
+    }
+
+    /// An UPDATE (RFC 3311): an offer is answered like a re-INVITE's, and
+    /// with or without one it refreshes the session timer.
+    pub(super) fn on_update(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+        if !self.is_live() {
+            let resp = self.dialog_response(req, 488, "Not Acceptable Here");
+            return self.respond(req, source, resp, now);
+        }
+        let timer = match session_timer::negotiate(req, self.s.min_se) {
+            Ok(t) => t,
+            Err(e) => {
+                let mut resp = self.dialog_response(req, 422, "Session Interval Too Small");
+                resp.headers.push("Min-SE", e.min_se.to_string());
+                return self.respond(req, source, resp, now);
+            }
+        };
+        let mut answer = None;
+        if !req.body.iter().all(u8::is_ascii_whitespace) {
+            if self
+                .d
+                .reinvite
+                .as_ref()
+                .is_some_and(|r| r.awaiting_answer && r.tx.awaiting_ack())
+            {
+                // RFC 3311 §5.2: our own offer is outstanding.
+                let resp = self.dialog_response(req, 491, "Request Pending");
+                return self.respond(req, source, resp, now);
+            }
+            match self.apply_offer(&req.body, now) {
+                Ok(sdp) => answer = Some(sdp),
+                Err(e) => {
+                    tracing::info!(call_id = %self.dialog.call_id, error = %e, "UPDATE offer refused; session kept");
+                    let resp = self.offer_refused(req, &e);
+                    return self.respond(req, source, resp, now);
+                }
+            }
+        }
+        self.refresh_target(req);
+        self.start_session_timer(timer, now);
+        let mut resp = self.dialog_response(req, 200, "OK");
+        self.add_timer_headers(&mut resp);
+        if let Some(sdp) = answer {
+            resp.headers.push("Content-Type", "application/sdp");
+            resp.body = sdp.into_bytes();
+        }
+        self.respond(req, source, resp, now);
+    }
+
+    fn offer_refused(&self, req: &Request, e: &SdpError) -> Response {
+        match e {
+            SdpError::Malformed(_) => self.dialog_response(req, 400, "Bad Request (malformed SDP)"),
+            _ => self.dialog_response(req, 488, "Not Acceptable Here"),
+        }
+    }
+
+    /// §12.2.2: a target refresh request's Contact becomes the remote target.
+    fn refresh_target(&mut self, req: &Request) {
+        if let Some(c) = req
+            .headers
+            .get("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+        {
+            self.dialog.remote_target = c.uri;
+        }
+    }
+
+    /// Build our SDP with the current version, bumped if the body changed.
+    fn versioned(&mut self, build: impl Fn(u64, u64, SocketAddr) -> String) -> String {
+        let (id, local) = (self.d.sdp_id, self.d.local_rtp);
+        let same = build(id, self.d.sdp_version, local);
+        if self.d.last_sdp.as_deref() == Some(same.as_str()) {
+            return same;
+        }
+        if self.d.last_sdp.is_some() {
+            self.d.sdp_version += 1;
+        }
+        let body = build(id, self.d.sdp_version, local);
+        self.d.last_sdp = Some(body.clone());
+        body
+    }
+
+    /// Codecs for a new offer: the current one first (no needless decoder
+    /// switch), then the profile's; an Opus call's wideband analyser only
+    /// takes Opus (the 16 kHz model must not hear 8 kHz G.711), while a G.711
+    /// call may switch to Opus decoded at 8 kHz.
+    fn renegotiation_prefs(&self) -> Vec<CodecName> {
+        let current = self.d.neg.as_ref().map(|n| n.codec);
+        current
+            .into_iter()
+            .chain(
+                self.s
+                    .codecs
+                    .iter()
+                    .copied()
+                    .filter(|c| Some(*c) != current),
+            )
+            .filter(|c| self.d.analysis_rate == 8000 || *c == CodecName::Opus)
+            .collect()
+    }
+
+    /// Take a new offer: negotiate, switch codec, hold state and remote
+    /// address, and return our answer. On error nothing changed.
+    pub(super) fn apply_offer(&mut self, body: &[u8], now: Instant) -> Result<String, SdpError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))?;
+        let offer = sdp::parse(text)?;
+        let neg = sdp::negotiate(&offer, &self.renegotiation_prefs())?;
+        self.apply_negotiated(&neg, now)?;
+        Ok(self.versioned(|id, v, local| sdp::answer(&offer, &neg, local, id, v)))
+    }
+
+    /// The answer to our offer, in the ACK of an offerless re-INVITE. A
+    /// missing or unusable answer leaves the session as it was (logged).
+    fn apply_answer_in_ack(&mut self, ack: &Request, now: Instant) {
+        let call_id = self.dialog.call_id.clone();
+        let prefs: Vec<CodecName> = self.d.neg.iter().map(|n| n.codec).collect();
+        let result = std::str::from_utf8(&ack.body)
+            .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))
+            .and_then(sdp::parse)
+            .and_then(|a| sdp::negotiate(&a, &prefs));
+        match result {
+            Ok(neg) => {
+                if let Err(e) = self.apply_negotiated(&neg, now) {
+                    tracing::warn!(%call_id, error = %e, "answer in ACK unusable; session kept");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "no usable answer in the ACK; session kept")
+            }
+        }
+    }
+
+    fn apply_negotiated(&mut self, neg: &Negotiated, now: Instant) -> Result<(), SdpError> {
+        let call_id = self.dialog.call_id.clone();
+        let old = self.d.neg.clone();
+        if let Some(m) = &mut self.media {
+            let codec_changed = old
+                .as_ref()
+                .is_none_or(|o| o.codec != neg.codec || o.pt != neg.pt);
+            if codec_changed {
+                let opus = match neg.codec {
+                    CodecName::Opus if m.dec.opus.is_some() => m.dec.opus.take(),
+                    CodecName::Opus => {
+                        Some(OpusDecoder::new(self.d.analysis_rate).map_err(|_| {
+                            SdpError::NoCommonCodec {
+                                offered: "opus (decoder unavailable)".into(),
+                            }
+                        })?)
+                    }
+                    _ => None,
+                };
+                tracing::info!(%call_id, codec = ?neg.codec, pt = neg.pt, "codec changed by re-negotiation");
+                m.dec.opus = opus;
+                m.dec.codec = neg.codec;
+                m.dec.refused = 0;
+                m.audio_pt = neg.pt;
+                m.latch.set_audio_pt(neg.pt);
+                // A new clock rate, and no gap to conceal across the change.
+                m.jitter = JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, now);
+                // Our silence follows the new codec.
+                m.sender = None;
+                self.record.codec = Some(neg.codec);
+            }
+            m.rtp.set_payload_types(neg.pt, neg.telephone_event_pt);
+            m.set_direction(neg, self.s.send_silence);
+        }
+        if old.as_ref().is_some_and(|o| o.remote_rtp != neg.remote_rtp) {
+            // Our silence follows the latch; the SDP address only serves until RTP comes.
+            tracing::info!(%call_id, remote_rtp = %neg.remote_rtp, "remote media address changed");
+        }
+        self.set_hold(neg.is_hold(), now);
+        self.d.neg = Some(neg.clone());
+        Ok(())
+    }
+
+    fn set_hold(&mut self, hold: bool, now: Instant) {
+        let h = &mut self.d.hold;
+        match (hold, h.since) {
+            (true, None) => {
+                tracing::info!(call_id = %self.dialog.call_id, "caller put the call on hold");
+                h.since = Some(now);
+            }
+            (false, Some(since)) => {
+                tracing::info!(call_id = %self.dialog.call_id, "caller resumed the call");
+                h.periods.push((since, now));
+                h.resumed = Some(now);
+                h.since = None;
+            }
+            _ => return,
+        }
+        if let Some(m) = &mut self.media {
+            // Do not conceal the hold as lost packets.
+            m.jitter.reset();
+            m.dec.refused = 0;
+        }
+    }
+
+    /// Remember what the initial offer/answer settled.
+    pub(super) fn initial_session(
+        &mut self,
+        neg: &Negotiated,
+        answer: &str,
+        rate: u32,
+        now: Instant,
+    ) {
+        self.d.analysis_rate = rate;
+        self.d.last_sdp = Some(answer.to_string());
+        self.d.neg = Some(neg.clone());
+        if neg.is_hold() {
+            self.set_hold(true, now);
+        }
+    }
+
+    /// RFC 4488: with `Refer-Sub: false` accepted (echoed in the 2xx), the
+    /// 2xx is the end of the transfer: no NOTIFY will come.
+    pub(super) fn refer_without_subscription(resp: &Response) -> bool {
+        resp.headers.get("Refer-Sub").is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("false")
+        })
+    }
+}
+
+fn reply_dest(req: &Request, source: SocketAddr) -> SocketAddr {
+    req.top_via()
+        .map(|v| crate::sip::dialog::response_destination(&v, source))
+        .unwrap_or(source)
+}

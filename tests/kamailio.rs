@@ -1,0 +1,482 @@
+//! Kamailio, a real SIP proxy and registrar, in front of the real binary on
+//! loopback: emonav registers to it with digest authentication, SIPp calls
+//! emonav's address of record through it, and the transfer (REFER, NOTIFY,
+//! BYE) follows the Record-Route set through the proxy. The configuration is
+//! tests/kamailio/kamailio.cfg (see tests/kamailio/README.md); Kamailio is the
+//! Debian package `kamailio` (scripts/test.sh installs it).
+
+mod support;
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{root, Emonav};
+
+/// A UDP port free at the time of asking.
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh temporary folder.
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "emonav-{what}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The kamailio binary: `$KAMAILIO`, else on PATH, else /usr/sbin (Debian
+/// installs it there, which is not on every user's PATH).
+fn kamailio_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KAMAILIO") {
+        return p.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join("kamailio"))
+        .find(|p| p.is_file());
+    on_path.expect("kamailio is installed (Debian package kamailio; scripts/test.sh installs it)")
+}
+
+/// The folder holding Kamailio's modules (tm.so, ...): `$KAMAILIO_MODULES`,
+/// else the default the binary was built with (printed by `kamailio -h`),
+/// else the usual multiarch and lib64 locations.
+fn module_path(kamailio: &Path) -> PathBuf {
+    let has_tm = |d: &Path| d.join("tm.so").is_file();
+    if let Some(p) = std::env::var_os("KAMAILIO_MODULES") {
+        return p.into();
+    }
+    let help = Command::new(kamailio)
+        .arg("-h")
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s
+        })
+        .unwrap_or_default();
+    let built_in = help
+        .lines()
+        .find_map(|l| l.split("Modules search path (default: ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .map(PathBuf::from);
+    let mut candidates: Vec<PathBuf> = built_in.into_iter().collect();
+    for lib in [
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local/lib",
+        "/usr/local/lib64",
+    ] {
+        candidates.push(Path::new(lib).join("kamailio/modules"));
+        if let Ok(entries) = std::fs::read_dir(lib) {
+            for e in entries.flatten() {
+                candidates.push(e.path().join("kamailio/modules"));
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|d| has_tm(d))
+        .unwrap_or_else(|| {
+            panic!("no Kamailio module folder with tm.so found; set KAMAILIO_MODULES")
+        })
+}
+
+/// Kamailio in the foreground (-DD -E) on 127.0.0.1:`port`, its log in a file.
+/// Stopped with SIGTERM on drop (the main process then stops its children).
+struct Kamailio {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Kamailio {
+    /// Start with tests/kamailio/kamailio.cfg and wait until it answers.
+    fn start() -> Kamailio {
+        Self::start_with(&[])
+    }
+
+    /// The same, with extra `-A` defines (switches of the config).
+    fn start_with(defines: &[&str]) -> Kamailio {
+        let kamailio = kamailio_binary();
+        let modules = module_path(&kamailio);
+        let dir = temp_dir("kamailio");
+        let port = free_port();
+        let log = dir.join("kamailio.log");
+        let child = Command::new(&kamailio)
+            .args(["-DD", "-E", "-f"])
+            .arg(root().join("tests/kamailio/kamailio.cfg"))
+            .arg("-L")
+            .arg(&modules)
+            .args(["-A", &format!("KAM_PORT={port}")])
+            .args(defines.iter().flat_map(|d| ["-A", d]))
+            // Runtime and working folders: nothing under /var/run, no root needed.
+            .arg("-Y")
+            .arg(&dir)
+            .arg("-w")
+            .arg(&dir)
+            .args(["-m", "32", "-M", "8"])
+            // Its own process group: the workers can be killed with it.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("kamailio.out")).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn kamailio");
+        let mut k = Kamailio {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        };
+        k.wait_ready(Duration::from_secs(15));
+        k
+    }
+
+    /// Probe with OPTIONS until any response comes back.
+    fn wait_ready(&mut self, timeout: Duration) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = sock.local_addr().unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        for n in 0.. {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("kamailio exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kamailio did not answer on {}:\n{}",
+                self.addr,
+                self.log_text()
+            );
+            let probe = format!(
+                "OPTIONS sip:probe@{k} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe{n};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=probe\r\nTo: <sip:probe@{k}>\r\n\
+                 Call-ID: probe-{n}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                k = self.addr
+            );
+            let _ = sock.send_to(probe.as_bytes(), self.addr);
+            if let Ok((len, _)) = sock.recv_from(&mut buf) {
+                if buf[..len].starts_with(b"SIP/2.0 ") {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Wait until its log has a line containing `needle` (Kamailio logs
+    /// after it has answered, so a peer may be faster than the log).
+    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its log so far (stderr, -E).
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM lets the main process stop its workers. Workers that hang
+        // on in shutdown outlive it, so its process group (it leads one of
+        // its own, see `start_with`) is then killed as a whole.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// emonav with an account on `kamailio`, plus `extra` profile TOML.
+fn emonav_registered_to(kamailio: &Kamailio, password: &str, extra: &str) -> Emonav {
+    Emonav::start(&format!(
+        "{extra}[[registration]]\nregistrar = \"sip:{k}\"\naor = \"sip:emonav@127.0.0.1\"\n\
+         username = \"emonav\"\npassword = \"{password}\"\nexpires = 120\n",
+        k = kamailio.addr
+    ))
+}
+
+/// Kamailio (with `defines`) and emonav (`extra` profile TOML) registered to it.
+fn registered(defines: &[&str], extra: &str) -> (Kamailio, Emonav) {
+    let kamailio = Kamailio::start_with(defines);
+    let emonav = emonav_registered_to(&kamailio, "secret", extra);
+    assert!(
+        emonav
+            .wait_log(": registered", Duration::from_secs(10))
+            .is_some(),
+        "emonav did not register to Kamailio\n{}",
+        kamailio.log_text()
+    );
+    (kamailio, emonav)
+}
+
+struct Run {
+    status: std::process::ExitStatus,
+    log: String,
+    errors: String,
+}
+
+/// Run a SIPp scenario once as a caller towards `remote`.
+fn sipp(remote: SocketAddr, scenario: &str, pcap: &str) -> Run {
+    let dir = temp_dir("sipp");
+    let mut xml = std::fs::read_to_string(root().join("tests/sipp").join(scenario)).unwrap();
+    let audio = root().join("tests/fixtures").join(pcap);
+    xml = xml.replace("../fixtures/agitated-pcmu.pcap", audio.to_str().unwrap());
+    let sf = dir.join(scenario);
+    std::fs::write(&sf, xml).unwrap();
+    let log = dir.join("actions.log");
+    let media = 30_000 + 4 * fastrand::u16(0..5_000);
+    let status = Command::new("sipp")
+        .arg(remote.to_string())
+        .arg("-sf")
+        .arg(&sf)
+        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+        .args(["-p", &free_port().to_string(), "-mp", &media.to_string()])
+        .args(["-timeout", "30", "-timeout_error", "-nostdin"])
+        .args(["-trace_logs", "-log_file"])
+        .arg(&log)
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.join("messages.log"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("sipp is installed (Debian package sip-tester; scripts/test.sh installs it)");
+    let mut errors = std::fs::read_to_string(dir.join("errors.log")).unwrap_or_default();
+    if !status.success() {
+        errors.push_str("\n--- SIPp messages ---\n");
+        errors.push_str(&std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default());
+    }
+    Run {
+        status,
+        log: std::fs::read_to_string(&log).unwrap_or_default(),
+        errors,
+    }
+}
+
+/// Values of `KEY: value` lines in a SIPp -trace_logs file.
+fn logged<'a>(log: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("{key}: ");
+    log.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+#[test]
+fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself() {
+    let kamailio = Kamailio::start();
+    let mut emonav = emonav_registered_to(&kamailio, "secret", "");
+    let line = emonav.wait_log(": registered", Duration::from_secs(10));
+    assert!(
+        line.is_some(),
+        "emonav did not register to Kamailio\n{}",
+        kamailio.log_text()
+    );
+    let line = line.unwrap();
+    // The granted 120 s, less the time the answer took.
+    assert!(
+        line.contains("expires_in_s=119") || line.contains("expires_in_s=120"),
+        "{line}"
+    );
+    assert!(
+        kamailio.wait_log(
+            "registered sip:emonav@127.0.0.1 at ",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        kamailio.log_text()
+    );
+
+    let run = sipp(
+        kamailio.addr,
+        "uac_refer_via_proxy.xml",
+        "agitated-pcmu.pcap",
+    );
+    let context = format!(
+        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
+        run.log,
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1"],
+        "{context}"
+    );
+    // Kamailio record-routed the INVITE (its address, loose routing) ...
+    let rr = logged(&run.log, "INVITE-RR");
+    let kam = format!("sip:{};lr", kamailio.addr);
+    assert!(
+        rr.len() == 1 && rr[0].contains(&kam),
+        "{rr:?} lacks {kam}\n{context}"
+    );
+    // ... and emonav's REFER and BYE came through it: its Via is on top.
+    let kam_via = format!("SIP/2.0/UDP {};", kamailio.addr);
+    for key in ["REFER-VIA", "BYE-VIA"] {
+        let via = logged(&run.log, key);
+        assert!(
+            via.len() == 1 && via[0].contains(&kam_via),
+            "{key} {via:?} is not Kamailio's ({kam_via})\n{context}"
+        );
+    }
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}\n{context}");
+    assert_eq!(ev["refer_attempts"][0]["response"], 202, "{ev}");
+    for method in ["ACK", "REFER", "NOTIFY", "BYE"] {
+        let line = format!("in-dialog {method} loose-routed");
+        assert!(
+            kamailio.wait_log(&line, Duration::from_secs(2)),
+            "{line}\n{context}"
+        );
+    }
+
+    // On SIGTERM emonav removes its binding, and Kamailio confirms it.
+    let status = emonav
+        .terminate(Duration::from_secs(5))
+        .expect("emonav did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        emonav
+            .wait_log(": unregistered", Duration::from_secs(2))
+            .is_some(),
+        "no un-REGISTER confirmed\n{}",
+        kamailio.log_text()
+    );
+}
+
+#[test]
+fn kamailio_refuses_a_wrong_password_and_has_no_binding_for_the_call() {
+    let kamailio = Kamailio::start();
+    let emonav = emonav_registered_to(&kamailio, "wrong", "");
+    let line = emonav.wait_log("registration failed", Duration::from_secs(10));
+    assert!(
+        line.is_some(),
+        "emonav did not give up on the wrong password\n{}",
+        kamailio.log_text()
+    );
+    assert!(!kamailio.log_text().contains("registered sip:emonav"));
+}
+
+#[test]
+fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
+    // The plain scenario works through the proxy as is: the proxy looks the
+    // Request-URI's user up, and [routes] carries the Record-Route.
+    let (kamailio, emonav) = registered(&[], "");
+    let run = sipp(kamailio.addr, "uac_refer_decline.xml", "agitated-pcmu.pcap");
+    let context = format!(
+        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
+        run.log,
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1", "sip:default@127.0.0.1"],
+        "{context}"
+    );
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred_to_fallback", "{ev}\n{context}");
+}
+
+#[test]
+fn kamailio_relays_a_cancel_before_the_answer() {
+    let (kamailio, emonav) = registered(&[], "[sip]\nanswer_delay_ms = 3000\n");
+    let run = sipp(kamailio.addr, "uac_cancel.xml", "agitated-pcmu.pcap");
+    let context = format!(
+        "SIPp errors:\n{}\nKamailio log:\n{}",
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "cancelled", "{ev}\n{context}");
+}
+
+#[test]
+fn kamailio_challenges_the_refer_and_bye_and_emonav_answers_with_its_account() {
+    // No [sip] auth_username: the 407's realm (127.0.0.1) is the registrar's
+    // host, so emonav answers with the [[registration]] account.
+    let (kamailio, emonav) = registered(&["WITH_INDIALOG_AUTH"], "");
+    let run = sipp(
+        kamailio.addr,
+        "uac_refer_via_proxy.xml",
+        "agitated-pcmu.pcap",
+    );
+    let context = format!(
+        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
+        run.log,
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1"],
+        "{context}"
+    );
+    for method in ["REFER", "BYE"] {
+        let line = format!("in-dialog {method} authenticated as emonav");
+        assert!(
+            kamailio.wait_log(&line, Duration::from_secs(2)),
+            "{line}\n{context}"
+        );
+    }
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}\n{context}");
+}
