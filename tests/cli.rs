@@ -1,19 +1,8 @@
 //! The binary's verbs, as an operator uses them.
 
-use std::process::Command;
+mod support;
 
-fn emonav(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_emonav"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::cli as emonav;
 
 #[test]
 fn check_config_accepts_the_default_profile() {

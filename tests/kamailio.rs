@@ -251,6 +251,25 @@ struct Run {
     errors: String,
 }
 
+/// Run `scenario` as a caller through the proxy, playing the agitated
+/// fixture; fails with SIPp's and Kamailio's logs unless SIPp exits 0, and
+/// returns the run with that context for further assertions.
+fn call_through(kamailio: &Kamailio, scenario: &str) -> (Run, String) {
+    let run = sipp(kamailio.addr, scenario, "agitated-pcmu.pcap");
+    let context = format!(
+        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
+        run.log,
+        run.errors,
+        kamailio.log_text()
+    );
+    assert!(
+        run.status.success(),
+        "sipp failed: {:?}\n{context}",
+        run.status
+    );
+    (run, context)
+}
+
 /// Run a SIPp scenario once as a caller towards `remote`.
 fn sipp(remote: SocketAddr, scenario: &str, pcap: &str) -> Run {
     let dir = temp_dir("sipp");
@@ -325,22 +344,7 @@ fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself
         kamailio.log_text()
     );
 
-    let run = sipp(
-        kamailio.addr,
-        "uac_refer_via_proxy.xml",
-        "agitated-pcmu.pcap",
-    );
-    let context = format!(
-        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
-        run.log,
-        run.errors,
-        kamailio.log_text()
-    );
-    assert!(
-        run.status.success(),
-        "sipp failed: {:?}\n{context}",
-        run.status
-    );
+    let (run, context) = call_through(&kamailio, "uac_refer_via_proxy.xml");
     assert_eq!(
         logged(&run.log, "REFER-TO"),
         ["sip:deescalation@127.0.0.1"],
@@ -405,18 +409,7 @@ fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
     // The plain scenario works through the proxy as is: the proxy looks the
     // Request-URI's user up, and [routes] carries the Record-Route.
     let (kamailio, emonav) = registered(&[], "");
-    let run = sipp(kamailio.addr, "uac_refer_decline.xml", "agitated-pcmu.pcap");
-    let context = format!(
-        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
-        run.log,
-        run.errors,
-        kamailio.log_text()
-    );
-    assert!(
-        run.status.success(),
-        "sipp failed: {:?}\n{context}",
-        run.status
-    );
+    let (run, context) = call_through(&kamailio, "uac_refer_decline.xml");
     assert_eq!(
         logged(&run.log, "REFER-TO"),
         ["sip:deescalation@127.0.0.1", "sip:default@127.0.0.1"],
@@ -429,17 +422,7 @@ fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
 #[test]
 fn kamailio_relays_a_cancel_before_the_answer() {
     let (kamailio, emonav) = registered(&[], "[sip]\nanswer_delay_ms = 3000\n");
-    let run = sipp(kamailio.addr, "uac_cancel.xml", "agitated-pcmu.pcap");
-    let context = format!(
-        "SIPp errors:\n{}\nKamailio log:\n{}",
-        run.errors,
-        kamailio.log_text()
-    );
-    assert!(
-        run.status.success(),
-        "sipp failed: {:?}\n{context}",
-        run.status
-    );
+    let (_, context) = call_through(&kamailio, "uac_cancel.xml");
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "cancelled", "{ev}\n{context}");
 }
@@ -449,22 +432,7 @@ fn kamailio_challenges_the_refer_and_bye_and_emonav_answers_with_its_account() {
     // No [sip] auth_username: the 407's realm (127.0.0.1) is the registrar's
     // host, so emonav answers with the [[registration]] account.
     let (kamailio, emonav) = registered(&["WITH_INDIALOG_AUTH"], "");
-    let run = sipp(
-        kamailio.addr,
-        "uac_refer_via_proxy.xml",
-        "agitated-pcmu.pcap",
-    );
-    let context = format!(
-        "SIPp log:\n{}\nSIPp errors:\n{}\nKamailio log:\n{}",
-        run.log,
-        run.errors,
-        kamailio.log_text()
-    );
-    assert!(
-        run.status.success(),
-        "sipp failed: {:?}\n{context}",
-        run.status
-    );
+    let (run, context) = call_through(&kamailio, "uac_refer_via_proxy.xml");
     assert_eq!(
         logged(&run.log, "REFER-TO"),
         ["sip:deescalation@127.0.0.1"],

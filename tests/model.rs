@@ -2,24 +2,14 @@
 //! retraining on its own labelled calls would run them: a CSV of
 //! `path,label,speaker`, training on some speakers, scoring held-out ones.
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::Command;
+
+use support::cli as emonav;
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora/emodb")
-}
-
-fn emonav(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_emonav"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 const LABELS: [(char, &str); 7] = [
