@@ -10,7 +10,12 @@ use emonav_dsp::model::{self, Sample, FEATURES};
 use emonav_dsp::Model;
 use serde::Serialize;
 
-use crate::corpus::{extract, CorpusError, Features, Item, SNAPSHOTS_MS};
+use crate::corpus::{extract, CorpusError, Emotion, Features, Item, SNAPSHOTS_MS};
+
+/// The category names a model is trained over, in `Emotion::ALL` order.
+pub fn category_labels() -> Vec<&'static str> {
+    Emotion::ALL.iter().map(|e| e.name()).collect()
+}
 
 /// The default model for G.711 calls, trained on all of EmoDB (docs/model.md).
 pub const DEFAULT_MODEL: &str = include_str!("../models/default.json");
@@ -141,6 +146,7 @@ pub fn samples(items: &[Item], feats: &[Features], g: &[u32], which: &[usize]) -
                 x,
                 arousal: e.high_arousal(),
                 anger: Some(e == crate::corpus::Emotion::Anger),
+                category: Emotion::ALL.iter().position(|&c| c == e),
                 group: g[i],
             });
         }
@@ -159,6 +165,10 @@ pub struct Prediction {
     pub arousal: f32,
     /// P(anger), whole clip.
     pub anger: f32,
+    /// Most likely category at each snapshot (an `Emotion::ALL` index), when the model has categories.
+    pub category_at: [Option<usize>; SNAPSHOTS_MS.len()],
+    /// Most likely category, whole clip.
+    pub category: Option<usize>,
 }
 
 /// Score one clip with a model.
@@ -172,6 +182,15 @@ pub fn predict(m: &Model, f: &Features) -> Prediction {
     let s = m.scores(&f.whole);
     p.arousal = s.arousal;
     p.anger = s.anger;
+    // The model's category labels, mapped back to `Emotion::ALL`.
+    let to_emotion = |k: usize| {
+        let name = &m.categories.as_ref()?.labels[k];
+        Emotion::ALL.iter().position(|e| e.name() == name)
+    };
+    for (k, x) in f.at.iter().enumerate() {
+        p.category_at[k] = m.category(x).and_then(|(c, _)| to_emotion(c));
+    }
+    p.category = m.category(&f.whole).and_then(|(c, _)| to_emotion(c));
     p
 }
 
@@ -189,7 +208,12 @@ pub fn loso(
     let mut preds = vec![Prediction::default(); items.len()];
     for &held in &speakers {
         let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
-        let m = model::train(&samples(items, feats, g, &train_idx), rate, "loso fold")?;
+        let m = model::train(
+            &samples(items, feats, g, &train_idx),
+            rate,
+            "loso fold",
+            &category_labels(),
+        )?;
         for i in (0..items.len()).filter(|&i| g[i] == held) {
             preds[i] = predict(&m, &feats[i]);
         }
@@ -253,6 +277,71 @@ fn task_report(
     }
 }
 
+/// The categories' figures: UAR over the categories present in the corpus.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryReport {
+    /// The categories present, in `Emotion::ALL` order.
+    pub labels: Vec<&'static str>,
+    /// Clips scored.
+    pub clips: usize,
+    /// Unweighted average recall over `labels` (chance: 1 / their number), whole clip.
+    pub uar: f64,
+    /// UAR from the first N seconds of speech, keyed by N.
+    pub uar_by_speech_s: BTreeMap<String, f64>,
+    /// Whole-clip confusion: rows truth, columns predicted, in `labels` order.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+fn category_report(items: &[Item], preds: &[Prediction]) -> Option<CategoryReport> {
+    if preds.iter().all(|p| p.category.is_none()) {
+        return None;
+    }
+    let present: Vec<usize> = (0..Emotion::ALL.len())
+        .filter(|&k| items.iter().any(|i| i.emotion == Emotion::ALL[k]))
+        .collect();
+    let row = |e: Emotion| present.iter().position(|&k| Emotion::ALL[k] == e);
+    let score = |pick: &dyn Fn(&Prediction) -> Option<usize>| {
+        let mut c = vec![vec![0usize; present.len()]; present.len()];
+        let mut missed = vec![0usize; present.len()];
+        for (i, p) in items.iter().zip(preds) {
+            let Some(r) = row(i.emotion) else { continue };
+            match pick(p).and_then(|k| present.iter().position(|&q| q == k)) {
+                Some(col) => c[r][col] += 1,
+                None => missed[r] += 1,
+            }
+        }
+        let recall: f64 = (0..present.len())
+            .map(|r| {
+                let n = c[r].iter().sum::<usize>() + missed[r];
+                if n == 0 {
+                    0.0
+                } else {
+                    c[r][r] as f64 / n as f64
+                }
+            })
+            .sum();
+        (recall / present.len() as f64, c)
+    };
+    let (uar, confusion) = score(&|p| p.category);
+    let uar_by_speech_s = SNAPSHOTS_MS
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| {
+            (
+                format!("{}", *ms as f32 / 1000.0),
+                score(&|p| p.category_at[k]).0,
+            )
+        })
+        .collect();
+    Some(CategoryReport {
+        labels: present.iter().map(|&k| Emotion::ALL[k].name()).collect(),
+        clips: items.len(),
+        uar,
+        uar_by_speech_s,
+        confusion,
+    })
+}
+
 /// One bin of the reliability curve.
 #[derive(Debug, Clone, Serialize)]
 pub struct Bin {
@@ -301,6 +390,9 @@ pub struct EvalReport {
     pub arousal: TaskReport,
     /// Anger vs the rest.
     pub anger: TaskReport,
+    /// The emotion categories, when the model has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categories: Option<CategoryReport>,
     /// Arousal reliability, every snapshot and whole clip pooled.
     pub arousal_reliability: Vec<Bin>,
     /// Anger reliability, pooled likewise.
@@ -348,6 +440,7 @@ pub fn report(
             |i, k| preds[i].anger_at[k],
             |i| preds[i].anger,
         ),
+        categories: category_report(items, preds),
         arousal_reliability: pooled(&arousal_truth, &|p| {
             let mut v = p.arousal_at.to_vec();
             v.push(p.arousal);
@@ -381,6 +474,18 @@ impl std::fmt::Display for EvalReport {
             }
             writeln!(f)?;
         }
+        if let Some(c) = &self.categories {
+            write!(
+                f,
+                "{:<9} {:.3}  |",
+                format!("{}-class", c.labels.len()),
+                c.uar
+            )?;
+            for v in c.uar_by_speech_s.values() {
+                write!(f, " {v:>6.3}")?;
+            }
+            writeln!(f)?;
+        }
         for (name, t) in [("arousal", &self.arousal), ("anger", &self.anger)] {
             let [n, p] = t.classes;
             let c = t.confusion;
@@ -392,6 +497,25 @@ impl std::fmt::Display for EvalReport {
             writeln!(f, "{:>8} {n:>8} {p:>8}", "")?;
             writeln!(f, "{n:>8} {:>8} {:>8}", c[0][0], c[0][1])?;
             writeln!(f, "{p:>8} {:>8} {:>8}", c[1][0], c[1][1])?;
+        }
+        if let Some(c) = &self.categories {
+            writeln!(
+                f,
+                "\ncategories confusion (rows truth, columns predicted), {} clips",
+                c.clips
+            )?;
+            write!(f, "{:>10}", "")?;
+            for l in &c.labels {
+                write!(f, " {:>9}", l)?;
+            }
+            writeln!(f)?;
+            for (l, row) in c.labels.iter().zip(&c.confusion) {
+                write!(f, "{l:>10}")?;
+                for v in row {
+                    write!(f, " {v:>9}")?;
+                }
+                writeln!(f)?;
+            }
         }
         for (name, bins) in [
             ("arousal", &self.arousal_reliability),

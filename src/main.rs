@@ -257,6 +257,7 @@ fn train(dir: &Path, labels: &Labels, out: &Path, rate: u32) -> anyhow::Result<(
         &learn::samples(&items, &feats, &g, &all),
         rate,
         &description,
+        &learn::category_labels(),
     )?;
     std::fs::write(out, model.to_json() + "\n")
         .with_context(|| format!("cannot write {}", out.display()))?;

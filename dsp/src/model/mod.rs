@@ -119,6 +119,19 @@ pub struct Model {
     pub arousal: Linear,
     /// Anger vs everything else.
     pub anger: Linear,
+    /// Optional: the emotion categories, one calibrated one-vs-rest
+    /// classifier each (for reports; routing uses arousal and anger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Categories>,
+}
+
+/// One-vs-rest classifiers over emotion categories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Categories {
+    /// Category names, in the order of `classifiers`.
+    pub labels: Vec<String>,
+    /// P(this category) vs the rest, each calibrated on its own.
+    pub classifiers: Vec<Linear>,
 }
 
 impl Model {
@@ -143,6 +156,13 @@ impl Model {
         }
         if m.features.len() != FEATURES {
             return Err(ModelError::Shape("features"));
+        }
+        if let Some(c) = &m.categories {
+            if c.labels.len() != c.classifiers.len()
+                || c.classifiers.iter().any(|l| l.weights.len() != FEATURES)
+            {
+                return Err(ModelError::Shape("categories"));
+            }
         }
         for (name, len) in [
             ("mean", m.mean.len()),
@@ -183,6 +203,24 @@ impl Model {
         }
     }
 
+    /// The most likely category and its probability share, when the model has
+    /// categories: the one-vs-rest probabilities normalised to sum to one.
+    pub fn category(&self, raw: &[f32; FEATURES]) -> Option<(usize, f32)> {
+        let c = self.categories.as_ref()?;
+        let mut x = *raw;
+        self.standardise(&mut x);
+        let mut total = 0.0;
+        let mut best = (0, f32::MIN);
+        for (i, l) in c.classifiers.iter().enumerate() {
+            let p = l.probability(&x);
+            total += p;
+            if p > best.1 {
+                best = (i, p);
+            }
+        }
+        (total > 0.0).then(|| (best.0, best.1 / total))
+    }
+
     /// Probabilities from the functionals so far.
     pub fn scores_of(&self, f: &Functionals) -> Scores {
         let mut raw = [0.0; FEATURES];
@@ -200,6 +238,9 @@ pub struct Sample {
     pub arousal: Option<bool>,
     /// Anger? `None` leaves the sample out of the anger task.
     pub anger: Option<bool>,
+    /// Index into the category labels given to [`train`]; `None` leaves the
+    /// sample out of the category classifiers.
+    pub category: Option<usize>,
     /// Speaker (or any grouping that must not straddle a train/test split).
     pub group: u32,
 }
@@ -210,7 +251,15 @@ const LAMBDAS: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
 /// Train a model: standardise, then for each task pick the L2 strength by
 /// leave-one-group-out log loss, calibrate on the out-of-group scores, and
 /// fit the final weights on everything.
-pub fn train(samples: &[Sample], sample_rate: u32, description: &str) -> Result<Model, TrainError> {
+/// `category_labels` names the categories `Sample::category` indexes; a
+/// category with no sample, or every labelled sample, gets no classifier, and
+/// an empty list trains none.
+pub fn train(
+    samples: &[Sample],
+    sample_rate: u32,
+    description: &str,
+    category_labels: &[&str],
+) -> Result<Model, TrainError> {
     let (mean, scale) = standardisation(samples);
     let mut x = Vec::with_capacity(samples.len() * FEATURES);
     for s in samples {
@@ -226,6 +275,22 @@ pub fn train(samples: &[Sample], sample_rate: u32, description: &str) -> Result<
     let groups: Vec<u32> = samples.iter().map(|s| s.group).collect();
     let arousal = train_task(&x, &groups, samples.iter().map(|s| s.arousal), "arousal")?;
     let anger = train_task(&x, &groups, samples.iter().map(|s| s.anger), "anger")?;
+    let mut labels = Vec::new();
+    let mut classifiers = Vec::new();
+    for (k, name) in category_labels.iter().enumerate() {
+        let one_vs_rest = samples.iter().map(|s| s.category.map(|c| c == k));
+        match train_task(&x, &groups, one_vs_rest, "category") {
+            Ok(l) => {
+                labels.push(name.to_string());
+                classifiers.push(l);
+            }
+            Err(TrainError::OneClass(_)) => {}
+        }
+    }
+    let categories = (classifiers.len() >= 2).then_some(Categories {
+        labels,
+        classifiers,
+    });
     Ok(Model {
         format: FORMAT.into(),
         description: description.into(),
@@ -235,6 +300,7 @@ pub fn train(samples: &[Sample], sample_rate: u32, description: &str) -> Result<
         scale,
         arousal,
         anger,
+        categories,
     })
 }
 
@@ -443,6 +509,7 @@ mod tests {
                     x,
                     arousal: Some(high),
                     anger: Some(angry),
+                    category: Some(usize::from(high) + usize::from(angry)),
                     group: i % 2 + 2 * (i / 200),
                 }
             })
@@ -452,7 +519,7 @@ mod tests {
     #[test]
     fn trains_separates_and_round_trips_through_json() {
         let data = toy();
-        let m = train(&data, 8000, "toy").unwrap();
+        let m = train(&data, 8000, "toy", &[]).unwrap();
         let right = data
             .iter()
             .filter(|s| {
@@ -467,8 +534,29 @@ mod tests {
     }
 
     #[test]
+    fn categories_one_vs_rest() {
+        let data = toy();
+        let m = train(&data, 8000, "toy", &["low", "high", "angry", "absent"]).unwrap();
+        let c = m.categories.as_ref().expect("categories trained");
+        assert_eq!(
+            c.labels,
+            ["low", "high", "angry"],
+            "no classifier without samples"
+        );
+        let right = data
+            .iter()
+            .filter(|s| m.category(&s.x).map(|(k, _)| k) == s.category)
+            .count();
+        assert!(right > 300, "{right}/400");
+        assert_eq!(Model::from_json(&m.to_json()).unwrap(), m);
+        let without = train(&data, 8000, "toy", &[]).unwrap();
+        assert!(without.categories.is_none() && without.category(&data[0].x).is_none());
+        assert!(!without.to_json().contains("categories"));
+    }
+
+    #[test]
     fn a_model_over_other_features_is_refused() {
-        let mut m = train(&toy(), 8000, "toy").unwrap();
+        let mut m = train(&toy(), 8000, "toy", &[]).unwrap();
         m.features[3] = "something_else".into();
         let err = Model::from_json(&m.to_json()).unwrap_err();
         assert!(
@@ -486,7 +574,7 @@ mod tests {
         let mut d = toy();
         d.iter_mut().for_each(|s| s.anger = Some(false));
         assert!(matches!(
-            train(&d, 8000, ""),
+            train(&d, 8000, "", &[]),
             Err(TrainError::OneClass("anger"))
         ));
     }
