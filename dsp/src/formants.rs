@@ -106,7 +106,8 @@ impl FormantTracker {
             let (l, m, rr) = (self.envelope[k - 1], self.envelope[k], self.envelope[k + 1]);
             if m > l && m >= rr {
                 // Parabolic interpolation on the log envelope.
-                let (l, m, rr) = (l.ln(), m.ln(), rr.ln());
+                let ln = |v: f32| crate::kernels::ln(v.max(1e-30));
+                let (l, m, rr) = (ln(l), ln(m), ln(rr));
                 let d = l - 2.0 * m + rr;
                 let off = if d.abs() > f32::EPSILON {
                     (0.5 * (l - rr) / d).clamp(-0.5, 0.5)

@@ -213,10 +213,10 @@ impl SpectralAnalyzer {
         let low = self.band_energy(50.0, 1000.0);
         let high = self.band_energy(1000.0, 5000.0f32.min(nyq));
         let alpha_ratio_db = crate::kernels::db(high.max(1e-12) / low.max(1e-12));
-        let hammarberg_db = 10.0
-            * (self.band_max(0.0, 2000.0).max(1e-12)
-                / self.band_max(2000.0, 5000.0f32.min(nyq)).max(1e-12))
-            .log10();
+        let hammarberg_db = crate::kernels::db(
+            self.band_max(0.0, 2000.0).max(1e-12)
+                / self.band_max(2000.0, 5000.0f32.min(nyq)).max(1e-12),
+        );
 
         for (e, (first, weights)) in self.mel_energy.iter_mut().zip(&self.mel) {
             *e = weights
