@@ -591,6 +591,7 @@ impl Call {
                 m.latch.set_audio_pt(neg.pt);
                 // A new clock rate, and no gap to conceal across the change.
                 m.jitter = JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, now);
+                m.rtcp.set_clock_rate(neg.clock_rate);
                 // Our silence follows the new codec.
                 m.sender = None;
                 self.record.codec = Some(neg.codec);

@@ -1000,3 +1000,75 @@ fn retransmitted_invite_repeats_the_last_response_once_per_copy() {
     call.handle_request(&invite(), src(), t0 + ms(1100));
     assert_eq!(codes(&sent(&mut call)), ["200"]);
 }
+
+fn invite_with_media(attrs: &str) -> Request {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 40000 RTP/AVP 0\r\n{attrs}"
+    );
+    request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\n\
+         Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ))
+}
+
+#[test]
+fn receiver_reports_go_by_rtcp_mux_then_a_rtcp_then_rtp_port_plus_one() {
+    let caller: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    let rtp = |seq: u16| {
+        let mut p = vec![0x80, 0];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+        p.extend_from_slice(&0xCAFEu32.to_be_bytes());
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    };
+    for (attrs, mux, dest) in [
+        ("a=rtcp-mux\r\n", true, "127.0.0.1:40002"),
+        ("a=rtcp:41000\r\n", false, "127.0.0.1:41000"),
+        ("", false, "127.0.0.1:40003"),
+    ] {
+        let t0 = Instant::now();
+        let mut call = Call::new(
+            settings(),
+            invite_with_media(attrs),
+            src(),
+            "127.0.0.1:20000".parse().unwrap(),
+            t0,
+        )
+        .unwrap();
+        let out = sent(&mut call);
+        let Message::Response(ok) = &out[1] else {
+            panic!("200 expected")
+        };
+        assert_eq!(body(ok).contains("a=rtcp-mux\r\n"), mux, "{attrs}");
+        call.handle_request(&ack(&call), src(), t0 + ms(10));
+        for i in 0..300u16 {
+            let at = t0 + ms(20 * i as u64);
+            call.handle_rtp_from(&rtp(i), Some(caller), at);
+            while call.poll_rtp(at).is_some() {}
+            if let Some((to, report, via_rtp)) = call.poll_rtcp(at) {
+                assert_eq!((to, via_rtp), (dest.parse().unwrap(), mux), "{attrs}");
+                assert_eq!(report[8..12], 0xCAFEu32.to_be_bytes());
+                assert!(at >= t0 + ms(1250) && at <= t0 + ms(3760), "{attrs}");
+                break;
+            }
+            assert!(i < 299, "no report for {attrs:?}");
+        }
+        // The caller's RTCP from its media address: ours goes back there.
+        let from: SocketAddr = "127.0.0.1:45001".parse().unwrap();
+        call.handle_rtcp(&[0x80, 201, 0, 1, 0, 0, 0xCA, 0xFE], Some(from), t0);
+        assert_eq!(
+            call.media.as_ref().unwrap().rtcp_dest(),
+            Some(if mux { caller } else { from })
+        );
+        // A stranger's is counted, not followed.
+        let stranger: SocketAddr = "192.0.2.7:45001".parse().unwrap();
+        call.handle_rtcp(&[0x80, 201, 0, 1, 0, 0, 0xCA, 0xFE], Some(stranger), t0);
+        assert_ne!(call.media.as_ref().unwrap().rtcp_dest(), Some(stranger));
+        assert_eq!(call.media.as_ref().unwrap().rtp.stats().rtcp, 2);
+    }
+}
