@@ -488,6 +488,8 @@ impl Call {
             return Ok(call);
         }
         call.d.timer = timer.ok().flatten();
+        call.d.peer_allows_update =
+            session_timer::lists_option(&call.invite.headers, "Allow", "UPDATE");
         match call.prepare_media(local_rtp, now) {
             Ok(()) => {
                 let trying = call.invite_response(100, "Trying", false);
@@ -976,6 +978,13 @@ impl Call {
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
         let dest = self.dialog.next_hop(self.source);
         let data = req.to_bytes();
+        if self
+            .client_tx
+            .as_ref()
+            .is_some_and(|o| o.method == Method::Update && req.method != Method::Update)
+        {
+            self.refresh_displaced(now);
+        }
         self.outputs.push_back(Output::Send {
             dest,
             data: data.clone(),
@@ -1078,6 +1087,10 @@ impl Call {
         if matches!(resp.code, 401 | 407) && self.answer_challenge(resp, now) {
             return;
         }
+        if method == Method::Update {
+            self.client_tx = None;
+            return self.refresh_done(resp.code, resp.headers.get("Session-Expires"), now);
+        }
         self.on_final_response(&method, resp.code, now);
         if method == Method::Refer
             && (200..300).contains(&resp.code)
@@ -1130,6 +1143,7 @@ impl Call {
                 }
             }
             Method::Bye => self.finish(now),
+            Method::Update => self.refresh_done(code, None, now),
             _ => {}
         }
     }
