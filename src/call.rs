@@ -20,7 +20,8 @@ use crate::events::{CallRecord, MediaStats, Outcome, ReferAttempt};
 use crate::media::jitter::JitterBuffer;
 use crate::media::latch::{Latch, Verdict};
 use crate::media::opus::{self, OpusDecoder};
-use crate::media::rtp::{RtpEvent, RtpReceiver, RtpStats};
+use crate::media::rtcp::Reporter;
+use crate::media::rtp::{Ignored, RtpEvent, RtpReceiver, RtpStats};
 use crate::media::sender::SilenceSender;
 use crate::policy::{Decision, Policy, Reason};
 use crate::sdp::{self, CodecName, SdpError};
@@ -227,6 +228,16 @@ struct Media {
     send: bool,
     /// The SDP's RTP address, used until the latch knows better.
     sdp_rtp: Option<SocketAddr>,
+    /// Our SSRC: the silence stream's and the receiver reports'.
+    ssrc: u32,
+    /// Our RTCP receiver reports (RFC 3550 §6.4.2).
+    rtcp: Reporter,
+    /// RTCP on the RTP port (RFC 5761), offered and answered.
+    rtcp_mux: bool,
+    /// The SDP's `a=rtcp` address (RFC 3605).
+    sdp_rtcp: Option<SocketAddr>,
+    /// Where the caller's RTCP came from on our RTCP port (symmetric RTCP).
+    rtcp_source: Option<SocketAddr>,
     first_audio: Option<Instant>,
     last_packet: Option<Instant>,
     /// RTP timestamp of the last telephone-event acted on.
@@ -314,6 +325,22 @@ impl Media {
                 sdp::Direction::SendRecv | sdp::Direction::SendOnly
             );
         self.sdp_rtp = Some(neg.remote_rtp).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
+        self.rtcp_mux = neg.rtcp_mux;
+        self.sdp_rtcp = neg.remote_rtcp.filter(|a| !a.ip().is_unspecified());
+    }
+
+    /// Where our RTCP goes, and whether on the RTP port: with rtcp-mux the
+    /// RTP destination; else where the caller's RTCP comes from, the SDP's
+    /// `a=rtcp`, or the RTP destination's port + 1 (RFC 3605).
+    fn rtcp_dest(&self) -> Option<SocketAddr> {
+        let rtp = self.latch.address().or(self.sdp_rtp);
+        if self.rtcp_mux {
+            return rtp;
+        }
+        self.rtcp_source.or(self.sdp_rtcp).or_else(|| {
+            let a = rtp?;
+            Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?))
+        })
     }
 
     /// Statistics into the call's record.
@@ -325,6 +352,8 @@ impl Media {
             jitter,
             latch: self.latch.stats(),
             sent: self.sender.as_ref().map_or(0, |s| s.sent()),
+            rtcp_sent: self.rtcp.sent(),
+            interarrival_jitter: self.rtcp.jitter(),
         };
     }
 }
@@ -459,6 +488,8 @@ impl Call {
             return Ok(call);
         }
         call.d.timer = timer.ok().flatten();
+        call.d.peer_allows_update =
+            session_timer::lists_option(&call.invite.headers, "Allow", "UPDATE");
         match call.prepare_media(local_rtp, now) {
             Ok(()) => {
                 let trying = call.invite_response(100, "Trying", false);
@@ -520,7 +551,15 @@ impl Call {
                 sdp::Direction::SendRecv | sdp::Direction::SendOnly
             );
         let sdp_rtp = Some(neg.remote_rtp).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
+        let ssrc = fastrand::u32(..);
+        // RFC 7022 §4.2: a random CNAME per call.
+        let cname = format!("{:016x}@emonav", fastrand::u64(..));
         self.media = Some(Media {
+            ssrc,
+            rtcp: Reporter::new(ssrc, &cname, neg.clock_rate, now),
+            rtcp_mux: neg.rtcp_mux,
+            sdp_rtcp: neg.remote_rtcp.filter(|a| !a.ip().is_unspecified()),
+            rtcp_source: None,
             rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
             jitter: JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, self.started),
             latch: Latch::new(neg.pt),
@@ -708,7 +747,18 @@ impl Call {
             }
         }
         m.last_packet = Some(now);
-        let early = match m.rtp.handle(datagram) {
+        let event = m.rtp.handle(datagram);
+        match event {
+            RtpEvent::Audio {
+                ssrc, timestamp, ..
+            } => m.rtcp.on_rtp(ssrc, timestamp, now),
+            // RFC 5761: RTCP on the RTP port.
+            RtpEvent::Ignored(Ignored::Rtcp) => {
+                m.rtcp.on_rtcp(datagram, now);
+            }
+            _ => {}
+        }
+        let early = match event {
             RtpEvent::Audio {
                 ssrc,
                 seq,
@@ -751,10 +801,21 @@ impl Call {
         }
     }
 
-    /// A datagram on the RTCP port (RTP port + 1): counted, nothing more.
-    pub fn handle_rtcp(&mut self, datagram: &[u8]) {
-        if let Some(m) = &mut self.media {
-            m.rtp.handle_rtcp_port(datagram);
+    /// A datagram on the RTCP port (RTP port + 1) from `source`: counted;
+    /// a sender report is remembered for our receiver reports, and RTCP from
+    /// the caller's media address makes its source where ours goes.
+    pub fn handle_rtcp(&mut self, datagram: &[u8], source: Option<SocketAddr>, now: Instant) {
+        let Some(m) = &mut self.media else { return };
+        m.rtp.handle_rtcp_port(datagram);
+        if !crate::media::rtp::is_rtcp(datagram) {
+            return;
+        }
+        m.rtcp.on_rtcp(datagram, now);
+        if let Some(src) = source {
+            let media_ip = m.latch.address().or(m.sdp_rtp).map(|a| a.ip());
+            if media_ip.is_none_or(|ip| ip == src.ip()) {
+                m.rtcp_source = Some(src);
+            }
         }
     }
 
@@ -795,29 +856,46 @@ impl Call {
             return None;
         }
         let dest = m.latch.address().or(m.sdp_rtp)?;
-        let codec = m.dec.codec;
-        let pt = m.audio_pt;
+        let (codec, pt, ssrc) = (m.dec.codec, m.audio_pt, m.ssrc);
         let packet = m
             .sender
-            .get_or_insert_with(|| SilenceSender::new(codec, pt, now))
+            .get_or_insert_with(|| SilenceSender::with_ssrc(codec, pt, now, ssrc))
             .poll(now)?;
         Some((dest, packet))
     }
 
-    /// When [`poll_rtp`](Self::poll_rtp) has the next packet: a clock of its
-    /// own, apart from [`poll_timeout`](Self::poll_timeout)'s protocol timers.
+    /// Our next RTCP receiver report, if one is due at `now`: where it goes
+    /// and whether it goes from the RTP port (rtcp-mux, RFC 5761) rather than
+    /// the RTCP port. Driven by the same clock as [`poll_rtp`](Self::poll_rtp)
+    /// ([`poll_rtp_timeout`](Self::poll_rtp_timeout)); the report lives in a
+    /// buffer allocated once.
+    pub fn poll_rtcp(&mut self, now: Instant) -> Option<(SocketAddr, &[u8], bool)> {
+        if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
+            return None;
+        }
+        let m = self.media.as_mut()?;
+        let (dest, mux) = (m.rtcp_dest(), m.rtcp_mux);
+        let rx = m.rtp.reception();
+        // Polled even without a destination, so the schedule moves on.
+        let report = m.rtcp.poll(now, rx)?;
+        Some((dest?, report, mux))
+    }
+
+    /// When [`poll_rtp`](Self::poll_rtp) or [`poll_rtcp`](Self::poll_rtcp)
+    /// has the next packet: a clock of its own, apart from
+    /// [`poll_timeout`](Self::poll_timeout)'s protocol timers.
     pub fn poll_rtp_timeout(&self) -> Option<Instant> {
         if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
             return None;
         }
         let m = self.media.as_ref()?;
-        if !m.send || m.latch.address().or(m.sdp_rtp).is_none() {
-            return None;
-        }
-        Some(m.sender.as_ref().map_or(
-            self.answered_at.unwrap_or(self.started),
-            SilenceSender::poll_timeout,
-        ))
+        let rtp = (m.send && m.latch.address().or(m.sdp_rtp).is_some()).then(|| {
+            m.sender.as_ref().map_or(
+                self.answered_at.unwrap_or(self.started),
+                SilenceSender::poll_timeout,
+            )
+        });
+        rtp.into_iter().chain(m.rtcp.poll_timeout()).min()
     }
 
     /// The jitter buffer's next playout, while audio is analysed.
@@ -900,6 +978,13 @@ impl Call {
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
         let dest = self.dialog.next_hop(self.source);
         let data = req.to_bytes();
+        if self
+            .client_tx
+            .as_ref()
+            .is_some_and(|o| o.method == Method::Update && req.method != Method::Update)
+        {
+            self.refresh_displaced(now);
+        }
         self.outputs.push_back(Output::Send {
             dest,
             data: data.clone(),
@@ -1002,6 +1087,10 @@ impl Call {
         if matches!(resp.code, 401 | 407) && self.answer_challenge(resp, now) {
             return;
         }
+        if method == Method::Update {
+            self.client_tx = None;
+            return self.refresh_done(resp.code, resp.headers.get("Session-Expires"), now);
+        }
         self.on_final_response(&method, resp.code, now);
         if method == Method::Refer
             && (200..300).contains(&resp.code)
@@ -1054,6 +1143,7 @@ impl Call {
                 }
             }
             Method::Bye => self.finish(now),
+            Method::Update => self.refresh_done(code, None, now),
             _ => {}
         }
     }

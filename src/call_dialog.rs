@@ -29,6 +29,9 @@ use crate::sip::transport::Transport;
 /// Extensions we support, for `Supported` in our responses.
 pub const SUPPORTED: &str = "timer";
 
+/// How long a due session refresh waits for a busy client transaction.
+const REFRESH_RETRY: Duration = Duration::from_secs(2);
+
 /// A request we answered (§17.2.2), to answer its retransmissions the same way.
 #[derive(Debug)]
 pub(super) struct AnsweredTx {
@@ -79,6 +82,12 @@ pub(super) struct DialogState {
     pub(super) expires_at: Option<Instant>,
     /// The caller's INVITE said `Supported: norefersub` (RFC 4488).
     pub(super) norefersub: bool,
+    /// When we send our next session refresh (we are the refresher).
+    pub(super) refresh_at: Option<Instant>,
+    /// When the session was last refreshed (its expiry counts from there).
+    pub(super) refreshed_at: Option<Instant>,
+    /// The caller's INVITE listed UPDATE in `Allow`: we can refresh with it.
+    pub(super) peer_allows_update: bool,
 }
 
 impl DialogState {
@@ -96,6 +105,9 @@ impl DialogState {
             timer: None,
             expires_at: None,
             norefersub,
+            refresh_at: None,
+            refreshed_at: None,
+            peer_allows_update: false,
         }
     }
 
@@ -129,6 +141,7 @@ impl DialogState {
                 .min(),
             self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
             self.expires_at,
+            self.refresh_at,
         ]
         .into_iter()
         .flatten()
@@ -233,13 +246,100 @@ impl Call {
     }
 
     /// The session was (re)established or refreshed now with timer `t`.
+    ///
+    /// With refresher=uac we send BYE if the caller does not refresh in
+    /// time. With refresher=uas (the caller does not support timers, or
+    /// asked us) we refresh at half the interval with an UPDATE without SDP
+    /// (RFC 4028 §10) when the caller's `Allow` lists UPDATE. A re-INVITE
+    /// refresh would need an INVITE client transaction, which we do not
+    /// have: without UPDATE nobody refreshes and no expiry is armed (our
+    /// calls usually end with the transfer well within 90 s).
     pub(super) fn start_session_timer(&mut self, t: Option<SessionTimer>, now: Instant) {
         self.d.timer = t;
-        // We do not send refreshes ourselves: with refresher=uas no expiry
-        // is armed (our calls end with the transfer long before 90 s).
+        self.d.refreshed_at = Some(now);
         self.d.expires_at = t
             .filter(|t| t.refresher == Refresher::Uac)
             .map(|t| now + t.bye_after());
+        self.d.refresh_at = t
+            .filter(|t| t.refresher == Refresher::Uas && self.d.peer_allows_update)
+            .map(|t| now + Duration::from_secs(t.interval.into()) / 2);
+    }
+
+    /// Our session refresh is due: an UPDATE without SDP through the
+    /// non-INVITE client transaction, or a little later if it is busy.
+    fn send_refresh(&mut self, now: Instant) {
+        self.d.refresh_at = None;
+        let Some(t) = self.d.timer else { return };
+        if !self.is_live() {
+            return;
+        }
+        if self
+            .client_tx
+            .as_ref()
+            .is_some_and(|o| o.tx.awaiting_final())
+        {
+            self.d.refresh_at = Some(now + REFRESH_RETRY);
+            return;
+        }
+        tracing::debug!(call_id = %self.dialog.call_id, interval = t.interval, "session refresh (UPDATE)");
+        let mut req =
+            self.dialog
+                .request(Method::Update, &self.s.via(self.transport), &self.contact());
+        // §7.4: the refresher names itself, the UAC of the refresh.
+        req.headers
+            .push("Session-Expires", format!("{};refresher=uac", t.interval));
+        req.headers.push("Min-SE", self.s.min_se.to_string());
+        req.headers.push("Supported", SUPPORTED);
+        self.send_request(req, now);
+    }
+
+    /// A REFER or BYE took the client transaction from our refresh UPDATE:
+    /// refresh again once it is free.
+    pub(super) fn refresh_displaced(&mut self, now: Instant) {
+        if self.d.timer.is_some() && self.d.refresh_at.is_none() {
+            self.d.refresh_at = Some(now + REFRESH_RETRY);
+        }
+    }
+
+    /// The final response to our refresh UPDATE (408 for a timeout), with
+    /// its `Session-Expires`: a 2xx refreshes the session (the peer may
+    /// change the interval, or take the refresher role, §7.4); 408 or 481
+    /// end the call with BYE (§10); another failure leaves the session to
+    /// expire, and we send BYE just before it does.
+    pub(super) fn refresh_done(&mut self, code: u16, session_expires: Option<&str>, now: Instant) {
+        let call_id = self.dialog.call_id.clone();
+        let Some(t) = self.d.timer else { return };
+        if !self.is_live() {
+            return;
+        }
+        match code {
+            200..=299 => {
+                let mut t = t;
+                if let Some(se) = session_expires {
+                    let mut parts = se.split(';');
+                    if let Some(i) = parts.next().and_then(|v| v.trim().parse().ok()) {
+                        t.interval = i;
+                    }
+                    if parts.any(|p| p.trim().eq_ignore_ascii_case("refresher=uas")) {
+                        t.refresher = Refresher::Uac;
+                    }
+                }
+                tracing::debug!(%call_id, interval = t.interval, "session refreshed");
+                // The caller taking the role is, from the dialog's side, refresher=uac.
+                self.start_session_timer(Some(t), now);
+            }
+            408 | 481 => {
+                tracing::warn!(%call_id, code, "session refresh failed; hanging up");
+                self.d.refresh_at = None;
+                self.hang_up(Outcome::SessionExpired, now);
+            }
+            _ => {
+                tracing::warn!(%call_id, code, "session refresh refused; the session will expire");
+                self.d.refresh_at = None;
+                let since = self.d.refreshed_at.unwrap_or(now);
+                self.d.expires_at = Some((since + t.bye_after()).max(now));
+            }
+        }
     }
 
     /// Timers of the mid-dialog machinery: J, G/H/I of re-INVITEs, session expiry.
@@ -272,6 +372,9 @@ impl Call {
                 }
                 Action::None => {}
             }
+        }
+        if self.d.refresh_at.is_some_and(|t| now >= t) {
+            self.send_refresh(now);
         }
         if self.d.expires_at.is_some_and(|t| now >= t) {
             self.d.expires_at = None;
@@ -591,6 +694,7 @@ impl Call {
                 m.latch.set_audio_pt(neg.pt);
                 // A new clock rate, and no gap to conceal across the change.
                 m.jitter = JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, now);
+                m.rtcp.set_clock_rate(neg.clock_rate);
                 // Our silence follows the new codec.
                 m.sender = None;
                 self.record.codec = Some(neg.codec);

@@ -1000,3 +1000,213 @@ fn retransmitted_invite_repeats_the_last_response_once_per_copy() {
     call.handle_request(&invite(), src(), t0 + ms(1100));
     assert_eq!(codes(&sent(&mut call)), ["200"]);
 }
+
+fn invite_with_media(attrs: &str) -> Request {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 40000 RTP/AVP 0\r\n{attrs}"
+    );
+    request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\n\
+         Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ))
+}
+
+#[test]
+fn receiver_reports_go_by_rtcp_mux_then_a_rtcp_then_rtp_port_plus_one() {
+    let caller: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    let rtp = |seq: u16| {
+        let mut p = vec![0x80, 0];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+        p.extend_from_slice(&0xCAFEu32.to_be_bytes());
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    };
+    for (attrs, mux, dest) in [
+        ("a=rtcp-mux\r\n", true, "127.0.0.1:40002"),
+        ("a=rtcp:41000\r\n", false, "127.0.0.1:41000"),
+        ("", false, "127.0.0.1:40003"),
+    ] {
+        let t0 = Instant::now();
+        let mut call = Call::new(
+            settings(),
+            invite_with_media(attrs),
+            src(),
+            "127.0.0.1:20000".parse().unwrap(),
+            t0,
+        )
+        .unwrap();
+        let out = sent(&mut call);
+        let Message::Response(ok) = &out[1] else {
+            panic!("200 expected")
+        };
+        assert_eq!(body(ok).contains("a=rtcp-mux\r\n"), mux, "{attrs}");
+        call.handle_request(&ack(&call), src(), t0 + ms(10));
+        for i in 0..300u16 {
+            let at = t0 + ms(20 * i as u64);
+            call.handle_rtp_from(&rtp(i), Some(caller), at);
+            while call.poll_rtp(at).is_some() {}
+            if let Some((to, report, via_rtp)) = call.poll_rtcp(at) {
+                assert_eq!((to, via_rtp), (dest.parse().unwrap(), mux), "{attrs}");
+                assert_eq!(report[8..12], 0xCAFEu32.to_be_bytes());
+                assert!(at >= t0 + ms(1250) && at <= t0 + ms(3760), "{attrs}");
+                break;
+            }
+            assert!(i < 299, "no report for {attrs:?}");
+        }
+        // The caller's RTCP from its media address: ours goes back there.
+        let from: SocketAddr = "127.0.0.1:45001".parse().unwrap();
+        call.handle_rtcp(&[0x80, 201, 0, 1, 0, 0, 0xCA, 0xFE], Some(from), t0);
+        assert_eq!(
+            call.media.as_ref().unwrap().rtcp_dest(),
+            Some(if mux { caller } else { from })
+        );
+        // A stranger's is counted, not followed.
+        let stranger: SocketAddr = "192.0.2.7:45001".parse().unwrap();
+        call.handle_rtcp(&[0x80, 201, 0, 1, 0, 0, 0xCA, 0xFE], Some(stranger), t0);
+        assert_ne!(call.media.as_ref().unwrap().rtcp_dest(), Some(stranger));
+        assert_eq!(call.media.as_ref().unwrap().rtp.stats().rtcp, 2);
+    }
+}
+
+fn refresher_call(extra: &str, t0: Instant) -> (Call, Response) {
+    let mut profile = Profile::default();
+    profile.policy.decision_deadline_ms = 600_000;
+    answered_with(&profile, extra, t0)
+}
+
+fn secs(n: f64) -> Duration {
+    Duration::from_secs_f64(n)
+}
+
+#[test]
+fn we_refresh_with_update_when_the_caller_cannot_and_481_ends_the_call() {
+    let t0 = Instant::now();
+    // A proxy added Session-Expires; the caller has no timer support but allows UPDATE.
+    let (mut call, ok) = refresher_call(
+        "Allow: INVITE, ACK, BYE, UPDATE\r\nSession-Expires: 90\r\n",
+        t0,
+    );
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
+    assert!(ok.headers.get("Require").is_none());
+    assert_eq!(
+        call.poll_timeout(),
+        Some(t0 + secs(45.0)),
+        "half the interval"
+    );
+    call.handle_timeout(t0 + secs(44.9));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t0 + secs(45.0));
+    let upd = only_request(sent(&mut call));
+    assert_eq!(upd.method, Method::Update);
+    assert_eq!(upd.headers.get("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(upd.headers.get("Supported"), Some("timer"));
+    assert!(upd.body.is_empty(), "no SDP");
+    assert_eq!(upd.cseq().unwrap().seq, call.dialog.local_cseq);
+    // The 2xx refreshes; the peer may lengthen the interval.
+    let mut r = response_to(&Message::Request(upd), 200);
+    r.headers.push("Session-Expires", "120;refresher=uac");
+    call.handle_response(&r, t0 + secs(45.5));
+    assert!(sent(&mut call).is_empty());
+    assert_eq!(call.d.refresh_at, Some(t0 + secs(105.5)));
+    assert!(
+        call.d.expires_at.is_none(),
+        "we refresh, so we do not expire"
+    );
+    // The next refresh gets 481: the dialog is gone, BYE.
+    call.handle_timeout(t0 + secs(105.5));
+    let upd = only_request(sent(&mut call));
+    assert_eq!(upd.method, Method::Update);
+    call.handle_response(&response_to(&Message::Request(upd), 481), t0 + secs(105.6));
+    let bye = only_request(sent(&mut call));
+    assert_eq!(bye.method, Method::Bye);
+    call.handle_response(&response_to(&Message::Request(bye), 200), t0 + secs(105.7));
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::SessionExpired);
+}
+
+#[test]
+fn unanswered_refresh_times_out_and_ends_the_call_with_bye() {
+    let t0 = Instant::now();
+    let (mut call, ok) = refresher_call(
+        "Allow: INVITE, ACK, BYE, UPDATE\r\nSupported: timer\r\nSession-Expires: 100;refresher=uas\r\n",
+        t0,
+    );
+    assert_eq!(ok.headers.get("Session-Expires"), Some("100;refresher=uas"));
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+    let mut methods = vec![];
+    let mut t = t0 + secs(50.0);
+    while t < t0 + secs(50.0 + 33.0) {
+        call.handle_timeout(t);
+        for m in sent(&mut call) {
+            if let Message::Request(r) = m {
+                methods.push(r.method.to_string());
+            }
+        }
+        t += ms(250);
+    }
+    let updates = methods.iter().filter(|m| *m == "UPDATE").count();
+    assert!(updates >= 5, "retransmitted by Timer E: {methods:?}");
+    assert_eq!(
+        methods.last().map(String::as_str),
+        Some("BYE"),
+        "{methods:?}"
+    );
+}
+
+#[test]
+fn no_refresh_without_update_in_allow_and_a_peer_taking_the_role_is_waited_for() {
+    let t0 = Instant::now();
+    let (call, ok) = refresher_call("Allow: INVITE, ACK, BYE\r\nSession-Expires: 90\r\n", t0);
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
+    // A re-INVITE refresh needs an INVITE client transaction: none is sent.
+    assert_eq!((call.d.refresh_at, call.d.expires_at), (None, None));
+    let (mut call, _) = refresher_call("Allow: UPDATE\r\nSession-Expires: 90\r\n", t0);
+    call.handle_timeout(t0 + secs(45.0));
+    let upd = only_request(sent(&mut call));
+    // The peer answers refresher=uas: it refreshes from now on, we watch the expiry.
+    let mut r = response_to(&Message::Request(upd), 200);
+    r.headers.push("Session-Expires", "90;refresher=uas");
+    call.handle_response(&r, t0 + secs(46.0));
+    assert_eq!(call.d.refresh_at, None);
+    assert_eq!(call.d.expires_at, Some(t0 + secs(46.0 + 60.0)));
+    // Another failure leaves the session to its expiry.
+    let (mut call, _) = refresher_call("Allow: UPDATE\r\nSession-Expires: 90\r\n", t0);
+    call.handle_timeout(t0 + secs(45.0));
+    let upd = only_request(sent(&mut call));
+    call.handle_response(&response_to(&Message::Request(upd), 500), t0 + secs(46.0));
+    assert!(sent(&mut call).is_empty());
+    assert_eq!(call.d.expires_at, Some(t0 + secs(60.0)));
+}
+
+#[test]
+fn a_refer_displacing_the_refresh_update_re_arms_it() {
+    let t0 = Instant::now();
+    let mut profile = Profile::default();
+    profile.policy.decision_deadline_ms = 45_500;
+    let (mut call, _) = answered_with(&profile, "Allow: UPDATE\r\nSession-Expires: 90\r\n", t0);
+    call.handle_timeout(t0 + secs(45.0));
+    assert_eq!(only_request(sent(&mut call)).method, Method::Update);
+    // The decision's REFER takes the client transaction from the UPDATE
+    // (retransmitted by Timer E just before).
+    call.handle_timeout(t0 + secs(45.5));
+    let mut out = sent(&mut call);
+    assert_eq!(codes(&out), ["UPDATE", "REFER"]);
+    let refer = only_request(out.split_off(1));
+    assert_eq!(refer.method, Method::Refer);
+    assert_eq!(call.d.refresh_at, Some(t0 + secs(47.5)));
+    // Still busy with the REFER at 47.5 s: later again; after its 202, the refresh goes.
+    call.handle_timeout(t0 + secs(47.5));
+    assert_eq!(
+        codes(&sent(&mut call)),
+        ["REFER"],
+        "only Timer E's retransmission"
+    );
+    assert_eq!(call.d.refresh_at, Some(t0 + secs(49.5)));
+    call.handle_response(&response_to(&Message::Request(refer), 202), t0 + secs(48.0));
+    call.handle_timeout(t0 + secs(49.5));
+    assert_eq!(only_request(sent(&mut call)).method, Method::Update);
+}

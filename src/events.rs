@@ -61,6 +61,10 @@ pub struct MediaStats {
     pub latch: LatchStats,
     /// RTP packets we sent (silence keepalive).
     pub sent: u64,
+    /// RTCP receiver reports we sent (RFC 3550 §6.4.2).
+    pub rtcp_sent: u64,
+    /// Interarrival jitter of the caller's stream, RTP timestamp units (RFC 3550 A.8).
+    pub interarrival_jitter: u32,
 }
 
 /// The structured line written when a call ends.

@@ -83,6 +83,10 @@ pub struct Media {
     pub direction: Direction,
     /// `a=ptime`.
     pub ptime: Option<u32>,
+    /// `a=rtcp-mux` (RFC 5761 §5.1.1).
+    pub rtcp_mux: bool,
+    /// `a=rtcp:<port> [IN IP4|IP6 <addr>]` (RFC 3605).
+    pub rtcp: Option<(u16, Option<IpAddr>)>,
 }
 
 /// A parsed session description.
@@ -178,6 +182,8 @@ pub fn parse(body: &str) -> Result<SessionDescription, SdpError> {
                     connection: None,
                     direction: sd.direction,
                     ptime: None,
+                    rtcp_mux: false,
+                    rtcp: None,
                 });
             }
             b'a' => {
@@ -204,6 +210,9 @@ pub fn parse(body: &str) -> Result<SessionDescription, SdpError> {
                         m.fmtps.push((pt, params.trim().to_string()));
                     }
                     "ptime" => m.ptime = val.trim().parse().ok(),
+                    "rtcp-mux" => m.rtcp_mux = true,
+                    // Unreadable: ignored (RTP port + 1 then), as RFC 3605 §2.1 allows.
+                    "rtcp" => m.rtcp = parse_rtcp(val),
                     _ => {}
                 }
             }
@@ -237,6 +246,17 @@ fn parse_connection(value: &str) -> Option<IpAddr> {
         "IP4" => addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
         "IP6" => addr.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
         _ => None,
+    }
+}
+
+/// `a=rtcp:<port> [<nettype> <addrtype> <address>]` (RFC 3605 §2.1).
+fn parse_rtcp(value: &str) -> Option<(u16, Option<IpAddr>)> {
+    let value = value.trim();
+    let (port, addr) = value.split_once(' ').unwrap_or((value, ""));
+    let port = port.parse().ok().filter(|&p| p != 0)?;
+    match addr.trim() {
+        "" => Some((port, None)),
+        a => Some((port, Some(parse_connection(a)?))),
     }
 }
 
@@ -309,6 +329,10 @@ pub struct Negotiated {
     pub direction: Direction,
     /// Offered ptime, if any.
     pub ptime: Option<u32>,
+    /// The offer asked for rtcp-mux, and the answer accepts it (RFC 5761).
+    pub rtcp_mux: bool,
+    /// Where the offerer wants RTCP when it said so (`a=rtcp`, RFC 3605).
+    pub remote_rtcp: Option<SocketAddr>,
 }
 
 impl CodecName {
@@ -396,6 +420,10 @@ pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Nego
         remote_rtp: SocketAddr::new(ip, m.port),
         direction,
         ptime: m.ptime,
+        rtcp_mux: m.rtcp_mux,
+        remote_rtcp: m
+            .rtcp
+            .map(|(port, addr)| SocketAddr::new(addr.unwrap_or(ip), port)),
     })
 }
 
@@ -424,6 +452,8 @@ pub fn offer(neg: &Negotiated, local_rtp: SocketAddr, session_id: u64, version: 
         connection: None,
         direction: Direction::SendRecv,
         ptime: neg.ptime,
+        rtcp_mux: neg.rtcp_mux,
+        rtcp: None,
     };
     let sd = SessionDescription {
         session_id,
@@ -515,6 +545,9 @@ pub fn answer(
             Direction::Inactive => "inactive",
         };
         let _ = write!(s, "a={dir}\r\n");
+        if neg.rtcp_mux {
+            s.push_str("a=rtcp-mux\r\n");
+        }
     }
     s
 }
@@ -549,6 +582,28 @@ mod tests {
         assert!(a.contains("a=ptime:20\r\n"));
         let back = parse(&a).unwrap();
         assert_eq!(back.media[0].formats, [0, 101]);
+    }
+
+    #[test]
+    fn rtcp_mux_and_rtcp_attribute() {
+        let sd = parse(&offer(
+            "m=audio 10000 RTP/AVP 0\r\na=rtcp:10001 IN IP4 192.0.2.9\r\na=rtcp-mux\r\n",
+        ))
+        .unwrap();
+        let n = negotiate(&sd, &PREFS).unwrap();
+        assert!(n.rtcp_mux);
+        assert_eq!(n.remote_rtcp, Some("192.0.2.9:10001".parse().unwrap()));
+        let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
+        assert!(a.ends_with("a=sendrecv\r\na=rtcp-mux\r\n"), "{a}");
+        assert!(parse(&a).unwrap().media[0].rtcp_mux);
+        // Port only: the connection address; garbage: ignored; no mux, none answered.
+        let sd = parse(&offer("m=audio 10000 RTP/AVP 0\r\na=rtcp:10007\r\n")).unwrap();
+        let n = negotiate(&sd, &PREFS).unwrap();
+        assert_eq!(n.remote_rtcp, Some("192.0.2.1:10007".parse().unwrap()));
+        assert!(!n.rtcp_mux);
+        assert!(!answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1).contains("rtcp"));
+        let sd = parse(&offer("m=audio 10000 RTP/AVP 0\r\na=rtcp:x IN\r\n")).unwrap();
+        assert_eq!(negotiate(&sd, &PREFS).unwrap().remote_rtcp, None);
     }
 
     #[test]

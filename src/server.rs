@@ -861,8 +861,9 @@ async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, Option<UdpSocket>)> {
         }
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port)).await {
             // RTCP's conventional port (RFC 3550 §11), when free: what
-            // arrives there is counted (we answer without rtcp-mux, yet
-            // accept RTCP on the RTP port too).
+            // arrives there is counted and read for sender reports, and our
+            // receiver reports go from it unless rtcp-mux was negotiated
+            // (RTCP on the RTP port is accepted either way).
             let rtcp = UdpSocket::bind(SocketAddr::new(shared.rtp_ip, port + 1))
                 .await
                 .ok();
@@ -951,6 +952,15 @@ async fn call_task(
                 // A full buffer loses a silence packet: nothing to retry.
                 let _ = sock.try_send_to(packet, dest);
             }
+            // Our RTCP port when we have one and the caller did not ask for rtcp-mux.
+            while let Some((dest, report, mux)) = call.poll_rtcp(now) {
+                let from = if mux {
+                    sock
+                } else {
+                    rtcp.as_ref().unwrap_or(sock)
+                };
+                let _ = from.try_send_to(report, dest);
+            }
         }
         let wake = [call.poll_timeout(), call.poll_rtp_timeout()]
             .into_iter()
@@ -969,8 +979,8 @@ async fn call_task(
                 }
             }
             r = recv_rtp(rtcp.as_ref(), &mut rtcp_buf) => {
-                if let Ok((n, _)) = r {
-                    call.handle_rtcp(&rtcp_buf[..n]);
+                if let Ok((n, from)) = r {
+                    call.handle_rtcp(&rtcp_buf[..n], Some(from), Instant::now().into_std());
                 }
             }
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {

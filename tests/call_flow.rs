@@ -510,3 +510,62 @@ fn no_silence_when_disabled() {
     let mut buf = [0u8; 2048];
     assert!(uac.rtp.recv_from(&mut buf).is_err(), "nothing sent");
 }
+
+#[test]
+fn receiver_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
+    let emonav = Emonav::start("");
+    // No a=rtcp, no rtcp-mux: the caller's RTCP port is its RTP port + 1 (RFC 3605).
+    let (mut uac, rtcp) = loop {
+        let uac = Uac::new(emonav.sip);
+        let p = uac.rtp.local_addr().unwrap();
+        if let Ok(s) = std::net::UdpSocket::bind((p.ip(), p.port() + 1)) {
+            break (uac, s);
+        }
+    };
+    rtcp.set_read_timeout(Some(5 * S)).unwrap();
+    uac.send_invite(&uac.g711_offer());
+    let ok = uac.invite_final(5 * S);
+    assert_eq!(ok.code, 200);
+    assert!(!String::from_utf8_lossy(&ok.body).contains("rtcp-mux"));
+    uac.ack(true);
+    let emonav_rtp = uac.remote_rtp.unwrap();
+    let emonav_rtcp = std::net::SocketAddr::new(emonav_rtp.ip(), emonav_rtp.port() + 1);
+    uac.play(fixture("calm.ul"), 0);
+    // A sender report from the caller (NTP 0x00001111.22223333 → LSR 0x11112222).
+    let mut sr = vec![0x80, 200, 0, 6, 0x12, 0x34, 0x56, 0x78];
+    sr.extend_from_slice(&[0, 0, 0x11, 0x11, 0x22, 0x22, 0x33, 0x33]);
+    sr.extend_from_slice(&[0; 12]);
+    rtcp.send_to(&sr, emonav_rtcp).unwrap();
+    let mut buf = [0u8; 1500];
+    let started = Instant::now();
+    let (n, from) = rtcp.recv_from(&mut buf).expect("a receiver report");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(4000),
+        "first report after {waited:?}"
+    );
+    assert_eq!(from, emonav_rtcp, "from our RTCP port");
+    let p = buf[..n].to_vec();
+    let word = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+    assert_eq!(
+        (p[0], p[1], p[2], p[3]),
+        (0x81, 201, 0, 7),
+        "RR, one block: {p:?}"
+    );
+    assert_eq!(word(8), 0x1234_5678, "the block is about the caller's SSRC");
+    assert_eq!(word(24), 0x1111_2222, "LSR from the caller's SR");
+    assert!(word(28) > 0, "DLSR");
+    assert_eq!((p[32] & 0x1f, p[33]), (1, 202), "SDES follows");
+    assert_eq!(word(36), word(4), "SDES chunk of our SSRC");
+    assert_eq!(p[40], 1, "CNAME");
+    // Our SSRC is the one of our RTP.
+    uac.rtp.set_read_timeout(Some(2 * S)).unwrap();
+    let mut rtp = [0u8; 2048];
+    let (n, _) = uac.rtp.recv_from(&mut rtp).expect("our RTP");
+    assert_eq!(rtp_header(&rtp[..n]).3, word(4));
+    let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
+    complete_transfer(&mut uac, &refer);
+    let ev = emonav.next_event(5 * S);
+    assert!(ev["media"]["rtcp_sent"].as_u64().unwrap() >= 1, "{ev}");
+    assert_eq!(ev["rtp"]["rtcp"], 1, "{ev}");
+}

@@ -2,5 +2,6 @@
 pub mod jitter;
 pub mod latch;
 pub mod opus;
+pub mod rtcp;
 pub mod rtp;
 pub mod sender;

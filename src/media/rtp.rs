@@ -277,6 +277,17 @@ impl RtpReceiver {
         }
     }
 
+    /// The current source's sequence figures for a receiver report
+    /// (RFC 3550 A.3), once a packet came.
+    pub fn reception(&self) -> Option<crate::media::rtcp::Reception> {
+        self.seq.map(|s| crate::media::rtcp::Reception {
+            ssrc: s.ssrc,
+            extended_max: s.cycles.wrapping_add(s.max_seq as u32),
+            expected: s.expected(),
+            received: s.received,
+        })
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> RtpStats {
         let mut st = self.stats;

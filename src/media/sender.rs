@@ -37,6 +37,12 @@ pub struct SilenceSender {
 impl SilenceSender {
     /// A stream of payload type `pt` for `codec`, first packet at `start`.
     pub fn new(codec: CodecName, pt: u8, start: Instant) -> Self {
+        Self::with_ssrc(codec, pt, start, fastrand::u32(..))
+    }
+
+    /// [`SilenceSender::new`] with our SSRC chosen by the caller (the one
+    /// our RTCP reports carry too).
+    pub fn with_ssrc(codec: CodecName, pt: u8, start: Instant, ssrc: u32) -> Self {
         let (payload, step): (&[u8], u32) = match codec {
             CodecName::Pcmu => (&[0xFF; 160], 160),
             CodecName::Pcma => (&[0xD5; 160], 160),
@@ -45,7 +51,7 @@ impl SilenceSender {
         let mut buf = Box::new([0u8; 12 + 160]);
         buf[0] = 0x80;
         buf[1] = pt & 0x7F;
-        buf[8..12].copy_from_slice(&fastrand::u32(..).to_be_bytes());
+        buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
         buf[12..12 + payload.len()].copy_from_slice(payload);
         Self {
             buf,

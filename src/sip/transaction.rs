@@ -152,6 +152,11 @@ impl ClientNonInvite {
         }
     }
 
+    /// No final response yet (Trying or Proceeding).
+    pub fn awaiting_final(&self) -> bool {
+        matches!(self.state, ClientState::Trying | ClientState::Proceeding)
+    }
+
     /// True once a final response arrived and Timer K ran out, or Timer F fired.
     pub fn is_terminated(&self) -> bool {
         self.state == ClientState::Terminated
