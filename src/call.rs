@@ -228,9 +228,9 @@ struct Media {
     send: bool,
     /// The SDP's RTP address, used until the latch knows better.
     sdp_rtp: Option<SocketAddr>,
-    /// Our SSRC: the silence stream's and the receiver reports'.
+    /// Our SSRC: the silence stream's and the RTCP reports'.
     ssrc: u32,
-    /// Our RTCP receiver reports (RFC 3550 §6.4.2).
+    /// Our RTCP reports (RFC 3550 §6.4).
     rtcp: Reporter,
     /// RTCP on the RTP port (RFC 5761), offered and answered.
     rtcp_mux: bool,
@@ -376,6 +376,8 @@ pub struct Call {
     phase: Phase,
     answered_at: Option<Instant>,
     started: Instant,
+    /// Wall-clock time at `started`, for RTCP's NTP timestamps.
+    started_wall: SystemTime,
     decision: Option<Decision>,
     client_tx: Option<OutgoingTx>,
     /// CSeq of the REFER whose subscription we follow.
@@ -462,6 +464,7 @@ impl Call {
             },
             answered_at: None,
             started: now,
+            started_wall: SystemTime::now(),
             decision: None,
             client_tx: None,
             refer_cseq: None,
@@ -802,7 +805,7 @@ impl Call {
     }
 
     /// A datagram on the RTCP port (RTP port + 1) from `source`: counted;
-    /// a sender report is remembered for our receiver reports, and RTCP from
+    /// a sender report is remembered for our reports, and RTCP from
     /// the caller's media address makes its source where ours goes.
     pub fn handle_rtcp(&mut self, datagram: &[u8], source: Option<SocketAddr>, now: Instant) {
         let Some(m) = &mut self.media else { return };
@@ -864,7 +867,7 @@ impl Call {
         Some((dest, packet))
     }
 
-    /// Our next RTCP receiver report, if one is due at `now`: where it goes
+    /// Our next RTCP report (SR while we send, else RR), if one is due at `now`: where it goes
     /// and whether it goes from the RTP port (rtcp-mux, RFC 5761) rather than
     /// the RTCP port. Driven by the same clock as [`poll_rtp`](Self::poll_rtp)
     /// ([`poll_rtp_timeout`](Self::poll_rtp_timeout)); the report lives in a
@@ -876,8 +879,20 @@ impl Call {
         let m = self.media.as_mut()?;
         let (dest, mux) = (m.rtcp_dest(), m.rtcp_mux);
         let rx = m.rtp.reception();
+        // While our keepalive flows we are a sender (§6.4): a sender report,
+        // its wall clock from the call's start anchored to `now`.
+        let sending = m.sender.as_ref().filter(|s| s.sent() > 0).map(|s| {
+            let (rtp_timestamp, packets, octets) = s.stream_position(now);
+            let wall = self.started_wall + now.saturating_duration_since(self.started);
+            crate::media::rtcp::SenderInfo {
+                ntp: crate::media::rtcp::ntp_time(wall),
+                rtp_timestamp,
+                packets,
+                octets,
+            }
+        });
         // Polled even without a destination, so the schedule moves on.
-        let report = m.rtcp.poll(now, rx)?;
+        let report = m.rtcp.poll(now, rx, sending)?;
         Some((dest?, report, mux))
     }
 

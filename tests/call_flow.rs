@@ -512,7 +512,7 @@ fn no_silence_when_disabled() {
 }
 
 #[test]
-fn receiver_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
+fn rtcp_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
     let emonav = Emonav::start("");
     // No a=rtcp, no rtcp-mux: the caller's RTCP port is its RTP port + 1 (RFC 3605).
     let (mut uac, rtcp) = loop {
@@ -538,7 +538,7 @@ fn receiver_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
     rtcp.send_to(&sr, emonav_rtcp).unwrap();
     let mut buf = [0u8; 1500];
     let started = Instant::now();
-    let (n, from) = rtcp.recv_from(&mut buf).expect("a receiver report");
+    let (n, from) = rtcp.recv_from(&mut buf).expect("a report");
     let waited = started.elapsed();
     assert!(
         waited < Duration::from_millis(4000),
@@ -547,17 +547,35 @@ fn receiver_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
     assert_eq!(from, emonav_rtcp, "from our RTCP port");
     let p = buf[..n].to_vec();
     let word = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+    // We send a silence keepalive, so we are a sender: an SR (§6.4.1).
     assert_eq!(
         (p[0], p[1], p[2], p[3]),
-        (0x81, 201, 0, 7),
-        "RR, one block: {p:?}"
+        (0x81, 200, 0, 12),
+        "SR, one block: {p:?}"
     );
-    assert_eq!(word(8), 0x1234_5678, "the block is about the caller's SSRC");
-    assert_eq!(word(24), 0x1111_2222, "LSR from the caller's SR");
-    assert!(word(28) > 0, "DLSR");
-    assert_eq!((p[32] & 0x1f, p[33]), (1, 202), "SDES follows");
-    assert_eq!(word(36), word(4), "SDES chunk of our SSRC");
-    assert_eq!(p[40], 1, "CNAME");
+    let ntp_secs = word(8) as u64;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        ntp_secs.abs_diff(unix + 2_208_988_800) <= 5,
+        "NTP time of the report"
+    );
+    assert!(
+        word(20) > 0 && word(24) == 160 * word(20),
+        "packet and octet counts"
+    );
+    assert_eq!(
+        word(28),
+        0x1234_5678,
+        "the block is about the caller's SSRC"
+    );
+    assert_eq!(word(44), 0x1111_2222, "LSR from the caller's SR");
+    assert!(word(48) > 0, "DLSR");
+    assert_eq!((p[52] & 0x1f, p[53]), (1, 202), "SDES follows");
+    assert_eq!(word(56), word(4), "SDES chunk of our SSRC");
+    assert_eq!(p[60], 1, "CNAME");
     // Our SSRC is the one of our RTP.
     uac.rtp.set_read_timeout(Some(2 * S)).unwrap();
     let mut rtp = [0u8; 2048];

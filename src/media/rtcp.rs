@@ -1,8 +1,9 @@
-//! RTCP receiver reports (RFC 3550 §6.4.2, with §6.4.1 for the sender
-//! report's timestamps, Appendix A.3 for the loss figures and A.8 for the
-//! interarrival jitter), sent every 5 s randomised to 0.5–1.5× (§6.3.1)
-//! while media flows: a compound packet, RR with one report block for the
-//! latched source followed by SDES CNAME (§6.1). Where it goes is the call's
+//! RTCP reports (RFC 3550 §6.4: a sender report while we send media, a
+//! receiver report otherwise; §6.4.1 for the caller's SR timestamps,
+//! Appendix A.3 for the loss figures and A.8 for the interarrival jitter),
+//! sent every 5 s randomised to 0.5–1.5× (§6.3.1) while media flows: a
+//! compound packet, SR or RR with one report block for the latched source,
+//! followed by SDES CNAME (§6.1). Where it goes is the call's
 //! business: the RTP address with rtcp-mux (RFC 5761), else the SDP's
 //! `a=rtcp` (RFC 3605), else the RTP port + 1.
 //!
@@ -17,7 +18,14 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 
 /// RR (8 + one 24-byte report block), then SDES with a CNAME of at most 255 bytes.
 const RR_LEN: usize = 32;
-const BUF_LEN: usize = RR_LEN + 8 + 2 + 255 + 4;
+/// SR header (28 bytes) and one report block (24).
+const SR_LEN: usize = 52;
+/// Where an RR starts in the buffer: it ends where an SR would, so that the
+/// report block and the SDES after it sit at one place for both.
+const RR_AT: usize = SR_LEN - RR_LEN;
+const BUF_LEN: usize = SR_LEN + 8 + 2 + 255 + 4;
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// What the receiver knows of the reported source (RFC 3550 A.1/A.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,14 +102,17 @@ impl Reporter {
     /// stream of `clock_rate` Hz; `now` is the jitter's time origin.
     pub fn new(ssrc: u32, cname: &str, clock_rate: u32, now: Instant) -> Self {
         let mut buf = Box::new([0u8; BUF_LEN]);
-        // RR header: V=2, RC=1, PT=201, length 7 words; our SSRC.
-        buf[..4].copy_from_slice(&[0x81, 201, 0, 7]);
+        // RR header: V=2, RC=1, PT=201, length 7 words; our SSRC. An SR
+        // (§6.4.1) is written over it at the front when we send media.
+        buf[RR_AT..RR_AT + 4].copy_from_slice(&[0x81, 201, 0, 7]);
+        buf[RR_AT + 4..RR_AT + 8].copy_from_slice(&ssrc.to_be_bytes());
+        buf[..4].copy_from_slice(&[0x81, 200, 0, 12]);
         buf[4..8].copy_from_slice(&ssrc.to_be_bytes());
         // SDES: one chunk, CNAME item, null-terminated and padded to 32 bits.
         let cname = &cname.as_bytes()[..cname.len().min(255)];
         let items = (2 + cname.len() + 4) & !3;
         let words = (4 + 4 + items) / 4 - 1;
-        let s = &mut buf[RR_LEN..];
+        let s = &mut buf[SR_LEN..];
         s[..2].copy_from_slice(&[0x81, 202]);
         s[2..4].copy_from_slice(&(words as u16).to_be_bytes());
         s[4..8].copy_from_slice(&ssrc.to_be_bytes());
@@ -109,7 +120,7 @@ impl Reporter {
         s[9] = cname.len() as u8;
         s[10..10 + cname.len()].copy_from_slice(cname);
         Self {
-            len: RR_LEN + 8 + items,
+            len: SR_LEN + 8 + items,
             buf,
             rng: fastrand::Rng::new(),
             next_at: None,
@@ -214,7 +225,14 @@ impl Reporter {
     /// The compound report if one is due at `now`, for the source the
     /// receiver follows. No report (and the schedule stops until the next
     /// packet) when nothing was received since the last one.
-    pub fn poll(&mut self, now: Instant, rx: Option<Reception>) -> Option<&[u8]> {
+    /// With `sending` (we are an active sender, §6.4) the report is a sender
+    /// report carrying it; otherwise a receiver report.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        rx: Option<Reception>,
+        sending: Option<SenderInfo>,
+    ) -> Option<&[u8]> {
         if self.next_at.is_none_or(|t| now < t) {
             return None;
         }
@@ -252,7 +270,7 @@ impl Reporter {
             _ => (0, 0),
         };
         let jitter = self.jitter();
-        let b = &mut self.buf[8..RR_LEN];
+        let b = &mut self.buf[28..SR_LEN];
         b[..4].copy_from_slice(&rx.ssrc.to_be_bytes());
         b[4..8]
             .copy_from_slice(&((fraction as u32) << 24 | (lost as u32 & 0xff_ffff)).to_be_bytes());
@@ -261,8 +279,40 @@ impl Reporter {
         b[16..20].copy_from_slice(&lsr.to_be_bytes());
         b[20..24].copy_from_slice(&dlsr.to_be_bytes());
         self.sent += 1;
-        Some(&self.buf[..self.len])
+        let start = match sending {
+            Some(info) => {
+                self.buf[8..16].copy_from_slice(&info.ntp.to_be_bytes());
+                self.buf[16..20].copy_from_slice(&info.rtp_timestamp.to_be_bytes());
+                self.buf[20..24].copy_from_slice(&info.packets.to_be_bytes());
+                self.buf[24..28].copy_from_slice(&info.octets.to_be_bytes());
+                0
+            }
+            None => RR_AT,
+        };
+        Some(&self.buf[start..self.len])
     }
+}
+
+/// What a sender report says about our own stream (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderInfo {
+    /// Wall-clock time of the report, 64-bit NTP format.
+    pub ntp: u64,
+    /// Our RTP timestamp for that same instant.
+    pub rtp_timestamp: u32,
+    /// RTP packets we have sent.
+    pub packets: u32,
+    /// Payload octets we have sent.
+    pub octets: u32,
+}
+
+/// 64-bit NTP time (seconds since 1900 in the high word, fraction in the low)
+/// of a wall-clock time.
+pub fn ntp_time(t: std::time::SystemTime) -> u64 {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (secs << 32) | frac
 }
 
 #[cfg(test)]
@@ -295,7 +345,7 @@ mod tests {
         r.on_rtp(0xA0A1_A2A3, 0, t0);
         let due = r.poll_timeout().unwrap();
         assert!(due >= t0 + 1250 * MS && due <= t0 + 3750 * MS, "{due:?}");
-        assert!(r.poll(due - MS, None).is_none());
+        assert!(r.poll(due - MS, None, None).is_none());
         assert!(r.on_rtcp(&sr, due - 1500 * MS));
         let rx = Reception {
             ssrc: 0xA0A1_A2A3,
@@ -304,7 +354,7 @@ mod tests {
             received: 90,
         };
         // Exactly 1.5 s after the SR: DLSR 1.5 × 65536 = 0x18000.
-        let p = r.poll(due, Some(rx)).unwrap().to_vec();
+        let p = r.poll(due, Some(rx), None).unwrap().to_vec();
         #[rustfmt::skip]
         let want = [
             // RR: V=2 RC=1, PT 201, length 7, our SSRC.
@@ -321,9 +371,51 @@ mod tests {
         assert_eq!(p, want);
         // Another interval with no packets: no report, the schedule stops.
         let next = r.poll_timeout().unwrap();
-        assert!(r.poll(next, Some(rx)).is_none());
+        assert!(r.poll(next, Some(rx), None).is_none());
         assert_eq!(r.poll_timeout(), None);
         assert_eq!(r.sent(), 1);
+    }
+
+    #[test]
+    fn sender_report_when_we_send_media() {
+        let t0 = Instant::now();
+        let mut r = Reporter::new(0x0102_0304, "abc", 8000, t0).with_seed(1);
+        r.on_rtp(0xA0A1_A2A3, 0, t0);
+        let due = r.poll_timeout().unwrap();
+        let rx = Reception {
+            ssrc: 0xA0A1_A2A3,
+            extended_max: 7,
+            expected: 8,
+            received: 8,
+        };
+        let info = SenderInfo {
+            ntp: 0xE000_0001_8000_0000,
+            rtp_timestamp: 0x0000_1F40,
+            packets: 50,
+            octets: 8000,
+        };
+        let p = r.poll(due, Some(rx), Some(info)).unwrap().to_vec();
+        #[rustfmt::skip]
+        let want = [
+            // SR: V=2 RC=1, PT 200, length 12, our SSRC, NTP, RTP time, counts.
+            0x81, 200, 0, 12, 0x01, 0x02, 0x03, 0x04,
+            0xE0, 0, 0, 0x01, 0x80, 0, 0, 0,
+            0, 0, 0x1F, 0x40, 0, 0, 0, 50, 0, 0, 0x1F, 0x40,
+            // Report block: nothing lost, highest 7, no jitter, no SR heard.
+            0xA0, 0xA1, 0xA2, 0xA3, 0, 0, 0, 0,
+            0, 0, 0, 7, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0,
+            // SDES as in the RR.
+            0x81, 202, 0, 3, 0x01, 0x02, 0x03, 0x04,
+            1, 3, b'a', b'b', b'c', 0, 0, 0,
+        ];
+        assert_eq!(p, want);
+    }
+
+    #[test]
+    fn ntp_time_of_the_unix_epoch_and_a_half_second() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1500);
+        assert_eq!(ntp_time(t), ((2_208_988_801u64) << 32) | 0x8000_0000);
     }
 
     #[test]
@@ -338,7 +430,7 @@ mod tests {
                 expected: 1,
                 received: 1,
             };
-            let p = r.poll(t0 + INTERVAL, Some(rx)).unwrap();
+            let p = r.poll(t0 + INTERVAL, Some(rx), None).unwrap();
             let sdes = &p[RR_LEN..];
             assert_eq!(sdes.len(), 8 + total, "{cname}");
             assert_eq!(
@@ -367,7 +459,7 @@ mod tests {
         assert_eq!(rec.ssrc, 0xCAFE);
         assert_eq!(rec.extended_max, 0x0001_0009, "one cycle, max 9");
         assert_eq!((rec.expected, rec.received), (16, 13));
-        let p = r.poll(t0 + INTERVAL * 2, Some(rec)).unwrap();
+        let p = r.poll(t0 + INTERVAL * 2, Some(rec), None).unwrap();
         // fraction = 3 × 256 / 16 = 48, cumulative 3.
         assert_eq!(p[12..16], [48, 0, 0, 3]);
         assert_eq!(p[16..20], [0, 1, 0, 9]);
@@ -377,7 +469,7 @@ mod tests {
         }
         let rec = rx.reception().unwrap();
         let due = r.poll_timeout().unwrap();
-        let p = r.poll(due, Some(rec)).unwrap();
+        let p = r.poll(due, Some(rec), None).unwrap();
         assert_eq!(p[12..16], [12, 0, 0, 4]);
         assert_eq!(p[16..20], [0, 1, 0, 29]);
         assert_eq!(rx.stats().lost, 4);
@@ -430,7 +522,7 @@ mod tests {
             received: 1,
         };
         // 5.25 s after the SR: DLSR = 5.25 × 65536.
-        let p = r.poll(t0 + 350 * MS + INTERVAL, Some(rx)).unwrap();
+        let p = r.poll(t0 + 350 * MS + INTERVAL, Some(rx), None).unwrap();
         assert_eq!(p[24..28], [0x45, 0x67, 0x89, 0xAB]);
         assert_eq!(
             u32::from_be_bytes([p[28], p[29], p[30], p[31]]),

@@ -74,6 +74,18 @@ impl SilenceSender {
         self.sent
     }
 
+    /// The RTP timestamp of instant `now` on our stream's clock, with the
+    /// packets and payload octets sent so far: a sender report's sender info
+    /// (RFC 3550 §6.4.1). The next packet's timestamp belongs to its due time.
+    pub fn stream_position(&self, now: Instant) -> (u32, u32, u32) {
+        let ahead = self.next_at.saturating_duration_since(now).as_micros() as u64;
+        // `step` timestamp units per 20 ms packet.
+        let units = ahead * self.step as u64 / PTIME.as_micros() as u64;
+        let ts = self.ts.wrapping_sub(units as u32);
+        let payload = (self.len - 12) as u64;
+        (ts, self.sent as u32, (self.sent * payload) as u32)
+    }
+
     /// Our SSRC.
     pub fn ssrc(&self) -> u32 {
         u32::from_be_bytes([self.buf[8], self.buf[9], self.buf[10], self.buf[11]])
