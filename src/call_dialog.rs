@@ -149,6 +149,27 @@ impl DialogState {
     }
 }
 
+/// What identifies a request's server transaction (RFC 3261 §17.2.3): the
+/// top Via branch when it carries the RFC 3261 magic cookie; otherwise, for
+/// RFC 2543 peers, the Request-URI, From tag, CSeq and top Via sent-by
+/// together (the Call-ID is the call's own). `None` without a Via or CSeq.
+pub(super) fn transaction_key(req: &Request) -> Option<String> {
+    let via = req.top_via()?;
+    if let Some(b) = via.branch().filter(|b| b.starts_with("z9hG4bK")) {
+        return Some(b.to_owned());
+    }
+    let cseq = req.cseq()?;
+    let from_tag = req.from().and_then(|f| f.tag().map(str::to_owned));
+    Some(format!(
+        "rfc2543 {} {} {} {}:{}",
+        req.uri,
+        from_tag.unwrap_or_default(),
+        cseq.seq,
+        via.host,
+        via.port.unwrap_or(5060)
+    ))
+}
+
 impl Call {
     /// A retransmission of a request answered by a server non-INVITE
     /// transaction: re-send its response, and true (the TU must not see it).
@@ -156,7 +177,7 @@ impl Call {
         if matches!(req.method, Method::Invite | Method::Ack) {
             return false;
         }
-        let Some(branch) = req.top_via().and_then(|v| v.branch().map(str::to_owned)) else {
+        let Some(branch) = transaction_key(req) else {
             return false;
         };
         let Some(a) = self
@@ -207,7 +228,7 @@ impl Call {
         if matches!(req.method, Method::Invite | Method::Ack) {
             return;
         }
-        let Some(branch) = req.top_via().and_then(|v| v.branch().map(str::to_owned)) else {
+        let Some(branch) = transaction_key(req) else {
             return;
         };
         let mut tx = ServerNonInvite::new(self.s.timers);

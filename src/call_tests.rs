@@ -49,11 +49,14 @@ fn codes(msgs: &[Message]) -> Vec<String> {
 }
 
 fn in_dialog(call: &Call, method: &str, cseq: u32, extra: &str, body: &str) -> Request {
+    in_dialog_tagged(&call.dialog.local_tag, method, cseq, extra, body)
+}
+
+fn in_dialog_tagged(tag: &str, method: &str, cseq: u32, extra: &str, body: &str) -> Request {
     request(&format!(
         "{method} sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{method}{cseq}\r\n\
          From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>;tag={tag}\r\n\
          Call-ID: unit-1\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
-        tag = call.dialog.local_tag,
         len = body.len()
     ))
 }
@@ -679,6 +682,42 @@ fn retransmitted_notify_is_not_processed_twice() {
     assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
     call.handle_request(&notify, src(), t0 + ms(3700));
     assert_eq!(codes(&sent(&mut call)), ["200"], "no second BYE");
+}
+
+#[test]
+fn an_rfc_2543_peers_retransmission_without_branch_is_absorbed_too() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    call.handle_response(&response_to(&refer, 202), t0 + ms(3100));
+    let tag = call.dialog.local_tag.clone();
+    let notify = |cseq: u32| {
+        let mut r = in_dialog_tagged(
+            &tag,
+            "NOTIFY",
+            cseq,
+            "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
+            "SIP/2.0 200 OK\r\n",
+        );
+        // An RFC 2543 Via: no branch at all (§17.2.3 matching by the rest).
+        r.headers.set("Via", format!("SIP/2.0/UDP {CALLER}"));
+        r
+    };
+    call.handle_request(&notify(2), src(), t0 + ms(3200));
+    assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
+    assert!(
+        call.d.answered.iter().any(|a| a.method == Method::Notify),
+        "a server transaction holds the NOTIFY without a branch"
+    );
+    call.handle_request(&notify(2), src(), t0 + ms(3700));
+    assert_eq!(codes(&sent(&mut call)), ["200"], "absorbed: no second BYE");
+    let key = |r: &Request| super::call_dialog::transaction_key(r).unwrap();
+    assert_ne!(
+        key(&notify(2)),
+        key(&notify(3)),
+        "another CSeq is another transaction"
+    );
 }
 
 #[test]
