@@ -1251,3 +1251,114 @@ fn a_refer_displacing_the_refresh_update_re_arms_it() {
     call.handle_timeout(t0 + secs(49.5));
     assert_eq!(only_request(sent(&mut call)).method, Method::Update);
 }
+
+/// Whatever a peer sends inside the dialog (or as a stray response), in
+/// any order and at any time, the call never panics: a panic would kill the
+/// call's task and strand the caller. Mutated copies of every in-dialog
+/// request, responses to our requests and arbitrary media, over many seeded
+/// calls.
+#[test]
+fn arbitrary_in_dialog_traffic_never_panics() {
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let media =
+        "m=audio 40002 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n";
+    for round in 0..150 {
+        let t0 = Instant::now();
+        let mut call = answered(t0);
+        let mut now = t0;
+        let mut ours: Vec<Message> = Vec::new();
+        for step in 0..60u32 {
+            now += ms(rng.u64(0..800));
+            let cseq = rng.u32(1..6);
+            let text = match rng.u8(..9) {
+                0 => sdp_req(&call, "INVITE", cseq, "", &sdp_offer(step + 2, media)),
+                1 => sdp_req(&call, "UPDATE", cseq, "", &sdp_offer(step + 2, media)),
+                2 => in_dialog(&call, "BYE", cseq, "", ""),
+                3 => in_dialog(
+                    &call,
+                    "NOTIFY",
+                    cseq,
+                    "Event: refer;id=1\r\nSubscription-State: active\r\nContent-Type: message/sipfrag\r\n",
+                    "SIP/2.0 180 Ringing\r\n",
+                ),
+                4 => in_dialog(&call, "ACK", cseq, "", ""),
+                5 => in_dialog(&call, "CANCEL", 1, "", ""),
+                6 => in_dialog(&call, "INFO", cseq, "", ""),
+                7 => in_dialog(&call, "OPTIONS", cseq, "Session-Expires: 1\r\n", ""),
+                _ => in_dialog(&call, "REFER", cseq, "Refer-To: <sip:x@127.0.0.1>\r\n", ""),
+            }
+            .to_bytes();
+            let mut b = text;
+            match rng.u8(..4) {
+                0 => {
+                    for _ in 0..rng.usize(1..6) {
+                        let j = rng.usize(..b.len());
+                        b[j] = *rng.choice(b"0123456789:;,<>= \r\nabcZ").unwrap();
+                    }
+                }
+                1 => {
+                    // Drop a header line.
+                    let s = String::from_utf8_lossy(&b).into_owned();
+                    let mut lines: Vec<&str> = s.split("\r\n").collect();
+                    if lines.len() > 3 {
+                        lines.remove(rng.usize(1..lines.len() - 2));
+                    }
+                    b = lines.join("\r\n").into_bytes();
+                }
+                _ => {}
+            }
+            if let Ok(Message::Request(req)) = parse_datagram(&b) {
+                call.handle_request(&req, src(), now);
+            }
+            // Answer one of our own requests with any code.
+            if let Some(Message::Request(r)) = ours.get(rng.usize(..ours.len().max(1))) {
+                let code = *rng
+                    .choice(&[
+                        100u16, 180, 200, 202, 401, 407, 408, 481, 487, 491, 500, 603,
+                    ])
+                    .unwrap();
+                let mut resp = r.make_response(code, "X");
+                if code == 401 || code == 407 {
+                    let h = if code == 401 {
+                        "WWW-Authenticate"
+                    } else {
+                        "Proxy-Authenticate"
+                    };
+                    resp.headers
+                        .push(h, "Digest realm=\"127.0.0.1\", nonce=\"n\", qop=\"auth\"");
+                }
+                call.handle_response(&resp, now);
+            }
+            // Media from anywhere: RTP with any sequence, timestamp, SSRC and
+            // payload type, RTCP, and noise.
+            for _ in 0..rng.usize(..4) {
+                let mut p = vec![0x80, *rng.choice(&[0u8, 8, 101, 13, 96, 200]).unwrap()];
+                p.extend_from_slice(&rng.u16(..).to_be_bytes());
+                p.extend_from_slice(&rng.u32(..).to_be_bytes());
+                p.extend_from_slice(&rng.u32(..4).to_be_bytes());
+                p.extend((0..rng.usize(..200)).map(|_| rng.u8(..)));
+                if rng.u8(..8) == 0 {
+                    p = (0..rng.usize(..40)).map(|_| rng.u8(..)).collect();
+                }
+                let from: SocketAddr = format!("127.0.0.1:{}", 40000 + rng.u16(..4))
+                    .parse()
+                    .unwrap();
+                call.handle_rtp_from(&p, Some(from), now);
+            }
+            call.handle_timeout(now);
+            while call.poll_rtp(now).is_some() {}
+            while call.poll_rtcp(now).is_some() {}
+            while let Some(o) = call.poll_output() {
+                if let Output::Send { data, .. } = o {
+                    if let Ok(m @ Message::Request(_)) = parse_datagram(&data) {
+                        ours.push(m);
+                    }
+                }
+            }
+            if call.is_finished() {
+                break;
+            }
+        }
+        let _ = round;
+    }
+}
