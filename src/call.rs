@@ -896,6 +896,17 @@ impl Call {
         Some((dest?, report, mux))
     }
 
+    /// Our RTCP BYE (RFC 3550 §6.3.7), once, for the edge to send as it
+    /// closes the media sockets ([`wants_media`](Self::wants_media) false):
+    /// where it goes and whether from the RTP port (rtcp-mux). `None` when we
+    /// never sent a report.
+    pub fn rtcp_bye(&mut self) -> Option<(SocketAddr, &[u8], bool)> {
+        let m = self.media.as_mut()?;
+        let (dest, mux) = (m.rtcp_dest(), m.rtcp_mux);
+        let bye = m.rtcp.bye()?;
+        Some((dest?, bye, mux))
+    }
+
     /// When [`poll_rtp`](Self::poll_rtp) or [`poll_rtcp`](Self::poll_rtcp)
     /// has the next packet: a clock of its own, apart from
     /// [`poll_timeout`](Self::poll_timeout)'s protocol timers.

@@ -943,6 +943,14 @@ async fn call_task(
             break;
         }
         if !call.wants_media() {
+            if let (Some(sock), Some((dest, bye, mux))) = (&rtp, call.rtcp_bye()) {
+                let from = if mux {
+                    sock
+                } else {
+                    rtcp.as_ref().unwrap_or(sock)
+                };
+                let _ = from.try_send_to(bye, dest);
+            }
             rtp = None;
             rtcp = None;
         }

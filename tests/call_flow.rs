@@ -586,4 +586,25 @@ fn rtcp_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
     let ev = emonav.next_event(5 * S);
     assert!(ev["media"]["rtcp_sent"].as_u64().unwrap() >= 1, "{ev}");
     assert_eq!(ev["rtp"]["rtcp"], 1, "{ev}");
+    // Media over: an RTCP BYE for our SSRC (RFC 3550 §6.3.7), after any
+    // report still in flight.
+    rtcp.set_read_timeout(Some(3 * S)).unwrap();
+    let ours = word(4);
+    let bye = loop {
+        let (n, _) = rtcp.recv_from(&mut buf).expect("an RTCP BYE");
+        let q = buf[..n].to_vec();
+        if q.len() >= 8 && q[q.len() - 7] == 203 {
+            break q;
+        }
+    };
+    let tail = &bye[bye.len() - 8..];
+    assert_eq!(
+        (tail[0] & 0x1f, tail[1]),
+        (1, 203),
+        "BYE, one SSRC: {bye:?}"
+    );
+    assert_eq!(
+        u32::from_be_bytes([tail[4], tail[5], tail[6], tail[7]]),
+        ours
+    );
 }

@@ -23,7 +23,8 @@ const SR_LEN: usize = 52;
 /// Where an RR starts in the buffer: it ends where an SR would, so that the
 /// report block and the SDES after it sit at one place for both.
 const RR_AT: usize = SR_LEN - RR_LEN;
-const BUF_LEN: usize = SR_LEN + 8 + 2 + 255 + 4;
+/// Room for the longest SR + SDES, and a BYE (8 bytes) after them.
+const BUF_LEN: usize = SR_LEN + 8 + 2 + 255 + 4 + 8;
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
@@ -95,6 +96,7 @@ pub struct Reporter {
     sr: Option<LastSr>,
     jitter: Jitter,
     sent: u64,
+    said_bye: bool,
 }
 
 impl Reporter {
@@ -133,6 +135,7 @@ impl Reporter {
                 scaled: 0,
             },
             sent: 0,
+            said_bye: false,
         }
     }
 
@@ -233,7 +236,7 @@ impl Reporter {
         rx: Option<Reception>,
         sending: Option<SenderInfo>,
     ) -> Option<&[u8]> {
-        if self.next_at.is_none_or(|t| now < t) {
+        if self.said_bye || self.next_at.is_none_or(|t| now < t) {
             return None;
         }
         let Some(rx) = rx else {
@@ -290,6 +293,30 @@ impl Reporter {
             None => RR_AT,
         };
         Some(&self.buf[start..self.len])
+    }
+}
+
+impl Reporter {
+    /// The compound packet that ends our part in the session (§6.3.7): an
+    /// empty RR, our SDES CNAME and a BYE for our SSRC, once. `None` when we
+    /// never reported (a peer that never heard from us needs no goodbye) or
+    /// already said it. No report follows.
+    pub fn bye(&mut self) -> Option<&[u8]> {
+        if self.sent == 0 || self.said_bye {
+            return None;
+        }
+        self.said_bye = true;
+        self.next_at = None;
+        let ssrc = [self.buf[4], self.buf[5], self.buf[6], self.buf[7]];
+        // The empty RR goes right before the SDES (which starts at SR_LEN),
+        // over the report block no longer needed; the BYE goes after it.
+        let rr = SR_LEN - 8;
+        self.buf[rr..rr + 4].copy_from_slice(&[0x80, 201, 0, 1]);
+        self.buf[rr + 4..SR_LEN].copy_from_slice(&ssrc);
+        let end = self.len;
+        self.buf[end..end + 4].copy_from_slice(&[0x81, 203, 0, 1]);
+        self.buf[end + 4..end + 8].copy_from_slice(&ssrc);
+        Some(&self.buf[rr..end + 8])
     }
 }
 
@@ -410,6 +437,38 @@ mod tests {
             1, 3, b'a', b'b', b'c', 0, 0, 0,
         ];
         assert_eq!(p, want);
+    }
+
+    #[test]
+    fn bye_once_after_reporting() {
+        let t0 = Instant::now();
+        let mut r = Reporter::new(0x0102_0304, "abc", 8000, t0).with_seed(1);
+        assert!(r.bye().is_none(), "never reported: no goodbye");
+        r.on_rtp(0xA0A1_A2A3, 0, t0);
+        let due = r.poll_timeout().unwrap();
+        let rx = Reception {
+            ssrc: 0xA0A1_A2A3,
+            extended_max: 7,
+            expected: 8,
+            received: 8,
+        };
+        assert!(r.poll(due, Some(rx), None).is_some());
+        let bye = r.bye().unwrap().to_vec();
+        #[rustfmt::skip]
+        let want = [
+            // Empty RR, SDES CNAME "abc", BYE for our SSRC.
+            0x80, 201, 0, 1, 0x01, 0x02, 0x03, 0x04,
+            0x81, 202, 0, 3, 0x01, 0x02, 0x03, 0x04,
+            1, 3, b'a', b'b', b'c', 0, 0, 0,
+            0x81, 203, 0, 1, 0x01, 0x02, 0x03, 0x04,
+        ];
+        assert_eq!(bye, want);
+        assert!(r.bye().is_none(), "once");
+        assert_eq!(r.poll_timeout(), None);
+        assert!(
+            r.poll(due + INTERVAL * 3, Some(rx), None).is_none(),
+            "no report after BYE"
+        );
     }
 
     #[test]
