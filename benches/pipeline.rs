@@ -3,9 +3,10 @@
 //!
 //! - `analyse_1s_8k`: the full feature pipeline and estimate over one second
 //!   of 8 kHz speech (the issue 3 target is ≤ 0.25 ms per second of audio);
-//!   `analyse_1s_8k_model` the same with the embedded model scoring every 500 ms.
+//!   `analyse_1s_8k_model` the same with the embedded model scoring every 250 ms.
 //! - `rtp_decode_analyse_packet`: one 20 ms G.711 packet through RTP
-//!   validation, μ-law decoding and analysis, as `Call::handle_rtp` does it.
+//!   validation, μ-law decoding and analysis: the core of `Call::handle_rtp`
+//!   (its latch and jitter buffer are not in this bench).
 //! - `parse_invite`: one typical INVITE with SDP through the SIP parser.
 
 use std::hint::black_box;
@@ -37,7 +38,7 @@ fn analyse(c: &mut Criterion) {
             black_box(a.estimate())
         })
     });
-    // As a call runs it: the embedded model re-scored every 500 ms.
+    // As a call runs it: the embedded model re-scored every 250 ms.
     g.bench_function("analyse_1s_8k_model", |b| {
         let model = std::sync::Arc::new(emonav::learn::default_model(8000));
         let mut a =

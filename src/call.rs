@@ -179,6 +179,19 @@ pub enum Output {
     Ended(Box<CallRecord>),
 }
 
+impl Output {
+    /// A message for `dest` on `transport`; on a connection-oriented one,
+    /// over the open connection to `connection` while there is one.
+    fn on(transport: Transport, dest: SocketAddr, data: Vec<u8>, connection: SocketAddr) -> Self {
+        Output::Send {
+            dest,
+            data,
+            transport,
+            connection: transport.is_reliable().then_some(connection),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     /// INVITE received, not answered yet.
@@ -329,11 +342,16 @@ impl Media {
         self.sdp_rtcp = neg.remote_rtcp.filter(|a| !a.ip().is_unspecified());
     }
 
+    /// Where our RTP goes: the latched source, else the SDP's address.
+    fn rtp_dest(&self) -> Option<SocketAddr> {
+        self.latch.address().or(self.sdp_rtp)
+    }
+
     /// Where our RTCP goes, and whether on the RTP port: with rtcp-mux the
     /// RTP destination; else where the caller's RTCP comes from, the SDP's
     /// `a=rtcp`, or the RTP destination's port + 1 (RFC 3605).
     fn rtcp_dest(&self) -> Option<SocketAddr> {
-        let rtp = self.latch.address().or(self.sdp_rtp);
+        let rtp = self.rtp_dest();
         if self.rtcp_mux {
             return rtp;
         }
@@ -416,6 +434,7 @@ impl Call {
         now: Instant,
     ) -> Result<Call, DialogError> {
         let local_tag = format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
+        let started_wall = SystemTime::now();
         let via = invite.top_via();
         let response_dest = via
             .as_ref()
@@ -431,7 +450,7 @@ impl Call {
             call_id: header("Call-ID"),
             from: header("From"),
             to: header("To"),
-            started_unix_ms: SystemTime::now()
+            started_unix_ms: started_wall
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
@@ -464,7 +483,7 @@ impl Call {
             },
             answered_at: None,
             started: now,
-            started_wall: SystemTime::now(),
+            started_wall,
             decision: None,
             client_tx: None,
             refer_cseq: None,
@@ -548,20 +567,14 @@ impl Call {
                 }
             },
         };
-        let send = self.s.send_silence
-            && matches!(
-                neg.direction,
-                sdp::Direction::SendRecv | sdp::Direction::SendOnly
-            );
-        let sdp_rtp = Some(neg.remote_rtp).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
         let ssrc = fastrand::u32(..);
         // RFC 7022 §4.2: a random CNAME per call.
         let cname = format!("{:016x}@emonav", fastrand::u64(..));
-        self.media = Some(Media {
+        let mut media = Media {
             ssrc,
             rtcp: Reporter::new(ssrc, &cname, neg.clock_rate, now),
-            rtcp_mux: neg.rtcp_mux,
-            sdp_rtcp: neg.remote_rtcp.filter(|a| !a.ip().is_unspecified()),
+            rtcp_mux: false,
+            sdp_rtcp: None,
             rtcp_source: None,
             rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
             jitter: JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, self.started),
@@ -575,8 +588,8 @@ impl Call {
                 refused: 0,
             },
             sender: None,
-            send,
-            sdp_rtp,
+            send: false,
+            sdp_rtp: None,
             analyzer: Analyzer::with_estimator(
                 rate,
                 Box::new(ModelEstimator::new(
@@ -586,7 +599,9 @@ impl Call {
             first_audio: None,
             last_packet: None,
             last_event: None,
-        });
+        };
+        media.set_direction(&neg, self.s.send_silence);
+        self.media = Some(media);
         self.initial_session(&neg, &answer, rate, now);
         Ok(())
     }
@@ -681,12 +696,8 @@ impl Call {
                 Action::Retransmit if self.transport.is_reliable() => {}
                 Action::Retransmit => {
                     let (dest, data) = (out.dest, out.data.clone());
-                    self.outputs.push_back(Output::Send {
-                        dest,
-                        data,
-                        transport: self.transport,
-                        connection: None,
-                    });
+                    self.outputs
+                        .push_back(Output::on(self.transport, dest, data, dest));
                 }
                 Action::TimedOut => {
                     let method = out.method.clone();
@@ -750,28 +761,25 @@ impl Call {
             }
         }
         m.last_packet = Some(now);
-        let event = m.rtp.handle(datagram);
-        match event {
-            RtpEvent::Audio {
-                ssrc, timestamp, ..
-            } => m.rtcp.on_rtp(ssrc, timestamp, now),
-            // RFC 5761: RTCP on the RTP port.
-            RtpEvent::Ignored(Ignored::Rtcp) => {
-                m.rtcp.on_rtcp(datagram, now);
-            }
-            _ => {}
-        }
-        let early = match event {
+        let early = match m.rtp.handle(datagram) {
             RtpEvent::Audio {
                 ssrc,
                 seq,
                 timestamp,
                 payload,
-            } if analysing && self.decision.is_none() => {
-                m.jitter
-                    .push(ssrc, seq, Some(timestamp), m.audio_pt, payload, now);
-                // The decision deadline runs from the first audio heard, not played out.
-                m.first_audio.get_or_insert(now);
+            } => {
+                m.rtcp.on_rtp(ssrc, timestamp, now);
+                if analysing && self.decision.is_none() {
+                    m.jitter
+                        .push(ssrc, seq, Some(timestamp), m.audio_pt, payload, now);
+                    // The decision deadline runs from the first audio heard, not played out.
+                    m.first_audio.get_or_insert(now);
+                }
+                None
+            }
+            // RFC 5761: RTCP on the RTP port.
+            RtpEvent::Ignored(Ignored::Rtcp) => {
+                m.rtcp.on_rtcp(datagram, now);
                 None
             }
             RtpEvent::Event {
@@ -815,7 +823,7 @@ impl Call {
         }
         m.rtcp.on_rtcp(datagram, now);
         if let Some(src) = source {
-            let media_ip = m.latch.address().or(m.sdp_rtp).map(|a| a.ip());
+            let media_ip = m.rtp_dest().map(|a| a.ip());
             if media_ip.is_none_or(|ip| ip == src.ip()) {
                 m.rtcp_source = Some(src);
             }
@@ -847,18 +855,23 @@ impl Call {
         }
     }
 
+    /// Answered and not yet past the transfer: our RTP and RTCP flow.
+    fn sends_media(&self) -> bool {
+        matches!(self.phase, Phase::Listening | Phase::Transferring { .. })
+    }
+
     /// Our next RTP packet, if one is due at `now`, and where it goes (the
     /// latched source, else the SDP's address). Call until None after every
     /// input and timeout; the packet lives in a buffer allocated once.
     pub fn poll_rtp(&mut self, now: Instant) -> Option<(SocketAddr, &[u8])> {
-        if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
+        if !self.sends_media() {
             return None;
         }
         let m = self.media.as_mut()?;
         if !m.send {
             return None;
         }
-        let dest = m.latch.address().or(m.sdp_rtp)?;
+        let dest = m.rtp_dest()?;
         let (codec, pt, ssrc) = (m.dec.codec, m.audio_pt, m.ssrc);
         let packet = m
             .sender
@@ -873,7 +886,7 @@ impl Call {
     /// ([`poll_rtp_timeout`](Self::poll_rtp_timeout)); the report lives in a
     /// buffer allocated once.
     pub fn poll_rtcp(&mut self, now: Instant) -> Option<(SocketAddr, &[u8], bool)> {
-        if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
+        if !self.sends_media() {
             return None;
         }
         let m = self.media.as_mut()?;
@@ -911,11 +924,11 @@ impl Call {
     /// has the next packet: a clock of its own, apart from
     /// [`poll_timeout`](Self::poll_timeout)'s protocol timers.
     pub fn poll_rtp_timeout(&self) -> Option<Instant> {
-        if !matches!(self.phase, Phase::Listening | Phase::Transferring { .. }) {
+        if !self.sends_media() {
             return None;
         }
         let m = self.media.as_ref()?;
-        let rtp = (m.send && m.latch.address().or(m.sdp_rtp).is_some()).then(|| {
+        let rtp = (m.send && m.rtp_dest().is_some()).then(|| {
             m.sender.as_ref().map_or(
                 self.answered_at.unwrap_or(self.started),
                 SilenceSender::poll_timeout,
@@ -1011,13 +1024,9 @@ impl Call {
         {
             self.refresh_displaced(now);
         }
-        self.outputs.push_back(Output::Send {
-            dest,
-            data: data.clone(),
-            transport: self.transport,
-            // §18.1.1: the connection the dialog came on, while it is open.
-            connection: self.transport.is_reliable().then_some(self.source),
-        });
+        // §18.1.1: the connection the dialog came on, while it is open.
+        self.outputs
+            .push_back(Output::on(self.transport, dest, data.clone(), self.source));
         self.client_tx = Some(OutgoingTx {
             tx: ClientNonInvite::new(now, self.s.timers),
             method: req.method.clone(),
@@ -1438,12 +1447,12 @@ impl Call {
 
     fn resend_invite_response(&mut self) {
         if !self.invite_response.is_empty() {
-            self.outputs.push_back(Output::Send {
-                dest: self.response_dest,
-                data: self.invite_response.clone(),
-                transport: self.transport,
-                connection: self.transport.is_reliable().then_some(self.source),
-            });
+            self.outputs.push_back(Output::on(
+                self.transport,
+                self.response_dest,
+                self.invite_response.clone(),
+                self.source,
+            ));
         }
     }
 

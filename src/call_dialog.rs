@@ -11,7 +11,8 @@
 //! from the unhold instant. The analyser keeps its timeline: it simply gets no
 //! samples while on hold (Opus loss concealment does not bridge the hold).
 //!
-//! We never send RTP, so a new remote address is only recorded (and logged).
+//! A new remote address moves where our RTP keepalive and RTCP go until the
+//! latch (RFC 4961) has heard the caller's media from an actual source.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -190,12 +191,12 @@ impl Call {
         };
         if a.tx.on_retransmission() {
             tracing::debug!(call_id = %self.dialog.call_id, method = %req.method, "retransmission answered again");
-            self.outputs.push_back(Output::Send {
-                dest: a.dest,
-                data: a.response.clone(),
-                transport: self.transport,
-                connection: self.transport.is_reliable().then_some(a.dest),
-            });
+            self.outputs.push_back(Output::on(
+                self.transport,
+                a.dest,
+                a.response.clone(),
+                a.dest,
+            ));
         }
         true
     }
@@ -209,22 +210,15 @@ impl Call {
         resp: Response,
         now: Instant,
     ) {
-        let dest = req
-            .top_via()
-            .map(|v| crate::sip::dialog::response_destination(&v, source))
-            .unwrap_or(source);
+        let dest = reply_dest(req, source);
         let data = resp.to_bytes();
         // §18.2.2: back on the transport (and connection) the request came on.
         let transport = req
             .top_via()
             .and_then(|v| Transport::from_via_token(&v.transport))
             .unwrap_or(self.transport);
-        self.outputs.push_back(Output::Send {
-            dest,
-            data: data.clone(),
-            transport,
-            connection: transport.is_reliable().then_some(source),
-        });
+        self.outputs
+            .push_back(Output::on(transport, dest, data.clone(), source));
         if matches!(req.method, Method::Invite | Method::Ack) {
             return;
         }
@@ -371,15 +365,7 @@ impl Call {
         self.d.answered.retain(|a| !a.tx.is_terminated());
         if let Some(r) = &mut self.d.reinvite {
             match r.tx.on_timeout(now) {
-                Action::Retransmit => {
-                    let (dest, data) = (r.dest, r.response.clone());
-                    self.outputs.push_back(Output::Send {
-                        dest,
-                        data,
-                        transport: self.transport,
-                        connection: self.transport.is_reliable().then_some(dest),
-                    });
-                }
+                Action::Retransmit => self.resend_reinvite_final(),
                 Action::TimedOut => {
                     let ok = r.tx.final_code().is_some_and(|c| c < 300);
                     self.d.reinvite = None;
@@ -437,17 +423,20 @@ impl Call {
         match &self.d.reinvite {
             Some(r) if branch == Some(r.branch.as_str()) => {
                 if r.tx.awaiting_ack() {
-                    let (dest, data) = (r.dest, r.response.clone());
-                    self.outputs.push_back(Output::Send {
-                        dest,
-                        data,
-                        transport: self.transport,
-                        connection: self.transport.is_reliable().then_some(dest),
-                    });
+                    self.resend_reinvite_final();
                 }
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The re-INVITE's final response again (a retransmitted re-INVITE, or Timer G).
+    fn resend_reinvite_final(&mut self) {
+        if let Some(r) = &self.d.reinvite {
+            let (dest, data) = (r.dest, r.response.clone());
+            self.outputs
+                .push_back(Output::on(self.transport, dest, data, dest));
         }
     }
 
@@ -479,12 +468,12 @@ impl Call {
             resp.headers
                 .push("Retry-After", fastrand::u32(0..=10).to_string());
             // Stateless: the pending transaction keeps its own state.
-            self.outputs.push_back(Output::Send {
-                dest: reply_dest(req, source),
-                data: resp.to_bytes(),
-                transport: self.transport,
-                connection: self.transport.is_reliable().then_some(source),
-            });
+            self.outputs.push_back(Output::on(
+                self.transport,
+                reply_dest(req, source),
+                resp.to_bytes(),
+                source,
+            ));
             return;
         }
         if !self.is_live() || self.media.is_none() {
@@ -536,12 +525,8 @@ impl Call {
     ) {
         let dest = reply_dest(req, source);
         let data = resp.to_bytes();
-        self.outputs.push_back(Output::Send {
-            dest,
-            data: data.clone(),
-            transport: self.transport,
-            connection: self.transport.is_reliable().then_some(source),
-        });
+        self.outputs
+            .push_back(Output::on(self.transport, dest, data.clone(), source));
         let mut tx = ServerInvite::new(self.s.timers);
         tx.on_final_sent(resp.code, now);
         self.d.reinvite = Some(ReInvite {

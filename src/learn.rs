@@ -37,14 +37,15 @@ pub fn extract_all(items: &[Item], rate: u32) -> Result<Vec<Features>, CorpusErr
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(items.len().max(1));
+    // Items per worker; at least one, so that an empty list makes no empty chunks.
+    let per = items.len().div_ceil(workers).max(1);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let show = std::io::stderr().is_terminal();
     let mut out: Vec<Option<Result<Features, CorpusError>>> =
         (0..items.len()).map(|_| None).collect();
     std::thread::scope(|s| {
-        let chunks = out.chunks_mut(items.len().div_ceil(workers));
-        for (w, slot) in chunks.enumerate() {
-            let start = w * items.len().div_ceil(workers);
+        for (w, slot) in out.chunks_mut(per).enumerate() {
+            let start = w * per;
             let done = &done;
             s.spawn(move || {
                 for (i, o) in slot.iter_mut().enumerate() {

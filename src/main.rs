@@ -40,54 +40,60 @@ enum Command {
         json: bool,
     },
     /// Train an emotion model on a labelled corpus (features through the in-call pipeline).
-    Train {
-        /// Corpus folder (EmoDB: the folder holding `wav/`; CSV paths are relative to it).
-        #[arg(long)]
-        corpus: PathBuf,
-        /// `emodb` (labels in the file names) or a CSV of `path,label[,speaker]`.
-        #[arg(long, default_value = "emodb")]
-        labels: Labels,
-        /// Where to write the model (JSON).
-        #[arg(long)]
-        out: PathBuf,
-        /// Analysis rate: 8000 (G.711 calls: 8 kHz μ-law) or 16000 (Opus calls: 16 kHz wideband).
-        #[arg(long, default_value_t = 8000, value_parser = parse_rate)]
-        rate: u32,
-    },
+    Train(TrainArgs),
     /// Score a model on a labelled corpus, or run leave-one-speaker-out training and scoring.
-    Eval {
-        /// Corpus folder.
-        #[arg(long)]
-        corpus: PathBuf,
-        /// `emodb` or a CSV of `path,label[,speaker]`.
-        #[arg(long, default_value = "emodb")]
-        labels: Labels,
-        /// Model to score (the embedded default when neither this nor --loso is given).
-        #[arg(long, conflicts_with = "loso")]
-        model: Option<PathBuf>,
-        /// Leave-one-speaker-out: train on all speakers but one, score that one, for each.
-        #[arg(long)]
-        loso: bool,
-        /// z-score each speaker's features over all their clips first (the
-        /// corpus's per-speaker reference; not possible in a live call).
-        #[arg(long)]
-        speaker_norm: bool,
-        /// Write a PNG plot of UAR against seconds of speech heard.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Print one JSON object instead of tables.
-        #[arg(long)]
-        json: bool,
-        /// Analysis rate: 8000 (G.711 calls: 8 kHz μ-law) or 16000 (Opus calls: 16 kHz wideband).
-        #[arg(long, default_value_t = 8000, value_parser = parse_rate)]
-        rate: u32,
-    },
+    Eval(EvalArgs),
     /// Validate a profile and print the settings in effect.
     CheckConfig {
         /// Profile to check.
         #[arg(long, default_value = DEFAULT_PROFILE)]
         profile: PathBuf,
     },
+}
+
+/// The corpus `train` and `eval` read, and the conditions they read it under.
+#[derive(Args)]
+struct CorpusArgs {
+    /// Corpus folder (EmoDB: the folder holding `wav/`; CSV paths are relative to it).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// `emodb` (labels in the file names) or a CSV of `path,label[,speaker]`.
+    #[arg(long, default_value = "emodb")]
+    labels: Labels,
+    /// Analysis rate: 8000 (G.711 calls: 8 kHz μ-law) or 16000 (Opus calls: 16 kHz wideband).
+    #[arg(long, default_value_t = 8000, value_parser = parse_rate)]
+    rate: u32,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: CorpusArgs,
+    /// Where to write the model (JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: CorpusArgs,
+    /// Model to score (the embedded default when neither this nor --loso is given).
+    #[arg(long, conflicts_with = "loso")]
+    model: Option<PathBuf>,
+    /// Leave-one-speaker-out: train on all speakers but one, score that one, for each.
+    #[arg(long)]
+    loso: bool,
+    /// z-score each speaker's features over all their clips first (the
+    /// corpus's per-speaker reference; not possible in a live call).
+    #[arg(long)]
+    speaker_norm: bool,
+    /// Write a PNG plot of UAR against seconds of speech heard.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -124,31 +130,8 @@ fn main() -> ExitCode {
             profile,
             json,
         }) => analyze(&file, &profile, json),
-        Some(Command::Train {
-            corpus,
-            labels,
-            out,
-            rate,
-        }) => train(&corpus, &labels, &out, rate),
-        Some(Command::Eval {
-            corpus,
-            labels,
-            model,
-            loso,
-            speaker_norm,
-            plot,
-            json,
-            rate,
-        }) => eval(
-            &corpus,
-            &labels,
-            model.as_deref(),
-            loso,
-            speaker_norm,
-            plot.as_deref(),
-            json,
-            rate,
-        ),
+        Some(Command::Train(args)) => train(&args),
+        Some(Command::Eval(args)) => eval(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,7 +219,13 @@ fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train(dir: &Path, labels: &Labels, out: &Path, rate: u32) -> anyhow::Result<()> {
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let CorpusArgs {
+        corpus: dir,
+        labels,
+        rate,
+    } = &args.data;
+    let (out, rate) = (&args.out, *rate);
     let items = corpus::load(dir, labels)?;
     let (g, speakers) = learn::groups(&items);
     let feats = learn::extract_all(&items, rate)?;
@@ -270,33 +259,29 @@ fn train(dir: &Path, labels: &Labels, out: &Path, rate: u32) -> anyhow::Result<(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)] // one per command-line option
-fn eval(
-    dir: &Path,
-    labels: &Labels,
-    model: Option<&Path>,
-    loso: bool,
-    speaker_norm: bool,
-    plot: Option<&Path>,
-    json: bool,
-    rate: u32,
-) -> anyhow::Result<()> {
+fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let CorpusArgs {
+        corpus: dir,
+        labels,
+        rate,
+    } = &args.data;
+    let rate = *rate;
     let items = corpus::load(dir, labels)?;
     let (g, speakers) = learn::groups(&items);
-    if loso && speakers.len() < 2 {
+    if args.loso && speakers.len() < 2 {
         anyhow::bail!("--loso needs a speaker for every clip and at least two speakers (CSV: path,label,speaker)");
     }
     let mut feats = learn::extract_all(&items, rate)?;
-    let norm = if speaker_norm {
+    let norm = if args.speaker_norm {
         learn::speaker_normalise(&mut feats, &g);
         Normalisation::Speaker
     } else {
         Normalisation::Population
     };
-    let (mode, preds) = if loso {
+    let (mode, preds) = if args.loso {
         ("loso", learn::loso(&items, &feats, &g, rate)?)
     } else {
-        let m = match model {
+        let m = match &args.model {
             Some(p) => emonav_dsp::Model::from_json(
                 &std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read {}", p.display()))?,
@@ -317,11 +302,11 @@ fn eval(
         )
     };
     let report = learn::report(mode, norm, rate, &items, speakers.len(), &preds);
-    if let Some(p) = plot {
+    if let Some(p) = &args.plot {
         emonav::plot::uar_by_speech(&report, p)
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
-    if json {
+    if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{report}");

@@ -836,6 +836,16 @@ fn framing_error(shared: &Shared, peer: SocketAddr, e: FrameError) -> Option<Vec
     }
 }
 
+/// The socket our RTCP leaves from: the RTP socket with rtcp-mux (RFC 5761)
+/// or when RTP + 1 could not be bound, else our RTCP port.
+fn rtcp_socket<'a>(rtp: &'a UdpSocket, rtcp: Option<&'a UdpSocket>, mux: bool) -> &'a UdpSocket {
+    if mux {
+        rtp
+    } else {
+        rtcp.unwrap_or(rtp)
+    }
+}
+
 fn send(sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {
     // A full socket buffer loses the datagram; the transaction layer retransmits.
     if let Err(e) = sock.try_send_to(data, dest) {
@@ -944,12 +954,7 @@ async fn call_task(
         }
         if !call.wants_media() {
             if let (Some(sock), Some((dest, bye, mux))) = (&rtp, call.rtcp_bye()) {
-                let from = if mux {
-                    sock
-                } else {
-                    rtcp.as_ref().unwrap_or(sock)
-                };
-                let _ = from.try_send_to(bye, dest);
+                let _ = rtcp_socket(sock, rtcp.as_ref(), mux).try_send_to(bye, dest);
             }
             rtp = None;
             rtcp = None;
@@ -960,14 +965,8 @@ async fn call_task(
                 // A full buffer loses a silence packet: nothing to retry.
                 let _ = sock.try_send_to(packet, dest);
             }
-            // Our RTCP port when we have one and the caller did not ask for rtcp-mux.
             while let Some((dest, report, mux)) = call.poll_rtcp(now) {
-                let from = if mux {
-                    sock
-                } else {
-                    rtcp.as_ref().unwrap_or(sock)
-                };
-                let _ = from.try_send_to(report, dest);
+                let _ = rtcp_socket(sock, rtcp.as_ref(), mux).try_send_to(report, dest);
             }
         }
         let wake = [call.poll_timeout(), call.poll_rtp_timeout()]
