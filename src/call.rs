@@ -25,7 +25,7 @@ use crate::media::rtp::{Ignored, RtpEvent, RtpReceiver, RtpStats};
 use crate::media::sender::SilenceSender;
 use crate::policy::{Decision, Policy, Reason};
 use crate::sdp::{self, CodecName, SdpError};
-use crate::sip::dialog::{response_destination, Dialog, DialogError};
+use crate::sip::dialog::{reply_dest, Dialog, DialogError};
 use crate::sip::digest::{self, Authenticator};
 use crate::sip::message::{CSeq, Method, Request, Response, Uri, Via};
 use crate::sip::refer::{self, NotifyError, ReferNotify};
@@ -436,10 +436,7 @@ impl Call {
         let local_tag = format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
         let started_wall = SystemTime::now();
         let via = invite.top_via();
-        let response_dest = via
-            .as_ref()
-            .map(|v| response_destination(v, source))
-            .unwrap_or(source);
+        let response_dest = reply_dest(&invite, source);
         let invite_branch = via
             .as_ref()
             .and_then(|v| v.branch().map(str::to_owned))
@@ -1491,12 +1488,8 @@ pub fn reply_datagram(
     reason: &str,
     server: &str,
 ) -> (SocketAddr, Vec<u8>) {
-    let dest = req
-        .top_via()
-        .map(|v| response_destination(&v, source))
-        .unwrap_or(source);
     (
-        dest,
+        reply_dest(req, source),
         stateless_response(req, code, reason, server).to_bytes(),
     )
 }

@@ -22,6 +22,7 @@ use crate::events::Outcome;
 use crate::media::jitter::JitterBuffer;
 use crate::media::opus::OpusDecoder;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
+use crate::sip::dialog::reply_dest;
 use crate::sip::message::{Method, NameAddr, Request, Response};
 use crate::sip::session_timer::{self, Refresher, SessionTimer};
 use crate::sip::transaction::{Action, ServerInvite, ServerNonInvite};
@@ -766,10 +767,4 @@ impl Call {
                 .eq_ignore_ascii_case("false")
         })
     }
-}
-
-fn reply_dest(req: &Request, source: SocketAddr) -> SocketAddr {
-    req.top_via()
-        .map(|v| crate::sip::dialog::response_destination(&v, source))
-        .unwrap_or(source)
 }

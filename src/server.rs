@@ -607,10 +607,7 @@ fn dispatch(
                     &shared.settings.user_agent,
                 );
                 resp.headers.push("Min-SE", e.min_se.to_string());
-                let dest = req
-                    .top_via()
-                    .map(|v| crate::sip::dialog::response_destination(&v, src))
-                    .unwrap_or(src);
+                let dest = crate::sip::dialog::reply_dest(&req, src);
                 send(&shared.sip, dest, &resp.to_bytes());
                 return;
             }

@@ -174,6 +174,16 @@ pub fn uri_socket_addr(uri: &Uri) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
 }
 
+/// Where the response to `req`, received from `source`, goes: its top Via
+/// read by [`response_destination`], or the source when it has none. Every
+/// reply (stateless, in a transaction, in a dialog) is addressed through this
+/// one function; the transport is always the request's own (§18.2.2).
+pub fn reply_dest(req: &Request, source: SocketAddr) -> SocketAddr {
+    req.top_via()
+        .map(|v| response_destination(&v, source))
+        .unwrap_or(source)
+}
+
 /// Where to send a response (RFC 3261 §18.2.2 with RFC 3581 rport). Over
 /// UDP: to the source address when `rport` was asked for, else to the
 /// `received` address (the source IP) at the sent-by port. Over a reliable
