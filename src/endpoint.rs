@@ -37,7 +37,7 @@ use crate::sip::transport::{FrameError, Transport};
 pub mod drops;
 pub mod registrations;
 
-pub use drops::DropLog;
+pub use drops::{offer, DropLog, Offer};
 pub use registrations::{RegOutput, Registrations};
 
 /// Where a message came from: the transport, and the source address (for

@@ -27,13 +27,15 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::call::{Call, CallSettings, Output};
 use crate::config::Profile;
 use crate::endpoint::registrations::accounts;
-use crate::endpoint::{self, DropLog, Endpoint, Event, Peer, RegOutput, Registrations, Transmit};
+use crate::endpoint::{
+    self, offer, DropLog, Endpoint, Event, Offer, Peer, RegOutput, Registrations, Transmit,
+};
 use crate::events::{EventSink, Metrics};
 use crate::sip::message::{parse_datagram, Message, Request};
 use crate::sip::registration::{self, Account, Registration};
@@ -340,27 +342,25 @@ fn execute(
                 call_id,
                 msg,
                 peer,
-            } => match handle.try_send((msg, peer.addr)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    let now = Instant::now().into_std();
-                    match shared
-                        .call_drops
-                        .record(&shared.metrics.sip_call_queue_dropped, now)
-                    {
-                        Some(n) => {
-                            tracing::warn!(%call_id, dropped = n, "call's SIP queue full: messages dropped")
-                        }
-                        None => tracing::trace!(%call_id, "call's SIP queue full: message dropped"),
+            } => {
+                let now = Instant::now().into_std();
+                let counter = &shared.metrics.sip_call_queue_dropped;
+                match offer(&handle, (msg, peer.addr), &shared.call_drops, counter, now) {
+                    Offer::Queued => {}
+                    Offer::Dropped { warn: None } => {
+                        tracing::trace!(%call_id, "call's SIP queue full: message dropped");
+                    }
+                    Offer::Dropped { warn: Some(n) } => {
+                        tracing::warn!(%call_id, dropped = n, "call's SIP queue full: messages dropped");
+                    }
+                    // The call ended before its end was seen here: the
+                    // message is handled as one for no call.
+                    Offer::Closed((msg, _)) => {
+                        endpoint.remove_call(&call_id);
+                        event = endpoint.handle(msg, peer, now);
                     }
                 }
-                // The call ended before its end was seen here: the message
-                // is handled as one for no call.
-                Err(TrySendError::Closed((msg, _))) => {
-                    endpoint.remove_call(&call_id);
-                    event = endpoint.handle(msg, peer, Instant::now().into_std());
-                }
-            },
+            }
         }
     }
 }

@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::{error::TrySendError, Sender};
+
 /// At most one warning per queue kind this often: a flood must not turn
 /// into a flood of log lines.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -53,9 +55,68 @@ impl DropLog {
     }
 }
 
+/// What became of a message offered to a bounded queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer<T> {
+    /// Queued.
+    Queued,
+    /// The queue was full: dropped and counted. `warn` is the number of
+    /// drops to warn about, when a warning is due.
+    Dropped {
+        /// Drops since the last warning, if one is due now.
+        warn: Option<u64>,
+    },
+    /// The receiver is gone: the message is given back.
+    Closed(T),
+}
+
+/// Offer `item` to `tx` without waiting; a full queue drops it, counted in
+/// `counter` through `drops`.
+pub fn offer<T>(
+    tx: &Sender<T>,
+    item: T,
+    drops: &DropLog,
+    counter: &AtomicU64,
+    now: Instant,
+) -> Offer<T> {
+    match tx.try_send(item) {
+        Ok(()) => Offer::Queued,
+        Err(TrySendError::Full(_)) => Offer::Dropped {
+            warn: drops.record(counter, now),
+        },
+        Err(TrySendError::Closed(item)) => Offer::Closed(item),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_into_a_queue_nobody_reads_keeps_its_bound() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let t0 = Instant::now();
+        let (log, counter) = (DropLog::new(t0), AtomicU64::new(0));
+        let mut warnings = 0;
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 100);
+            match offer(&tx, vec![0; 1400], &log, &counter, now) {
+                Offer::Queued => assert!(i < 64, "queued beyond the bound"),
+                Offer::Dropped { warn } => warnings += usize::from(warn.is_some()),
+                Offer::Closed(_) => panic!("closed"),
+            }
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), 10_000 - 64);
+        assert_eq!(warnings, 1, "one second of flood, one warning");
+        // Drained, it takes messages again.
+        while rx.try_recv().is_ok() {}
+        assert_eq!(offer(&tx, vec![], &log, &counter, t0), Offer::Queued);
+        drop(rx);
+        assert_eq!(
+            offer(&tx, vec![1], &log, &counter, t0),
+            Offer::Closed(vec![1])
+        );
+    }
 
     #[test]
     fn every_drop_is_counted_and_warnings_are_rate_limited() {

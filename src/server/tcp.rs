@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Inbound, Shared};
-use crate::endpoint::{self, DropLog, Peer};
+use crate::endpoint::{self, offer, DropLog, Offer, Peer};
 use crate::events::Metrics;
 use crate::sip::transport::{Frame, StreamFramer, Transport};
 
@@ -94,23 +94,23 @@ impl TcpConns {
     /// none. A full queue drops it (counted): the connection is open, so
     /// opening another would not help.
     fn try_send(&self, peer: SocketAddr, data: Vec<u8>, metrics: &Metrics) -> Result<(), Vec<u8>> {
-        let tx = match self.lock().get(&peer) {
-            Some(c) => c.tx.clone(),
+        let now = Instant::now().into_std();
+        let counter = &metrics.sip_tcp_send_dropped;
+        let offered = match self.lock().get(&peer) {
+            Some(c) => offer(&c.tx, data, &self.send_drops, counter, now),
             None => return Err(data),
         };
-        match tx.try_send(data) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                let now = Instant::now().into_std();
-                match self.send_drops.record(&metrics.sip_tcp_send_dropped, now) {
-                    Some(n) => {
-                        tracing::warn!(%peer, dropped = n, "TCP send queue full: SIP messages dropped")
-                    }
-                    None => tracing::trace!(%peer, "TCP send queue full: SIP message dropped"),
-                }
+        match offered {
+            Offer::Queued => Ok(()),
+            Offer::Dropped { warn: None } => {
+                tracing::trace!(%peer, "TCP send queue full: SIP message dropped");
                 Ok(())
             }
-            Err(TrySendError::Closed(data)) => Err(data),
+            Offer::Dropped { warn: Some(n) } => {
+                tracing::warn!(%peer, dropped = n, "TCP send queue full: SIP messages dropped");
+                Ok(())
+            }
+            Offer::Closed(data) => Err(data),
         }
     }
 
