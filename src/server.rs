@@ -29,9 +29,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::call::{
-    reply_datagram, stateless_response, uri_host, Call, CallSettings, Output, Socket, Transmit,
-};
+use crate::call::{reply_datagram, stateless_response, uri_host, Call, CallSettings, Output};
 use crate::config::Profile;
 use crate::events::{EventSink, Metrics};
 use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request, Response, Uri};
@@ -841,10 +839,10 @@ fn framing_error(shared: &Shared, peer: SocketAddr, e: FrameError) -> Option<Vec
 fn media_socket<'a>(
     rtp: &'a UdpSocket,
     rtcp: Option<&'a UdpSocket>,
-    socket: Socket,
+    socket: crate::call::Socket,
 ) -> &'a UdpSocket {
     match socket {
-        Socket::Rtcp => rtcp.unwrap_or(rtp),
+        crate::call::Socket::Rtcp => rtcp.unwrap_or(rtp),
         _ => rtp,
     }
 }
@@ -893,6 +891,7 @@ async fn call_task(
     mut rx: mpsc::UnboundedReceiver<CallInput>,
     ended: mpsc::UnboundedSender<String>,
 ) {
+    use crate::call::{Socket, Transmit};
     let src = peer.addr;
     let call_id = invite.call_id().unwrap_or("").to_string();
     // The connection the dialog came on stays open while the call lasts.

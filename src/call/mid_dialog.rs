@@ -1,6 +1,7 @@
 //! The mid-dialog part of a [`Call`]: re-INVITE (RFC 3261 §14.2) and UPDATE
-//! (RFC 3311) offer/answer, hold and unhold, codec changes, session timers
-//! (RFC 4028), and the server non-INVITE transactions (§17.2.2) that answer
+//! (RFC 3311) offer/answer, hold and unhold, codec changes, the session
+//! timer negotiation (RFC 4028 §9; its refreshes are in `refresh.rs`), and
+//! the server non-INVITE transactions (§17.2.2) that answer
 //! retransmitted in-dialog requests without handling them twice.
 //!
 //! Hold and the analyser: while the caller holds the call (`a=sendonly`,
@@ -17,7 +18,7 @@
 //! latch (RFC 4961) has heard the caller's media from an actual source.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::timer::Timer;
 use super::{stateless_response, Call, Output, Phase, ACCEPT};
@@ -25,15 +26,12 @@ use crate::events::Outcome;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
 use crate::sip::dialog::reply_dest;
 use crate::sip::message::{Method, NameAddr, Request, Response};
-use crate::sip::session_timer::{self, Refresher, SessionTimer};
+use crate::sip::session_timer::{self, SessionTimer};
 use crate::sip::transaction::{Action, ServerInvite, ServerNonInvite};
 use crate::sip::transport::Transport;
 
 /// Extensions we support, for `Supported` in our responses.
 pub const SUPPORTED: &str = "timer";
-
-/// How long a due session refresh waits for a busy client transaction.
-const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
 /// A request we answered (§17.2.2), to answer its retransmissions the same way.
 #[derive(Debug)]
@@ -87,7 +85,7 @@ pub(super) struct MidDialog {
     last_sdp: Option<String>,
     pub(super) timer: Option<SessionTimer>,
     /// When the session was last refreshed (its expiry counts from there).
-    refreshed_at: Option<Instant>,
+    pub(super) refreshed_at: Option<Instant>,
     /// The caller's INVITE listed UPDATE in `Allow`: we can refresh with it.
     pub(super) peer_allows_update: bool,
 }
@@ -238,116 +236,6 @@ impl Call {
         resp
     }
 
-    /// Our session timer headers on a 2xx (RFC 4028 §9).
-    pub(super) fn add_timer_headers(&self, resp: &mut Response) {
-        if let Some(t) = &self.mid.timer {
-            resp.headers.push("Session-Expires", t.header());
-            if t.require {
-                resp.headers.push("Require", "timer");
-            }
-        }
-    }
-
-    /// The session was (re)established or refreshed now with timer `t`.
-    ///
-    /// With refresher=uac we send BYE if the caller does not refresh in
-    /// time. With refresher=uas (the caller does not support timers, or
-    /// asked us) we refresh at half the interval with an UPDATE without SDP
-    /// (RFC 4028 §10) when the caller's `Allow` lists UPDATE. A re-INVITE
-    /// refresh would need an INVITE client transaction, which we do not
-    /// have: without UPDATE nobody refreshes and no expiry is armed (our
-    /// calls usually end with the transfer well within 90 s).
-    pub(super) fn start_session_timer(&mut self, t: Option<SessionTimer>, now: Instant) {
-        self.mid.timer = t;
-        self.mid.refreshed_at = Some(now);
-        let expires_at = t
-            .filter(|t| t.refresher == Refresher::Uac)
-            .map(|t| now + t.bye_after());
-        let refresh_at = t
-            .filter(|t| t.refresher == Refresher::Uas && self.mid.peer_allows_update)
-            .map(|t| now + Duration::from_secs(t.interval.into()) / 2);
-        self.timers.set(Timer::SessionExpiry, expires_at);
-        self.timers.set(Timer::SessionRefresh, refresh_at);
-    }
-
-    /// Our session refresh is due: an UPDATE without SDP through the
-    /// non-INVITE client transaction, or a little later if it is busy.
-    pub(super) fn send_refresh(&mut self, now: Instant) {
-        self.timers.stop(Timer::SessionRefresh);
-        let Some(t) = self.mid.timer else { return };
-        if !self.is_live() {
-            return;
-        }
-        if self.client.awaiting_final() {
-            self.timers
-                .set(Timer::SessionRefresh, Some(now + REFRESH_RETRY));
-            return;
-        }
-        tracing::debug!(call_id = %self.dialog.call_id, interval = t.interval, "session refresh (UPDATE)");
-        let mut req = self.dialog.request(
-            Method::Update,
-            &self.s.via(self.invite.transport),
-            &self.contact(),
-        );
-        // §7.4: the refresher names itself, the UAC of the refresh.
-        req.headers
-            .push("Session-Expires", format!("{};refresher=uac", t.interval));
-        req.headers.push("Min-SE", self.s.min_se.to_string());
-        req.headers.push("Supported", SUPPORTED);
-        self.send_request(req, now);
-    }
-
-    /// A REFER or BYE took the client transaction from our refresh UPDATE:
-    /// refresh again once it is free.
-    pub(super) fn refresh_displaced(&mut self, now: Instant) {
-        if self.mid.timer.is_some() && self.timers.get(Timer::SessionRefresh).is_none() {
-            self.timers
-                .set(Timer::SessionRefresh, Some(now + REFRESH_RETRY));
-        }
-    }
-
-    /// The final response to our refresh UPDATE (408 for a timeout), with
-    /// its `Session-Expires`: a 2xx refreshes the session (the peer may
-    /// change the interval, or take the refresher role, §7.4); 408 or 481
-    /// end the call with BYE (§10); another failure leaves the session to
-    /// expire, and we send BYE just before it does.
-    pub(super) fn refresh_done(&mut self, code: u16, session_expires: Option<&str>, now: Instant) {
-        let call_id = self.dialog.call_id.clone();
-        let Some(t) = self.mid.timer else { return };
-        if !self.is_live() {
-            return;
-        }
-        match code {
-            200..=299 => {
-                let mut t = t;
-                if let Some(se) = session_expires {
-                    let mut parts = se.split(';');
-                    if let Some(i) = parts.next().and_then(|v| v.trim().parse().ok()) {
-                        t.interval = i;
-                    }
-                    if parts.any(|p| p.trim().eq_ignore_ascii_case("refresher=uas")) {
-                        t.refresher = Refresher::Uac;
-                    }
-                }
-                tracing::debug!(%call_id, interval = t.interval, "session refreshed");
-                // The caller taking the role is, from the dialog's side, refresher=uac.
-                self.start_session_timer(Some(t), now);
-            }
-            408 | 481 => {
-                tracing::warn!(%call_id, code, "session refresh failed; hanging up");
-                self.timers.stop(Timer::SessionRefresh);
-                self.hang_up(Outcome::SessionExpired, now);
-            }
-            _ => {
-                tracing::warn!(%call_id, code, "session refresh refused; the session will expire");
-                self.timers.stop(Timer::SessionRefresh);
-                let since = self.mid.refreshed_at.unwrap_or(now);
-                self.timers
-                    .set(Timer::SessionExpiry, Some((since + t.bye_after()).max(now)));
-            }
-        }
-    }
-
     /// Timer J of the requests we answered, or G/H/I of a re-INVITE's response.
     pub(super) fn mid_dialog_timeout(&mut self, timer: Timer, now: Instant) {
         if timer == Timer::Answered {
@@ -374,16 +262,6 @@ impl Call {
                 }
             }
             Action::None => {}
-        }
-    }
-
-    /// The caller did not refresh the session in time (RFC 4028 §10).
-    pub(super) fn session_expired(&mut self, now: Instant) {
-        self.timers.stop(Timer::SessionExpiry);
-        if self.is_live() {
-            tracing::warn!(call_id = %self.dialog.call_id, "session timer expired without a refresh; hanging up");
-            self.client.abandon();
-            self.hang_up(Outcome::SessionExpired, now);
         }
     }
 

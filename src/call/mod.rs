@@ -11,9 +11,10 @@
 //!
 //! The call's state is a set of sub-states, each with its own file:
 //! [`invite`] (the INVITE server transaction), [`mid_dialog`] (re-INVITE,
-//! UPDATE, hold, session timers, answered requests), [`client`] (our
-//! requests), [`transfer`] (REFER to the end), [`timer`] (every deadline),
-//! the media session ([`MediaSession`]) and the decision clock ([`Decider`]).
+//! UPDATE, hold, answered requests) with [`refresh`] (session timers),
+//! [`client`] (our requests), [`transfer`] (REFER to the end), [`timer`]
+//! (every deadline in one table), the media session ([`MediaSession`]) and
+//! the decision clock ([`Decider`]); [`CallSettings`] are shared by all calls.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -21,29 +22,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use emonav_dsp::{Estimate, Model};
+use emonav_dsp::Estimate;
 
-use crate::config::{DialogCredential, Fallback, Profile};
 use crate::events::{CallRecord, MediaStats, Outcome};
 use crate::media::rtp::RtpStats;
 use crate::media::session::{Heard, MediaConfig, MediaSession, Port};
-use crate::policy::{Decider, Policy};
-use crate::sdp::{self, CodecName, SdpError};
+use crate::policy::Decider;
+use crate::sdp::{self, SdpError};
 use crate::sip::dialog::{reply_dest, Dialog, DialogError};
-use crate::sip::message::{Method, Request, Response, Uri, Via};
+use crate::sip::message::{Method, Request, Response, Uri};
 use crate::sip::session_timer;
-use crate::sip::transaction::Timers;
 use crate::sip::transport::Transport;
 
 mod client;
 mod invite;
 mod mid_dialog;
+mod refresh;
+mod settings;
 pub mod timer;
 pub mod transfer;
 
 use client::Client;
 use invite::InviteServer;
 use mid_dialog::MidDialog;
+pub use settings::CallSettings;
 use timer::{Timer, TimerTable};
 use transfer::Transfer;
 
@@ -54,103 +56,6 @@ pub const ACCEPT: &str = "application/sdp, message/sipfrag";
 
 /// How long a call that ended keeps answering stray in-dialog requests.
 const LINGER: Duration = Duration::from_secs(32);
-
-/// Settings shared by every call, derived once from the profile.
-#[derive(Debug)]
-pub struct CallSettings {
-    /// Transaction timers.
-    pub timers: Timers,
-    /// Delay before answering.
-    pub answer_delay: Duration,
-    /// Codec preference.
-    pub codecs: Vec<CodecName>,
-    /// Routing policy (its deadline is a budget of listening time, see [`Decider`]).
-    pub policy: Policy,
-    /// Wait for a final NOTIFY after sending REFER.
-    pub notify_timeout: Duration,
-    /// What to do when a transfer fails.
-    pub fallback: Fallback,
-    /// End the call after this long without RTP (`None`: never).
-    pub rtp_timeout: Option<Duration>,
-    /// Jitter-buffer playout delay.
-    pub jitter_delay: Duration,
-    /// Send 20 ms silence packets to the caller (RTP keepalive).
-    pub send_silence: bool,
-    /// Our sent-by for Via (advertised address and SIP port).
-    pub sip_addr: SocketAddr,
-    /// Our Contact URI (for UDP; see [`CallSettings::contact_uri`]).
-    pub contact: Uri,
-    /// `Server`/`User-Agent` value.
-    pub user_agent: String,
-    /// The emotion models calls run: G.711 (8 kHz) and Opus (16 kHz).
-    pub models: [Arc<Model>; 2],
-    /// Credentials for peers that challenge our REFER or BYE, in the order
-    /// tried ([`Profile::dialog_credentials`]).
-    pub credentials: Vec<DialogCredential>,
-    /// Smallest session interval accepted (RFC 4028 `Min-SE`), seconds.
-    pub min_se: u32,
-}
-
-impl CallSettings {
-    /// Derive from a profile; `sip_port` is the port actually bound.
-    pub fn from_profile(p: &Profile, sip_port: u16) -> Self {
-        let sip_addr = SocketAddr::new(p.advertised_ip(), sip_port);
-        let contact = Uri::parse(&format!(
-            "sip:{}@{}:{sip_port}",
-            p.sip.user,
-            uri_host(sip_addr.ip())
-        ))
-        .expect("contact built from a validated profile");
-        Self {
-            timers: Timers {
-                t1: p.t1(),
-                t2: p.t2(),
-                ..Timers::default()
-            },
-            answer_delay: Duration::from_millis(p.sip.answer_delay_ms),
-            codecs: p.media.codecs.clone(),
-            policy: p.policy.clone(),
-            notify_timeout: Duration::from_millis(p.transfer.notify_timeout_ms),
-            fallback: p.transfer.fallback,
-            rtp_timeout: (p.media.rtp_timeout_ms > 0)
-                .then(|| Duration::from_millis(p.media.rtp_timeout_ms)),
-            jitter_delay: Duration::from_millis(p.media.jitter_ms),
-            send_silence: p.media.send_silence,
-            sip_addr,
-            contact,
-            user_agent: p.sip.user_agent.clone(),
-            models: [p.model(8000), p.model(16000)],
-            credentials: p.dialog_credentials(),
-            min_se: p.sip.min_se_s,
-        }
-    }
-
-    /// Our Contact URI for a dialog on `transport`: `;transport=tcp` for
-    /// TCP, so that the peer's requests come back over TCP (RFC 3261 §18.1.1).
-    pub fn contact_uri(&self, transport: Transport) -> Uri {
-        let mut uri = self.contact.clone();
-        if let Some(t) = transport.uri_param() {
-            uri.params.set("transport", Some(t));
-        }
-        uri
-    }
-
-    /// A Via for a new request of ours on `transport`, with a fresh branch.
-    pub fn via(&self, transport: Transport) -> Via {
-        let mut via = Via {
-            transport: transport.via_token().into(),
-            host: uri_host(self.sip_addr.ip()),
-            port: Some(self.sip_addr.port()),
-            params: Default::default(),
-        };
-        via.params.set(
-            "branch",
-            Some(&format!("z9hG4bK{:016x}", fastrand::u64(..))),
-        );
-        via.params.set("rport", None);
-        via
-    }
-}
 
 /// Which socket a [`Transmit`] leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

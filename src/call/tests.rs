@@ -1,6 +1,7 @@
 //! The call state machine driven with a fake clock: every timer path without sleeping.
 
 use super::*;
+use crate::config::{DialogCredential, Profile};
 use crate::media::session::OPUS_ANALYSIS_RATE;
 use crate::sdp::CodecName;
 use crate::sip::message::{parse_datagram, Message};

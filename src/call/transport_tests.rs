@@ -2,6 +2,7 @@
 //! messages go, and no retransmissions on a reliable transport.
 
 use super::*;
+use crate::config::Profile;
 use crate::sip::message::{parse_datagram, Message};
 
 /// The connection's remote address (an ephemeral port).
