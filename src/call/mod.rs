@@ -10,9 +10,9 @@
 //! profile's fallback applies: the caller is never silently dropped.
 //!
 //! The call's state is a set of sub-states, each with its own file:
-//! [`invite`] (the INVITE server transaction), [`mid_dialog`] (re-INVITE,
-//! UPDATE, hold, answered requests) with [`refresh`] (session timers),
-//! [`client`] (our requests), [`transfer`] (REFER to the end), [`timer`]
+//! `invite` (the INVITE server transaction), `mid_dialog` (re-INVITE,
+//! UPDATE, hold, answered requests) with `refresh` (session timers),
+//! `client` (our requests), [`transfer`] (REFER to the end), [`timer`]
 //! (every deadline in one table), the media session ([`MediaSession`]) and
 //! the decision clock ([`Decider`]); [`CallSettings`] are shared by all calls.
 

@@ -1445,3 +1445,25 @@ fn arbitrary_in_dialog_traffic_never_panics() {
         let _ = round;
     }
 }
+
+#[test]
+fn one_clock_and_one_output_pace_our_silence_stream() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    // The first silence packet went with the 200 OK; the next is due 20 ms
+    // later, before any protocol timer.
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(20)));
+    call.handle_timeout(t0 + ms(20));
+    let media = media_sent(&mut call);
+    let dest: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    assert_eq!(media.len(), 1, "one packet per 20 ms");
+    assert_eq!(
+        (media[0].0, media[0].1, media[0].2.len()),
+        (Socket::Rtp, dest, 172)
+    );
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(40)));
+    assert_eq!(
+        protocol_timeout(&mut call),
+        Some(t0 + Duration::from_secs(3))
+    );
+}

@@ -9,7 +9,7 @@
 //! Some entries are set when their deadline is decided (answer, NOTIFY wait,
 //! linger, session expiry and refresh); the others follow a sub-state's own
 //! clock (a transaction, the jitter buffer, the decider) and are re-armed
-//! from it after every input ([`Call::arm_timers`]).
+//! from it after every input (`Call::arm_timers`).
 
 use std::time::Instant;
 

@@ -9,7 +9,8 @@
 //! session starts, and packets to send are lent out of them.
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
@@ -21,8 +22,6 @@ use crate::media::rtcp::{self, Reporter, SenderInfo};
 use crate::media::rtp::{self as rtp, Ignored, RtpEvent, RtpReceiver};
 use crate::media::sender::SilenceSender;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Largest RTP payload decoded per packet (G.711 at 120 ms ptime is 960 bytes;
 /// a 120 ms Opus packet decodes to at most 1920 samples).
@@ -460,7 +459,7 @@ impl MediaSession {
         self.jitter.poll_timeout()
     }
 
-    /// When [`poll_rtp`](Self::poll_rtp) or [`poll_rtcp`](Self::poll_rtcp)
+    /// When [`poll_transmit`](Self::poll_transmit)
     /// has the next packet, while we send media; our silence starts at
     /// `start` (the answer).
     pub fn send_due(&self, start: Instant) -> Option<Instant> {
