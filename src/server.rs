@@ -390,13 +390,17 @@ fn send_on(
     }
 }
 
-/// The socket our RTCP leaves from: the RTP socket with rtcp-mux (RFC 5761)
-/// or when RTP + 1 could not be bound, else our RTCP port.
-fn rtcp_socket<'a>(rtp: &'a UdpSocket, rtcp: Option<&'a UdpSocket>, mux: bool) -> &'a UdpSocket {
-    if mux {
-        rtp
-    } else {
-        rtcp.unwrap_or(rtp)
+/// The media socket a call's packet leaves from: RTCP from our RTCP port
+/// unless it could not be bound (then, like RTCP with rtcp-mux, RFC 5761,
+/// from the RTP socket).
+fn media_socket<'a>(
+    rtp: &'a UdpSocket,
+    rtcp: Option<&'a UdpSocket>,
+    socket: crate::call::Socket,
+) -> &'a UdpSocket {
+    match socket {
+        crate::call::Socket::Rtcp => rtcp.unwrap_or(rtp),
+        _ => rtp,
     }
 }
 
@@ -444,6 +448,7 @@ async fn call_task(
     mut rx: mpsc::Receiver<CallInput>,
     ended: mpsc::UnboundedSender<String>,
 ) {
+    use crate::call::{Socket, Transmit};
     let src = peer.addr;
     let call_id = invite.call_id().unwrap_or("").to_string();
     // The connection the dialog came on stays open while the call lasts.
@@ -491,13 +496,27 @@ async fn call_task(
     loop {
         while let Some(out) = call.poll_output() {
             match out {
-                Output::Send {
+                Output::Transmit(Transmit {
+                    socket:
+                        Socket::Sip {
+                            transport,
+                            connection,
+                        },
                     dest,
-                    data,
-                    transport,
-                    connection,
-                } => send_on(&shared, transport, dest, connection, data),
-                Output::Ended(record) => {
+                    payload,
+                }) => send_on(&shared, transport, dest, connection, payload.into_owned()),
+                Output::Transmit(Transmit {
+                    socket,
+                    dest,
+                    payload,
+                }) => {
+                    if let Some(sock) = &rtp {
+                        // A full buffer loses a silence packet or a report: nothing to retry.
+                        let _ =
+                            media_socket(sock, rtcp.as_ref(), socket).try_send_to(&payload, dest);
+                    }
+                }
+                Output::Record(record) => {
                     shared.metrics.call_ended(&record);
                     shared.events.write(&record);
                 }
@@ -507,27 +526,10 @@ async fn call_task(
             break;
         }
         if !call.wants_media() {
-            if let (Some(sock), Some((dest, bye, mux))) = (&rtp, call.rtcp_bye()) {
-                let _ = rtcp_socket(sock, rtcp.as_ref(), mux).try_send_to(bye, dest);
-            }
             rtp = None;
             rtcp = None;
         }
-        if let Some(sock) = &rtp {
-            let now = Instant::now().into_std();
-            while let Some((dest, packet)) = call.poll_rtp(now) {
-                // A full buffer loses a silence packet: nothing to retry.
-                let _ = sock.try_send_to(packet, dest);
-            }
-            while let Some((dest, report, mux)) = call.poll_rtcp(now) {
-                let _ = rtcp_socket(sock, rtcp.as_ref(), mux).try_send_to(report, dest);
-            }
-        }
-        let wake = [call.poll_timeout(), call.poll_rtp_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Instant::from_std);
+        let wake = call.poll_timeout().map(Instant::from_std);
         tokio::select! {
             input = rx.recv() => match input {
                 Some((Message::Request(r), from)) => call.handle_request(&r, from, Instant::now().into_std()),
@@ -545,11 +547,7 @@ async fn call_task(
                 }
             }
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
-                let now = Instant::now().into_std();
-                // Woken for our RTP only (sent at the top of the loop)?
-                if call.poll_timeout().is_some_and(|t| t <= now) {
-                    call.handle_timeout(now);
-                }
+                call.handle_timeout(Instant::now().into_std());
             }
         }
     }
