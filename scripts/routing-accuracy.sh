@@ -94,11 +94,17 @@ run_call() {
   local sf=$dir/$tag.xml
   sed -e "s|../fixtures/agitated-pcmu.pcap|$pcap|; s|../fixtures/agitated-opus.pcap|$pcap|" \
     -e "s|<sip:caller@|<sip:$tag@|g" "$template" >"$sf"
-  local slot=$((idx % 400))
-  local rc=0
-  sipp 127.0.0.1:"$port" -sf "$sf" -m 1 -l 1 -i 127.0.0.1 -mi 127.0.0.1 \
-    -p $((41000 + slot)) -mp $((42000 + 4 * slot)) -nostdin -timeout 30 -timeout_error \
-    -trace_err -error_file "$dir/$tag.err" >/dev/null 2>&1 || rc=$?
+  local slot=$((idx % 400)) rc k
+  # A port taken by some other program on the machine (SIPp cannot bind, the
+  # call never starts): try again on another pair, up to three times.
+  for k in 0 1 2; do
+    rc=0
+    rm -f "$dir/$tag.err"
+    sipp 127.0.0.1:"$port" -sf "$sf" -m 1 -l 1 -i 127.0.0.1 -mi 127.0.0.1 \
+      -p $((41000 + 400 * k + slot)) -mp $((52000 + 1600 * k + 4 * slot)) -nostdin \
+      -timeout 30 -timeout_error -trace_err -error_file "$dir/$tag.err" >/dev/null 2>&1 || rc=$?
+    [ "$rc" != 0 ] && grep -qs "Unable to bind" "$dir/$tag.err" || break
+  done
   echo "$rc" >"$dir/$tag.rc"
 }
 export -f run_call
@@ -178,7 +184,7 @@ for ss in "${spk[@]}"; do
   wait "$pid" 2>/dev/null || true
   pid=
   # Offline: the in-call pipeline on the padded clips, same policy and model.
-  ls "$fold"/audio/*.wav | xargs -P 2 -I{} sh -c \
+  for f in "$fold"/test/wav/*.wav; do echo "$fold/audio/$(basename "$f")"; done | xargs -P 2 -I{} sh -c \
     '"$0" analyze --json --profile "$1" "$2" >"$2.analyze.json"' "$emonav" "$fold/profile.toml" {}
   "$emonav" eval --corpus "$fold/test" --labels emodb --model "$fold/fold-$ss-8k.json" --json \
     >"$fold/eval-8k.json" 2>/dev/null
@@ -225,10 +231,11 @@ for ss in speakers:
             live[cond][clip] = e
         if not ok:
             failed[cond].append(tag)
-    for a in glob.glob(f"{fold}/audio/*.wav.analyze.json"):
+    for w in glob.glob(f"{fold}/test/wav/*.wav"):
+        clip = os.path.basename(w)[:-4]
         try:
-            offline[os.path.basename(a).split(".")[0]] = json.load(open(a))
-        except ValueError:
+            offline[clip] = json.load(open(f"{fold}/audio/{clip}.wav.analyze.json"))
+        except (OSError, ValueError):
             pass
     for k in pooled:
         try:
