@@ -72,7 +72,8 @@ fn parse_args() -> Result<Args, String> {
 
 /// The WAV file `path` resampled to 16 kHz, as Opus packets of `ptime_ms` each.
 fn opus_packets(path: &str, ptime_ms: u32) -> Result<Vec<Vec<u8>>, String> {
-    let mut wav = hound::WavReader::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut wav =
+        emonav_offline::hound::WavReader::open(path).map_err(|e| format!("{path}: {e}"))?;
     let spec = wav.spec();
     if spec.channels != 1 || spec.bits_per_sample != 16 {
         return Err(format!("{path}: mono 16-bit WAV expected"));

@@ -57,7 +57,7 @@ fn agitated_recording(dir: &Path) -> Vec<f32> {
             .status()
             .expect("espeak-ng is installed (Debian package espeak-ng)");
         assert!(status.success(), "espeak-ng failed");
-        let mut r = hound::WavReader::open(&wav).unwrap();
+        let mut r = emonav_offline::hound::WavReader::open(&wav).unwrap();
         assert_eq!(r.spec().sample_rate, RATE, "espeak-ng's rate");
         audio.extend(r.samples::<i16>().map(|s| s.unwrap() as f32 / 32768.0));
     }
