@@ -44,9 +44,9 @@ pub enum AnalyzeError {
 ///
 /// The file is read in one go; 16-bit PCM and 32-bit float data, what
 /// recordings almost always are, is converted in bulk straight from the data
-/// chunk (reading sample by sample through hound's iterator took a third of
-/// `emonav analyze`'s time on an 8 kHz file). hound parses the header, and
-/// decodes the other sample formats.
+/// chunk (reading sample by sample through hound's iterator was a fifth of
+/// `emonav analyze`'s instructions on an 8 kHz file; docs/performance.md).
+/// hound validates the header, and decodes the other sample formats.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AnalyzeError> {
     let err = |e: hound::Error| AnalyzeError::Read {
         path: path.display().to_string(),
@@ -354,5 +354,65 @@ impl<D: std::fmt::Display> std::fmt::Display for Analysis<D> {
             )?;
         }
         writeln!(f, "\ndecision at {} ms {}", self.decision_ms, self.decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read_wav`'s bulk paths give what hound's sample iterator gives.
+    #[test]
+    fn bulk_read_matches_hound_sample_by_sample() {
+        let dir = std::env::temp_dir().join(format!("emonav-read-wav-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            (1, 16, hound::SampleFormat::Int),
+            (2, 16, hound::SampleFormat::Int),
+            (2, 32, hound::SampleFormat::Float),
+            (1, 24, hound::SampleFormat::Int),
+        ];
+        for (channels, bits, format) in cases {
+            let spec = hound::WavSpec {
+                channels,
+                sample_rate: 8000,
+                bits_per_sample: bits,
+                sample_format: format,
+            };
+            let path = dir.join(format!("{channels}-{bits}.wav"));
+            let mut w = hound::WavWriter::create(&path, spec).unwrap();
+            for i in 0..1000i32 {
+                let v = ((i * 7919) % 65_536 - 32_768) as f32 / 32_768.0;
+                match format {
+                    hound::SampleFormat::Float => w.write_sample(v).unwrap(),
+                    _ => w
+                        .write_sample((v * (1 << (bits - 1)) as f32) as i32)
+                        .unwrap(),
+                }
+            }
+            w.finalize().unwrap();
+            let mut r = hound::WavReader::open(&path).unwrap();
+            let all: Vec<f32> = match format {
+                hound::SampleFormat::Float => r.samples::<f32>().map(Result::unwrap).collect(),
+                _ => r
+                    .samples::<i32>()
+                    .map(|s| s.unwrap() as f32 / (1u64 << (bits - 1)) as f32)
+                    .collect(),
+            };
+            let expected: Vec<f32> = all
+                .chunks(channels as usize)
+                .map(|f| f.iter().sum::<f32>() / channels as f32)
+                .collect();
+            let (got, rate) = read_wav(&path).unwrap();
+            assert_eq!((got, rate), (expected, 8000), "{channels} ch, {bits} bits");
+        }
+        let cut = dir.join("cut.wav");
+        let whole = std::fs::read(dir.join("1-16.wav")).unwrap();
+        std::fs::write(&cut, &whole[..whole.len() - 10]).unwrap();
+        assert!(
+            read_wav(&cut).is_err(),
+            "a data chunk cut short is an error"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
