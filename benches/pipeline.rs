@@ -40,7 +40,7 @@ fn analyse(c: &mut Criterion) {
     });
     // As a call runs it: the embedded model re-scored every 250 ms.
     g.bench_function("analyse_1s_8k_model", |b| {
-        let model = std::sync::Arc::new(emonav::learn::default_model(8000));
+        let model = std::sync::Arc::new(emonav_dsp::model::embedded(8000));
         let mut a =
             Analyzer::with_estimator(8000, Box::new(emonav_dsp::ModelEstimator::new(model)));
         a.push(&pcm);

@@ -146,7 +146,8 @@ fn opus_packets(path: &str, ptime_ms: u32) -> Result<Vec<Vec<u8>>, String> {
     use audiopus::coder::Encoder;
     use audiopus::{Application, Bitrate, Channels, SampleRate};
     const RATE: u32 = 16_000;
-    let mut wav = hound::WavReader::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut wav =
+        emonav_offline::hound::WavReader::open(path).map_err(|e| format!("{path}: {e}"))?;
     let spec = wav.spec();
     if spec.channels != 1 || spec.bits_per_sample != 16 {
         return Err(format!("{path}: mono 16-bit WAV expected"));

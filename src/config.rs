@@ -362,7 +362,7 @@ impl Profile {
         let slot = usize::from(rate == 16000);
         self.loaded_models[slot]
             .clone()
-            .unwrap_or_else(|| Arc::new(crate::learn::default_model(rate)))
+            .unwrap_or_else(|| Arc::new(emonav_dsp::model::embedded(rate)))
     }
 
     fn validate(&self) -> Result<(), String> {

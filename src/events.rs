@@ -172,6 +172,12 @@ pub struct Metrics {
     pub sip_unparseable: AtomicU64,
     /// SIP requests answered with 400.
     pub sip_bad_request: AtomicU64,
+    /// SIP messages for a call dropped because its queue was full (a flood
+    /// on one Call-ID, or a call task that stopped reading).
+    pub sip_call_queue_dropped: AtomicU64,
+    /// SIP messages not written because a TCP connection's send queue was
+    /// full (a peer that does not read).
+    pub sip_tcp_send_dropped: AtomicU64,
     /// RTP packets accepted (summed at call end).
     pub rtp_packets: AtomicU64,
     /// RTP datagrams ignored as malformed, unknown PT or RTCP (summed at call end).
@@ -217,7 +223,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let started = self.calls_started.load(Ordering::Relaxed);
         let ended = self.calls_ended.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 15] = [
             (
                 "emonav_calls_started_total",
                 "counter",
@@ -260,6 +266,18 @@ impl Metrics {
                 "counter",
                 "SIP requests answered 400",
                 self.sip_bad_request.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_sip_call_queue_dropped_total",
+                "counter",
+                "SIP messages dropped because their call's queue was full",
+                self.sip_call_queue_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_sip_tcp_send_dropped_total",
+                "counter",
+                "SIP messages dropped because a TCP connection's send queue was full",
+                self.sip_tcp_send_dropped.load(Ordering::Relaxed),
             ),
             (
                 "emonav_rtp_packets_total",

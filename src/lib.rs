@@ -4,14 +4,12 @@
 //! state machine and the routing policy) and the tokio edge that drives them.
 #![warn(missing_docs)]
 
-pub mod analyze;
 pub mod call;
 pub mod config;
-pub mod corpus;
+pub mod endpoint;
 pub mod events;
-pub mod learn;
+pub mod http;
 pub mod media;
-pub mod plot;
 pub mod policy;
 pub mod sdp;
 pub mod server;

@@ -8,10 +8,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use emonav::config::Profile;
-use emonav::corpus::{self, Labels};
 use emonav::events::EventSink;
-use emonav::learn::{self, Normalisation};
+use emonav::policy::{Decision, Policy};
 use emonav::server::Server;
+use emonav_offline::corpus::{self, Labels};
+use emonav_offline::learn::{self, Normalisation};
 
 const DEFAULT_PROFILE: &str = "sip-profiles/default.toml";
 
@@ -210,13 +211,50 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
 
 fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
     let p = load(profile)?;
-    let a = emonav::analyze::analyze(file, &p.policy, p.model(8000))?;
+    let a = emonav_offline::analyze::analyze(file, &Routing(&p.policy), p.model(8000))?;
     if json {
         println!("{}", serde_json::to_string(&a)?);
     } else {
         print!("{a}");
     }
     Ok(())
+}
+
+/// The profile's routing policy as the decision rule `analyze` judges a recording by.
+struct Routing<'a>(&'a Policy);
+
+/// A routing decision, printed as `analyze` reports it.
+#[derive(serde::Serialize)]
+#[serde(transparent)]
+struct Routed(Decision);
+
+impl std::fmt::Display for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.0;
+        write!(
+            f,
+            "({:?}): {} -> {}   arousal {:.2}, confidence {:.2}{}",
+            d.reason,
+            d.label,
+            d.queue,
+            d.arousal,
+            d.confidence,
+            if d.flagged { ", flagged high-risk" } else { "" }
+        )
+    }
+}
+
+impl emonav_offline::analyze::Decide for Routing<'_> {
+    type Decision = Routed;
+    fn deadline_ms(&self) -> u64 {
+        self.0.decision_deadline_ms
+    }
+    fn early(&self, e: &emonav_dsp::Estimate) -> Option<Routed> {
+        self.0.early(e).map(Routed)
+    }
+    fn at_deadline(&self, e: &emonav_dsp::Estimate) -> Routed {
+        Routed(self.0.at_deadline(e))
+    }
 }
 
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
@@ -303,7 +341,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     };
     let report = learn::report(mode, norm, rate, &items, speakers.len(), &preds);
     if let Some(p) = &args.plot {
-        emonav::plot::uar_by_speech(&report, p)
+        emonav_offline::plot::uar_by_speech(&report, p)
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if args.json {

@@ -4,7 +4,9 @@
 //! minimum of speech, or at the latest at the deadline after the first audio.
 //! Rules are checked in order; the first that matches names the queue. A call
 //! that could not be analysed (no speech, no audio) goes to the default queue:
-//! no caller is stranded.
+//! no caller is stranded. [`Decider`] applies the policy over a call's time.
+
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -241,6 +243,125 @@ impl Policy {
     }
 }
 
+/// The call's decision clock, sans-IO: when to decide and what, given the
+/// estimate as audio is analysed. Early after any analysed packet once
+/// confident enough; at the deadline otherwise, the deadline being a budget
+/// of listening time from the first audio (or from the answer while none
+/// comes) that hold pauses; the default queue for a call that could not be
+/// analysed; a keypad rule whenever a digit comes. Decides once.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    policy: Policy,
+    budget: Duration,
+    answered: Option<Instant>,
+    first_audio: Option<Instant>,
+    paused_since: Option<Instant>,
+    pauses: Vec<(Instant, Instant)>,
+    decision: Option<Decision>,
+}
+
+impl Decider {
+    /// A decider for `policy`, its deadline `[policy] decision_deadline_ms`.
+    pub fn new(policy: Policy) -> Self {
+        let budget = Duration::from_millis(policy.decision_deadline_ms);
+        Self {
+            policy,
+            budget,
+            answered: None,
+            first_audio: None,
+            paused_since: None,
+            pauses: Vec::new(),
+            decision: None,
+        }
+    }
+
+    /// The policy it applies.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The call was answered: the deadline runs from now until audio comes.
+    pub fn answered(&mut self, now: Instant) {
+        self.answered = Some(now);
+    }
+
+    /// Audio was heard: the deadline runs from the first (heard, not played out).
+    pub fn heard(&mut self, now: Instant) {
+        self.first_audio.get_or_insert(now);
+    }
+
+    /// When the first audio was heard.
+    pub fn first_audio(&self) -> Option<Instant> {
+        self.first_audio
+    }
+
+    /// The call is on hold from `now`: the deadline's clock stops.
+    pub fn pause(&mut self, now: Instant) {
+        self.paused_since.get_or_insert(now);
+    }
+
+    /// The call is resumed at `now`: the deadline moves by the time on hold.
+    pub fn resume(&mut self, now: Instant) {
+        if let Some(since) = self.paused_since.take() {
+            self.pauses.push((since, now));
+        }
+    }
+
+    /// The decision taken, if any.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// When the deadline decision is due: `None` once decided, on hold, or
+    /// before the deadline's clock started.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.decision.is_some() || self.paused_since.is_some() {
+            return None;
+        }
+        let start = self.first_audio.or(self.answered)?;
+        let held: Duration = self
+            .pauses
+            .iter()
+            .filter(|(_, end)| *end > start)
+            .map(|(s, end)| *end - (*s).max(start))
+            .sum();
+        Some(start + self.budget + held)
+    }
+
+    /// After an analysed packet: the early decision, if the estimate is
+    /// already good enough.
+    pub fn after_packet(&mut self, e: &Estimate) -> Option<&Decision> {
+        let d = self.policy.early(e)?;
+        self.settle(d)
+    }
+
+    /// A keypad digit: the decision, if a rule routes it.
+    pub fn on_digit(&mut self, digit: char, e: &Estimate) -> Option<&Decision> {
+        let d = self.policy.on_digit(digit, e)?;
+        self.settle(d)
+    }
+
+    /// The deadline came: the best estimate decides, whatever its confidence.
+    pub fn at_deadline(&mut self, e: &Estimate) -> Option<&Decision> {
+        let d = self.policy.at_deadline(e);
+        self.settle(d)
+    }
+
+    /// The call cannot be analysed (its media stopped): the default queue.
+    pub fn not_analysed(&mut self, e: &Estimate) -> Option<&Decision> {
+        let d = self.policy.default_decision(e, Reason::NotAnalysed);
+        self.settle(d)
+    }
+
+    fn settle(&mut self, d: Decision) -> Option<&Decision> {
+        if self.decision.is_some() {
+            return None;
+        }
+        self.decision = Some(d);
+        self.decision.as_ref()
+    }
+}
+
 fn check_uri(key: &str, uri: &str) -> Result<(), String> {
     crate::sip::message::Uri::parse(uri)
         .map(|_| ())
@@ -343,5 +464,26 @@ mod tests {
         };
         assert_eq!(p.at_deadline(&est(0.5, 0.1, 900)).queue, p.default_queue);
         assert_eq!(p.at_deadline(&est(0.85, 0.1, 900)).queue, "tel:+4930123456");
+    }
+
+    #[test]
+    fn decider_deadline_is_a_listening_budget_that_hold_pauses() {
+        let t0 = Instant::now();
+        let mut d = Decider::new(Policy::default());
+        assert_eq!(d.deadline(), None, "not answered yet");
+        d.answered(t0);
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(3)));
+        d.heard(t0 + Duration::from_secs(1));
+        d.heard(t0 + Duration::from_secs(2));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(4)));
+        d.pause(t0 + Duration::from_secs(2));
+        assert_eq!(d.deadline(), None, "on hold");
+        d.resume(t0 + Duration::from_secs(7));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(9)));
+        assert!(d.after_packet(&est(0.9, 0.9, 400)).is_none());
+        let q = d.at_deadline(&est(0.0, 0.0, 0)).unwrap().reason;
+        assert_eq!(q, Reason::NoSpeech);
+        assert!(d.not_analysed(&est(0.0, 0.0, 0)).is_none(), "decides once");
+        assert_eq!(d.deadline(), None);
     }
 }

@@ -471,7 +471,7 @@ pub fn offer(neg: &Negotiated, local_rtp: SocketAddr, session_id: u64, version: 
 }
 
 /// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
-/// calls decode at (`call::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
+/// calls decode at (`media::session::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
 /// in-band FEC welcome.
 pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=16000;stereo=0;useinbandfec=1";
 

@@ -42,7 +42,7 @@ fn read_csv(name: &str) -> HashMap<String, HashMap<String, f64>> {
 /// emonav's per-clip means, named as openSMILE's columns.
 fn ours(file: &str) -> HashMap<String, f64> {
     let (audio, rate) =
-        emonav::analyze::read_wav(&reference_dir().join("clips").join(file)).unwrap();
+        emonav_offline::analyze::read_wav(&reference_dir().join("clips").join(file)).unwrap();
     measure(&audio, rate)
 }
 
@@ -266,9 +266,10 @@ fn natural_voices_agree_with_opensmile_on_emodb() {
     let ours: HashMap<&String, HashMap<String, f64>> = files
         .iter()
         .map(|f| {
-            let (audio, rate) = emonav::analyze::read_wav(&corpus.join(f)).unwrap_or_else(|e| {
-                panic!("{e} (the shared EmoDB corpus belongs beside the repository)")
-            });
+            let (audio, rate) =
+                emonav_offline::analyze::read_wav(&corpus.join(f)).unwrap_or_else(|e| {
+                    panic!("{e} (the shared EmoDB corpus belongs beside the repository)")
+                });
             let audio = emonav_dsp::telephone::resample(&audio, rate, 16000).unwrap();
             (*f, measure(&audio, 16000))
         })

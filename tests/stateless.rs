@@ -128,5 +128,7 @@ fn metrics_count_calls_and_malformed_input() {
     assert_eq!(value("emonav_calls_started_total"), 1);
     assert_eq!(value("emonav_calls_ended_total"), 1);
     assert_eq!(value("emonav_sip_unparseable_total"), 1);
+    assert_eq!(value("emonav_sip_call_queue_dropped_total"), 0);
+    assert_eq!(value("emonav_sip_tcp_send_dropped_total"), 0);
     assert!(emonav.http_get("/nope").0.contains("404"));
 }

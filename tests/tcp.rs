@@ -322,3 +322,47 @@ fn refer_opens_a_new_connection_to_the_contact_once_the_dialogs_one_is_closed() 
     // Its 202 goes back on the connection emonav opened.
     back.respond(&refer, 202, "Accepted");
 }
+
+/// RFC 4028 §9 over TCP: the 422 goes back on the INVITE's connection (it
+/// used to leave over UDP), and the retry on that connection is answered.
+#[test]
+fn session_interval_too_small_is_422_with_min_se_on_the_tcp_connection() {
+    let emonav = Emonav::start("");
+    let addr = emonav.sip_tcp.unwrap();
+    let mut caller = TcpCaller::connect(addr);
+    let media = Uac::new(emonav.sip);
+    let sdp = media.g711_offer();
+    let (me, tag, call_id) = (caller.me(), caller.tag.clone(), caller.call_id.clone());
+    let invite = |branch: &str, se: u32| {
+        format!(
+            "INVITE sip:emonav@{addr};transport=tcp SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {me};branch={branch}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag={t}\r\nTo: <sip:emonav@{addr}>\r\n\
+             Call-ID: {c}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me};transport=tcp>\r\n\
+             Session-Expires: {se}\r\nSupported: timer\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            t = tag,
+            c = call_id,
+            len = sdp.len()
+        )
+    };
+    // Where a UDP reply would go (the Via's address): listen there too.
+    let udp = std::net::UdpSocket::bind(me).ok();
+    caller.send(&invite("z9hG4bKst1", 30));
+    let r = caller.final_response(3 * S);
+    assert_eq!((r.code, r.headers.get("Min-SE")), (422, Some("90")));
+    assert_eq!(r.top_via().unwrap().transport, "TCP");
+    if let Some(udp) = udp {
+        udp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        assert!(udp.recv_from(&mut buf).is_err(), "a reply over UDP");
+    }
+    caller.send(&invite("z9hG4bKst2", 1800));
+    let ok = caller.final_response(5 * S);
+    assert_eq!(ok.code, 200, "the retry starts a call");
+    assert_eq!(
+        ok.headers.get("Session-Expires"),
+        Some("1800;refresher=uac")
+    );
+}

@@ -5,3 +5,4 @@ pub mod opus;
 pub mod rtcp;
 pub mod rtp;
 pub mod sender;
+pub mod session;

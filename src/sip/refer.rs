@@ -4,31 +4,20 @@
 //! RFC 5589 §6.
 
 use super::message::{Request, Uri};
-use crate::policy::Decision;
 
-/// Add the REFER-specific headers to an in-dialog request built by the dialog.
-pub fn add_refer_headers(req: &mut Request, target: &str, referred_by: &Uri, d: &Decision) {
+/// Add the REFER-specific headers to an in-dialog request built by the
+/// dialog, then the caller's `extra` headers in order.
+pub fn add_refer_headers(
+    req: &mut Request,
+    target: &str,
+    referred_by: &Uri,
+    extra: &[(&str, String)],
+) {
     // The target is used verbatim: carriers expect exactly the form configured.
     req.headers.push("Refer-To", format!("<{target}>"));
     req.headers.push("Referred-By", format!("<{referred_by}>"));
-    req.headers.push("X-Emonav-Emotion", d.label.clone());
-    req.headers
-        .push("X-Emonav-Arousal", format!("{:.2}", d.arousal));
-    req.headers
-        .push("X-Emonav-Confidence", format!("{:.2}", d.confidence));
-    req.headers.push("X-Emonav-Reason", reason_token(d));
-    if d.flagged {
-        req.headers.push("X-Emonav-Flag", "high-risk");
-    }
-}
-
-fn reason_token(d: &Decision) -> &'static str {
-    match d.reason {
-        crate::policy::Reason::Confident => "confident",
-        crate::policy::Reason::Deadline => "deadline",
-        crate::policy::Reason::NoSpeech => "no-speech",
-        crate::policy::Reason::NotAnalysed => "not-analysed",
-        crate::policy::Reason::Dtmf => "dtmf",
+    for (name, value) in extra {
+        req.headers.push(name, value.clone());
     }
 }
 

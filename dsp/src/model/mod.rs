@@ -7,6 +7,7 @@
 //! during training, so "0.9" means what it says for a speaker the model has
 //! not heard (under equal class priors; see docs/model.md).
 
+mod embedded;
 mod logistic;
 mod vector;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::estimator::{EmotionEstimator, Estimate};
 use crate::features::{FrameFeatures, Functionals};
+pub use embedded::{embedded, DEFAULT_MODEL, DEFAULT_MODEL_16K};
 use logistic::{balanced_weights, fit, Design};
 pub use vector::{feature_vector, FEATURES, FEATURE_NAMES};
 

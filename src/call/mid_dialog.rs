@@ -1,6 +1,7 @@
 //! The mid-dialog part of a [`Call`]: re-INVITE (RFC 3261 §14.2) and UPDATE
-//! (RFC 3311) offer/answer, hold and unhold, codec changes, session timers
-//! (RFC 4028), and the server non-INVITE transactions (§17.2.2) that answer
+//! (RFC 3311) offer/answer, hold and unhold, codec changes, the session
+//! timer negotiation (RFC 4028 §9; its refreshes are in `refresh.rs`), and
+//! the server non-INVITE transactions (§17.2.2) that answer
 //! retransmitted in-dialog requests without handling them twice.
 //!
 //! Hold and the analyser: while the caller holds the call (`a=sendonly`,
@@ -11,28 +12,26 @@
 //! from the unhold instant. The analyser keeps its timeline: it simply gets no
 //! samples while on hold (Opus loss concealment does not bridge the hold).
 //!
+//! The deadline's clock itself is the [`Decider`](crate::policy::Decider)'s.
+//!
 //! A new remote address moves where our RTP keepalive and RTCP go until the
 //! latch (RFC 4961) has heard the caller's media from an actual source.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{stateless_response, Call, Output, ACCEPT};
+use super::timer::Timer;
+use super::{stateless_response, Call, Output, Phase, ACCEPT};
 use crate::events::Outcome;
-use crate::media::jitter::JitterBuffer;
-use crate::media::opus::OpusDecoder;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
 use crate::sip::dialog::reply_dest;
 use crate::sip::message::{Method, NameAddr, Request, Response};
-use crate::sip::session_timer::{self, Refresher, SessionTimer};
+use crate::sip::session_timer::{self, SessionTimer};
 use crate::sip::transaction::{Action, ServerInvite, ServerNonInvite};
 use crate::sip::transport::Transport;
 
 /// Extensions we support, for `Supported` in our responses.
 pub const SUPPORTED: &str = "timer";
-
-/// How long a due session refresh waits for a busy client transaction.
-const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
 /// A request we answered (§17.2.2), to answer its retransmissions the same way.
 #[derive(Debug)]
@@ -60,41 +59,40 @@ pub(super) struct ReInvite {
 #[derive(Debug, Default)]
 pub(super) struct Hold {
     since: Option<Instant>,
-    periods: Vec<(Instant, Instant)>,
     resumed: Option<Instant>,
+}
+
+/// The next instants of the mid-dialog transactions' timers.
+pub(super) struct MidTimeouts {
+    /// Timer J of the requests we answered.
+    pub(super) answered: Option<Instant>,
+    /// Timers G/H/I of the re-INVITE we answered.
+    pub(super) reinvite: Option<Instant>,
 }
 
 /// Mid-dialog state of a call.
 #[derive(Debug)]
-pub(super) struct DialogState {
+pub(super) struct MidDialog {
     pub(super) answered: Vec<AnsweredTx>,
-    pub(super) reinvite: Option<ReInvite>,
-    pub(super) hold: Hold,
+    reinvite: Option<ReInvite>,
+    hold: Hold,
     /// The session as last negotiated.
     pub(super) neg: Option<Negotiated>,
-    pub(super) local_rtp: SocketAddr,
+    local_rtp: SocketAddr,
     pub(super) sdp_id: u64,
     pub(super) sdp_version: u64,
     /// Our last SDP body (answer or offer), to bump the version only on change.
-    pub(super) last_sdp: Option<String>,
-    /// Rate the analyser runs at (8000 for G.711, 16000 for Opus calls).
-    pub(super) analysis_rate: u32,
+    last_sdp: Option<String>,
     pub(super) timer: Option<SessionTimer>,
-    /// When we send BYE if the caller has not refreshed the session.
-    pub(super) expires_at: Option<Instant>,
-    /// The caller's INVITE said `Supported: norefersub` (RFC 4488).
-    pub(super) norefersub: bool,
-    /// When we send our next session refresh (we are the refresher).
-    pub(super) refresh_at: Option<Instant>,
     /// When the session was last refreshed (its expiry counts from there).
     pub(super) refreshed_at: Option<Instant>,
     /// The caller's INVITE listed UPDATE in `Allow`: we can refresh with it.
     pub(super) peer_allows_update: bool,
 }
 
-impl DialogState {
-    pub(super) fn new(local_rtp: SocketAddr, norefersub: bool) -> Self {
-        DialogState {
+impl MidDialog {
+    pub(super) fn new(local_rtp: SocketAddr) -> Self {
+        MidDialog {
             answered: Vec::new(),
             reinvite: None,
             hold: Hold::default(),
@@ -103,11 +101,7 @@ impl DialogState {
             sdp_id: fastrand::u64(1..u64::MAX / 2),
             sdp_version: 1,
             last_sdp: None,
-            analysis_rate: 8000,
             timer: None,
-            expires_at: None,
-            norefersub,
-            refresh_at: None,
             refreshed_at: None,
             peer_allows_update: false,
         }
@@ -118,16 +112,6 @@ impl DialogState {
         self.hold.since.is_some()
     }
 
-    /// Hold time after `start` (the deadline's origin), for the decision deadline.
-    pub(super) fn held_after(&self, start: Instant) -> Duration {
-        self.hold
-            .periods
-            .iter()
-            .filter(|(_, end)| *end > start)
-            .map(|(s, end)| *end - (*s).max(start))
-            .sum()
-    }
-
     /// When the RTP timeout counts from, given the last packet.
     pub(super) fn rtp_silence_start(&self, last_packet: Instant) -> Instant {
         self.hold
@@ -135,19 +119,20 @@ impl DialogState {
             .map_or(last_packet, |r| r.max(last_packet))
     }
 
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.answered
+    /// A re-INVITE's final response waits for its ACK.
+    pub(super) fn reinvite_awaiting_ack(&self) -> bool {
+        self.reinvite.as_ref().is_some_and(|r| r.tx.awaiting_ack())
+    }
+
+    pub(super) fn poll_timeouts(&self) -> MidTimeouts {
+        MidTimeouts {
+            answered: self
+                .answered
                 .iter()
                 .filter_map(|a| a.tx.poll_timeout())
                 .min(),
-            self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
-            self.expires_at,
-            self.refresh_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+            reinvite: self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
+        }
     }
 }
 
@@ -183,7 +168,7 @@ impl Call {
             return false;
         };
         let Some(a) = self
-            .d
+            .mid
             .answered
             .iter()
             .find(|a| a.branch == branch && a.method == req.method)
@@ -192,8 +177,8 @@ impl Call {
         };
         if a.tx.on_retransmission() {
             tracing::debug!(call_id = %self.dialog.call_id, method = %req.method, "retransmission answered again");
-            self.outputs.push_back(Output::on(
-                self.transport,
+            self.out.push(Output::sip(
+                self.invite.transport,
                 a.dest,
                 a.response.clone(),
                 a.dest,
@@ -217,9 +202,9 @@ impl Call {
         let transport = req
             .top_via()
             .and_then(|v| Transport::from_via_token(&v.transport))
-            .unwrap_or(self.transport);
-        self.outputs
-            .push_back(Output::on(transport, dest, data.clone(), source));
+            .unwrap_or(self.invite.transport);
+        self.out
+            .push(Output::sip(transport, dest, data.clone(), source));
         if matches!(req.method, Method::Invite | Method::Ack) {
             return;
         }
@@ -228,7 +213,7 @@ impl Call {
         };
         let mut tx = ServerNonInvite::new(self.s.timers);
         tx.on_response_sent(resp.code, now);
-        self.d.answered.push(AnsweredTx {
+        self.mid.answered.push(AnsweredTx {
             tx,
             branch,
             method: req.method.clone(),
@@ -251,162 +236,45 @@ impl Call {
         resp
     }
 
-    /// Our session timer headers on a 2xx (RFC 4028 §9).
-    pub(super) fn add_timer_headers(&self, resp: &mut Response) {
-        if let Some(t) = &self.d.timer {
-            resp.headers.push("Session-Expires", t.header());
-            if t.require {
-                resp.headers.push("Require", "timer");
+    /// Timer J of the requests we answered, or G/H/I of a re-INVITE's response.
+    pub(super) fn mid_dialog_timeout(&mut self, timer: Timer, now: Instant) {
+        if timer == Timer::Answered {
+            for a in &mut self.mid.answered {
+                a.tx.on_timeout(now);
             }
-        }
-    }
-
-    /// The session was (re)established or refreshed now with timer `t`.
-    ///
-    /// With refresher=uac we send BYE if the caller does not refresh in
-    /// time. With refresher=uas (the caller does not support timers, or
-    /// asked us) we refresh at half the interval with an UPDATE without SDP
-    /// (RFC 4028 §10) when the caller's `Allow` lists UPDATE. A re-INVITE
-    /// refresh would need an INVITE client transaction, which we do not
-    /// have: without UPDATE nobody refreshes and no expiry is armed (our
-    /// calls usually end with the transfer well within 90 s).
-    pub(super) fn start_session_timer(&mut self, t: Option<SessionTimer>, now: Instant) {
-        self.d.timer = t;
-        self.d.refreshed_at = Some(now);
-        self.d.expires_at = t
-            .filter(|t| t.refresher == Refresher::Uac)
-            .map(|t| now + t.bye_after());
-        self.d.refresh_at = t
-            .filter(|t| t.refresher == Refresher::Uas && self.d.peer_allows_update)
-            .map(|t| now + Duration::from_secs(t.interval.into()) / 2);
-    }
-
-    /// Our session refresh is due: an UPDATE without SDP through the
-    /// non-INVITE client transaction, or a little later if it is busy.
-    fn send_refresh(&mut self, now: Instant) {
-        self.d.refresh_at = None;
-        let Some(t) = self.d.timer else { return };
-        if !self.is_live() {
+            self.mid.answered.retain(|a| !a.tx.is_terminated());
             return;
         }
-        if self
-            .client_tx
-            .as_ref()
-            .is_some_and(|o| o.tx.awaiting_final())
-        {
-            self.d.refresh_at = Some(now + REFRESH_RETRY);
+        let Some(r) = &mut self.mid.reinvite else {
             return;
-        }
-        tracing::debug!(call_id = %self.dialog.call_id, interval = t.interval, "session refresh (UPDATE)");
-        let mut req =
-            self.dialog
-                .request(Method::Update, &self.s.via(self.transport), &self.contact());
-        // §7.4: the refresher names itself, the UAC of the refresh.
-        req.headers
-            .push("Session-Expires", format!("{};refresher=uac", t.interval));
-        req.headers.push("Min-SE", self.s.min_se.to_string());
-        req.headers.push("Supported", SUPPORTED);
-        self.send_request(req, now);
-    }
-
-    /// A REFER or BYE took the client transaction from our refresh UPDATE:
-    /// refresh again once it is free.
-    pub(super) fn refresh_displaced(&mut self, now: Instant) {
-        if self.d.timer.is_some() && self.d.refresh_at.is_none() {
-            self.d.refresh_at = Some(now + REFRESH_RETRY);
-        }
-    }
-
-    /// The final response to our refresh UPDATE (408 for a timeout), with
-    /// its `Session-Expires`: a 2xx refreshes the session (the peer may
-    /// change the interval, or take the refresher role, §7.4); 408 or 481
-    /// end the call with BYE (§10); another failure leaves the session to
-    /// expire, and we send BYE just before it does.
-    pub(super) fn refresh_done(&mut self, code: u16, session_expires: Option<&str>, now: Instant) {
-        let call_id = self.dialog.call_id.clone();
-        let Some(t) = self.d.timer else { return };
-        if !self.is_live() {
-            return;
-        }
-        match code {
-            200..=299 => {
-                let mut t = t;
-                if let Some(se) = session_expires {
-                    let mut parts = se.split(';');
-                    if let Some(i) = parts.next().and_then(|v| v.trim().parse().ok()) {
-                        t.interval = i;
-                    }
-                    if parts.any(|p| p.trim().eq_ignore_ascii_case("refresher=uas")) {
-                        t.refresher = Refresher::Uac;
-                    }
+        };
+        match r.tx.on_timeout(now) {
+            Action::Retransmit => self.resend_reinvite_final(),
+            Action::TimedOut => {
+                let ok = r.tx.final_code().is_some_and(|c| c < 300);
+                self.mid.reinvite = None;
+                if ok && self.is_live() {
+                    // §13.3.1.4: the session SHOULD be ended with a BYE.
+                    tracing::warn!(call_id = %self.dialog.call_id, "no ACK for the re-INVITE's 200; hanging up");
+                    self.timers.stop(Timer::SessionExpiry);
+                    self.client.abandon();
+                    self.hang_up(Outcome::NoAck, now);
                 }
-                tracing::debug!(%call_id, interval = t.interval, "session refreshed");
-                // The caller taking the role is, from the dialog's side, refresher=uac.
-                self.start_session_timer(Some(t), now);
             }
-            408 | 481 => {
-                tracing::warn!(%call_id, code, "session refresh failed; hanging up");
-                self.d.refresh_at = None;
-                self.hang_up(Outcome::SessionExpired, now);
-            }
-            _ => {
-                tracing::warn!(%call_id, code, "session refresh refused; the session will expire");
-                self.d.refresh_at = None;
-                let since = self.d.refreshed_at.unwrap_or(now);
-                self.d.expires_at = Some((since + t.bye_after()).max(now));
-            }
-        }
-    }
-
-    /// Timers of the mid-dialog machinery: J, G/H/I of re-INVITEs, session expiry.
-    pub(super) fn dialog_timeout(&mut self, now: Instant) {
-        for a in &mut self.d.answered {
-            a.tx.on_timeout(now);
-        }
-        self.d.answered.retain(|a| !a.tx.is_terminated());
-        if let Some(r) = &mut self.d.reinvite {
-            match r.tx.on_timeout(now) {
-                Action::Retransmit => self.resend_reinvite_final(),
-                Action::TimedOut => {
-                    let ok = r.tx.final_code().is_some_and(|c| c < 300);
-                    self.d.reinvite = None;
-                    if ok && self.is_live() {
-                        // §13.3.1.4: the session SHOULD be ended with a BYE.
-                        tracing::warn!(call_id = %self.dialog.call_id, "no ACK for the re-INVITE's 200; hanging up");
-                        self.d.expires_at = None;
-                        self.client_tx = None;
-                        self.hang_up(Outcome::NoAck, now);
-                    }
-                }
-                Action::None => {}
-            }
-        }
-        if self.d.refresh_at.is_some_and(|t| now >= t) {
-            self.send_refresh(now);
-        }
-        if self.d.expires_at.is_some_and(|t| now >= t) {
-            self.d.expires_at = None;
-            if self.is_live() {
-                tracing::warn!(call_id = %self.dialog.call_id, "session timer expired without a refresh; hanging up");
-                self.client_tx = None;
-                self.hang_up(Outcome::SessionExpired, now);
-            }
+            Action::None => {}
         }
     }
 
     /// Answered and not yet hanging up.
-    fn is_live(&self) -> bool {
-        matches!(
-            self.phase,
-            super::Phase::Listening | super::Phase::Transferring { .. }
-        )
+    pub(super) fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Listening | Phase::Transferring)
     }
 
     /// An ACK: for the INVITE's final response, or for a re-INVITE's.
     /// Returns true when it confirmed the initial INVITE's final response.
     pub(super) fn route_ack(&mut self, req: &Request, same_tx: bool, now: Instant) -> bool {
         let seq = req.cseq().map(|c| c.seq);
-        if let Some(r) = &mut self.d.reinvite {
+        if let Some(r) = &mut self.mid.reinvite {
             if seq == Some(r.cseq) && (same_tx || self.dialog.matches(req)) {
                 if r.tx.on_ack(now) && r.awaiting_answer {
                     r.awaiting_answer = false;
@@ -415,13 +283,13 @@ impl Call {
                 return false;
             }
         }
-        let initial = self.invite.cseq().map(|c| c.seq);
-        (same_tx || (self.dialog.matches(req) && seq == initial)) && self.server_tx.on_ack(now)
+        let initial = self.invite.cseq();
+        (same_tx || (self.dialog.matches(req) && seq == initial)) && self.invite.on_ack(now)
     }
 
     /// A retransmitted re-INVITE: our response again. True if it was one.
     pub(super) fn resend_reinvite_response(&mut self, branch: Option<&str>) -> bool {
-        match &self.d.reinvite {
+        match &self.mid.reinvite {
             Some(r) if branch == Some(r.branch.as_str()) => {
                 if r.tx.awaiting_ack() {
                     self.resend_reinvite_final();
@@ -434,10 +302,10 @@ impl Call {
 
     /// The re-INVITE's final response again (a retransmitted re-INVITE, or Timer G).
     fn resend_reinvite_final(&mut self) {
-        if let Some(r) = &self.d.reinvite {
+        if let Some(r) = &self.mid.reinvite {
             let (dest, data) = (r.dest, r.response.clone());
-            self.outputs
-                .push_back(Output::on(self.transport, dest, data, dest));
+            self.out
+                .push(Output::sip(self.invite.transport, dest, data, dest));
         }
     }
 
@@ -445,7 +313,7 @@ impl Call {
     pub(super) fn on_reinvite(&mut self, req: &Request, source: SocketAddr, now: Instant) {
         let call_id = self.dialog.call_id.clone();
         if self
-            .d
+            .mid
             .reinvite
             .as_ref()
             .is_some_and(|r| r.awaiting_answer && r.tx.awaiting_ack())
@@ -455,13 +323,9 @@ impl Call {
             let resp = self.dialog_response(req, 491, "Request Pending");
             return self.send_reinvite_final(req, source, resp, false, now);
         }
-        let pending = self.server_tx.is_proceeding()
-            || self.server_tx.awaiting_ack()
-            || self
-                .d
-                .reinvite
-                .as_ref()
-                .is_some_and(|r| r.tx.awaiting_ack());
+        let pending = self.invite.is_proceeding()
+            || self.invite.awaiting_ack()
+            || self.mid.reinvite_awaiting_ack();
         if pending {
             // §14.2: an INVITE transaction still in progress on the dialog.
             tracing::info!(%call_id, "re-INVITE while an INVITE is pending: 500 Retry-After");
@@ -469,8 +333,8 @@ impl Call {
             resp.headers
                 .push("Retry-After", fastrand::u32(0..=10).to_string());
             // Stateless: the pending transaction keeps its own state.
-            self.outputs.push_back(Output::on(
-                self.transport,
+            self.out.push(Output::sip(
+                self.invite.transport,
                 reply_dest(req, source),
                 resp.to_bytes(),
                 source,
@@ -491,7 +355,7 @@ impl Call {
         };
         let (body, awaiting_answer) = if req.body.iter().all(u8::is_ascii_whitespace) {
             // No offer: ours goes in the 200, the answer comes in the ACK.
-            let Some(neg) = self.d.neg.clone() else {
+            let Some(neg) = self.mid.neg.clone() else {
                 let resp = self.dialog_response(req, 488, "Not Acceptable Here");
                 return self.send_reinvite_final(req, source, resp, false, now);
             };
@@ -526,11 +390,15 @@ impl Call {
     ) {
         let dest = reply_dest(req, source);
         let data = resp.to_bytes();
-        self.outputs
-            .push_back(Output::on(self.transport, dest, data.clone(), source));
+        self.out.push(Output::sip(
+            self.invite.transport,
+            dest,
+            data.clone(),
+            source,
+        ));
         let mut tx = ServerInvite::new(self.s.timers);
         tx.on_final_sent(resp.code, now);
-        self.d.reinvite = Some(ReInvite {
+        self.mid.reinvite = Some(ReInvite {
             tx,
             branch: req
                 .top_via()
@@ -561,7 +429,7 @@ impl Call {
         let mut answer = None;
         if !req.body.iter().all(u8::is_ascii_whitespace) {
             if self
-                .d
+                .mid
                 .reinvite
                 .as_ref()
                 .is_some_and(|r| r.awaiting_answer && r.tx.awaiting_ack())
@@ -610,16 +478,16 @@ impl Call {
 
     /// Build our SDP with the current version, bumped if the body changed.
     fn versioned(&mut self, build: impl Fn(u64, u64, SocketAddr) -> String) -> String {
-        let (id, local) = (self.d.sdp_id, self.d.local_rtp);
-        let same = build(id, self.d.sdp_version, local);
-        if self.d.last_sdp.as_deref() == Some(same.as_str()) {
+        let (id, local) = (self.mid.sdp_id, self.mid.local_rtp);
+        let same = build(id, self.mid.sdp_version, local);
+        if self.mid.last_sdp.as_deref() == Some(same.as_str()) {
             return same;
         }
-        if self.d.last_sdp.is_some() {
-            self.d.sdp_version += 1;
+        if self.mid.last_sdp.is_some() {
+            self.mid.sdp_version += 1;
         }
-        let body = build(id, self.d.sdp_version, local);
-        self.d.last_sdp = Some(body.clone());
+        let body = build(id, self.mid.sdp_version, local);
+        self.mid.last_sdp = Some(body.clone());
         body
     }
 
@@ -628,7 +496,8 @@ impl Call {
     /// takes Opus (the 16 kHz model must not hear 8 kHz G.711), while a G.711
     /// call may switch to Opus decoded at 8 kHz.
     fn renegotiation_prefs(&self) -> Vec<CodecName> {
-        let current = self.d.neg.as_ref().map(|n| n.codec);
+        let current = self.mid.neg.as_ref().map(|n| n.codec);
+        let rate = self.media.as_ref().map_or(8000, |m| m.analysis_rate());
         current
             .into_iter()
             .chain(
@@ -638,7 +507,7 @@ impl Call {
                     .copied()
                     .filter(|c| Some(*c) != current),
             )
-            .filter(|c| self.d.analysis_rate == 8000 || *c == CodecName::Opus)
+            .filter(|c| rate == 8000 || *c == CodecName::Opus)
             .collect()
     }
 
@@ -657,7 +526,7 @@ impl Call {
     /// missing or unusable answer leaves the session as it was (logged).
     fn apply_answer_in_ack(&mut self, ack: &Request, now: Instant) {
         let call_id = self.dialog.call_id.clone();
-        let prefs: Vec<CodecName> = self.d.neg.iter().map(|n| n.codec).collect();
+        let prefs: Vec<CodecName> = self.mid.neg.iter().map(|n| n.codec).collect();
         let result = std::str::from_utf8(&ack.body)
             .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))
             .and_then(sdp::parse)
@@ -676,95 +545,55 @@ impl Call {
 
     fn apply_negotiated(&mut self, neg: &Negotiated, now: Instant) -> Result<(), SdpError> {
         let call_id = self.dialog.call_id.clone();
-        let old = self.d.neg.clone();
+        let old = self.mid.neg.clone();
         if let Some(m) = &mut self.media {
-            let codec_changed = old
+            let codec = m.codec();
+            m.renegotiate(old.as_ref(), neg, now)?;
+            if old
                 .as_ref()
-                .is_none_or(|o| o.codec != neg.codec || o.pt != neg.pt);
-            if codec_changed {
-                let opus = match neg.codec {
-                    CodecName::Opus if m.dec.opus.is_some() => m.dec.opus.take(),
-                    CodecName::Opus => {
-                        Some(OpusDecoder::new(self.d.analysis_rate).map_err(|_| {
-                            SdpError::NoCommonCodec {
-                                offered: "opus (decoder unavailable)".into(),
-                            }
-                        })?)
-                    }
-                    _ => None,
-                };
-                tracing::info!(%call_id, codec = ?neg.codec, pt = neg.pt, "codec changed by re-negotiation");
-                m.dec.opus = opus;
-                m.dec.codec = neg.codec;
-                m.dec.refused = 0;
-                m.audio_pt = neg.pt;
-                m.latch.set_audio_pt(neg.pt);
-                // A new clock rate, and no gap to conceal across the change.
-                m.jitter = JitterBuffer::new(self.s.jitter_delay, neg.clock_rate, now);
-                m.rtcp.set_clock_rate(neg.clock_rate);
-                // Our silence follows the new codec.
-                m.sender = None;
+                .is_none_or(|o| o.codec != neg.codec || o.pt != neg.pt)
+            {
+                tracing::info!(%call_id, from = ?codec, codec = ?neg.codec, pt = neg.pt, "codec changed by re-negotiation");
                 self.record.codec = Some(neg.codec);
             }
-            m.rtp.set_payload_types(neg.pt, neg.telephone_event_pt);
-            m.set_direction(neg, self.s.send_silence);
         }
         if old.as_ref().is_some_and(|o| o.remote_rtp != neg.remote_rtp) {
             // Our silence follows the latch; the SDP address only serves until RTP comes.
             tracing::info!(%call_id, remote_rtp = %neg.remote_rtp, "remote media address changed");
         }
         self.set_hold(neg.is_hold(), now);
-        self.d.neg = Some(neg.clone());
+        self.mid.neg = Some(neg.clone());
         Ok(())
     }
 
     fn set_hold(&mut self, hold: bool, now: Instant) {
-        let h = &mut self.d.hold;
+        let h = &mut self.mid.hold;
         match (hold, h.since) {
             (true, None) => {
                 tracing::info!(call_id = %self.dialog.call_id, "caller put the call on hold");
                 h.since = Some(now);
+                self.decider.pause(now);
             }
-            (false, Some(since)) => {
+            (false, Some(_)) => {
                 tracing::info!(call_id = %self.dialog.call_id, "caller resumed the call");
-                h.periods.push((since, now));
                 h.resumed = Some(now);
                 h.since = None;
+                self.decider.resume(now);
             }
             _ => return,
         }
         if let Some(m) = &mut self.media {
             // Do not conceal the hold as lost packets.
-            m.jitter.reset();
-            m.dec.refused = 0;
+            m.restart_timeline();
         }
     }
 
     /// Remember what the initial offer/answer settled.
-    pub(super) fn initial_session(
-        &mut self,
-        neg: &Negotiated,
-        answer: &str,
-        rate: u32,
-        now: Instant,
-    ) {
-        self.d.analysis_rate = rate;
-        self.d.last_sdp = Some(answer.to_string());
-        self.d.neg = Some(neg.clone());
+    pub(super) fn initial_session(&mut self, neg: &Negotiated, answer: &str, now: Instant) {
+        self.mid.last_sdp = Some(answer.to_string());
+        self.mid.neg = Some(neg.clone());
         if neg.is_hold() {
             self.set_hold(true, now);
         }
-    }
-
-    /// RFC 4488: with `Refer-Sub: false` accepted (echoed in the 2xx), the
-    /// 2xx is the end of the transfer: no NOTIFY will come.
-    pub(super) fn refer_without_subscription(resp: &Response) -> bool {
-        resp.headers.get("Refer-Sub").is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("false")
-        })
     }
 }

@@ -17,19 +17,10 @@ pub fn category_labels() -> Vec<&'static str> {
     Emotion::ALL.iter().map(|e| e.name()).collect()
 }
 
-/// The default model for G.711 calls, trained on all of EmoDB (docs/model.md).
-pub const DEFAULT_MODEL: &str = include_str!("../models/default.json");
-/// The default model for wideband (Opus) calls, trained likewise at 16 kHz.
-pub const DEFAULT_MODEL_16K: &str = include_str!("../models/default-16k.json");
-
-/// The embedded default model for an analysis rate (16000, else 8000).
+/// The embedded default model for an analysis rate (16000, else 8000): the
+/// endpoint's own loader, [`emonav_dsp::model::embedded`].
 pub fn default_model(rate: u32) -> Model {
-    let text = if rate == 16000 {
-        DEFAULT_MODEL_16K
-    } else {
-        DEFAULT_MODEL
-    };
-    Model::from_json(text).expect("the embedded models match this build (tested)")
+    model::embedded(rate)
 }
 
 /// Extract every item's features, on all cores, with a progress line on a terminal.

@@ -10,7 +10,19 @@ use serde::Serialize;
 
 use emonav_dsp::{telephone, Analyzer, Estimate, Model, ModelEstimator};
 
-use crate::policy::{Decision, Policy};
+/// The decision rule a recording is judged by: the call's routing policy
+/// (the binary implements this for `emonav::policy::Policy`; this crate does
+/// not depend on the endpoint library).
+pub trait Decide {
+    /// What the rule decides.
+    type Decision: Serialize + std::fmt::Display;
+    /// Milliseconds after the first audio by which a call must decide.
+    fn deadline_ms(&self) -> u64;
+    /// A decision before the deadline, if the estimate is confident enough.
+    fn early(&self, e: &Estimate) -> Option<Self::Decision>;
+    /// The decision at the deadline.
+    fn at_deadline(&self, e: &Estimate) -> Self::Decision;
+}
 
 /// Why a recording cannot be analysed.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +142,7 @@ pub struct Summary {
 
 /// What `analyze` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Analysis {
+pub struct Analysis<D> {
     /// Input file.
     pub file: String,
     /// Its sample rate.
@@ -140,19 +152,23 @@ pub struct Analysis {
     /// Estimate every 500 ms.
     pub timeline: Vec<Point>,
     /// The decision a call would have taken.
-    pub decision: Decision,
+    pub decision: D,
     /// When, in ms after the first audio.
     pub decision_ms: u64,
 }
 
 /// Run a recording through the call pipeline and the policy.
-pub fn analyze(path: &Path, policy: &Policy, model: Arc<Model>) -> Result<Analysis, AnalyzeError> {
+pub fn analyze<P: Decide>(
+    path: &Path,
+    policy: &P,
+    model: Arc<Model>,
+) -> Result<Analysis<P::Decision>, AnalyzeError> {
     let (audio, rate) = read_wav(path)?;
     let pcm = telephone::telephone_8k(&audio, rate)?;
     let mut a = Analyzer::with_estimator(8000, Box::new(ModelEstimator::new(model)));
     let mut timeline = Vec::new();
-    let mut decision: Option<(Decision, u64)> = None;
-    let deadline = policy.decision_deadline_ms;
+    let mut decision: Option<(P::Decision, u64)> = None;
+    let deadline = policy.deadline_ms();
     // 20 ms packets, as RTP delivers them.
     for (i, packet) in pcm.chunks(160).enumerate() {
         a.push(packet);
@@ -225,7 +241,7 @@ fn point(ms: u32, e: &Estimate) -> Point {
     }
 }
 
-impl std::fmt::Display for Analysis {
+impl<D: std::fmt::Display> std::fmt::Display for Analysis<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let o = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let s = &self.functionals;
@@ -286,17 +302,6 @@ impl std::fmt::Display for Analysis {
                 p.ms, p.arousal, p.anger, p.confidence, p.speech_ms
             )?;
         }
-        let d = &self.decision;
-        writeln!(
-            f,
-            "\ndecision at {} ms ({:?}): {} -> {}   arousal {:.2}, confidence {:.2}{}",
-            self.decision_ms,
-            d.reason,
-            d.label,
-            d.queue,
-            d.arousal,
-            d.confidence,
-            if d.flagged { ", flagged high-risk" } else { "" }
-        )
+        writeln!(f, "\ndecision at {} ms {}", self.decision_ms, self.decision)
     }
 }

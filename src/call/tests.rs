@@ -1,6 +1,9 @@
 //! The call state machine driven with a fake clock: every timer path without sleeping.
 
 use super::*;
+use crate::config::{DialogCredential, Profile};
+use crate::media::session::OPUS_ANALYSIS_RATE;
+use crate::sdp::CodecName;
 use crate::sip::message::{parse_datagram, Message};
 
 const CALLER: &str = "127.0.0.1:5070";
@@ -29,14 +32,56 @@ fn request(text: &str) -> Request {
     }
 }
 
-fn sent(call: &mut Call) -> Vec<Message> {
+/// What the call put out on its SIP sockets and its record, owned; the
+/// media packets due at the last input are taken and left out.
+pub(super) fn outputs(call: &mut Call) -> Vec<Output<'static>> {
     let mut out = vec![];
     while let Some(o) = call.poll_output() {
-        if let Output::Send { data, .. } = o {
-            out.push(parse_datagram(&data).unwrap());
+        match o {
+            Output::Transmit(
+                t @ Transmit {
+                    socket: Socket::Sip { .. },
+                    ..
+                },
+            ) => out.push(Output::Transmit(Transmit {
+                payload: Cow::Owned(t.payload.into_owned()),
+                ..t
+            })),
+            Output::Transmit(_) => {}
+            Output::Record(r) => out.push(Output::Record(r)),
         }
     }
     out
+}
+
+/// The media packets due at the last input: socket, destination, bytes.
+fn media_sent(call: &mut Call) -> Vec<(Socket, SocketAddr, Vec<u8>)> {
+    let mut out = vec![];
+    while let Some(o) = call.poll_output() {
+        if let Output::Transmit(t) = o {
+            if !matches!(t.socket, Socket::Sip { .. }) {
+                out.push((t.socket, t.dest, t.payload.into_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The next protocol deadline: the timer table's earliest but our media
+/// pacing (every 20 ms while the silence stream flows).
+pub(super) fn protocol_timeout(call: &mut Call) -> Option<Instant> {
+    call.arm_timers();
+    call.timers.next_except(Timer::Media)
+}
+
+fn sent(call: &mut Call) -> Vec<Message> {
+    outputs(call)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit(t) => Some(parse_datagram(&t.payload).unwrap()),
+            Output::Record(_) => None,
+        })
+        .collect()
 }
 
 fn codes(msgs: &[Message]) -> Vec<String> {
@@ -74,8 +119,8 @@ fn response_to(req: &Message, code: u16) -> Response {
 
 fn ended(call: &mut Call) -> Option<CallRecord> {
     let mut rec = None;
-    while let Some(o) = call.poll_output() {
-        if let Output::Ended(r) = o {
+    for o in outputs(call) {
+        if let Output::Record(r) = o {
             rec = Some(*r);
         }
     }
@@ -114,7 +159,10 @@ fn src() -> SocketAddr {
 fn no_audio_decides_default_queue_at_the_deadline() {
     let t0 = Instant::now();
     let mut call = answered(t0);
-    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    assert_eq!(
+        protocol_timeout(&mut call),
+        Some(t0 + Duration::from_secs(3))
+    );
     call.handle_timeout(t0 + Duration::from_secs(3));
     let out = sent(&mut call);
     assert_eq!(codes(&out), ["REFER"]);
@@ -134,7 +182,7 @@ fn refer_is_retransmitted_by_timer_e_and_notify_timeout_hangs_up() {
     let mut call = answered(t0);
     call.handle_timeout(t0 + Duration::from_secs(3));
     let refer = sent(&mut call).remove(0);
-    let t = call.poll_timeout().unwrap();
+    let t = protocol_timeout(&mut call).unwrap();
     assert_eq!(t, t0 + Duration::from_millis(3500), "Timer E = T1");
     call.handle_timeout(t);
     assert_eq!(codes(&sent(&mut call)), ["REFER"]);
@@ -154,7 +202,7 @@ fn missing_ack_retransmits_200_then_hangs_up() {
     let t0 = Instant::now();
     let mut call = offered(t0);
     let mut retransmits = 0;
-    while let Some(t) = call.poll_timeout() {
+    while let Some(t) = protocol_timeout(&mut call) {
         if t > t0 + Duration::from_secs(40) {
             break;
         }
@@ -193,19 +241,19 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
         "SIP/2.0 200 OK\r\n",
     );
     call.handle_request(&notify, src(), t0 + Duration::from_millis(3300));
-    let out: Vec<_> = std::iter::from_fn(|| call.poll_output()).collect();
+    let out = outputs(&mut call);
     let mut sends = 0;
     let mut rec = None;
     for o in out {
         match o {
-            Output::Send { data, .. } => {
+            Output::Transmit(t) => {
                 sends += 1;
-                let Message::Response(r) = parse_datagram(&data).unwrap() else {
+                let Message::Response(r) = parse_datagram(&t.payload).unwrap() else {
                     panic!("no request expected: the caller already hung up")
                 };
                 assert_eq!(r.code, 200);
             }
-            Output::Ended(r) => rec = Some(r),
+            Output::Record(r) => rec = Some(r),
         }
     }
     assert_eq!(sends, 1);
@@ -264,12 +312,12 @@ fn bye_before_ack_stops_the_200_retransmissions() {
         src(),
         t0 + Duration::from_millis(100),
     );
-    let outputs: Vec<Output> = std::iter::from_fn(|| call.poll_output()).collect();
+    let outputs = outputs(&mut call);
     assert!(
-        matches!(&outputs[..], [Output::Send { .. }, Output::Ended(r)] if r.outcome == Outcome::CallerHangup)
+        matches!(&outputs[..], [Output::Transmit(_), Output::Record(r)] if r.outcome == Outcome::CallerHangup)
     );
     // Nothing more is ever sent: no 200 retransmission, no BYE for a missing ACK.
-    while let Some(t) = call.poll_timeout() {
+    while let Some(t) = protocol_timeout(&mut call) {
         call.handle_timeout(t);
         assert!(sent(&mut call).is_empty(), "sent something at {:?}", t - t0);
     }
@@ -519,7 +567,7 @@ fn opus_losses_are_concealed_and_garbage_is_counted() {
     let t0 = Instant::now();
     let mut call = opus_call(t0);
     let packets = opus_packets(100);
-    let audio_ms = |call: &Call| call.media.as_ref().unwrap().analyzer.audio_ms();
+    let audio_ms = |call: &Call| call.media.as_ref().unwrap().audio_ms();
     // Each packet arrives when it is due (20 ms apart); the jitter buffer
     // releases it 60 ms later.
     let at = |seq: usize| t0 + Duration::from_millis(20 * seq as u64);
@@ -546,10 +594,10 @@ fn opus_losses_are_concealed_and_garbage_is_counted() {
     // A long outage is bridged by at most 5 frames, not by its whole length.
     play(&mut call, &packets[90], 90);
     assert_eq!(audio_ms(&call), before + 120 + 100 + 20);
-    let st = call.media.as_ref().unwrap().rtp.stats();
+    let st = call.media.as_ref().unwrap().rtp_stats();
     assert_eq!(st.malformed, 1);
     assert_eq!(st.received, 54);
-    assert!(call.poll_output().is_none(), "no decision yet");
+    assert!(outputs(&mut call).is_empty(), "no decision yet");
 }
 
 // ---- mid-dialog: retransmissions, re-INVITE, UPDATE, session timers, RFC 4488 ----
@@ -655,13 +703,21 @@ fn retransmitted_in_dialog_requests_get_the_same_response_until_timer_j() {
     call.handle_request(&bye, src(), t0 + ms(700));
     assert!(ended(&mut call).is_some());
     call.handle_request(&bye, src(), t0 + ms(900));
-    let out: Vec<Output> = std::iter::from_fn(|| call.poll_output()).collect();
-    assert!(matches!(&out[..], [Output::Send { .. }]), "{out:?}");
+    let out = outputs(&mut call);
+    assert!(matches!(&out[..], [Output::Transmit(_)]), "{out:?}");
     // Timer J (64·T1) forgets the OPTIONS transaction at 100 ms + 32 s.
     let j = t0 + ms(100) + Duration::from_secs(32);
-    assert!(call.d.answered.iter().any(|a| a.method == Method::Options));
+    assert!(call
+        .mid
+        .answered
+        .iter()
+        .any(|a| a.method == Method::Options));
     call.handle_timeout(j);
-    assert!(!call.d.answered.iter().any(|a| a.method == Method::Options));
+    assert!(!call
+        .mid
+        .answered
+        .iter()
+        .any(|a| a.method == Method::Options));
 }
 
 #[test]
@@ -707,12 +763,12 @@ fn an_rfc_2543_peers_retransmission_without_branch_is_absorbed_too() {
     call.handle_request(&notify(2), src(), t0 + ms(3200));
     assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
     assert!(
-        call.d.answered.iter().any(|a| a.method == Method::Notify),
+        call.mid.answered.iter().any(|a| a.method == Method::Notify),
         "a server transaction holds the NOTIFY without a branch"
     );
     call.handle_request(&notify(2), src(), t0 + ms(3700));
     assert_eq!(codes(&sent(&mut call)), ["200"], "absorbed: no second BYE");
-    let key = |r: &Request| super::call_dialog::transaction_key(r).unwrap();
+    let key = |r: &Request| super::mid_dialog::transaction_key(r).unwrap();
     assert_ne!(
         key(&notify(2)),
         key(&notify(3)),
@@ -724,7 +780,10 @@ fn an_rfc_2543_peers_retransmission_without_branch_is_absorbed_too() {
 fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_deadline() {
     let t0 = Instant::now();
     let mut call = answered(t0);
-    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(3)));
+    assert_eq!(
+        protocol_timeout(&mut call),
+        Some(t0 + Duration::from_secs(3))
+    );
     let hold = sdp_req(&call, "INVITE", 2, "", &hold_offer());
     call.handle_request(&hold, src(), t0 + ms(1000));
     let ok = only_response(sent(&mut call));
@@ -741,19 +800,19 @@ fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_dead
         body(&ok)
     );
     // Timer G: the 200 again after T1, and for a retransmitted re-INVITE.
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(1500)));
+    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(1500)));
     call.handle_timeout(t0 + ms(1500));
     assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
     call.handle_request(&hold, src(), t0 + ms(1600));
     assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
     call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(1700));
     // On hold: no deadline, no REFER, however long.
-    assert_eq!(call.poll_timeout(), None);
+    assert_eq!(protocol_timeout(&mut call), None);
     call.handle_timeout(t0 + Duration::from_secs(4));
     assert!(sent(&mut call).is_empty());
     // Audio on hold (music) is not analysed.
     call.handle_rtp(&pcmu_packet(1), t0 + Duration::from_secs(4));
-    assert_eq!(call.media.as_ref().unwrap().analyzer.audio_ms(), 0);
+    assert_eq!(call.media.as_ref().unwrap().audio_ms(), 0);
     let unhold = sdp_req(&call, "INVITE", 3, "", &unhold_offer());
     call.handle_request(&unhold, src(), t0 + Duration::from_secs(5));
     let ok = only_response(sent(&mut call));
@@ -761,7 +820,10 @@ fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_dead
     assert!(body(&ok).contains(" 3 IN IP4"), "{}", body(&ok));
     call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(5010));
     // 3 s of listening budget, 4 s of it spent on hold: the deadline moved to 7 s.
-    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(7)));
+    assert_eq!(
+        protocol_timeout(&mut call),
+        Some(t0 + Duration::from_secs(7))
+    );
     call.handle_timeout(t0 + Duration::from_secs(7));
     assert_eq!(
         codes(&sent(&mut call)),
@@ -779,9 +841,9 @@ fn hold_suspends_the_rtp_timeout_and_unhold_restarts_it() {
     let (mut call, _) = answered_with(&profile, "", t0);
     call.handle_rtp(&pcmu_packet(1), t0 + ms(100));
     // The jitter buffer plays the packet out 60 ms later.
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(160)));
+    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(160)));
     call.handle_timeout(t0 + ms(160));
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(5100)));
+    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(5100)));
     call.handle_request(
         &sdp_req(&call, "INVITE", 2, "", &hold_offer()),
         src(),
@@ -789,7 +851,7 @@ fn hold_suspends_the_rtp_timeout_and_unhold_restarts_it() {
     );
     call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(210));
     sent(&mut call);
-    assert_eq!(call.poll_timeout(), None, "no RTP timeout on hold");
+    assert_eq!(protocol_timeout(&mut call), None, "no RTP timeout on hold");
     call.handle_request(
         &sdp_req(&call, "INVITE", 3, "", &unhold_offer()),
         src(),
@@ -797,7 +859,7 @@ fn hold_suspends_the_rtp_timeout_and_unhold_restarts_it() {
     );
     call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(60_010));
     sent(&mut call);
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(65_000)));
+    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(65_000)));
 }
 
 #[test]
@@ -808,17 +870,17 @@ fn rfc2543_hold_and_codec_change_by_reinvite() {
     call.handle_request(&sdp_req(&call, "INVITE", 2, "", zero), src(), t0 + ms(100));
     let ok = only_response(sent(&mut call));
     assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
-    assert!(call.d.on_hold());
+    assert!(call.mid.on_hold());
     call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(110));
     // Back, on A-law only, from another address: the decoder switches.
     let alaw = "v=0\r\no=- 1 3 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 40002 RTP/AVP 8\r\n";
     call.handle_request(&sdp_req(&call, "INVITE", 3, "", alaw), src(), t0 + ms(200));
     let ok = only_response(sent(&mut call));
     assert!(body(&ok).contains("a=rtpmap:8 PCMA/8000"), "{}", body(&ok));
-    assert!(!call.d.on_hold());
-    assert_eq!(call.media.as_ref().unwrap().dec.codec, CodecName::Pcma);
+    assert!(!call.mid.on_hold());
+    assert_eq!(call.media.as_ref().unwrap().codec(), CodecName::Pcma);
     assert_eq!(
-        call.d.neg.as_ref().unwrap().remote_rtp,
+        call.mid.neg.as_ref().unwrap().remote_rtp,
         "127.0.0.2:40002".parse().unwrap()
     );
     call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(210));
@@ -826,19 +888,15 @@ fn rfc2543_hold_and_codec_change_by_reinvite() {
     p[1] = 8;
     call.handle_rtp(&p, t0 + ms(300));
     call.handle_timeout(t0 + ms(360));
-    assert_eq!(
-        call.media.as_ref().unwrap().analyzer.audio_ms(),
-        20,
-        "PCMA decoded"
-    );
+    assert_eq!(call.media.as_ref().unwrap().audio_ms(), 20, "PCMA decoded");
     // An offer we cannot take keeps the session: 488.
     let g729 = sdp_offer(4, "m=audio 40000 RTP/AVP 18\r\n");
     call.handle_request(&sdp_req(&call, "INVITE", 4, "", &g729), src(), t0 + ms(400));
     assert_eq!(only_response(sent(&mut call)).code, 488);
-    assert_eq!(call.media.as_ref().unwrap().dec.codec, CodecName::Pcma);
+    assert_eq!(call.media.as_ref().unwrap().codec(), CodecName::Pcma);
     call.handle_request(&in_dialog(&call, "ACK", 4, "", ""), src(), t0 + ms(410));
     assert_eq!(
-        call.poll_timeout(),
+        protocol_timeout(&mut call),
         Some(t0 + ms(300) + Duration::from_secs(3))
     );
 }
@@ -871,7 +929,7 @@ fn reinvite_while_one_is_pending_gets_500_with_retry_after() {
         t0 + ms(150),
     );
     assert_eq!(only_response(sent(&mut call)).code, 500);
-    assert!(call.d.on_hold(), "the refused offer changed nothing");
+    assert!(call.mid.on_hold(), "the refused offer changed nothing");
 }
 
 #[test]
@@ -896,7 +954,7 @@ fn offerless_reinvite_gets_our_offer_and_the_answer_in_the_ack() {
     call.handle_request(&ack, src(), t0 + ms(200));
     assert!(sent(&mut call).is_empty());
     assert!(
-        call.d.on_hold(),
+        call.mid.on_hold(),
         "the answer in the ACK put the call on hold"
     );
 }
@@ -917,7 +975,7 @@ fn update_with_and_without_sdp() {
     call.handle_request(&refresh, src(), t0 + ms(700));
     let ok = only_response(sent(&mut call));
     assert_eq!((ok.code, ok.body.len()), (200, 0));
-    assert!(call.d.on_hold(), "a refresh leaves the session as it is");
+    assert!(call.mid.on_hold(), "a refresh leaves the session as it is");
 }
 
 #[test]
@@ -929,7 +987,10 @@ fn session_timer_is_answered_uac_refresher_and_expiry_sends_bye() {
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(ok.headers.get("Require"), Some("timer"));
     // 90 s minus min(32, 30): BYE at 60 s unless refreshed; an UPDATE at 50 s refreshes.
-    assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    assert_eq!(
+        protocol_timeout(&mut call),
+        Some(t0 + Duration::from_secs(60))
+    );
     let upd = in_dialog(
         &call,
         "UPDATE",
@@ -941,7 +1002,10 @@ fn session_timer_is_answered_uac_refresher_and_expiry_sends_bye() {
     let r = only_response(sent(&mut call));
     assert_eq!(r.headers.get("Session-Expires"), Some("120;refresher=uac"));
     // 120 − 32 = 88 s after the refresh (Timer J of the UPDATE fires before).
-    assert_eq!(call.d.expires_at, Some(t0 + Duration::from_secs(138)));
+    assert_eq!(
+        call.timers.get(Timer::SessionExpiry),
+        Some(t0 + Duration::from_secs(138))
+    );
     // A refresh below Min-SE is refused and changes nothing.
     let small = in_dialog(&call, "INVITE", 3, "Session-Expires: 30\r\n", "");
     call.handle_request(&small, src(), t0 + Duration::from_secs(60));
@@ -973,7 +1037,7 @@ fn too_small_session_interval_on_the_invite_is_422() {
     // No session timer without Session-Expires, and none is armed.
     let (call, ok) = answered_with(&Profile::default(), "Supported: timer\r\n", t0);
     assert!(ok.headers.get("Session-Expires").is_none());
-    assert!(call.d.expires_at.is_none());
+    assert!(call.timers.get(Timer::SessionExpiry).is_none());
 }
 
 #[test]
@@ -1088,8 +1152,11 @@ fn receiver_reports_go_by_rtcp_mux_then_a_rtcp_then_rtp_port_plus_one() {
         for i in 0..300u16 {
             let at = t0 + ms(20 * i as u64);
             call.handle_rtp_from(&rtp(i), Some(caller), at);
-            while call.poll_rtp(at).is_some() {}
-            if let Some((to, report, via_rtp)) = call.poll_rtcp(at) {
+            let rtcp = media_sent(&mut call)
+                .into_iter()
+                .find(|(_, _, p)| (200..=204).contains(&p[1]));
+            if let Some((socket, to, report)) = rtcp {
+                let via_rtp = socket == Socket::Rtp;
                 assert_eq!((to, via_rtp), (dest.parse().unwrap(), mux), "{attrs}");
                 // A sender report (our keepalive flows): the block after 28 bytes.
                 assert_eq!(report[1], 200, "SR while we send");
@@ -1110,7 +1177,7 @@ fn receiver_reports_go_by_rtcp_mux_then_a_rtcp_then_rtp_port_plus_one() {
         let stranger: SocketAddr = "192.0.2.7:45001".parse().unwrap();
         call.handle_rtcp(&[0x80, 201, 0, 1, 0, 0, 0xCA, 0xFE], Some(stranger), t0);
         assert_ne!(call.media.as_ref().unwrap().rtcp_dest(), Some(stranger));
-        assert_eq!(call.media.as_ref().unwrap().rtp.stats().rtcp, 2);
+        assert_eq!(call.media.as_ref().unwrap().rtp_stats().rtcp, 2);
     }
 }
 
@@ -1135,7 +1202,7 @@ fn we_refresh_with_update_when_the_caller_cannot_and_481_ends_the_call() {
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
     assert!(ok.headers.get("Require").is_none());
     assert_eq!(
-        call.poll_timeout(),
+        protocol_timeout(&mut call),
         Some(t0 + secs(45.0)),
         "half the interval"
     );
@@ -1153,9 +1220,12 @@ fn we_refresh_with_update_when_the_caller_cannot_and_481_ends_the_call() {
     r.headers.push("Session-Expires", "120;refresher=uac");
     call.handle_response(&r, t0 + secs(45.5));
     assert!(sent(&mut call).is_empty());
-    assert_eq!(call.d.refresh_at, Some(t0 + secs(105.5)));
+    assert_eq!(
+        call.timers.get(Timer::SessionRefresh),
+        Some(t0 + secs(105.5))
+    );
     assert!(
-        call.d.expires_at.is_none(),
+        call.timers.get(Timer::SessionExpiry).is_none(),
         "we refresh, so we do not expire"
     );
     // The next refresh gets 481: the dialog is gone, BYE.
@@ -1204,7 +1274,13 @@ fn no_refresh_without_update_in_allow_and_a_peer_taking_the_role_is_waited_for()
     let (call, ok) = refresher_call("Allow: INVITE, ACK, BYE\r\nSession-Expires: 90\r\n", t0);
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
     // A re-INVITE refresh needs an INVITE client transaction: none is sent.
-    assert_eq!((call.d.refresh_at, call.d.expires_at), (None, None));
+    assert_eq!(
+        (
+            call.timers.get(Timer::SessionRefresh),
+            call.timers.get(Timer::SessionExpiry)
+        ),
+        (None, None)
+    );
     let (mut call, _) = refresher_call("Allow: UPDATE\r\nSession-Expires: 90\r\n", t0);
     call.handle_timeout(t0 + secs(45.0));
     let upd = only_request(sent(&mut call));
@@ -1212,15 +1288,18 @@ fn no_refresh_without_update_in_allow_and_a_peer_taking_the_role_is_waited_for()
     let mut r = response_to(&Message::Request(upd), 200);
     r.headers.push("Session-Expires", "90;refresher=uas");
     call.handle_response(&r, t0 + secs(46.0));
-    assert_eq!(call.d.refresh_at, None);
-    assert_eq!(call.d.expires_at, Some(t0 + secs(46.0 + 60.0)));
+    assert_eq!(call.timers.get(Timer::SessionRefresh), None);
+    assert_eq!(
+        call.timers.get(Timer::SessionExpiry),
+        Some(t0 + secs(46.0 + 60.0))
+    );
     // Another failure leaves the session to its expiry.
     let (mut call, _) = refresher_call("Allow: UPDATE\r\nSession-Expires: 90\r\n", t0);
     call.handle_timeout(t0 + secs(45.0));
     let upd = only_request(sent(&mut call));
     call.handle_response(&response_to(&Message::Request(upd), 500), t0 + secs(46.0));
     assert!(sent(&mut call).is_empty());
-    assert_eq!(call.d.expires_at, Some(t0 + secs(60.0)));
+    assert_eq!(call.timers.get(Timer::SessionExpiry), Some(t0 + secs(60.0)));
 }
 
 #[test]
@@ -1238,7 +1317,10 @@ fn a_refer_displacing_the_refresh_update_re_arms_it() {
     assert_eq!(codes(&out), ["UPDATE", "REFER"]);
     let refer = only_request(out.split_off(1));
     assert_eq!(refer.method, Method::Refer);
-    assert_eq!(call.d.refresh_at, Some(t0 + secs(47.5)));
+    assert_eq!(
+        call.timers.get(Timer::SessionRefresh),
+        Some(t0 + secs(47.5))
+    );
     // Still busy with the REFER at 47.5 s: later again; after its 202, the refresh goes.
     call.handle_timeout(t0 + secs(47.5));
     assert_eq!(
@@ -1246,7 +1328,10 @@ fn a_refer_displacing_the_refresh_update_re_arms_it() {
         ["REFER"],
         "only Timer E's retransmission"
     );
-    assert_eq!(call.d.refresh_at, Some(t0 + secs(49.5)));
+    assert_eq!(
+        call.timers.get(Timer::SessionRefresh),
+        Some(t0 + secs(49.5))
+    );
     call.handle_response(&response_to(&Message::Request(refer), 202), t0 + secs(48.0));
     call.handle_timeout(t0 + secs(49.5));
     assert_eq!(only_request(sent(&mut call)).method, Method::Update);
@@ -1346,11 +1431,9 @@ fn arbitrary_in_dialog_traffic_never_panics() {
                 call.handle_rtp_from(&p, Some(from), now);
             }
             call.handle_timeout(now);
-            while call.poll_rtp(now).is_some() {}
-            while call.poll_rtcp(now).is_some() {}
-            while let Some(o) = call.poll_output() {
-                if let Output::Send { data, .. } = o {
-                    if let Ok(m @ Message::Request(_)) = parse_datagram(&data) {
+            for o in outputs(&mut call) {
+                if let Output::Transmit(t) = o {
+                    if let Ok(m @ Message::Request(_)) = parse_datagram(&t.payload) {
                         ours.push(m);
                     }
                 }
@@ -1361,4 +1444,26 @@ fn arbitrary_in_dialog_traffic_never_panics() {
         }
         let _ = round;
     }
+}
+
+#[test]
+fn one_clock_and_one_output_pace_our_silence_stream() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    // The first silence packet went with the 200 OK; the next is due 20 ms
+    // later, before any protocol timer.
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(20)));
+    call.handle_timeout(t0 + ms(20));
+    let media = media_sent(&mut call);
+    let dest: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    assert_eq!(media.len(), 1, "one packet per 20 ms");
+    assert_eq!(
+        (media[0].0, media[0].1, media[0].2.len()),
+        (Socket::Rtp, dest, 172)
+    );
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(40)));
+    assert_eq!(
+        protocol_timeout(&mut call),
+        Some(t0 + Duration::from_secs(3))
+    );
 }

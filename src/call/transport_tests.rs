@@ -2,6 +2,7 @@
 //! messages go, and no retransmissions on a reliable transport.
 
 use super::*;
+use crate::config::Profile;
 use crate::sip::message::{parse_datagram, Message};
 
 /// The connection's remote address (an ephemeral port).
@@ -39,20 +40,24 @@ struct Sent {
 }
 
 fn sent(call: &mut Call) -> Vec<Sent> {
-    std::iter::from_fn(|| call.poll_output())
+    super::tests::outputs(call)
+        .into_iter()
         .filter_map(|o| match o {
-            Output::Send {
+            Output::Transmit(Transmit {
+                socket:
+                    Socket::Sip {
+                        transport,
+                        connection,
+                    },
                 dest,
-                data,
-                transport,
-                connection,
-            } => Some(Sent {
-                msg: parse_datagram(&data).unwrap(),
+                payload,
+            }) => Some(Sent {
+                msg: parse_datagram(&payload).unwrap(),
                 dest,
                 transport,
                 connection,
             }),
-            Output::Ended(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -139,7 +144,7 @@ fn refer_goes_over_tcp_on_the_dialog_connection_and_is_not_retransmitted() {
     );
     // Timer E does not run on TCP; Timer F still bounds the transaction.
     let mut t = t0 + Duration::from_secs(3);
-    while let Some(next) = call.poll_timeout() {
+    while let Some(next) = super::tests::protocol_timeout(&mut call) {
         if next > t0 + Duration::from_secs(3) + call.s.timers.t1 * 64 {
             break;
         }

@@ -1,0 +1,114 @@
+//! What every call shares, derived once from the profile: transaction
+//! timers (RFC 3261 §17.1.1.1), our Via sent-by and Contact per transport
+//! (§18.1.1, §20.10), codecs, policy, models and credentials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use emonav_dsp::Model;
+
+use super::uri_host;
+use crate::config::{DialogCredential, Fallback, Profile};
+use crate::policy::Policy;
+use crate::sdp::CodecName;
+use crate::sip::message::{Uri, Via};
+use crate::sip::transaction::Timers;
+use crate::sip::transport::Transport;
+
+/// Settings shared by every call, derived once from the profile.
+#[derive(Debug)]
+pub struct CallSettings {
+    /// Transaction timers.
+    pub timers: Timers,
+    /// Delay before answering.
+    pub answer_delay: Duration,
+    /// Codec preference.
+    pub codecs: Vec<CodecName>,
+    /// Routing policy (its deadline is a budget of listening time, see [`Decider`](crate::policy::Decider)).
+    pub policy: Policy,
+    /// Wait for a final NOTIFY after sending REFER.
+    pub notify_timeout: Duration,
+    /// What to do when a transfer fails.
+    pub fallback: Fallback,
+    /// End the call after this long without RTP (`None`: never).
+    pub rtp_timeout: Option<Duration>,
+    /// Jitter-buffer playout delay.
+    pub jitter_delay: Duration,
+    /// Send 20 ms silence packets to the caller (RTP keepalive).
+    pub send_silence: bool,
+    /// Our sent-by for Via (advertised address and SIP port).
+    pub sip_addr: SocketAddr,
+    /// Our Contact URI (for UDP; see [`CallSettings::contact_uri`]).
+    pub contact: Uri,
+    /// `Server`/`User-Agent` value.
+    pub user_agent: String,
+    /// The emotion models calls run: G.711 (8 kHz) and Opus (16 kHz).
+    pub models: [Arc<Model>; 2],
+    /// Credentials for peers that challenge our REFER or BYE, in the order
+    /// tried ([`Profile::dialog_credentials`]).
+    pub credentials: Vec<DialogCredential>,
+    /// Smallest session interval accepted (RFC 4028 `Min-SE`), seconds.
+    pub min_se: u32,
+}
+
+impl CallSettings {
+    /// Derive from a profile; `sip_port` is the port actually bound.
+    pub fn from_profile(p: &Profile, sip_port: u16) -> Self {
+        let sip_addr = SocketAddr::new(p.advertised_ip(), sip_port);
+        let contact = Uri::parse(&format!(
+            "sip:{}@{}:{sip_port}",
+            p.sip.user,
+            uri_host(sip_addr.ip())
+        ))
+        .expect("contact built from a validated profile");
+        Self {
+            timers: Timers {
+                t1: p.t1(),
+                t2: p.t2(),
+                ..Timers::default()
+            },
+            answer_delay: Duration::from_millis(p.sip.answer_delay_ms),
+            codecs: p.media.codecs.clone(),
+            policy: p.policy.clone(),
+            notify_timeout: Duration::from_millis(p.transfer.notify_timeout_ms),
+            fallback: p.transfer.fallback,
+            rtp_timeout: (p.media.rtp_timeout_ms > 0)
+                .then(|| Duration::from_millis(p.media.rtp_timeout_ms)),
+            jitter_delay: Duration::from_millis(p.media.jitter_ms),
+            send_silence: p.media.send_silence,
+            sip_addr,
+            contact,
+            user_agent: p.sip.user_agent.clone(),
+            models: [p.model(8000), p.model(16000)],
+            credentials: p.dialog_credentials(),
+            min_se: p.sip.min_se_s,
+        }
+    }
+
+    /// Our Contact URI for a dialog on `transport`: `;transport=tcp` for
+    /// TCP, so that the peer's requests come back over TCP (RFC 3261 §18.1.1).
+    pub fn contact_uri(&self, transport: Transport) -> Uri {
+        let mut uri = self.contact.clone();
+        if let Some(t) = transport.uri_param() {
+            uri.params.set("transport", Some(t));
+        }
+        uri
+    }
+
+    /// A Via for a new request of ours on `transport`, with a fresh branch.
+    pub fn via(&self, transport: Transport) -> Via {
+        let mut via = Via {
+            transport: transport.via_token().into(),
+            host: uri_host(self.sip_addr.ip()),
+            port: Some(self.sip_addr.port()),
+            params: Default::default(),
+        };
+        via.params.set(
+            "branch",
+            Some(&format!("z9hG4bK{:016x}", fastrand::u64(..))),
+        );
+        via.params.set("rport", None);
+        via
+    }
+}

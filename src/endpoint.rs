@@ -1,0 +1,316 @@
+//! The sans-IO SIP endpoint: what to do with each message the edge reads,
+//! before any call state is involved. Modelled on quinn-proto's
+//! `Endpoint::handle`: a message (or a datagram, or a stream's framing
+//! error) goes in with its source, transport and the time; out comes an
+//! [`Event`]: a new call, a message for a known call, or a response to send.
+//!
+//! - RFC 3261 §8.2: requests no call owns are answered statelessly: OPTIONS
+//!   200 (§11.2), 405 for methods we do not accept outside a dialog
+//!   (§8.2.1), 501 for unknown methods (§8.2.1), 481 for in-dialog requests
+//!   of no dialog (§12.2.2), 400 with the reason for malformed requests
+//!   (§8.2.2, §21.4.1); ACK is never answered (§17.2.3).
+//! - RFC 4028 §9: an INVITE whose Session-Expires is below our Min-SE is
+//!   refused statelessly with 422 and Min-SE, so the retry with a larger
+//!   interval (same Call-ID) starts a fresh call.
+//! - RFC 3261 §18.2.2 and RFC 3581: every response goes back on the
+//!   request's transport, on its connection when reliable, to the address
+//!   [`reply_dest`] reads from the top Via (`rport`, `received`).
+//! - RFC 3261 §17: responses go to their client transaction; here, to the
+//!   registration whose Call-ID they carry, or to their call.
+//!
+//! Call-IDs route to calls through a table of handles the edge provides
+//! (a channel sender, in practice), so routing is testable without tasks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::call::stateless_response;
+use crate::events::Metrics;
+use crate::sip::dialog::reply_dest;
+use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request};
+use crate::sip::session_timer;
+use crate::sip::transport::{FrameError, Transport};
+
+pub mod drops;
+pub mod registrations;
+
+pub use drops::{offer, DropLog, Offer};
+pub use registrations::{RegOutput, Registrations};
+
+/// Where a message came from: the transport, and the source address (for
+/// TCP, the connection's remote address, which names the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Source address; for a connection, its remote address.
+    pub addr: SocketAddr,
+    /// Transport the message came on.
+    pub transport: Transport,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination: for a connection-oriented transport, where to open a
+    /// connection when `connection` is not open (any more).
+    pub dest: SocketAddr,
+    /// Transport to send it on.
+    pub transport: Transport,
+    /// For a connection-oriented transport, the remote address of the
+    /// connection to reuse while it is open.
+    pub connection: Option<SocketAddr>,
+    /// Serialised message.
+    pub data: Vec<u8>,
+}
+
+/// What the edge does with a message.
+#[derive(Debug)]
+pub enum Event<H> {
+    /// An INVITE that starts a call: spawn it and [`Endpoint::insert_call`]
+    /// its handle before handling the next message, so that retransmissions
+    /// reach it.
+    NewCall {
+        /// Its Call-ID, the routing key.
+        call_id: String,
+        /// The INVITE.
+        invite: Request,
+        /// Where it came from.
+        peer: Peer,
+    },
+    /// A message for a known call. If the handle turns out dead (the call
+    /// ended meanwhile), [`Endpoint::remove_call`] and handle it again.
+    ToCall {
+        /// The call's handle.
+        handle: H,
+        /// Its Call-ID.
+        call_id: String,
+        /// The message.
+        msg: Message,
+        /// Where it came from.
+        peer: Peer,
+    },
+    /// Send this response; nothing else to do.
+    Respond(Transmit),
+}
+
+/// The endpoint's decisions, and the state they need: the routing table
+/// and the registrations.
+pub struct Endpoint<H> {
+    user_agent: String,
+    min_se: u32,
+    calls: HashMap<String, H>,
+    registrations: Registrations,
+    metrics: Arc<Metrics>,
+}
+
+impl<H: Clone> Endpoint<H> {
+    /// An endpoint answering as `user_agent` (the `Server` header), refusing
+    /// session intervals below `min_se` seconds, counting into `metrics`.
+    pub fn new(
+        user_agent: String,
+        min_se: u32,
+        registrations: Registrations,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            user_agent,
+            min_se,
+            calls: HashMap::new(),
+            registrations,
+            metrics,
+        }
+    }
+
+    /// The registrations, for their timers and output.
+    pub fn registrations(&mut self) -> &mut Registrations {
+        &mut self.registrations
+    }
+
+    /// Route `call_id` to `handle` from now on.
+    pub fn insert_call(&mut self, call_id: String, handle: H) {
+        self.calls.insert(call_id, handle);
+    }
+
+    /// Forget a call (it ended, or its handle is dead).
+    pub fn remove_call(&mut self, call_id: &str) {
+        self.calls.remove(call_id);
+    }
+
+    /// Calls routed to.
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// A UDP datagram from `src` (RFC 3261 §18.2.1, §18.1.2).
+    pub fn handle_datagram(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        now: Instant,
+    ) -> Option<Event<H>> {
+        // RFC 5626 §4.4.1 keep-alives (CRLF) carry no message.
+        if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            return None;
+        }
+        let peer = Peer {
+            addr: src,
+            transport: Transport::Udp,
+        };
+        match parse_datagram(data) {
+            Ok(msg) => self.handle(msg, peer, now),
+            Err(ParseError::BadRequest { reason, request }) => {
+                self.metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%src, %reason, "malformed SIP request: 400");
+                (request.method != Method::Ack).then(|| {
+                    Event::Respond(self.reply(
+                        &request,
+                        peer,
+                        400,
+                        &format!("Bad Request ({reason})"),
+                    ))
+                })
+            }
+            Err(e) => {
+                self.metrics.sip_unparseable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%src, error = %e, len = data.len(), "dropping unparseable SIP datagram");
+                None
+            }
+        }
+    }
+
+    /// A parsed message, whatever transport it came on: to its
+    /// registration (consumed: `None`), to its call, or answered here.
+    pub fn handle(&mut self, msg: Message, peer: Peer, now: Instant) -> Option<Event<H>> {
+        let src = peer.addr;
+        if let Message::Response(r) = &msg {
+            if self.registrations.handle_response(r, now) {
+                return None;
+            }
+        }
+        let call_id = match &msg {
+            Message::Request(r) => r.call_id(),
+            Message::Response(r) => r.call_id(),
+        }
+        .unwrap_or("")
+        .to_string();
+        if let Some(handle) = self.calls.get(&call_id) {
+            return Some(Event::ToCall {
+                handle: handle.clone(),
+                call_id,
+                msg,
+                peer,
+            });
+        }
+        let req = match msg {
+            Message::Request(r) => r,
+            Message::Response(r) => {
+                tracing::debug!(%src, code = r.code, %call_id, "response for no call: dropped");
+                return None;
+            }
+        };
+        let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
+        let (code, reason) = match &req.method {
+            Method::Invite if !has_to_tag => {
+                if let Err(e) = session_timer::negotiate(&req, self.min_se) {
+                    let mut resp = stateless_response(
+                        &req,
+                        422,
+                        "Session Interval Too Small",
+                        &self.user_agent,
+                    );
+                    resp.headers.push("Min-SE", e.min_se.to_string());
+                    return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
+                }
+                self.metrics.calls_started.fetch_add(1, Ordering::Relaxed);
+                return Some(Event::NewCall {
+                    call_id,
+                    invite: req,
+                    peer,
+                });
+            }
+            Method::Ack => return None,
+            Method::Options if !has_to_tag => (200, "OK"),
+            Method::Register
+            | Method::Subscribe
+            | Method::Publish
+            | Method::Message
+            | Method::Refer
+                if !has_to_tag =>
+            {
+                (405, "Method Not Allowed")
+            }
+            Method::Other(_) => (501, "Not Implemented"),
+            _ => (481, "Call/Transaction Does Not Exist"),
+        };
+        Some(Event::Respond(self.reply(&req, peer, code, reason)))
+    }
+
+    fn reply(&self, req: &Request, peer: Peer, code: u16, reason: &str) -> Transmit {
+        reply(req, peer, code, reason, &self.user_agent)
+    }
+}
+
+/// A stateless response to `req`, on the transport (and connection) it
+/// came on.
+pub fn reply(req: &Request, peer: Peer, code: u16, reason: &str, server: &str) -> Transmit {
+    transmit(
+        req,
+        peer,
+        stateless_response(req, code, reason, server).to_bytes(),
+    )
+}
+
+/// `data`, a response to `req`, addressed by [`reply_dest`] on the
+/// request's transport and connection (RFC 3261 §18.2.2).
+fn transmit(req: &Request, peer: Peer, data: Vec<u8>) -> Transmit {
+    Transmit {
+        dest: reply_dest(req, peer.addr),
+        transport: peer.transport,
+        connection: peer.transport.is_reliable().then_some(peer.addr),
+        data,
+    }
+}
+
+/// A stream that cannot go on (RFC 3261 §18.3): counted and logged; the
+/// response to write on the connection before closing it, if the message
+/// was a request we could read enough of (513 for too large, 400 with the
+/// reason for malformed; never to an ACK).
+pub fn framing_error(
+    e: FrameError,
+    peer: Peer,
+    server: &str,
+    metrics: &Metrics,
+) -> Option<Transmit> {
+    let src = peer.addr;
+    match e {
+        FrameError::TooLarge { request } => {
+            metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%src, "SIP message over TCP too large: closing the connection");
+            let req = request.filter(|r| r.method != Method::Ack)?;
+            Some(reply(&req, peer, 513, "Message Too Large", server))
+        }
+        FrameError::BadRequest { reason, request } => {
+            metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%src, %reason, "malformed SIP request over TCP: 400, closing the connection");
+            (request.method != Method::Ack).then(|| {
+                reply(
+                    &request,
+                    peer,
+                    400,
+                    &format!("Bad Request ({reason})"),
+                    server,
+                )
+            })
+        }
+        FrameError::Unparseable(why) => {
+            metrics.sip_unparseable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%src, error = %why, "unparseable SIP over TCP: closing the connection");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The `[[registration]]` accounts (RFC 3261 §10) the endpoint keeps bound,
+//! sans-IO: each [`Registration`] produces REGISTERs, this set says where
+//! they go, or that the registrar's name must first be resolved (DNS is the
+//! edge's business). Registrations go over UDP only, from the SIP socket,
+//! so that the registrar sees the address it will send INVITEs to.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::call::uri_host;
+use crate::config::Profile;
+use crate::sip::message::{Response, Scheme, Uri};
+use crate::sip::registration::{Account, Registration, State};
+
+/// What the registrations ask the edge to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegOutput {
+    /// Send a REGISTER over UDP.
+    Send {
+        /// The registrar's address.
+        dest: SocketAddr,
+        /// Serialised request.
+        data: Vec<u8>,
+    },
+    /// Resolve `target` (`host:port`) and hand the result to
+    /// [`Registrations::resolved`]. The REGISTER that needed it is dropped:
+    /// its transaction retransmits once the address is known.
+    Resolve {
+        /// Which registration.
+        slot: usize,
+        /// `host:port` of the registrar URI.
+        target: String,
+    },
+}
+
+/// One registration and where its registrar is.
+struct RegSlot {
+    reg: Registration,
+    /// `host:port` of the registrar URI.
+    target: String,
+    dest: Option<SocketAddr>,
+    resolving: bool,
+    /// Last state logged, to log changes only.
+    logged: Option<State>,
+}
+
+/// The registrations the SIP task drives.
+#[derive(Default)]
+pub struct Registrations {
+    slots: Vec<RegSlot>,
+}
+
+impl Registrations {
+    /// Registrations and the `host:port` of their registrars (an IP literal
+    /// needs no resolving).
+    pub fn new(regs: Vec<(Registration, String)>) -> Self {
+        Self {
+            slots: regs
+                .into_iter()
+                .map(|(reg, target)| RegSlot {
+                    dest: target.parse().ok(),
+                    reg,
+                    target,
+                    resolving: false,
+                    logged: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// No accounts configured.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The state of registration `slot`.
+    pub fn state(&self, slot: usize) -> Option<&State> {
+        self.slots.get(slot).map(|s| s.reg.state())
+    }
+
+    /// Hand a response to its registration; false if it is none of ours.
+    pub fn handle_response(&mut self, resp: &Response, now: Instant) -> bool {
+        let Some(call_id) = resp.call_id() else {
+            return false;
+        };
+        match self.slots.iter_mut().find(|s| s.reg.call_id() == call_id) {
+            Some(slot) => {
+                slot.reg.handle_response(resp, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The earliest timer of any registration.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.reg.poll_timeout()).min()
+    }
+
+    /// Fire the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for s in &mut self.slots {
+            if s.reg.poll_timeout().is_some_and(|t| t <= now) {
+                s.reg.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Remove every binding (shutdown).
+    pub fn unregister(&mut self, now: Instant) {
+        for s in &mut self.slots {
+            s.reg.unregister(now);
+        }
+    }
+
+    /// Every binding is removed (or was never made).
+    pub fn all_unregistered(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| matches!(s.reg.state(), State::Unregistered))
+    }
+
+    /// What the registrations have to send or resolve; logs state changes.
+    pub fn drain_output(&mut self) -> Vec<RegOutput> {
+        let mut out = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            while let Some(req) = s.reg.poll_output() {
+                match s.dest {
+                    Some(dest) => out.push(RegOutput::Send {
+                        dest,
+                        data: req.to_bytes(),
+                    }),
+                    None if !s.resolving => {
+                        s.resolving = true;
+                        out.push(RegOutput::Resolve {
+                            slot: i,
+                            target: s.target.clone(),
+                        });
+                    }
+                    None => {}
+                }
+            }
+            let state = s.reg.state();
+            if s.logged.as_ref() != Some(state) {
+                log_state(&s.reg, state);
+                s.logged = Some(state.clone());
+            }
+        }
+        out
+    }
+
+    /// The registrar of `slot` resolved to `addr` (`None`: it did not).
+    pub fn resolved(&mut self, slot: usize, addr: Option<SocketAddr>) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.resolving = false;
+            s.dest = addr;
+        }
+    }
+}
+
+fn log_state(reg: &Registration, state: &State) {
+    let a = reg.account();
+    let (aor, registrar) = (a.aor.to_string(), a.registrar.to_string());
+    match state {
+        State::Registering => tracing::info!(%aor, %registrar, "registering"),
+        State::Registered { expires_at } => {
+            let secs = expires_at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            tracing::info!(%aor, %registrar, expires_in_s = secs, "registered")
+        }
+        State::Failed { retry_at, reason } => {
+            let secs = retry_at
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            tracing::warn!(%aor, %registrar, %reason, retry_in_s = secs, "registration failed")
+        }
+        State::Unregistering => tracing::info!(%aor, %registrar, "unregistering"),
+        State::Unregistered => tracing::info!(%aor, %registrar, "unregistered"),
+    }
+}
+
+/// The `[[registration]]` accounts of a profile, with our Contact (the user
+/// at the advertised address and the bound port) and the `host:port` to
+/// send to.
+pub fn accounts(profile: &Profile, sip_port: u16) -> std::io::Result<Vec<(Account, String)>> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let mut out = Vec::new();
+    for r in &profile.registrations {
+        let registrar = r.registrar_uri().map_err(invalid)?;
+        let user = r.contact_user.as_deref().unwrap_or(&profile.sip.user);
+        let contact = Uri::parse(&format!(
+            "sip:{user}@{}:{sip_port}",
+            uri_host(profile.advertised_ip())
+        ))
+        .map_err(|e| invalid(format!("registration contact: {e}")))?;
+        // UDP only: a sips: registrar still gets its port or 5061.
+        let port = registrar.port.unwrap_or(match registrar.scheme {
+            Scheme::Sips => 5061,
+            _ => 5060,
+        });
+        let target = format!("{}:{port}", registrar.host);
+        out.push((
+            Account {
+                aor: r.aor_uri().map_err(invalid)?,
+                registrar,
+                username: r.username.clone(),
+                password: r.password.expose().to_string(),
+                contact,
+                expires: r.expires,
+            },
+            target,
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,392 @@
+//! The endpoint's decisions without sockets: each stateless answer, and the
+//! transport, connection and destination of every reply.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+use crate::sip::message::{parse_datagram, Response, Uri};
+use crate::sip::registration::{Account, Registration, Settings, State};
+
+/// Where our test requests come from (the packet's source / connection).
+const SRC: &str = "192.0.2.7:40000";
+
+fn src() -> SocketAddr {
+    SRC.parse().unwrap()
+}
+
+fn udp() -> Peer {
+    Peer {
+        addr: src(),
+        transport: Transport::Udp,
+    }
+}
+
+fn tcp() -> Peer {
+    Peer {
+        addr: src(),
+        transport: Transport::Tcp,
+    }
+}
+
+fn endpoint() -> Endpoint<u32> {
+    endpoint_with(Registrations::default())
+}
+
+fn endpoint_with(regs: Registrations) -> Endpoint<u32> {
+    Endpoint::new("emonav-test".into(), 90, regs, Arc::new(Metrics::default()))
+}
+
+/// A request as a peer writes it. `via` is the top Via's value; `to_tag`
+/// makes it in-dialog.
+fn text(method: &str, via: &str, to_tag: Option<&str>, extra: &str) -> String {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    format!(
+        "{method} sip:emonav@198.51.100.1 SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+         From: <sip:caller@10.0.0.1>;tag=abc\r\nTo: <sip:emonav@198.51.100.1>{to_tag}\r\n\
+         Call-ID: cid-1@test\r\nCSeq: 1 {method}\r\nContact: <sip:caller@10.0.0.1:5062>\r\n\
+         {extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+const UDP_RPORT: &str = "SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKt1;rport";
+const UDP_NO_RPORT: &str = "SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKt1";
+const TCP_VIA: &str = "SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bKt1;rport";
+
+fn msg(text: &str) -> Message {
+    parse_datagram(text.as_bytes()).unwrap()
+}
+
+fn handle(ep: &mut Endpoint<u32>, text: &str, peer: Peer) -> Option<Event<u32>> {
+    ep.handle(msg(text), peer, Instant::now())
+}
+
+/// The response the endpoint answers `text` with, and how it is sent.
+fn respond(ep: &mut Endpoint<u32>, text: &str, peer: Peer) -> (Response, Transmit) {
+    match handle(ep, text, peer) {
+        Some(Event::Respond(t)) => match parse_datagram(&t.data).unwrap() {
+            Message::Response(r) => (r, t),
+            Message::Request(r) => panic!("sent a request: {}", r.method),
+        },
+        other => panic!("no response: {other:?}"),
+    }
+}
+
+#[test]
+fn options_is_200_with_allow_back_to_the_source_port_with_rport() {
+    let (r, t) = respond(
+        &mut endpoint(),
+        &text("OPTIONS", UDP_RPORT, None, ""),
+        udp(),
+    );
+    assert_eq!(r.code, 200);
+    assert!(r.headers.get("Allow").unwrap().contains("REFER"));
+    assert!(r.headers.get("Accept").is_some());
+    assert_eq!(r.headers.get("Server"), Some("emonav-test"));
+    assert!(r.to().unwrap().tag().is_some(), "To tag added");
+    // RFC 3581: to the packet's source address and port.
+    assert_eq!(
+        (t.dest, t.transport, t.connection),
+        (src(), Transport::Udp, None)
+    );
+}
+
+#[test]
+fn without_rport_a_udp_reply_goes_to_the_source_ip_at_the_via_port() {
+    let (_, t) = respond(
+        &mut endpoint(),
+        &text("OPTIONS", UDP_NO_RPORT, None, ""),
+        udp(),
+    );
+    // §18.2.2: `received` (the source IP) at the sent-by port.
+    assert_eq!(t.dest, "192.0.2.7:5062".parse().unwrap());
+    assert_eq!((t.transport, t.connection), (Transport::Udp, None));
+}
+
+#[test]
+fn a_tcp_reply_goes_on_the_requests_connection() {
+    let (r, t) = respond(&mut endpoint(), &text("OPTIONS", TCP_VIA, None, ""), tcp());
+    assert_eq!(r.code, 200);
+    assert_eq!(t.transport, Transport::Tcp);
+    assert_eq!(t.connection, Some(src()), "the request's connection");
+    // rport is for UDP: a new connection, if needed, goes to the sent-by port.
+    assert_eq!(t.dest, "192.0.2.7:5070".parse().unwrap());
+}
+
+#[test]
+fn methods_not_taken_outside_a_dialog_are_405_with_allow() {
+    for method in ["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER"] {
+        for peer in [udp(), tcp()] {
+            let via = if peer.transport == Transport::Tcp {
+                TCP_VIA
+            } else {
+                UDP_RPORT
+            };
+            let (r, t) = respond(&mut endpoint(), &text(method, via, None, ""), peer);
+            assert_eq!(r.code, 405, "{method}");
+            assert!(r.headers.get("Allow").is_some(), "{method}");
+            assert_eq!(t.transport, peer.transport, "{method}");
+            assert_eq!(t.connection, peer.transport.is_reliable().then_some(src()));
+        }
+    }
+}
+
+#[test]
+fn unknown_method_is_501_with_allow() {
+    let (r, t) = respond(
+        &mut endpoint(),
+        &text("FROBNICATE", UDP_RPORT, None, ""),
+        udp(),
+    );
+    assert_eq!(r.code, 501);
+    assert!(r.headers.get("Allow").is_some());
+    assert_eq!(t.dest, src());
+    let (r, t) = respond(
+        &mut endpoint(),
+        &text("FROBNICATE", TCP_VIA, None, ""),
+        tcp(),
+    );
+    assert_eq!(
+        (r.code, t.transport, t.connection),
+        (501, Transport::Tcp, Some(src()))
+    );
+}
+
+#[test]
+fn in_dialog_requests_of_no_dialog_are_481() {
+    for method in ["BYE", "INVITE", "OPTIONS", "NOTIFY", "INFO", "UPDATE"] {
+        let (r, t) = respond(
+            &mut endpoint(),
+            &text(method, UDP_RPORT, Some("nosuch"), ""),
+            udp(),
+        );
+        assert_eq!(r.code, 481, "{method}");
+        assert_eq!(r.to().unwrap().tag(), Some("nosuch"), "{method}: tag kept");
+        assert_eq!(t.dest, src());
+    }
+    let (r, t) = respond(&mut endpoint(), &text("BYE", TCP_VIA, Some("x"), ""), tcp());
+    assert_eq!(
+        (r.code, t.transport, t.connection),
+        (481, Transport::Tcp, Some(src()))
+    );
+    let (r, _) = respond(&mut endpoint(), &text("CANCEL", UDP_RPORT, None, ""), udp());
+    assert_eq!(r.code, 481, "CANCEL of no INVITE (§9.2)");
+}
+
+#[test]
+fn ack_and_keepalives_are_never_answered() {
+    let mut ep = endpoint();
+    assert!(handle(&mut ep, &text("ACK", UDP_RPORT, Some("x"), ""), udp()).is_none());
+    assert!(handle(&mut ep, &text("ACK", UDP_RPORT, None, ""), udp()).is_none());
+    assert!(ep
+        .handle_datagram(b"\r\n\r\n", src(), Instant::now())
+        .is_none());
+    assert!(ep.handle_datagram(b"\r\n", src(), Instant::now()).is_none());
+    assert_eq!(ep.metrics.sip_unparseable.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn malformed_request_is_400_with_the_reason_and_counted() {
+    let mut ep = endpoint();
+    let bad =
+        text("OPTIONS", UDP_NO_RPORT, None, "").replace("CSeq: 1 OPTIONS", "CSeq: seven OPTIONS");
+    let Some(Event::Respond(t)) = ep.handle_datagram(bad.as_bytes(), src(), Instant::now()) else {
+        panic!("no 400");
+    };
+    let resp = String::from_utf8(t.data).unwrap();
+    let status = resp.lines().next().unwrap();
+    assert!(status.starts_with("SIP/2.0 400 Bad Request ("), "{status}");
+    assert!(status.contains("CSeq"), "{status}");
+    assert!(resp.contains("Call-ID: cid-1@test\r\n"));
+    assert_eq!(t.dest, "192.0.2.7:5062".parse().unwrap());
+    assert_eq!((t.transport, t.connection), (Transport::Udp, None));
+    assert_eq!(ep.metrics.sip_bad_request.load(Ordering::Relaxed), 1);
+    // A malformed ACK is counted, never answered (§17.2.3).
+    let ack = bad.replace("OPTIONS", "ACK");
+    assert!(ep
+        .handle_datagram(ack.as_bytes(), src(), Instant::now())
+        .is_none());
+    assert_eq!(ep.metrics.sip_bad_request.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn garbage_is_counted_and_dropped() {
+    let mut ep = endpoint();
+    assert!(ep
+        .handle_datagram(b"\x16\x03\x01 not sip", src(), Instant::now())
+        .is_none());
+    assert_eq!(ep.metrics.sip_unparseable.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn too_small_session_interval_is_422_with_min_se_on_the_requests_transport() {
+    let mut ep = endpoint();
+    let invite = text(
+        "INVITE",
+        TCP_VIA,
+        None,
+        "Session-Expires: 30\r\nSupported: timer\r\n",
+    );
+    let (r, t) = respond(&mut ep, &invite, tcp());
+    assert_eq!((r.code, r.headers.get("Min-SE")), (422, Some("90")));
+    assert_eq!(r.headers.get("Server"), Some("emonav-test"));
+    assert_eq!(
+        t.transport,
+        Transport::Tcp,
+        "not UDP: the INVITE came over TCP"
+    );
+    assert_eq!(t.connection, Some(src()));
+    assert_eq!(t.dest, "192.0.2.7:5070".parse().unwrap());
+    assert_eq!(ep.calls(), 0, "refused statelessly: no call");
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 0);
+
+    let invite = text(
+        "INVITE",
+        UDP_RPORT,
+        None,
+        "Session-Expires: 30\r\nMin-SE: 120\r\n",
+    );
+    let (r, t) = respond(&mut ep, &invite, udp());
+    assert_eq!(
+        r.headers.get("Min-SE"),
+        Some("120"),
+        "the larger of both minimums"
+    );
+    assert_eq!(
+        (t.dest, t.transport, t.connection),
+        (src(), Transport::Udp, None)
+    );
+}
+
+#[test]
+fn an_invite_starts_a_call_and_its_messages_are_routed_to_it() {
+    let mut ep = endpoint();
+    let invite = text("INVITE", TCP_VIA, None, "Session-Expires: 1800\r\n");
+    match handle(&mut ep, &invite, tcp()) {
+        Some(Event::NewCall {
+            call_id,
+            invite,
+            peer,
+        }) => {
+            assert_eq!(call_id, "cid-1@test");
+            assert_eq!(invite.method, Method::Invite);
+            assert_eq!(peer, tcp());
+        }
+        other => panic!("not a new call: {other:?}"),
+    }
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 1);
+    ep.insert_call("cid-1@test".into(), 7);
+    for m in [
+        invite.clone(),
+        text("BYE", UDP_RPORT, Some("ours"), ""),
+        text("ACK", UDP_RPORT, Some("ours"), ""),
+        "SIP/2.0 202 Accepted\r\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKr\r\n\
+         From: <sip:emonav@198.51.100.1>;tag=ours\r\nTo: <sip:caller@10.0.0.1>;tag=abc\r\n\
+         Call-ID: cid-1@test\r\nCSeq: 1 REFER\r\nContent-Length: 0\r\n\r\n"
+            .to_string(),
+    ] {
+        match handle(&mut ep, &m, udp()) {
+            Some(Event::ToCall {
+                handle, call_id, ..
+            }) => assert_eq!((handle, call_id.as_str()), (7, "cid-1@test")),
+            other => panic!("not routed: {other:?}"),
+        }
+    }
+    assert_eq!(
+        ep.metrics.calls_started.load(Ordering::Relaxed),
+        1,
+        "a retransmission is no new call"
+    );
+    ep.remove_call("cid-1@test");
+    let (r, _) = respond(&mut ep, &text("BYE", UDP_RPORT, Some("ours"), ""), udp());
+    assert_eq!(r.code, 481, "once the call is gone");
+}
+
+#[test]
+fn a_response_for_no_call_is_dropped() {
+    let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKr\r\n\
+                From: <sip:emonav@198.51.100.1>;tag=a\r\nTo: <sip:x@10.0.0.1>;tag=b\r\n\
+                Call-ID: nobody\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+    assert!(handle(&mut endpoint(), resp, udp()).is_none());
+}
+
+#[test]
+fn a_registrars_response_is_consumed_by_its_registration() {
+    let now = Instant::now();
+    let account = |registrar: &str| Account {
+        registrar: Uri::parse(&format!("sip:{registrar}")).unwrap(),
+        aor: Uri::parse("sip:emonav@example.com").unwrap(),
+        username: "emonav".into(),
+        password: "secret".into(),
+        contact: Uri::parse("sip:emonav@198.51.100.1:5060").unwrap(),
+        expires: 600,
+    };
+    let reg = |r: &str| Registration::with_settings(account(r), Settings::default(), now);
+    let mut ep = endpoint_with(Registrations::new(vec![
+        (reg("192.0.2.50"), "192.0.2.50:5060".into()),
+        (reg("pbx.example.com"), "pbx.example.com:5060".into()),
+    ]));
+    let out = ep.registrations().drain_output();
+    let [RegOutput::Send { dest, data }, RegOutput::Resolve { slot: 1, target }] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(*dest, "192.0.2.50:5060".parse().unwrap());
+    assert_eq!(target, "pbx.example.com:5060");
+    let Message::Request(register) = parse_datagram(data).unwrap() else {
+        panic!("not a request");
+    };
+    let mut ok = register.make_response(200, "OK");
+    ok.headers
+        .push("Contact", "<sip:emonav@198.51.100.1:5060>;expires=600");
+    let ok = ok.to_bytes();
+    assert!(ep
+        .handle(parse_datagram(&ok).unwrap(), udp(), now)
+        .is_none());
+    assert!(matches!(
+        ep.registrations().state(0),
+        Some(State::Registered { .. })
+    ));
+}
+
+#[test]
+fn framing_errors_answer_on_the_connection_and_count() {
+    let metrics = Metrics::default();
+    let Message::Request(req) = msg(&text("MESSAGE", TCP_VIA, None, "")) else {
+        unreachable!()
+    };
+    let t = framing_error(
+        FrameError::TooLarge {
+            request: Some(Box::new(req.clone())),
+        },
+        tcp(),
+        "ua",
+        &metrics,
+    )
+    .unwrap();
+    assert!(t.data.starts_with(b"SIP/2.0 513 Message Too Large\r\n"));
+    assert_eq!((t.transport, t.connection), (Transport::Tcp, Some(src())));
+    let t = framing_error(
+        FrameError::BadRequest {
+            reason: "bad CSeq".into(),
+            request: Box::new(req.clone()),
+        },
+        tcp(),
+        "ua",
+        &metrics,
+    )
+    .unwrap();
+    assert!(t
+        .data
+        .starts_with(b"SIP/2.0 400 Bad Request (bad CSeq)\r\n"));
+    let mut ack = req;
+    ack.method = Method::Ack;
+    let too_large_ack = FrameError::TooLarge {
+        request: Some(Box::new(ack)),
+    };
+    assert!(framing_error(too_large_ack, tcp(), "ua", &metrics).is_none());
+    assert!(framing_error(FrameError::Unparseable("x".into()), tcp(), "ua", &metrics).is_none());
+    assert_eq!(metrics.sip_bad_request.load(Ordering::Relaxed), 3);
+    assert_eq!(metrics.sip_unparseable.load(Ordering::Relaxed), 1);
+}
