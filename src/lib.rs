@@ -4,6 +4,7 @@
 //! state machine and the routing policy) and the tokio edge that drives them.
 #![warn(missing_docs)]
 
+pub mod adapt;
 pub mod call;
 pub mod config;
 pub mod endpoint;

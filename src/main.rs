@@ -186,6 +186,20 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         println!("  key {:<17} digit {} -> {}", r.label, r.digit, r.queue);
     }
     println!("  default queue         {}", p.policy.default_queue);
+    if p.adapt.enabled {
+        println!(
+            "  line adaptation       after {} calls, window {}, strength {}, {}",
+            p.adapt.min_calls,
+            p.adapt.window,
+            p.adapt.strength,
+            p.adapt_file().map_or("in memory".to_string(), |f| format!(
+                "kept in {}",
+                f.display()
+            ))
+        );
+    } else {
+        println!("  line adaptation       off");
+    }
     if p.registrations.is_empty() {
         println!("  registration          none");
     }

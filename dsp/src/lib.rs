@@ -4,6 +4,7 @@
 //! [`analyze_pcm`] runs the same pipeline over a whole recording.
 #![warn(missing_docs)]
 
+pub mod adapt;
 mod analyzer;
 pub mod estimator;
 pub mod features;

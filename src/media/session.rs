@@ -12,9 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use emonav_dsp::model::{feature_vector, FEATURES};
 use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
-use crate::events::{CallRecord, MediaStats};
+use crate::adapt::LineAdapter;
+
+use crate::events::{CallRecord, LineSample, MediaStats};
 use crate::media::jitter::JitterBuffer;
 use crate::media::latch::{Latch, Verdict};
 use crate::media::opus::{self, OpusDecoder};
@@ -160,6 +163,8 @@ pub struct MediaSession {
     /// Where the caller's RTCP came from on our RTCP port (symmetric RTCP).
     rtcp_source: Option<SocketAddr>,
     last_packet: Option<Instant>,
+    /// Scored through a line map.
+    line_adapted: bool,
     /// RTP timestamp of the last telephone-event acted on.
     last_event: Option<u32>,
 }
@@ -173,6 +178,9 @@ pub struct MediaConfig<'a> {
     pub send_silence: bool,
     /// The G.711 (8 kHz) and Opus (16 kHz) models.
     pub models: &'a [Arc<Model>; 2],
+    /// Their line adaptation: the map in force when the call starts is the
+    /// one it is scored through.
+    pub lines: &'a [Arc<LineAdapter>; 2],
 }
 
 impl MediaSession {
@@ -194,6 +202,8 @@ impl MediaSession {
                 }
             },
         };
+        let line = cfg.lines[usize::from(rate == 16000)].current();
+        let line_adapted = line.is_some();
         let ssrc = fastrand::u32(..);
         // RFC 7022 §4.2: a random CNAME per call.
         let cname = format!("{:016x}@emonav", fastrand::u64(..));
@@ -221,11 +231,13 @@ impl MediaSession {
             sdp_rtp: None,
             analyzer: Analyzer::with_estimator(
                 rate,
-                Box::new(ModelEstimator::new(
+                Box::new(ModelEstimator::with_line(
                     cfg.models[usize::from(rate == 16000)].clone(),
+                    line,
                 )),
             ),
             analysis_rate: rate,
+            line_adapted,
             last_packet: None,
             last_event: None,
         };
@@ -336,6 +348,15 @@ impl MediaSession {
 
     /// Statistics into the call's record.
     pub fn record(&self, r: &mut CallRecord) {
+        let f = self.analyzer.functionals();
+        let mut raw = [0.0; FEATURES];
+        feature_vector(f, &mut raw);
+        r.line_adapted = self.line_adapted;
+        r.line_sample = Some(LineSample {
+            slot: usize::from(self.analysis_rate == 16000),
+            raw: Box::new(raw),
+            speech_ms: f.speech_ms(),
+        });
         let jitter = self.jitter.stats();
         r.rtp = self.rtp.stats();
         r.rtp.late = jitter.late;

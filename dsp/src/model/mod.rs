@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::LineMap;
 use crate::estimator::{EmotionEstimator, Estimate};
 use crate::features::{FrameFeatures, Functionals};
 pub use embedded::{embedded, DEFAULT_MODEL, DEFAULT_MODEL_16K};
@@ -450,6 +451,7 @@ pub const UPDATE_MS: u32 = 250;
 #[derive(Debug, Clone)]
 pub struct ModelEstimator {
     model: Arc<Model>,
+    line: Option<Arc<LineMap>>,
     raw: [f32; FEATURES],
     frames: u32,
     current: Estimate,
@@ -458,8 +460,15 @@ pub struct ModelEstimator {
 impl ModelEstimator {
     /// An estimator over a shared model.
     pub fn new(model: Arc<Model>) -> Self {
+        Self::with_line(model, None)
+    }
+
+    /// An estimator that first moves each vector from the line's feature
+    /// distribution onto the model's ([`crate::adapt`]).
+    pub fn with_line(model: Arc<Model>, line: Option<Arc<LineMap>>) -> Self {
         Self {
             model,
+            line,
             raw: [0.0; FEATURES],
             frames: 0,
             current: Estimate::default(),
@@ -475,6 +484,9 @@ impl EmotionEstimator for ModelEstimator {
         }
         self.frames = 0;
         feature_vector(f, &mut self.raw);
+        if let Some(line) = &self.line {
+            line.apply(&mut self.raw);
+        }
         let s = self.model.scores(&self.raw);
         self.current = Estimate {
             arousal: s.arousal,
