@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod analyzer;
+pub mod condition;
 pub mod estimator;
 pub mod features;
 pub mod formants;
