@@ -253,7 +253,7 @@ pub struct Features {
 }
 
 /// Extract a recording's features through the in-call pipeline at
-/// `analysis_rate`: 8000 is a G.711 call (8 kHz, 300–3400 Hz, μ-law), 16000
+/// `analysis_rate`: 8000 is a full-band G.711 line (8 kHz μ-law), 16000
 /// an Opus call (16 kHz wideband); 20 ms packets into the call's analyser.
 pub fn extract(path: &Path, analysis_rate: u32) -> Result<Features, CorpusError> {
     let (audio, rate) = read_wav(path)?;
