@@ -165,6 +165,9 @@ pub struct Prediction {
     pub category_at: [Option<usize>; SNAPSHOTS_MS.len()],
     /// Most likely category, whole clip.
     pub category: Option<usize>,
+    /// The model's familiarity with the features at each snapshot (0..1;
+    /// the call's confidence is |2P − 1| times this).
+    pub familiarity_at: [f32; SNAPSHOTS_MS.len()],
 }
 
 /// Score one clip with a model.
@@ -173,6 +176,7 @@ pub fn predict(m: &Model, f: &Features) -> Prediction {
     for (k, x) in f.at.iter().enumerate() {
         let s = m.scores(x);
         p.arousal_at[k] = s.arousal;
+        p.familiarity_at[k] = s.familiarity;
         p.anger_at[k] = s.anger;
     }
     let s = m.scores(&f.whole);
@@ -403,6 +407,11 @@ pub struct GateFigures {
     pub low_confident_right: f64,
     /// Share of low-arousal clips confidently high.
     pub low_confident_wrong: f64,
+    /// Share of high-arousal clips confidently right in a call, where the
+    /// confidence is also scaled by the model's familiarity.
+    pub high_in_call: f64,
+    /// Share of low-arousal clips confidently right in a call, likewise.
+    pub low_in_call: f64,
 }
 
 /// The anger flag at the profile's threshold, whole clip.
@@ -509,12 +518,27 @@ pub fn report(
             };
             let (high, high_wrong) = share(true);
             let (low, low_wrong) = share(false);
+            let in_call = |high: bool| {
+                let v: Vec<(f32, f32)> = items
+                    .iter()
+                    .zip(preds)
+                    .filter(|(i, _)| i.emotion.high_arousal() == Some(high))
+                    .map(|(_, p)| (p.arousal_at[k], p.familiarity_at[k]))
+                    .collect();
+                let right = v
+                    .iter()
+                    .filter(|(p, f)| (2.0 * p - 1.0) * f * if high { 1.0 } else { -1.0 } >= 0.7)
+                    .count();
+                right as f64 / v.len().max(1) as f64
+            };
             GateFigures {
                 speech_s: SNAPSHOTS_MS[k] as f32 / 1000.0,
                 high_confident_right: high,
                 high_confident_wrong: high_wrong,
                 low_confident_right: low,
                 low_confident_wrong: low_wrong,
+                high_in_call: in_call(true),
+                low_in_call: in_call(false),
             }
         })
         .collect();
@@ -728,12 +752,14 @@ impl std::fmt::Display for EvalReport {
         for gt in &self.gate {
             writeln!(
                 f,
-                "  after {:.1} s: high {:.2} / {:.2}   low {:.2} / {:.2}",
+                "  after {:.1} s: high {:.2} / {:.2}   low {:.2} / {:.2}   (in a call, with familiarity: high {:.2}, low {:.2})",
                 gt.speech_s,
                 gt.high_confident_right,
                 gt.high_confident_wrong,
                 gt.low_confident_right,
-                gt.low_confident_wrong
+                gt.low_confident_wrong,
+                gt.high_in_call,
+                gt.low_in_call
             )?;
         }
         let a = &self.anger_flag;
