@@ -6,6 +6,7 @@
 
 pub mod adapt;
 mod analyzer;
+pub mod condition;
 pub mod estimator;
 pub mod features;
 pub mod formants;

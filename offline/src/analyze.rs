@@ -1,5 +1,6 @@
 //! `emonav analyze`: a recording through exactly the in-call pipeline:
-//! telephone conditions (8 kHz, 300–3400 Hz, μ-law), the call's analyser
+//! what a full-band G.711 line delivers (8 kHz μ-law), the call's analyser
+//! (which band-limits it to 300–3400 Hz as it does every call's audio)
 //! and estimator fed in 20 ms packets, and the profile's decision policy
 //! with the same early/deadline rules a call applies.
 
