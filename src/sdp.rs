@@ -473,7 +473,7 @@ pub fn offer(neg: &Negotiated, local_rtp: SocketAddr, session_id: u64, version: 
 /// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
 /// calls decode at (`media::session::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
 /// in-band FEC welcome.
-pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=16000;stereo=0;useinbandfec=1";
+pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=8000;stereo=0;useinbandfec=1";
 
 /// Build the SDP answer (RFC 3264 §6): same number of m= lines as the offer,
 /// non-audio and extra audio streams rejected with port 0, our RTP address in c=/m=.

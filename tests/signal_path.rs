@@ -147,7 +147,6 @@ fn sipp_call(emonav: &Emonav, dir: &Path, scenario: &str, pcap: &Path) -> bool {
 }
 
 #[test]
-#[ignore = "issue 10: passes once the one-signal-path change lands"]
 fn one_recording_gets_one_arousal_whatever_the_line_carries() {
     let dir = temp_dir();
     let audio = agitated_recording(&dir);

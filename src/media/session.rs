@@ -31,11 +31,12 @@ use crate::sdp::{self, CodecName, Negotiated, SdpError};
 const MAX_SAMPLES: usize = 2048;
 const _: () = assert!(opus::MAX_PACKET_SAMPLES <= MAX_SAMPLES);
 
-/// Rate Opus is decoded at for the analyser: wideband, which the 16 kHz model
-/// (`CallSettings::models`) is trained for. The 8 kHz model must never see
-/// 16 kHz features: it hears the agitated fixture as calm there (arousal
-/// 0.34 instead of 0.96).
-pub const OPUS_ANALYSIS_RATE: u32 = 16_000;
+/// Rate Opus is decoded at for the analyser: 8 kHz, like G.711, so every
+/// call reaches the one 8 kHz model through the same conditioning
+/// (`emonav_dsp::condition`, 300–3400 Hz; docs/model.md "One signal path").
+/// libopus decodes any Opus stream at 8 kHz; the analyser's band ends at
+/// 3.4 kHz anyway, so nothing it uses is lost.
+pub const OPUS_ANALYSIS_RATE: u32 = 8_000;
 
 /// Most Opus packets concealed for one sequence gap: enough to bridge the
 /// usual burst loss, bounded so a long outage or a resynchronised sequence
@@ -142,7 +143,7 @@ pub struct MediaSession {
     audio_pt: u8,
     dec: Decode,
     analyzer: Analyzer,
-    /// Rate the analyser runs at (8000 for G.711, 16000 for Opus calls).
+    /// Rate the analyser runs at (8000 for every codec today).
     analysis_rate: u32,
     /// Our silence stream (`[media] send_silence`), started at the answer;
     /// None until then or when we must not send.
