@@ -7,11 +7,11 @@
 #       [--conditions pcmu-fullband,pcmu-band,opus] [--limit N] [--parallel N]
 #       [--work DIR]
 #
-# For each held-out speaker SS (default: all 10), two models are trained on the
-# other 9 speakers (`emonav train` on a temp dir of symlinks): fold-SS-8k.json
-# (8 kHz telephone conditions, the G.711 calls) and fold-SS-16k.json (--rate
-# 16000, the Opus calls). One emonav instance per fold runs a copy of
-# sip-profiles/default.toml with `[model] file` / `wideband_file` set to them,
+# For each held-out speaker SS (default: all 10), a model is trained on the
+# other 9 speakers (`emonav train`, multi-condition as the default model, on a
+# temp dir of symlinks): fold-SS-8k.json, which scores every call (Opus is
+# decoded at 8 kHz too). One emonav instance per fold runs a copy of
+# sip-profiles/default.toml with `[model] file` set to it,
 # and receives every clip of SS (disgust excluded: arousal undefined) as one
 # SIPp call per condition:
 #   pcmu-fullband  sox to 8 kHz (only the resampler's anti-alias filter), mu-law
@@ -26,8 +26,8 @@
 # Offline, the same clips are scored by the same fold models: `emonav analyze
 # --json` on the padded clip (the in-call pipeline at 8 kHz, 300-3400 Hz,
 # mu-law, with the same policy: its queue is directly comparable with
-# pcmu-band), and `emonav eval --model` on the unpadded clips at 8 and 16 kHz
-# (clip-level arousal UAR, the model card's measure).
+# pcmu-band), and `emonav eval --model` on the unpadded clips (clip-level
+# arousal UAR, the model card's measure).
 #
 # Printed per condition: routing UAR (recall of high arousal W/F/A to the
 # de-escalation queue, of low arousal L/T/N to the standard queue, their mean),
@@ -116,7 +116,7 @@ for ss in "${spk[@]}"; do
   fold=$work/fold-$ss
   mkdir -p "$fold/train/wav" "$fold/test/wav" "$fold/audio" "$fold/calls"
   # Training set: the other nine speakers, as symlinks.
-  if [ ! -s "$fold/fold-$ss-8k.json" ] || [ ! -s "$fold/fold-$ss-16k.json" ]; then
+  if [ ! -s "$fold/fold-$ss-8k.json" ]; then
     find "$fold/train/wav" -type l -delete
     for f in "$corpus"/wav/*.wav; do
       b=$(basename "$f")
@@ -124,8 +124,6 @@ for ss in "${spk[@]}"; do
     done
     echo "fold $ss: training on $(ls "$fold/train/wav" | wc -l) clips of 9 speakers" >&2
     "$emonav" train --corpus "$fold/train" --labels emodb --out "$fold/fold-$ss-8k.json" 2>>"$fold/train.log"
-    "$emonav" train --corpus "$fold/train" --labels emodb --rate 16000 \
-      --out "$fold/fold-$ss-16k.json" 2>>"$fold/train.log"
   fi
   # Test set: SS's clips but disgust, the first --limit of them.
   find "$fold/test/wav" -type l -delete
@@ -156,7 +154,6 @@ for ss in "${spk[@]}"; do
   port=$((45000 + RANDOM % 1000))
   rtp=$((46000 + 2 * (RANDOM % 2000)))
   sed -e "s|^# file = .*|file = \"$fold/fold-$ss-8k.json\"|" \
-    -e "s|^# wideband_file = .*|wideband_file = \"$fold/fold-$ss-16k.json\"|" \
     -e "s|^rtp_port_min = .*|rtp_port_min = $rtp|; s|^rtp_port_max = .*|rtp_port_max = $((rtp + 998))|" \
     -e "s|^transports = .*|transports = [\"udp\"]|" \
     sip-profiles/default.toml >"$fold/profile.toml"
@@ -188,8 +185,6 @@ for ss in "${spk[@]}"; do
     '"$0" analyze --json --profile "$1" "$2" >"$2.analyze.json"' "$emonav" "$fold/profile.toml" {}
   "$emonav" eval --corpus "$fold/test" --labels emodb --model "$fold/fold-$ss-8k.json" --json \
     >"$fold/eval-8k.json" 2>/dev/null
-  "$emonav" eval --corpus "$fold/test" --labels emodb --rate 16000 \
-    --model "$fold/fold-$ss-16k.json" --json >"$fold/eval-16k.json" 2>/dev/null
 done
 
 python3 - "$work" "$speakers" "$conditions" <<'PY'
@@ -213,7 +208,7 @@ def routing(rows):
 live = {c: {} for c in conditions}   # condition -> clip -> event
 failed = {c: [] for c in conditions}
 offline = {}                          # clip -> analyze JSON
-pooled = {"8k": [[0, 0], [0, 0]], "16k": [[0, 0], [0, 0]]}
+pooled = {"8k": [[0, 0], [0, 0]]}
 for ss in speakers:
     fold = f"{work}/fold-{ss}"
     ev = {}
