@@ -110,9 +110,17 @@ pub fn encode_ulaw(input: &[i16], out: &mut [u8]) {
 }
 
 /// One sample through a μ-law encoder and decoder: what a G.711 μ-law
-/// line does to it.
+/// line does to it. A 128 KB table built on first use: rendering a corpus
+/// or a long recording spends most of this in the encoder's segment search
+/// otherwise (offline only; a call decodes, it never encodes).
 pub fn ulaw_round_trip(s: i16) -> i16 {
-    ULAW[ulaw_encode(s) as usize]
+    static TABLE: std::sync::OnceLock<Box<[i16]>> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        (i16::MIN..=i16::MAX)
+            .map(|v| ULAW[ulaw_encode(v) as usize])
+            .collect()
+    });
+    t[(s as i32 - i16::MIN as i32) as usize]
 }
 
 /// Encode linear PCM to A-law.
