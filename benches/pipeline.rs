@@ -111,7 +111,7 @@ fn packet(c: &mut Criterion) {
 fn parse(c: &mut Criterion) {
     let invite = fixture("conformance/freeswitch_invite_record_route.sip");
     c.bench_function("parse_invite", |b| {
-        b.iter(|| emonav::sip::message::parse_datagram(black_box(&invite)).unwrap())
+        b.iter(|| emonav_sip::message::parse_datagram(black_box(&invite)).unwrap())
     });
 }
 

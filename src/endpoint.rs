@@ -29,10 +29,10 @@ use std::time::Instant;
 
 use crate::call::stateless_response;
 use crate::events::Metrics;
-use crate::sip::dialog::reply_dest;
-use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request};
-use crate::sip::session_timer;
-use crate::sip::transport::{FrameError, Transport};
+use emonav_sip::dialog::reply_dest;
+use emonav_sip::message::{parse_datagram, Message, Method, ParseError, Request};
+use emonav_sip::session_timer;
+use emonav_sip::transport::{FrameError, Transport};
 
 pub mod drops;
 pub mod registrations;

@@ -13,4 +13,3 @@ pub mod media;
 pub mod policy;
 pub mod sdp;
 pub mod server;
-pub mod sip;

@@ -363,7 +363,7 @@ impl Decider {
 }
 
 fn check_uri(key: &str, uri: &str) -> Result<(), String> {
-    crate::sip::message::Uri::parse(uri)
+    emonav_sip::message::Uri::parse(uri)
         .map(|_| ())
         .map_err(|e| format!("{key}: {uri:?} is not a SIP, SIPS or tel URI ({e})"))
 }

@@ -12,7 +12,7 @@
 //!
 //! SIP over TCP (RFC 3261 §18): a listener on the UDP socket's address and
 //! port, and one task per connection, accepted or opened by us. A connection
-//! task frames messages ([`StreamFramer`](crate::sip::transport::StreamFramer)) and hands them to the SIP task,
+//! task frames messages ([`StreamFramer`](emonav_sip::transport::StreamFramer)) and hands them to the SIP task,
 //! which dispatches them exactly as datagrams, tagged with the transport and
 //! the connection's remote address. Sends name a transport and, for TCP, the
 //! connection to reuse while it is open (the request's, or the dialog's);
@@ -37,10 +37,10 @@ use crate::endpoint::{
     self, offer, DropLog, Endpoint, Event, Offer, Peer, RegOutput, Registrations, Transmit,
 };
 use crate::events::{EventSink, Metrics};
-use crate::sip::message::{parse_datagram, Message, Request};
-use crate::sip::registration::{self, Account, Registration};
-use crate::sip::transaction::Timers;
-use crate::sip::transport::Transport;
+use emonav_sip::message::{parse_datagram, Message, Request};
+use emonav_sip::registration::{self, Account, Registration};
+use emonav_sip::transaction::Timers;
+use emonav_sip::transport::Transport;
 
 /// How long a shutdown waits for the registrars to answer the un-REGISTERs.
 const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use emonav::call::{Call, CallSettings, Output, Socket, Transmit};
 use emonav::config::Profile;
-use emonav::sip::message::{parse_datagram, Message};
+use emonav_sip::message::{parse_datagram, Message};
 
 struct Counting;
 
@@ -47,7 +47,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn request(text: &str) -> emonav::sip::message::Request {
+fn request(text: &str) -> emonav_sip::message::Request {
     match parse_datagram(text.as_bytes()).unwrap() {
         Message::Request(r) => r,
         Message::Response(_) => unreachable!(),

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use emonav::sip::message::{Message, Request, Response};
-use emonav::sip::transport::{Frame, StreamFramer};
+use emonav_sip::message::{Message, Request, Response};
+use emonav_sip::transport::{Frame, StreamFramer};
 use support::{fixture, Emonav, Uac};
 
 const S: Duration = Duration::from_secs(1);

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Call, Output, Phase};
-use crate::sip::digest::{self, Authenticator};
-use crate::sip::message::{CSeq, Method, Request, Response};
-use crate::sip::transaction::{Action, ClientNonInvite};
+use emonav_sip::digest::{self, Authenticator};
+use emonav_sip::message::{CSeq, Method, Request, Response};
+use emonav_sip::transaction::{Action, ClientNonInvite};
 
 #[derive(Debug)]
 struct OutgoingTx {

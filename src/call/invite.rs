@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use super::{mid_dialog, Call, Output, Phase, ACCEPT, ALLOW};
 use crate::events::Outcome;
-use crate::sip::dialog::reply_dest;
-use crate::sip::message::{Request, Response};
-use crate::sip::transaction::{Action, ServerInvite, Timers};
-use crate::sip::transport::Transport;
+use emonav_sip::dialog::reply_dest;
+use emonav_sip::message::{Request, Response};
+use emonav_sip::transaction::{Action, ServerInvite, Timers};
+use emonav_sip::transport::Transport;
 
 /// The INVITE that started the call and its server transaction.
 #[derive(Debug)]

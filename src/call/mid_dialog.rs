@@ -24,11 +24,11 @@ use super::timer::Timer;
 use super::{stateless_response, Call, Output, Phase, ACCEPT};
 use crate::events::Outcome;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
-use crate::sip::dialog::reply_dest;
-use crate::sip::message::{Method, NameAddr, Request, Response};
-use crate::sip::session_timer::{self, SessionTimer};
-use crate::sip::transaction::{Action, ServerInvite, ServerNonInvite};
-use crate::sip::transport::Transport;
+use emonav_sip::dialog::reply_dest;
+use emonav_sip::message::{Method, NameAddr, Request, Response};
+use emonav_sip::session_timer::{self, SessionTimer};
+use emonav_sip::transaction::{Action, ServerInvite, ServerNonInvite};
+use emonav_sip::transport::Transport;
 
 /// Extensions we support, for `Supported` in our responses.
 pub const SUPPORTED: &str = "timer";

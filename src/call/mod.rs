@@ -29,10 +29,10 @@ use crate::media::rtp::RtpStats;
 use crate::media::session::{Heard, MediaConfig, MediaSession, Port};
 use crate::policy::Decider;
 use crate::sdp::{self, SdpError};
-use crate::sip::dialog::{reply_dest, Dialog, DialogError};
-use crate::sip::message::{Method, Request, Response, Uri};
-use crate::sip::session_timer;
-use crate::sip::transport::Transport;
+use emonav_sip::dialog::{reply_dest, Dialog, DialogError};
+use emonav_sip::message::{Method, Request, Response, Uri};
+use emonav_sip::session_timer;
+use emonav_sip::transport::Transport;
 
 mod client;
 mod invite;

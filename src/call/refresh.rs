@@ -9,8 +9,8 @@ use super::mid_dialog::SUPPORTED;
 use super::timer::Timer;
 use super::Call;
 use crate::events::Outcome;
-use crate::sip::message::{Method, Response};
-use crate::sip::session_timer::{Refresher, SessionTimer};
+use emonav_sip::message::{Method, Response};
+use emonav_sip::session_timer::{Refresher, SessionTimer};
 
 /// How long a due session refresh waits for a busy client transaction.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);

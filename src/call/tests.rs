@@ -4,7 +4,7 @@ use super::*;
 use crate::config::{DialogCredential, Profile};
 use crate::media::session::OPUS_ANALYSIS_RATE;
 use crate::sdp::CodecName;
-use crate::sip::message::{parse_datagram, Message};
+use emonav_sip::message::{parse_datagram, Message};
 
 const CALLER: &str = "127.0.0.1:5070";
 

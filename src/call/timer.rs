@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::{Call, Phase};
 use crate::events::Outcome;
-use crate::sip::transaction::Action;
+use emonav_sip::transaction::Action;
 
 /// A call's timers. Their order is the order they are handled in when
 /// several expire at once: transactions before what they may end, playout

@@ -13,8 +13,8 @@ use super::{Call, Phase};
 use crate::config::Fallback;
 use crate::events::{Outcome, ReferAttempt};
 use crate::policy::{Decision, Reason};
-use crate::sip::message::{Method, Request, Response};
-use crate::sip::refer::{self, NotifyError, ReferNotify};
+use emonav_sip::message::{Method, Request, Response};
+use emonav_sip::refer::{self, NotifyError, ReferNotify};
 
 /// The transfer's own state.
 #[derive(Debug, Default)]

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::Profile;
-use crate::sip::message::{parse_datagram, Message};
+use emonav_sip::message::{parse_datagram, Message};
 
 /// The connection's remote address (an ephemeral port).
 const CONN: &str = "127.0.0.1:40123";

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use crate::call::uri_host;
 use crate::config::Profile;
-use crate::sip::message::{Response, Scheme, Uri};
-use crate::sip::registration::{Account, Registration, State};
+use emonav_sip::message::{Response, Scheme, Uri};
+use emonav_sip::registration::{Account, Registration, State};
 
 /// What the registrations ask the edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

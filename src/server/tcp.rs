@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{Inbound, Shared};
 use crate::endpoint::{self, offer, DropLog, Offer, Peer};
 use crate::events::Metrics;
-use crate::sip::transport::{Frame, StreamFramer, Transport};
+use emonav_sip::transport::{Frame, StreamFramer, Transport};
 
 /// Messages read from all TCP connections, not yet taken by the SIP task.
 /// When full, connection tasks stop reading until there is room: TCP flow

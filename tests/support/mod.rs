@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use emonav::sip::message::{parse_datagram, Message, Request, Response};
+use emonav_sip::message::{parse_datagram, Message, Request, Response};
 
 /// Run the binary with `args` from the repository root, as an operator
 /// would: (exit status is success, stdout, stderr).

@@ -111,7 +111,7 @@ impl SessionTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse_datagram, Message};
+    use crate::message::{parse_datagram, Message};
 
     fn req(extra: &str) -> Request {
         let text = format!(

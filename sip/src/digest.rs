@@ -882,8 +882,8 @@ mod tests {
             WWW-Authenticate: Digest realm=\"asterisk\", qop=\"auth\", algorithm=MD5, \
             nonce=\"1700000000/abc,def\"\r\n\
             Content-Length: 0\r\n\r\n";
-        let resp = match crate::sip::message::parse_datagram(text.as_bytes()) {
-            Ok(crate::sip::message::Message::Response(r)) => r,
+        let resp = match crate::message::parse_datagram(text.as_bytes()) {
+            Ok(crate::message::Message::Response(r)) => r,
             other => panic!("{other:?}"),
         };
         let (kind, c) = response_challenge(&resp).unwrap();
