@@ -32,23 +32,13 @@ use crate::events::Metrics;
 use emonav_sip::dialog::reply_dest;
 use emonav_sip::message::{parse_datagram, Message, Method, ParseError, Request};
 use emonav_sip::session_timer;
-use emonav_sip::transport::{FrameError, Transport};
+use emonav_sip::transport::{FrameError, Peer, Transport};
 
 pub mod drops;
 pub mod registrations;
 
 pub use drops::{offer, DropLog, Offer};
 pub use registrations::{RegOutput, Registrations};
-
-/// Where a message came from: the transport, and the source address (for
-/// TCP, the connection's remote address, which names the connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// Source address; for a connection, its remote address.
-    pub addr: SocketAddr,
-    /// Transport the message came on.
-    pub transport: Transport,
-}
 
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

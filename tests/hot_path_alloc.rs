@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use emonav::call::{Call, CallSettings, Output, Socket, Transmit};
 use emonav::config::Profile;
 use emonav_sip::message::{parse_datagram, Message};
+use emonav_sip::transport::{Peer, Transport};
 
 struct Counting;
 
@@ -77,7 +78,11 @@ fn ack_200(call: &mut Call, call_id: &str, now: Instant) {
          From: <sip:c@127.0.0.1>;tag=c1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
          Content-Length: 0\r\n\r\n"
     ));
-    call.handle_request(&ack, "127.0.0.1:5070".parse().unwrap(), now);
+    let peer = Peer {
+        addr: "127.0.0.1:5070".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    call.handle_request(&ack, peer, now);
     no_decision(call);
 }
 

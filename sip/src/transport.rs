@@ -8,6 +8,7 @@
 //! connection handling of the edge is shared with it.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use super::message::{parse_datagram, parse_stream, Message, ParseError, Request};
@@ -23,6 +24,26 @@ pub enum Transport {
     /// connection; responses go back over the connection the request came on
     /// (§18.2.2).
     Tcp,
+}
+
+/// Where a message came from: the transport, and the source address (for
+/// a connection-oriented transport, the connection's remote address, which
+/// names the connection). A response goes back the way its request came
+/// (§18.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Source address; for a connection, its remote address.
+    pub addr: SocketAddr,
+    /// Transport the message came on.
+    pub transport: Transport,
+}
+
+impl Peer {
+    /// The connection the message came on, on a connection-oriented
+    /// transport (its remote address); `None` over UDP.
+    pub fn connection(self) -> Option<SocketAddr> {
+        self.transport.is_reliable().then_some(self.addr)
+    }
 }
 
 impl Transport {

@@ -12,7 +12,7 @@ use crate::events::Outcome;
 use emonav_sip::dialog::reply_dest;
 use emonav_sip::message::{Request, Response};
 use emonav_sip::transaction::{Action, ServerInvite, Timers};
-use emonav_sip::transport::Transport;
+use emonav_sip::transport::{Peer, Transport};
 
 /// The INVITE that started the call and its server transaction.
 #[derive(Debug)]
@@ -185,8 +185,8 @@ impl Call {
     }
 
     /// CANCEL of the INVITE (§9.2): 200 for the CANCEL, 487 for an unanswered INVITE.
-    pub(super) fn on_cancel(&mut self, cancel: &Request, source: SocketAddr, now: Instant) {
-        self.reply(cancel, source, 200, "OK", now);
+    pub(super) fn on_cancel(&mut self, cancel: &Request, peer: Peer, now: Instant) {
+        self.reply(cancel, peer, 200, "OK", now);
         if self.invite.is_proceeding() {
             self.record.outcome = Outcome::Cancelled;
             self.reject(487, "Request Terminated", now);

@@ -32,7 +32,7 @@ use crate::sdp::{self, SdpError};
 use emonav_sip::dialog::{reply_dest, Dialog, DialogError};
 use emonav_sip::message::{Method, Request, Response, Uri};
 use emonav_sip::session_timer;
-use emonav_sip::transport::Transport;
+use emonav_sip::transport::{Peer, Transport};
 
 mod client;
 mod invite;
@@ -100,6 +100,12 @@ pub enum Output<'a> {
 }
 
 impl Output<'static> {
+    /// A response to a request from `peer`, for `dest`: on the transport,
+    /// and connection, the request came on (RFC 3261 §18.2.2).
+    fn reply(peer: Peer, dest: SocketAddr, data: Vec<u8>) -> Self {
+        Self::sip(peer.transport, dest, data, peer.addr)
+    }
+
     /// A SIP message for `dest` on `transport`; on a connection-oriented
     /// one, over the open connection to `connection` while there is one.
     fn sip(transport: Transport, dest: SocketAddr, data: Vec<u8>, connection: SocketAddr) -> Self {
@@ -512,7 +518,7 @@ impl Call {
     }
 
     /// A request from the network whose Call-ID is ours.
-    pub fn handle_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    pub fn handle_request(&mut self, req: &Request, peer: Peer, now: Instant) {
         self.out.now = now;
         if self.absorb_retransmission(req) {
             return;
@@ -528,31 +534,31 @@ impl Call {
                     self.maybe_refer_after_ack(now);
                 }
             }
-            Method::Cancel if same_tx => self.on_cancel(req, source, now),
-            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist", now),
+            Method::Cancel if same_tx => self.on_cancel(req, peer, now),
+            Method::Cancel => self.reply(req, peer, 481, "Call/Transaction Does Not Exist", now),
             _ if !self.dialog.matches(req) => {
-                self.reply(req, source, 481, "Call/Transaction Does Not Exist", now)
+                self.reply(req, peer, 481, "Call/Transaction Does Not Exist", now)
             }
-            _ => self.in_dialog_request(req, source, now),
+            _ => self.in_dialog_request(req, peer, now),
         }
     }
 
-    fn in_dialog_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    fn in_dialog_request(&mut self, req: &Request, peer: Peer, now: Instant) {
         if let Err(e) = self.dialog.accept_remote_cseq(req) {
             let reason = format!("Server Internal Error ({e})");
-            self.reply(req, source, 500, &reason, now);
+            self.reply(req, peer, 500, &reason, now);
             return;
         }
         match &req.method {
             Method::Bye => {
-                self.reply(req, source, 200, "OK", now);
+                self.reply(req, peer, 200, "OK", now);
                 self.on_caller_bye(now);
             }
-            Method::Notify => self.on_notify(req, source, now),
-            Method::Options => self.reply(req, source, 200, "OK", now),
-            Method::Invite => self.on_reinvite(req, source, now),
-            Method::Update => self.on_update(req, source, now),
-            _ => self.reply(req, source, 501, "Not Implemented", now),
+            Method::Notify => self.on_notify(req, peer, now),
+            Method::Options => self.reply(req, peer, 200, "OK", now),
+            Method::Invite => self.on_reinvite(req, peer, now),
+            Method::Update => self.on_update(req, peer, now),
+            _ => self.reply(req, peer, 501, "Not Implemented", now),
         }
     }
 
@@ -583,9 +589,9 @@ impl Call {
         }
     }
 
-    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str, now: Instant) {
+    fn reply(&mut self, req: &Request, peer: Peer, code: u16, reason: &str, now: Instant) {
         let resp = stateless_response(req, code, reason, &self.s.user_agent);
-        self.respond(req, source, resp, now);
+        self.respond(req, peer, resp, now);
     }
 
     /// Our Contact URI for this dialog's transport.

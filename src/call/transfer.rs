@@ -5,7 +5,7 @@
 //! §6), and the profile's fallback when it did not: the caller is never
 //! silently dropped.
 
-use std::net::SocketAddr;
+use emonav_sip::transport::Peer;
 use std::time::Instant;
 
 use super::timer::Timer;
@@ -182,15 +182,15 @@ impl Call {
         }
     }
 
-    pub(super) fn on_notify(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    pub(super) fn on_notify(&mut self, req: &Request, peer: Peer, now: Instant) {
         let notify = match refer::inspect_notify(req) {
             Ok(n) => n,
-            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event", now),
+            Err(NotifyError::BadEvent) => return self.reply(req, peer, 489, "Bad Event", now),
             Err(NotifyError::BadBody) => {
-                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)", now)
+                return self.reply(req, peer, 400, "Bad Request (sipfrag body expected)", now)
             }
         };
-        self.reply(req, source, 200, "OK", now);
+        self.reply(req, peer, 200, "OK", now);
         // RFC 3515 §2.4.6: `id` names the REFER's CSeq; an old subscription's
         // reports must not decide the current attempt.
         let id = req
