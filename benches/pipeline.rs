@@ -12,7 +12,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use emonav::media::rtp::{RtpEvent, RtpReceiver};
+use emonav::{RtpEvent, RtpReceiver};
 use emonav_dsp::{g711, Analyzer};
 
 fn fixture(name: &str) -> Vec<u8> {

@@ -7,10 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use emonav::config::Profile;
-use emonav::events::EventSink;
-use emonav::policy::{Decision, Policy};
-use emonav::server::Server;
+use emonav::{Decision, EventSink, Policy, Profile, Server};
 use emonav_offline::corpus::{self, Labels};
 use emonav_offline::learn::{self, Normalisation};
 

@@ -250,7 +250,7 @@ impl Policy {
 /// comes) that hold pauses; the default queue for a call that could not be
 /// analysed; a keypad rule whenever a digit comes. Decides once.
 #[derive(Debug, Clone)]
-pub struct Decider {
+pub(crate) struct Decider {
     policy: Policy,
     budget: Duration,
     answered: Option<Instant>,
@@ -262,7 +262,7 @@ pub struct Decider {
 
 impl Decider {
     /// A decider for `policy`, its deadline `[policy] decision_deadline_ms`.
-    pub fn new(policy: Policy) -> Self {
+    pub(crate) fn new(policy: Policy) -> Self {
         let budget = Duration::from_millis(policy.decision_deadline_ms);
         Self {
             policy,
@@ -275,46 +275,41 @@ impl Decider {
         }
     }
 
-    /// The policy it applies.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// The call was answered: the deadline runs from now until audio comes.
-    pub fn answered(&mut self, now: Instant) {
+    pub(crate) fn answered(&mut self, now: Instant) {
         self.answered = Some(now);
     }
 
     /// Audio was heard: the deadline runs from the first (heard, not played out).
-    pub fn heard(&mut self, now: Instant) {
+    pub(crate) fn heard(&mut self, now: Instant) {
         self.first_audio.get_or_insert(now);
     }
 
     /// When the first audio was heard.
-    pub fn first_audio(&self) -> Option<Instant> {
+    pub(crate) fn first_audio(&self) -> Option<Instant> {
         self.first_audio
     }
 
     /// The call is on hold from `now`: the deadline's clock stops.
-    pub fn pause(&mut self, now: Instant) {
+    pub(crate) fn pause(&mut self, now: Instant) {
         self.paused_since.get_or_insert(now);
     }
 
     /// The call is resumed at `now`: the deadline moves by the time on hold.
-    pub fn resume(&mut self, now: Instant) {
+    pub(crate) fn resume(&mut self, now: Instant) {
         if let Some(since) = self.paused_since.take() {
             self.pauses.push((since, now));
         }
     }
 
     /// The decision taken, if any.
-    pub fn decision(&self) -> Option<&Decision> {
+    pub(crate) fn decision(&self) -> Option<&Decision> {
         self.decision.as_ref()
     }
 
     /// When the deadline decision is due: `None` once decided, on hold, or
     /// before the deadline's clock started.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         if self.decision.is_some() || self.paused_since.is_some() {
             return None;
         }
@@ -330,25 +325,25 @@ impl Decider {
 
     /// After an analysed packet: the early decision, if the estimate is
     /// already good enough.
-    pub fn after_packet(&mut self, e: &Estimate) -> Option<&Decision> {
+    pub(crate) fn after_packet(&mut self, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.early(e)?;
         self.settle(d)
     }
 
     /// A keypad digit: the decision, if a rule routes it.
-    pub fn on_digit(&mut self, digit: char, e: &Estimate) -> Option<&Decision> {
+    pub(crate) fn on_digit(&mut self, digit: char, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.on_digit(digit, e)?;
         self.settle(d)
     }
 
     /// The deadline came: the best estimate decides, whatever its confidence.
-    pub fn at_deadline(&mut self, e: &Estimate) -> Option<&Decision> {
+    pub(crate) fn at_deadline(&mut self, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.at_deadline(e);
         self.settle(d)
     }
 
     /// The call cannot be analysed (its media stopped): the default queue.
-    pub fn not_analysed(&mut self, e: &Estimate) -> Option<&Decision> {
+    pub(crate) fn not_analysed(&mut self, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.default_decision(e, Reason::NotAnalysed);
         self.settle(d)
     }

@@ -223,7 +223,7 @@ fn freeswitch_invite_with_record_route_list() {
     assert_eq!(rr, ["<sip:192.0.2.30;lr;ftag=fs1>", "<sip:192.0.2.31;lr>"]);
     assert_eq!(r.headers.get_all("Via").len(), 2);
     assert_eq!(r.from().unwrap().display.as_deref(), Some("5551234"));
-    assert!(emonav::sdp::parse(std::str::from_utf8(&r.body).unwrap()).is_ok());
+    assert!(emonav::parse_sdp(std::str::from_utf8(&r.body).unwrap()).is_ok());
 }
 
 #[test]

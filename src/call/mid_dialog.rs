@@ -31,7 +31,7 @@ use emonav_sip::transaction::{Action, ServerInvite, ServerNonInvite};
 use emonav_sip::transport::Peer;
 
 /// Extensions we support, for `Supported` in our responses.
-pub const SUPPORTED: &str = "timer";
+pub(super) const SUPPORTED: &str = "timer";
 
 /// A request we answered (§17.2.2), to answer its retransmissions the same way.
 #[derive(Debug)]

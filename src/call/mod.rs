@@ -29,7 +29,7 @@ use crate::media::rtp::RtpStats;
 use crate::media::session::{Heard, MediaConfig, MediaSession, Port};
 use crate::policy::Decider;
 use crate::sdp::{self, SdpError};
-use emonav_sip::dialog::{reply_dest, Dialog, DialogError};
+use emonav_sip::dialog::{Dialog, DialogError};
 use emonav_sip::message::{Method, Request, Response, Uri};
 use emonav_sip::session_timer;
 use emonav_sip::transport::{Peer, Transport};
@@ -39,8 +39,8 @@ mod invite;
 mod mid_dialog;
 mod refresh;
 mod settings;
-pub mod timer;
-pub mod transfer;
+pub(crate) mod timer;
+pub(crate) mod transfer;
 
 use client::Client;
 use invite::InviteServer;
@@ -50,9 +50,9 @@ use timer::{Timer, TimerTable};
 use transfer::Transfer;
 
 /// Methods we answer, for `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, UPDATE";
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, UPDATE";
 /// Bodies we understand, for `Accept`.
-pub const ACCEPT: &str = "application/sdp, message/sipfrag";
+pub(crate) const ACCEPT: &str = "application/sdp, message/sipfrag";
 
 /// How long a call that ended keeps answering stray in-dialog requests.
 const LINGER: Duration = Duration::from_secs(32);
@@ -613,22 +613,8 @@ fn media_output((port, dest, payload): (Port, SocketAddr, &[u8])) -> Output<'_> 
     })
 }
 
-/// A stateless response and where it goes (RFC 3261 §18.2.2).
-pub fn reply_datagram(
-    req: &Request,
-    source: SocketAddr,
-    code: u16,
-    reason: &str,
-    server: &str,
-) -> (SocketAddr, Vec<u8>) {
-    (
-        reply_dest(req, source),
-        stateless_response(req, code, reason, server).to_bytes(),
-    )
-}
-
 /// The host part of a SIP URI or Via for an address (IPv6 in brackets).
-pub fn uri_host(ip: std::net::IpAddr) -> String {
+pub(crate) fn uri_host(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(ip) => ip.to_string(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -637,7 +623,7 @@ pub fn uri_host(ip: std::net::IpAddr) -> String {
 
 /// A response to a request outside any call state (or that needs none):
 /// copies the transaction headers and adds `Allow`/`Accept`/`Server`.
-pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) -> Response {
+pub(crate) fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) -> Response {
     let mut resp = req.make_response(code, reason);
     if code > 100 && req.to().is_some_and(|t| t.tag().is_none()) {
         if let Some(mut to) = req.to() {

@@ -29,7 +29,7 @@ pub(super) struct Transfer {
 
 /// Our `X-Emonav-*` headers on the REFER: what the agent taking the call
 /// should know about the caller.
-pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
+pub(crate) fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
     let mut h = vec![
         ("X-Emonav-Emotion", d.label.clone()),
         ("X-Emonav-Arousal", format!("{:.2}", d.arousal)),
