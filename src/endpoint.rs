@@ -30,6 +30,7 @@ use std::time::Instant;
 use crate::call::stateless_response;
 use crate::events::Metrics;
 use emonav_sip::dialog::reply_dest;
+use emonav_sip::header;
 use emonav_sip::message::{parse_datagram, Message, Method, ParseError, Request};
 use emonav_sip::session_timer;
 use emonav_sip::transport::{FrameError, Peer, Transport};
@@ -211,7 +212,7 @@ impl<H: Clone> Endpoint<H> {
                         "Session Interval Too Small",
                         &self.user_agent,
                     );
-                    resp.headers.push("Min-SE", e.min_se.to_string());
+                    resp.headers.push(header::MIN_SE, e.min_se.to_string());
                     return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
                 }
                 self.metrics.calls_started.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256, Sha512_256};
 
 use super::message::Response;
+use crate::header;
 
 /// Why a challenge cannot be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,16 +201,16 @@ impl AuthKind {
     /// The header that carries the challenge.
     pub fn challenge_header(self) -> &'static str {
         match self {
-            AuthKind::Www => "WWW-Authenticate",
-            AuthKind::Proxy => "Proxy-Authenticate",
+            AuthKind::Www => header::WWW_AUTHENTICATE,
+            AuthKind::Proxy => header::PROXY_AUTHENTICATE,
         }
     }
 
     /// The header that carries our answer.
     pub fn credentials_header(self) -> &'static str {
         match self {
-            AuthKind::Www => "Authorization",
-            AuthKind::Proxy => "Proxy-Authorization",
+            AuthKind::Www => header::AUTHORIZATION,
+            AuthKind::Proxy => header::PROXY_AUTHORIZATION,
         }
     }
 }

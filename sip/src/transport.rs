@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use super::message::{parse_datagram, parse_stream, Message, ParseError, Request};
+use crate::header;
 
 /// A SIP transport (RFC 3261 §18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -236,7 +237,12 @@ impl StreamFramer {
             Err(ParseError::BadRequest { request, .. }) => request,
             _ => return None,
         };
-        let declared: usize = req.headers.get("Content-Length")?.trim().parse().ok()?;
+        let declared: usize = req
+            .headers
+            .get(header::CONTENT_LENGTH)?
+            .trim()
+            .parse()
+            .ok()?;
         Some((req, start + end + declared))
     }
 }

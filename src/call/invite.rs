@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::{mid_dialog, Call, Output, Phase, ACCEPT, ALLOW};
 use crate::events::Outcome;
 use emonav_sip::dialog::reply_dest;
+use emonav_sip::header;
 use emonav_sip::message::{Request, Response};
 use emonav_sip::transaction::{Action, ServerInvite, Timers};
 use emonav_sip::transport::{Peer, Transport};
@@ -122,21 +123,21 @@ impl Call {
         let invite = &self.invite.request;
         let mut resp = invite.make_response(code, reason);
         if code > 100 {
-            resp.headers.set("To", self.dialog.local.to_string());
+            resp.headers.set(header::TO, self.dialog.local.to_string());
         }
         if dialog {
-            for rr in invite.headers.get_all("Record-Route") {
-                resp.headers.push("Record-Route", rr);
+            for rr in invite.headers.get_all(header::RECORD_ROUTE) {
+                resp.headers.push(header::RECORD_ROUTE, rr);
             }
             resp.headers
-                .push("Contact", format!("<{}>", self.contact()));
+                .push(header::CONTACT, format!("<{}>", self.contact()));
         }
         if code >= 200 {
-            resp.headers.push("Allow", ALLOW);
-            resp.headers.push("Accept", ACCEPT);
-            resp.headers.push("Supported", mid_dialog::SUPPORTED);
+            resp.headers.push(header::ALLOW, ALLOW);
+            resp.headers.push(header::ACCEPT, ACCEPT);
+            resp.headers.push(header::SUPPORTED, mid_dialog::SUPPORTED);
         }
-        resp.headers.push("Server", self.s.user_agent.clone());
+        resp.headers.push(header::SERVER, self.s.user_agent.clone());
         resp
     }
 
@@ -162,7 +163,7 @@ impl Call {
         let timer = self.mid.timer;
         self.start_session_timer(timer, now);
         self.add_timer_headers(&mut ok);
-        ok.headers.push("Content-Type", "application/sdp");
+        ok.headers.push(header::CONTENT_TYPE, "application/sdp");
         ok.body = sdp.into_bytes();
         self.send_invite_response(ok, now);
         self.clock.answered_at = Some(now);

@@ -25,6 +25,7 @@ use super::{stateless_response, Call, Output, Phase, ACCEPT};
 use crate::events::Outcome;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
 use emonav_sip::dialog::reply_dest;
+use emonav_sip::header;
 use emonav_sip::message::{Method, NameAddr, Request, Response};
 use emonav_sip::session_timer::{self, SessionTimer};
 use emonav_sip::transaction::{Action, ServerInvite, ServerNonInvite};
@@ -217,12 +218,12 @@ impl Call {
         let mut resp = stateless_response(req, code, reason, &self.s.user_agent);
         if (200..300).contains(&code) {
             resp.headers
-                .push("Contact", format!("<{}>", self.s.contact));
-            if resp.headers.get("Accept").is_none() {
-                resp.headers.push("Accept", ACCEPT);
+                .push(header::CONTACT, format!("<{}>", self.s.contact));
+            if resp.headers.get(header::ACCEPT).is_none() {
+                resp.headers.push(header::ACCEPT, ACCEPT);
             }
         }
-        resp.headers.push("Supported", SUPPORTED);
+        resp.headers.push(header::SUPPORTED, SUPPORTED);
         resp
     }
 
@@ -320,7 +321,7 @@ impl Call {
             tracing::info!(%call_id, "re-INVITE while an INVITE is pending: 500 Retry-After");
             let mut resp = self.dialog_response(req, 500, "Server Internal Error (INVITE pending)");
             resp.headers
-                .push("Retry-After", fastrand::u32(0..=10).to_string());
+                .push(header::RETRY_AFTER, fastrand::u32(0..=10).to_string());
             // Stateless: the pending transaction keeps its own state.
             self.out.push(Output::reply(
                 peer,
@@ -337,7 +338,7 @@ impl Call {
             Ok(t) => t,
             Err(e) => {
                 let mut resp = self.dialog_response(req, 422, "Session Interval Too Small");
-                resp.headers.push("Min-SE", e.min_se.to_string());
+                resp.headers.push(header::MIN_SE, e.min_se.to_string());
                 return self.send_reinvite_final(req, peer, resp, false, now);
             }
         };
@@ -363,7 +364,7 @@ impl Call {
         self.start_session_timer(timer, now);
         let mut resp = self.dialog_response(req, 200, "OK");
         self.add_timer_headers(&mut resp);
-        resp.headers.push("Content-Type", "application/sdp");
+        resp.headers.push(header::CONTENT_TYPE, "application/sdp");
         resp.body = body.into_bytes();
         self.send_reinvite_final(req, peer, resp, awaiting_answer, now);
     }
@@ -406,7 +407,7 @@ impl Call {
             Ok(t) => t,
             Err(e) => {
                 let mut resp = self.dialog_response(req, 422, "Session Interval Too Small");
-                resp.headers.push("Min-SE", e.min_se.to_string());
+                resp.headers.push(header::MIN_SE, e.min_se.to_string());
                 return self.respond(req, peer, resp, now);
             }
         };
@@ -436,7 +437,7 @@ impl Call {
         let mut resp = self.dialog_response(req, 200, "OK");
         self.add_timer_headers(&mut resp);
         if let Some(sdp) = answer {
-            resp.headers.push("Content-Type", "application/sdp");
+            resp.headers.push(header::CONTENT_TYPE, "application/sdp");
             resp.body = sdp.into_bytes();
         }
         self.respond(req, peer, resp, now);
@@ -453,7 +454,7 @@ impl Call {
     fn refresh_target(&mut self, req: &Request) {
         if let Some(c) = req
             .headers
-            .get("Contact")
+            .get(header::CONTACT)
             .and_then(|c| NameAddr::parse(c).ok())
         {
             self.dialog.remote_target = c.uri;

@@ -43,6 +43,7 @@ pub(crate) mod timer;
 pub(crate) mod transfer;
 
 use client::Client;
+use emonav_sip::header;
 use invite::InviteServer;
 use mid_dialog::MidDialog;
 pub use settings::CallSettings;
@@ -213,9 +214,9 @@ impl Call {
         let header = |name: &str| invite.headers.get(name).unwrap_or("").to_string();
         let record = CallRecord {
             event: "call_end",
-            call_id: header("Call-ID"),
-            from: header("From"),
-            to: header("To"),
+            call_id: header(header::CALL_ID),
+            from: header(header::FROM),
+            to: header(header::TO),
             started_unix_ms: started_wall
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -240,7 +241,11 @@ impl Call {
         };
         let dialog = Dialog::from_invite(&invite, &local_tag)?;
         let transfer = Transfer {
-            norefersub: session_timer::lists_option(&invite.headers, "Supported", "norefersub"),
+            norefersub: session_timer::lists_option(
+                &invite.headers,
+                header::SUPPORTED,
+                "norefersub",
+            ),
             ..Transfer::default()
         };
         let mut timers = TimerTable::default();
@@ -271,13 +276,13 @@ impl Call {
         if let Err(e) = timer {
             // RFC 4028 §9 (the edge answers this statelessly before a call exists).
             let mut resp = call.invite_response(422, "Session Interval Too Small", false);
-            resp.headers.push("Min-SE", e.min_se.to_string());
+            resp.headers.push(header::MIN_SE, e.min_se.to_string());
             call.reject_with(resp, now);
             return Ok(call);
         }
         call.mid.timer = timer.ok().flatten();
         call.mid.peer_allows_update =
-            session_timer::lists_option(&call.invite.request.headers, "Allow", "UPDATE");
+            session_timer::lists_option(&call.invite.request.headers, header::ALLOW, "UPDATE");
         match call.prepare_media(local_rtp, now) {
             Ok(()) => {
                 let trying = call.invite_response(100, "Trying", false);
@@ -631,14 +636,14 @@ pub(crate) fn stateless_response(req: &Request, code: u16, reason: &str, server:
                 "tag",
                 Some(&format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)),
             );
-            resp.headers.set("To", to.to_string());
+            resp.headers.set(header::TO, to.to_string());
         }
     }
     if matches!(code, 200 | 405 | 501) {
-        resp.headers.push("Allow", ALLOW);
-        resp.headers.push("Accept", ACCEPT);
+        resp.headers.push(header::ALLOW, ALLOW);
+        resp.headers.push(header::ACCEPT, ACCEPT);
     }
-    resp.headers.push("Server", server);
+    resp.headers.push(header::SERVER, server);
     resp
 }
 
