@@ -63,12 +63,17 @@ pub struct Profile {
     pub events: EventsConfig,
     /// `[model]`
     pub model: ModelConfig,
+    /// `[adapt]`
+    pub adapt: AdaptConfig,
     /// `[[registration]]`: accounts to keep registered (none by default).
     #[serde(rename = "registration")]
     pub registrations: Vec<RegistrationConfig>,
     /// The models `[model]` names (8 and 16 kHz), read when the profile was loaded.
     #[serde(skip)]
     loaded_models: [Option<Arc<Model>>; 2],
+    /// `[adapt] file` resolved against the profile's folder.
+    #[serde(skip)]
+    adapt_file: Option<std::path::PathBuf>,
 }
 
 /// `[model]`: which emotion model a call runs.
@@ -80,6 +85,36 @@ pub struct ModelConfig {
     pub file: Option<String>,
     /// Likewise for Opus calls (`emonav train --rate 16000`).
     pub wideband_file: Option<String>,
+}
+
+/// `[adapt]`: unsupervised adaptation to the line (src/adapt.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptConfig {
+    /// Learn the line's feature statistics and score calls through them.
+    pub enabled: bool,
+    /// Calls seen before the statistics are used.
+    pub min_calls: usize,
+    /// Most recent calls the statistics are taken over.
+    pub window: usize,
+    /// How far calls are normalised to the line, in [0, 1] (0: not at all,
+    /// 1: fully; in between blends the line's statistics with the model's).
+    pub strength: f32,
+    /// File the statistics persist in across restarts, relative to the
+    /// profile's folder; unset = kept in memory only.
+    pub file: Option<String>,
+}
+
+impl Default for AdaptConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_calls: 200,
+            window: 2000,
+            strength: 0.5,
+            file: None,
+        }
+    }
 }
 
 /// `[sip]`: signalling.
@@ -353,7 +388,13 @@ impl Profile {
             }
             profile.loaded_models[slot] = Some(Arc::new(model));
         }
+        profile.adapt_file = profile.adapt.file.as_ref().map(|f| base.join(f));
         Ok(profile)
+    }
+
+    /// Where `[adapt] file` points, resolved against the profile's folder.
+    pub fn adapt_file(&self) -> Option<&Path> {
+        self.adapt_file.as_deref()
     }
 
     /// The emotion model calls analysed at `rate` run (16000 for Opus, else
@@ -422,6 +463,12 @@ impl Profile {
                     )));
                 }
             }
+        }
+        if !(0.0..=1.0).contains(&self.adapt.strength) {
+            return Err("adapt.strength must be in [0, 1]".into());
+        }
+        if self.adapt.window < 8 || self.adapt.min_calls > self.adapt.window {
+            return Err("adapt.window must be >= 8 and >= adapt.min_calls".into());
         }
         self.policy.validate()
     }

@@ -114,6 +114,23 @@ pub struct CallRecord {
     pub refer_attempts: Vec<ReferAttempt>,
     /// Outcome.
     pub outcome: Outcome,
+    /// Scored through the line's statistics (`[adapt]`, src/adapt.rs).
+    pub line_adapted: bool,
+    /// The call's whole-call feature vector, for the line statistics (not
+    /// written to the event line).
+    #[serde(skip)]
+    pub line_sample: Option<LineSample>,
+}
+
+/// What a call contributes to its line's statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineSample {
+    /// Which model's line (0: 8 kHz, 1: 16 kHz).
+    pub slot: usize,
+    /// Raw whole-call features.
+    pub raw: Box<[f32; emonav_dsp::model::FEATURES]>,
+    /// Speech heard over the whole call, ms.
+    pub speech_ms: u32,
 }
 
 /// Where call records go.

@@ -22,6 +22,7 @@
 //! Inside the crate, an item not re-exported here is `pub(crate)` (or
 //! narrower); the `unreachable_pub` lint keeps it so.
 
+mod adapt;
 mod call;
 mod config;
 mod endpoint;

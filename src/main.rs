@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use emonav::{Decision, EventSink, Policy, Profile, Server};
 use emonav_offline::corpus::{self, Labels};
 use emonav_offline::learn::{self, Normalisation};
+use emonav_offline::multi;
 
 const DEFAULT_PROFILE: &str = "sip-profiles/default.toml";
 
@@ -58,9 +59,22 @@ struct CorpusArgs {
     /// `emodb` (labels in the file names) or a CSV of `path,label[,speaker]`.
     #[arg(long, default_value = "emodb")]
     labels: Labels,
-    /// Analysis rate: 8000 (G.711 calls: 8 kHz μ-law) or 16000 (Opus calls: 16 kHz wideband).
+    /// Analysis rate: 8000 (every call, the line conditions of --condition)
+    /// or 16000 (Opus decoded at 16 kHz; clean audio only).
     #[arg(long, default_value_t = 8000, value_parser = parse_rate)]
     rate: u32,
+    /// Cache extracted features in this folder (keyed by clip, condition and
+    /// feature version), so repeated runs skip the extraction.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Train on the reference condition only (full-band G.711 μ-law at
+    /// −20 dBFS) instead of the multi-condition set.
+    #[arg(long)]
+    clean_only: bool,
+    /// L2 strengths, comma-separated: one is used as is, several are chosen
+    /// from per task by inner leave-one-speaker-out.
+    #[arg(long, value_delimiter = ',', default_value = "0.01")]
+    lambda: Vec<f64>,
 }
 
 #[derive(Args)]
@@ -92,6 +106,10 @@ struct EvalArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// The line condition the clips are scored under (see
+    /// offline/src/conditions.rs), or `all` for a table over every condition.
+    #[arg(long, default_value = "pcmu")]
+    condition: String,
 }
 
 #[derive(Args, Clone)]
@@ -183,6 +201,20 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         println!("  key {:<17} digit {} -> {}", r.label, r.digit, r.queue);
     }
     println!("  default queue         {}", p.policy.default_queue);
+    if p.adapt.enabled {
+        println!(
+            "  line adaptation       after {} calls, window {}, strength {}, {}",
+            p.adapt.min_calls,
+            p.adapt.window,
+            p.adapt.strength,
+            p.adapt_file().map_or("in memory".to_string(), |f| format!(
+                "kept in {}",
+                f.display()
+            ))
+        );
+    } else {
+        println!("  line adaptation       off");
+    }
     if p.registrations.is_empty() {
         println!("  registration          none");
     }
@@ -255,33 +287,49 @@ impl emonav_offline::analyze::Decide for Routing<'_> {
 }
 
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
-    let CorpusArgs {
-        corpus: dir,
-        labels,
-        rate,
-    } = &args.data;
-    let (out, rate) = (&args.out, *rate);
-    let items = corpus::load(dir, labels)?;
+    let d = &args.data;
+    let (out, rate) = (&args.out, d.rate);
+    let items = corpus::load(&d.corpus, &d.labels)?;
     let (g, speakers) = learn::groups(&items);
-    let feats = learn::extract_all(&items, rate)?;
     let all: Vec<usize> = (0..items.len()).collect();
+    let samples = if rate == 16000 {
+        let feats = learn::extract_all(&items, rate)?;
+        learn::samples(&items, &feats, &g, &all)
+    } else {
+        let picks = |i: usize| multi::renderings_of(i, d.clean_only, TRAIN_RENDERINGS);
+        let conds = multi::training_conditions();
+        let table = multi::extract(
+            &items,
+            &g,
+            &conds,
+            &|c, i| picks(i).contains(&c),
+            d.cache.as_deref(),
+        )?;
+        multi::samples(&items, &table, &g, &all, &picks, None)
+    };
     let description = format!(
-        "trained on {} clips from {} ({} speakers), {}, by emonav {}",
+        "trained on {} clips from {} ({} speakers), {}, L2 {:?}, by emonav {}",
         items.len(),
-        dir.display(),
+        d.corpus.display(),
         speakers.len(),
         if rate == 16000 {
-            "16 kHz wideband (Opus call) conditions"
+            "16 kHz clean audio".to_string()
+        } else if d.clean_only {
+            "8 kHz full-band G.711 mu-law only".to_string()
         } else {
-            "8 kHz mu-law telephone conditions"
+            format!(
+                "8 kHz multi-condition (the reference and {TRAIN_RENDERINGS} more line conditions per clip)"
+            )
         },
+        d.lambda,
         env!("CARGO_PKG_VERSION")
     );
-    let model = emonav_dsp::model::train(
-        &learn::samples(&items, &feats, &g, &all),
+    let model = emonav_dsp::model::train_with(
+        &samples,
         rate,
         &description,
         &learn::category_labels(),
+        &d.lambda,
     )?;
     std::fs::write(out, model.to_json() + "\n")
         .with_context(|| format!("cannot write {}", out.display()))?;
@@ -294,13 +342,188 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Renderings per clip besides the reference in multi-condition training.
+const TRAIN_RENDERINGS: usize = 2;
+
+fn load_model(args: &EvalArgs, rate: u32) -> anyhow::Result<emonav_dsp::Model> {
+    let m = match &args.model {
+        Some(p) => emonav_dsp::Model::from_json(
+            &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("{}", p.display()))?,
+        None => learn::default_model(rate),
+    };
+    if m.sample_rate != rate {
+        anyhow::bail!(
+            "the model was trained at {} Hz; evaluate it with --rate {}",
+            m.sample_rate,
+            m.sample_rate
+        );
+    }
+    Ok(m)
+}
+
+/// `eval` at 8 kHz under line conditions.
+fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
+    let d = &args.data;
+    let items = corpus::load(&d.corpus, &d.labels)?;
+    let (g, speakers) = learn::groups(&items);
+    let conds = multi::training_conditions();
+    let eval: Vec<usize> = if args.condition == "all" {
+        (0..emonav_offline::conditions::ALL.len()).collect()
+    } else {
+        match conds.iter().position(|c| c.name == args.condition) {
+            Some(k) => vec![k],
+            None => anyhow::bail!(
+                "unknown condition {:?}: one of all, {}",
+                args.condition,
+                conds.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    };
+    let picks = |i: usize| multi::renderings_of(i, d.clean_only, TRAIN_RENDERINGS);
+    let table = multi::extract(
+        &items,
+        &g,
+        &conds,
+        &|c, i| eval.contains(&c) || (args.loso && picks(i).contains(&c)),
+        d.cache.as_deref(),
+    )?;
+    let (mode, preds) = if args.loso {
+        (
+            "loso",
+            multi::loso(&items, &table, &g, &picks, &eval, &d.lambda)?,
+        )
+    } else {
+        let m = load_model(args, 8000)?;
+        (
+            "model",
+            eval.iter()
+                .map(|&c| {
+                    table[c]
+                        .iter()
+                        .map(|f| {
+                            f.as_ref()
+                                .map_or_else(Default::default, |f| learn::predict(&m, f))
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    };
+    let reports: Vec<(&str, learn::EvalReport)> = eval
+        .iter()
+        .zip(&preds)
+        .map(|(&c, p)| {
+            (
+                conds[c].name,
+                learn::report(
+                    mode,
+                    Normalisation::Population,
+                    8000,
+                    &items,
+                    speakers.len(),
+                    p,
+                ),
+            )
+        })
+        .collect();
+    if let Some(p) = &args.plot {
+        emonav_offline::plot::uar_by_speech(&reports[0].1, p)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if reports.len() == 1 {
+        let (name, r) = &reports[0];
+        if args.json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!("condition {name}, training {}", training_name(args));
+            print!("{r}");
+        }
+        return Ok(());
+    }
+    if args.json {
+        let v: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(n, r)| serde_json::json!({"condition": n, "report": r}))
+            .collect();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{mode} evaluation, {} clips, {} speakers, training {}",
+        items.len(),
+        speakers.len(),
+        training_name(args)
+    );
+    println!(
+        "\n{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "condition",
+        "arousal",
+        "at 1 s",
+        "anger",
+        "at 1 s",
+        "7-class",
+        "at 1 s",
+        "worst spk",
+        "anger flg"
+    );
+    for (name, r) in &reports {
+        let cat = r.categories.as_ref();
+        let worst = r
+            .per_speaker
+            .iter()
+            .map(|s| s.arousal)
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "{:<12} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>8} {:>9.3} {:>9}",
+            name,
+            r.arousal.uar,
+            r.arousal.uar_by_speech_s["1"],
+            r.anger.uar,
+            r.anger.uar_by_speech_s["1"],
+            cat.map_or("-".into(), |c| format!("{:.3}", c.uar)),
+            cat.map_or("-".into(), |c| format!("{:.3}", c.uar_by_speech_s["1"])),
+            worst,
+            format!(
+                "{:.2}/{:.2}",
+                r.anger_flag.precision_equal_priors, r.anger_flag.recall
+            ),
+        );
+    }
+    println!("\n(worst spk: the lowest per-speaker arousal UAR; anger flg: precision (equal priors) / recall of the anger flag at {})", learn::ANGER_FLAG);
+    Ok(())
+}
+
+fn training_name(args: &EvalArgs) -> String {
+    if !args.loso {
+        return "none (a given model)".into();
+    }
+    format!(
+        "{}, L2 {:?}",
+        if args.data.clean_only {
+            "clean only"
+        } else {
+            "multi-condition"
+        },
+        args.data.lambda
+    )
+}
+
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let CorpusArgs {
         corpus: dir,
         labels,
         rate,
+        ..
     } = &args.data;
     let rate = *rate;
+    if rate == 8000 && !args.speaker_norm {
+        if args.loso && learn::groups(&corpus::load(dir, labels)?).1.len() < 2 {
+            anyhow::bail!("--loso needs a speaker for every clip and at least two speakers (CSV: path,label,speaker)");
+        }
+        return eval_conditions(args);
+    }
     let items = corpus::load(dir, labels)?;
     let (g, speakers) = learn::groups(&items);
     if args.loso && speakers.len() < 2 {
@@ -316,21 +539,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let (mode, preds) = if args.loso {
         ("loso", learn::loso(&items, &feats, &g, rate)?)
     } else {
-        let m = match &args.model {
-            Some(p) => emonav_dsp::Model::from_json(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?,
-            )
-            .with_context(|| format!("{}", p.display()))?,
-            None => learn::default_model(rate),
-        };
-        if m.sample_rate != rate {
-            anyhow::bail!(
-                "the model was trained at {} Hz; evaluate it with --rate {}",
-                m.sample_rate,
-                m.sample_rate
-            );
-        }
+        let m = load_model(args, rate)?;
         (
             "model",
             feats.iter().map(|f| learn::predict(&m, f)).collect(),

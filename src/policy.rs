@@ -43,18 +43,18 @@ impl Default for Policy {
             confidence_threshold: 0.7,
             default_queue: "sip:default@127.0.0.1".into(),
             flag_arousal: 0.8,
-            flag_anger: 0.8,
+            flag_anger: 0.6,
             rules: vec![
                 Rule {
                     label: "agitated".into(),
-                    arousal_min: Some(0.6),
+                    arousal_min: Some(0.5),
                     arousal_max: None,
                     queue: "sip:deescalation@127.0.0.1".into(),
                 },
                 Rule {
                     label: "calm".into(),
                     arousal_min: None,
-                    arousal_max: Some(0.6),
+                    arousal_max: Some(0.5),
                     queue: "sip:standard@127.0.0.1".into(),
                 },
             ],

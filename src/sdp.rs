@@ -481,7 +481,7 @@ pub(crate) fn offer(
 /// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
 /// calls decode at (`media::session::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
 /// in-band FEC welcome.
-pub(crate) const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=16000;stereo=0;useinbandfec=1";
+pub(crate) const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=8000;stereo=0;useinbandfec=1";
 
 /// Build the SDP answer (RFC 3264 §6): same number of m= lines as the offer,
 /// non-audio and extra audio streams rejected with port 0, our RTP address in c=/m=.

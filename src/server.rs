@@ -174,7 +174,14 @@ impl Server {
             regs,
             self.shared.metrics.clone(),
         );
+        let shared = self.shared.clone();
         sip_loop(self.shared, endpoint, self.inbound, shutdown).await;
+        // What the line taught since the last write survives the restart.
+        for line in &shared.settings.lines {
+            if let Some(json) = line.unsaved() {
+                line.write(&json);
+            }
+        }
     }
 }
 
@@ -518,6 +525,12 @@ async fn call_task(
                     }
                 }
                 Output::Record(record) => {
+                    if let Some(l) = &record.line_sample {
+                        let line = shared.settings.lines[l.slot].clone();
+                        if let Some(json) = line.observe(&l.raw, l.speech_ms) {
+                            tokio::task::spawn_blocking(move || line.write(&json));
+                        }
+                    }
                     shared.metrics.call_ended(&record);
                     shared.events.write(&record);
                 }

@@ -52,7 +52,9 @@ fn measure(audio: &[f32], rate: u32) -> HashMap<String, f64> {
         .iter()
         .map(|v| (v * 32768.0).clamp(-32768.0, 32767.0) as i16)
         .collect();
-    let mut a = Analyzer::new(rate);
+    // Descriptor definitions against openSMILE on full-band audio: without
+    // the telephone-band conditioning calls apply.
+    let mut a = Analyzer::unconditioned(rate);
     let hop = rate as usize / 100;
     let mut sums: HashMap<&str, (f64, u32)> = HashMap::new();
     let mut add = |k: &'static str, v: f32| {

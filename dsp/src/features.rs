@@ -203,6 +203,10 @@ pub struct Functionals {
     pub voiced_frames: u32,
     /// Onsets of voiced stretches within speech (a syllable-rate proxy).
     pub voiced_onsets: u32,
+    /// Speech frames whose energy and spectral balance are in the sums
+    /// below: `speech_frames` also counts frames confirmed as speech
+    /// afterwards, whose values were never added.
+    summed_frames: u32,
     energy_sum: f64,
     energy_sq: f64,
     st_sum: f64,
@@ -233,6 +237,7 @@ impl Default for Functionals {
             speech_frames: 0,
             voiced_frames: 0,
             voiced_onsets: 0,
+            summed_frames: 0,
             energy_sum: 0.0,
             energy_sq: 0.0,
             st_sum: 0.0,
@@ -313,6 +318,7 @@ impl Functionals {
             sp.slope_0_500_uv.add(f.spectral.slope_0_500);
         }
         let e = f.energy_db as f64;
+        self.summed_frames += 1;
         self.energy_sum += e;
         self.energy_sq += e * e;
         self.hf_sum += f.hf_ratio_db as f64;
@@ -338,7 +344,7 @@ impl Functionals {
 
     /// Mean energy of speech frames (dBFS); `None` without speech.
     pub fn energy_mean_db(&self) -> Option<f32> {
-        (self.speech_frames > 0).then(|| (self.energy_sum / self.speech_frames as f64) as f32)
+        (self.summed_frames > 0).then(|| (self.energy_sum / self.summed_frames as f64) as f32)
     }
 
     /// Mean F0 in semitones re 27.5 Hz over voiced speech; `None` without.
@@ -357,8 +363,10 @@ impl Functionals {
 
     /// Standard deviation of speech-frame energy (dB).
     pub fn energy_std_db(&self) -> Option<f32> {
-        (self.speech_frames > 1).then(|| {
-            let n = self.speech_frames as f64;
+        // Over the frames summed: dividing by `speech_frames` counted the
+        // confirmed frames as 0 dB, which made the spread depend on level.
+        (self.summed_frames > 1).then(|| {
+            let n = self.summed_frames as f64;
             let m = self.energy_sum / n;
             ((self.energy_sq / n - m * m).max(0.0)).sqrt() as f32
         })
@@ -366,7 +374,7 @@ impl Functionals {
 
     /// Mean spectral balance of speech frames (dB).
     pub fn hf_ratio_mean_db(&self) -> Option<f32> {
-        (self.speech_frames > 0).then(|| (self.hf_sum / self.speech_frames as f64) as f32)
+        (self.summed_frames > 0).then(|| (self.hf_sum / self.summed_frames as f64) as f32)
     }
 
     /// F0 percentile (semitones) over voiced frames, `q` in 0..1.

@@ -4,7 +4,9 @@
 //! [`analyze_pcm`] runs the same pipeline over a whole recording.
 #![warn(missing_docs)]
 
+pub mod adapt;
 mod analyzer;
+pub mod condition;
 pub mod estimator;
 pub mod features;
 pub mod formants;

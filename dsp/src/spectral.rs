@@ -81,6 +81,13 @@ fn mel_to_hz(m: f32) -> f32 {
 impl SpectralAnalyzer {
     /// Plan for `rate` Hz and windows of `len` samples (zero-padded to a power of two).
     pub fn new(rate: u32, len: usize) -> Self {
+        Self::with_mel_range(rate, len, 20.0, (rate as f32 / 2.0).min(8000.0))
+    }
+
+    /// As [`new`](Self::new), with the mel filterbank (MFCC, loudness) over
+    /// `lo_hz`..`hi_hz` only: the analyser uses the telephone band, so that
+    /// no band holds only what a line's filter left below 300 Hz.
+    pub fn with_mel_range(rate: u32, len: usize, lo_hz: f32, hi_hz: f32) -> Self {
         let n = len.next_power_of_two();
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(n);
         let bins = n / 2 + 1;
@@ -88,7 +95,7 @@ impl SpectralAnalyzer {
         let window = hamming(len);
         let rate_f = rate as f32;
         let bin_hz = rate_f / n as f32;
-        let (lo, hi) = (hz_to_mel(20.0), hz_to_mel((rate_f / 2.0).min(8000.0)));
+        let (lo, hi) = (hz_to_mel(lo_hz), hz_to_mel(hi_hz.min(rate_f / 2.0)));
         let edges: Vec<f32> = (0..MEL_BANDS + 2)
             .map(|i| mel_to_hz(lo + (hi - lo) * i as f32 / (MEL_BANDS + 1) as f32))
             .collect();

@@ -1,7 +1,6 @@
-//! Recordings into the product's conditions: resampling (rubato), the
-//! telephone band (300 Hz high-pass; the 3.4 kHz side comes from 8 kHz
-//! resampling's anti-aliasing filter) and a G.711 μ-law round trip, so that
-//! files are analysed exactly as a call's audio would be.
+//! Recordings into what a line delivers: resampling (rubato) and a G.711
+//! μ-law round trip. Band-limiting is not done here: the analyser does it to
+//! every sample it is given (`crate::condition`), whatever the source.
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
@@ -44,34 +43,10 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>, ConvertEr
     Ok(out.take_data())
 }
 
-/// A second-order Butterworth high-pass (RBJ cookbook biquad).
-fn highpass(x: &mut [f32], rate: u32, cutoff: f32) {
-    let w0 = 2.0 * std::f32::consts::PI * cutoff / rate as f32;
-    let alpha = w0.sin() / (2.0 * std::f32::consts::FRAC_1_SQRT_2);
-    let cos = w0.cos();
-    let a0 = 1.0 + alpha;
-    let (b0, b1, b2) = (
-        (1.0 + cos) / 2.0 / a0,
-        -(1.0 + cos) / a0,
-        (1.0 + cos) / 2.0 / a0,
-    );
-    let (a1, a2) = (-2.0 * cos / a0, (1.0 - alpha) / a0);
-    let (mut x1, mut x2, mut y1, mut y2) = (0.0, 0.0, 0.0, 0.0);
-    for v in x.iter_mut() {
-        let y = b0 * *v + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2;
-        x2 = x1;
-        x1 = *v;
-        y2 = y1;
-        y1 = y;
-        *v = y;
-    }
-}
-
-/// Mono float audio (±1.0 full scale) at `rate` Hz → what a G.711 call
-/// delivers: 8 kHz, 300–3400 Hz, μ-law quantised, as 16-bit PCM.
+/// Mono float audio (±1.0 full scale) at `rate` Hz → what a full-band G.711
+/// line (an IP phone) delivers: 8 kHz, μ-law quantised, as 16-bit PCM.
 pub fn telephone_8k(input: &[f32], rate: u32) -> Result<Vec<i16>, ConvertError> {
-    let mut x = resample(input, rate, 8000)?;
-    highpass(&mut x, 8000, 300.0);
+    let x = resample(input, rate, 8000)?;
     let pcm: Vec<i16> = x
         .iter()
         .map(|v| (v * 32767.0).clamp(-32768.0, 32767.0) as i16)
@@ -83,13 +58,10 @@ pub fn telephone_8k(input: &[f32], rate: u32) -> Result<Vec<i16>, ConvertError> 
     Ok(out)
 }
 
-/// Mono float audio at `rate` Hz → what a wideband (Opus) call delivers to
-/// the analyser: 16 kHz, 50 Hz high-pass (handset and codec both cut the
-/// rumble below), as 16-bit PCM. Opus' own coding noise is not simulated:
-/// at call bit rates it sits far below what the features resolve.
+/// Mono float audio at `rate` Hz → 16 kHz 16-bit PCM (an Opus call decoded
+/// at 16 kHz, without the codec's own noise).
 pub fn wideband_16k(input: &[f32], rate: u32) -> Result<Vec<i16>, ConvertError> {
-    let mut x = resample(input, rate, 16000)?;
-    highpass(&mut x, 16000, 50.0);
+    let x = resample(input, rate, 16000)?;
     Ok(x.iter()
         .map(|v| (v * 32767.0).clamp(-32768.0, 32767.0) as i16)
         .collect())
@@ -129,13 +101,16 @@ mod tests {
     }
 
     #[test]
-    fn telephone_band_removes_rumble_and_keeps_voice_band() {
-        let low = telephone_8k(&tone(16000, 100.0, 1.0), 16000).unwrap();
-        let mid = telephone_8k(&tone(16000, 1000.0, 1.0), 16000).unwrap();
-        let high = telephone_8k(&tone(16000, 6000.0, 1.0), 16000).unwrap();
-        let (l, m, h) = (rms(&low[800..]), rms(&mid[800..]), rms(&high[800..]));
-        assert!(m > 0.3, "1 kHz passes: {m}");
-        assert!(l < m / 5.0, "100 Hz attenuated: {l} vs {m}");
-        assert!(h < m / 30.0, "6 kHz removed: {h} vs {m}");
+    fn telephone_audio_is_8k_mu_law_of_the_input() {
+        let x = tone(16000, 1000.0, 1.0);
+        let t = telephone_8k(&x, 16000).unwrap();
+        assert!((t.len() as i32 - 8000).abs() <= 2);
+        assert!((rms(&t[800..]) - 0.5 / 2f32.sqrt()).abs() < 0.02);
+        // μ-law: every sample is a decoded code word.
+        let mut code = vec![0u8; t.len()];
+        let mut back = vec![0i16; t.len()];
+        g711::encode_ulaw(&t, &mut code);
+        g711::decode_ulaw(&code, &mut back);
+        assert_eq!(t, back);
     }
 }

@@ -253,11 +253,17 @@ pub struct Features {
 }
 
 /// Extract a recording's features through the in-call pipeline at
-/// `analysis_rate`: 8000 is a G.711 call (8 kHz, 300–3400 Hz, μ-law), 16000
+/// `analysis_rate`: 8000 is a full-band G.711 line (8 kHz μ-law), 16000
 /// an Opus call (16 kHz wideband); 20 ms packets into the call's analyser.
 pub fn extract(path: &Path, analysis_rate: u32) -> Result<Features, CorpusError> {
     let (audio, rate) = read_wav(path)?;
     let pcm = telephone::call_audio(&audio, rate, analysis_rate).map_err(AnalyzeError::from)?;
+    Ok(extract_pcm(&pcm, analysis_rate))
+}
+
+/// Features of line audio (PCM at `analysis_rate`) fed to the call's
+/// analyser in 20 ms packets: at each snapshot and over the whole clip.
+pub fn extract_pcm(pcm: &[i16], analysis_rate: u32) -> Features {
     let mut a = Analyzer::new(analysis_rate);
     let mut at = [[f32::NAN; FEATURES]; SNAPSHOTS_MS.len()];
     let mut next = 0;
@@ -273,11 +279,11 @@ pub fn extract(path: &Path, analysis_rate: u32) -> Result<Features, CorpusError>
     for v in at.iter_mut().skip(next) {
         *v = whole;
     }
-    Ok(Features {
+    Features {
         at,
         whole,
         speech_ms: a.functionals().speech_ms(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use serde::Serialize;
 
 use crate::corpus::{extract, CorpusError, Emotion, Features, Item, SNAPSHOTS_MS};
 
+#[cfg(test)]
+#[path = "confusion_tests.rs"]
+mod confusion_tests;
+
 /// The category names a model is trained over, in `Emotion::ALL` order.
 pub fn category_labels() -> Vec<&'static str> {
     Emotion::ALL.iter().map(|e| e.name()).collect()
@@ -161,6 +165,9 @@ pub struct Prediction {
     pub category_at: [Option<usize>; SNAPSHOTS_MS.len()],
     /// Most likely category, whole clip.
     pub category: Option<usize>,
+    /// The model's familiarity with the features at each snapshot (0..1;
+    /// the call's confidence is |2P − 1| times this).
+    pub familiarity_at: [f32; SNAPSHOTS_MS.len()],
 }
 
 /// Score one clip with a model.
@@ -169,6 +176,7 @@ pub fn predict(m: &Model, f: &Features) -> Prediction {
     for (k, x) in f.at.iter().enumerate() {
         let s = m.scores(x);
         p.arousal_at[k] = s.arousal;
+        p.familiarity_at[k] = s.familiarity;
         p.anger_at[k] = s.anger;
     }
     let s = m.scores(&f.whole);
@@ -280,7 +288,9 @@ pub struct CategoryReport {
     pub uar: f64,
     /// UAR from the first N seconds of speech, keyed by N.
     pub uar_by_speech_s: BTreeMap<String, f64>,
-    /// Whole-clip confusion: rows truth, columns predicted, in `labels` order.
+    /// Whole-clip confusion: rows truth in `labels` order; columns predicted
+    /// in `labels` order, then one column ("other") for predictions of a
+    /// category the corpus does not have. Each row sums to its clips.
     pub confusion: Vec<Vec<usize>>,
 }
 
@@ -293,18 +303,20 @@ fn category_report(items: &[Item], preds: &[Prediction]) -> Option<CategoryRepor
         .collect();
     let row = |e: Emotion| present.iter().position(|&k| Emotion::ALL[k] == e);
     let score = |pick: &dyn Fn(&Prediction) -> Option<usize>| {
-        let mut c = vec![vec![0usize; present.len()]; present.len()];
-        let mut missed = vec![0usize; present.len()];
+        // One column per category present, and a last one for predictions
+        // of categories the corpus does not have (or none): every clip is
+        // counted in its row.
+        let mut c = vec![vec![0usize; present.len() + 1]; present.len()];
         for (i, p) in items.iter().zip(preds) {
             let Some(r) = row(i.emotion) else { continue };
             match pick(p).and_then(|k| present.iter().position(|&q| q == k)) {
                 Some(col) => c[r][col] += 1,
-                None => missed[r] += 1,
+                None => c[r][present.len()] += 1,
             }
         }
         let recall: f64 = (0..present.len())
             .map(|r| {
-                let n = c[r].iter().sum::<usize>() + missed[r];
+                let n = c[r].iter().sum::<usize>();
                 if n == 0 {
                     0.0
                 } else {
@@ -365,6 +377,56 @@ fn reliability(pairs: &[(bool, f32)]) -> Vec<Bin> {
         .collect()
 }
 
+/// The profile's anger flag threshold the report measures (sip-profiles `flag_anger`).
+pub const ANGER_FLAG: f32 = 0.8;
+
+/// One speaker's whole-clip figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeakerFigures {
+    /// The speaker.
+    pub speaker: String,
+    /// Arousal UAR, whole clip.
+    pub arousal: f64,
+    /// Arousal UAR after 1 s of speech.
+    pub arousal_1s: f64,
+    /// Anger UAR, whole clip.
+    pub anger: f64,
+}
+
+/// How often the early gate (confidence |2P − 1| ≥ 0.7, i.e. P ≥ 0.85 or
+/// ≤ 0.15) would fire, per arousal class, after some speech.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateFigures {
+    /// Seconds of speech heard.
+    pub speech_s: f32,
+    /// Share of high-arousal clips confidently high.
+    pub high_confident_right: f64,
+    /// Share of high-arousal clips confidently low.
+    pub high_confident_wrong: f64,
+    /// Share of low-arousal clips confidently low.
+    pub low_confident_right: f64,
+    /// Share of low-arousal clips confidently high.
+    pub low_confident_wrong: f64,
+    /// Share of high-arousal clips confidently right in a call, where the
+    /// confidence is also scaled by the model's familiarity.
+    pub high_in_call: f64,
+    /// Share of low-arousal clips confidently right in a call, likewise.
+    pub low_in_call: f64,
+}
+
+/// The anger flag at the profile's threshold, whole clip.
+#[derive(Debug, Clone, Serialize)]
+pub struct AngerFlag {
+    /// P(anger) threshold (with P(high arousal) ≥ 0.5).
+    pub threshold: f32,
+    /// Share of angry clips flagged.
+    pub recall: f64,
+    /// Share of other clips flagged.
+    pub false_positive_rate: f64,
+    /// Precision were anger as common as the rest (equal priors).
+    pub precision_equal_priors: f64,
+}
+
 /// Everything `emonav eval` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -385,6 +447,19 @@ pub struct EvalReport {
     /// The emotion categories, when the model has them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub categories: Option<CategoryReport>,
+    /// Figures per speaker.
+    pub per_speaker: Vec<SpeakerFigures>,
+    /// The early gate per class, after 0.5 s and 1 s of speech.
+    pub gate: Vec<GateFigures>,
+    /// The anger flag at [`ANGER_FLAG`].
+    pub anger_flag: AngerFlag,
+    /// The anger flag's (threshold, recall, precision under equal priors) at
+    /// other thresholds, for choosing the profile's `flag_anger`.
+    pub anger_flag_sweep: Vec<(f32, f64, f64)>,
+    /// Arousal UAR when routing "agitated" at P(high) ≥ threshold:
+    /// (threshold, whole clip, after 1 s of speech), for choosing the
+    /// profile's `arousal_min`.
+    pub routing_sweep: Vec<(f32, f64, f64)>,
     /// Arousal reliability, every snapshot and whole clip pooled.
     pub arousal_reliability: Vec<Bin>,
     /// Anger reliability, pooled likewise.
@@ -400,6 +475,138 @@ pub fn report(
     speakers: usize,
     preds: &[Prediction],
 ) -> EvalReport {
+    let (g, names) = groups(items);
+    let per_speaker = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let mine: Vec<usize> = (0..items.len()).filter(|&i| g[i] == k as u32).collect();
+            let pick = |t: &dyn Fn(&Item) -> Option<bool>, p: &dyn Fn(&Prediction) -> f32| {
+                uar(mine
+                    .iter()
+                    .filter_map(|&i| t(&items[i]).map(|t| (t, p(&preds[i])))))
+                .0
+            };
+            SpeakerFigures {
+                speaker: name.clone(),
+                arousal: pick(&|i| i.emotion.high_arousal(), &|p| p.arousal),
+                arousal_1s: pick(&|i| i.emotion.high_arousal(), &|p| p.arousal_at[1]),
+                anger: pick(&|i| Some(i.emotion == Emotion::Anger), &|p| p.anger),
+            }
+        })
+        .collect();
+    let gate = [0usize, 1]
+        .iter()
+        .map(|&k| {
+            let share = |high: bool| {
+                let v: Vec<f32> = items
+                    .iter()
+                    .zip(preds)
+                    .filter(|(i, _)| i.emotion.high_arousal() == Some(high))
+                    .map(|(_, p)| p.arousal_at[k])
+                    .collect();
+                let right = v
+                    .iter()
+                    .filter(|&&p| if high { p >= 0.85 } else { p <= 0.15 })
+                    .count();
+                let wrong = v
+                    .iter()
+                    .filter(|&&p| if high { p <= 0.15 } else { p >= 0.85 })
+                    .count();
+                let n = v.len().max(1) as f64;
+                (right as f64 / n, wrong as f64 / n)
+            };
+            let (high, high_wrong) = share(true);
+            let (low, low_wrong) = share(false);
+            let in_call = |high: bool| {
+                let v: Vec<(f32, f32)> = items
+                    .iter()
+                    .zip(preds)
+                    .filter(|(i, _)| i.emotion.high_arousal() == Some(high))
+                    .map(|(_, p)| (p.arousal_at[k], p.familiarity_at[k]))
+                    .collect();
+                let right = v
+                    .iter()
+                    .filter(|(p, f)| (2.0 * p - 1.0) * f * if high { 1.0 } else { -1.0 } >= 0.7)
+                    .count();
+                right as f64 / v.len().max(1) as f64
+            };
+            GateFigures {
+                speech_s: SNAPSHOTS_MS[k] as f32 / 1000.0,
+                high_confident_right: high,
+                high_confident_wrong: high_wrong,
+                low_confident_right: low,
+                low_confident_wrong: low_wrong,
+                high_in_call: in_call(true),
+                low_in_call: in_call(false),
+            }
+        })
+        .collect();
+    let routing_sweep = [0.3f32, 0.4, 0.5, 0.6, 0.7]
+        .iter()
+        .map(|&t| {
+            let at = |k: Option<usize>| {
+                let (mut c, mut n) = ([0usize; 2], [0usize; 2]);
+                for (i, p) in items.iter().zip(preds) {
+                    if let Some(h) = i.emotion.high_arousal() {
+                        let v = k.map_or(p.arousal, |k| p.arousal_at[k]);
+                        n[h as usize] += 1;
+                        c[h as usize] += usize::from((v >= t) == h);
+                    }
+                }
+                (c[0] as f64 / n[0].max(1) as f64 + c[1] as f64 / n[1].max(1) as f64) / 2.0
+            };
+            (t, at(None), at(Some(1)))
+        })
+        .collect();
+    let flag_at = |thr: f32| {
+        let (mut tp, mut fnn, mut fp, mut tn) = (0usize, 0usize, 0usize, 0usize);
+        for (i, p) in items.iter().zip(preds) {
+            let angry = i.emotion == Emotion::Anger;
+            let flagged = p.anger >= thr && p.arousal >= 0.5;
+            match (angry, flagged) {
+                (true, true) => tp += 1,
+                (true, false) => fnn += 1,
+                (false, true) => fp += 1,
+                (false, false) => tn += 1,
+            }
+        }
+        let recall = tp as f64 / (tp + fnn).max(1) as f64;
+        let fpr = fp as f64 / (fp + tn).max(1) as f64;
+        let precision = if recall + fpr > 0.0 {
+            recall / (recall + fpr)
+        } else {
+            0.0
+        };
+        (thr, recall, precision)
+    };
+    let anger_flag_sweep = [0.5f32, 0.6, 0.7, 0.8, 0.9].map(flag_at).to_vec();
+    let anger_flag = {
+        let (mut tp, mut fnn, mut fp, mut tn) = (0usize, 0usize, 0usize, 0usize);
+        for (i, p) in items.iter().zip(preds) {
+            let angry = i.emotion == Emotion::Anger;
+            // The policy's flag: anger at the threshold while arousal >= 0.5.
+            let flagged = p.anger >= ANGER_FLAG && p.arousal >= 0.5;
+            match (angry, flagged) {
+                (true, true) => tp += 1,
+                (true, false) => fnn += 1,
+                (false, true) => fp += 1,
+                (false, false) => tn += 1,
+            }
+        }
+        let recall = tp as f64 / (tp + fnn).max(1) as f64;
+        let fpr = fp as f64 / (fp + tn).max(1) as f64;
+        AngerFlag {
+            threshold: ANGER_FLAG,
+            recall,
+            false_positive_rate: fpr,
+            precision_equal_priors: if recall + fpr > 0.0 {
+                recall / (recall + fpr)
+            } else {
+                0.0
+            },
+        }
+    };
     let arousal_truth: Vec<Option<bool>> = items.iter().map(|i| i.emotion.high_arousal()).collect();
     let anger_truth: Vec<Option<bool>> = items
         .iter()
@@ -433,6 +640,11 @@ pub fn report(
             |i| preds[i].anger,
         ),
         categories: category_report(items, preds),
+        per_speaker,
+        gate,
+        anger_flag,
+        anger_flag_sweep,
+        routing_sweep,
         arousal_reliability: pooled(&arousal_truth, &|p| {
             let mut v = p.arousal_at.to_vec();
             v.push(p.arousal);
@@ -500,7 +712,7 @@ impl std::fmt::Display for EvalReport {
             for l in &c.labels {
                 write!(f, " {:>9}", l)?;
             }
-            writeln!(f)?;
+            writeln!(f, " {:>9}", "other")?;
             for (l, row) in c.labels.iter().zip(&c.confusion) {
                 write!(f, "{l:>10}")?;
                 for v in row {
@@ -508,6 +720,65 @@ impl std::fmt::Display for EvalReport {
                 }
                 writeln!(f)?;
             }
+        }
+        let spread = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n == 0 {
+                return (0.0, 0.0, 0.0);
+            }
+            let median = if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            };
+            (v[0], median, v[n - 1])
+        };
+        writeln!(f, "\nper-speaker UAR   min    median max")?;
+        type Row = (&'static str, fn(&SpeakerFigures) -> f64);
+        let rows: [Row; 3] = [
+            ("arousal", |s| s.arousal),
+            ("arousal 1 s", |s| s.arousal_1s),
+            ("anger", |s| s.anger),
+        ];
+        for (name, get) in rows {
+            let (lo, med, hi) = spread(&mut self.per_speaker.iter().map(get).collect());
+            writeln!(f, "  {name:<14} {lo:.3}  {med:.3}  {hi:.3}")?;
+        }
+        writeln!(
+            f,
+            "\nearly gate (P >= 0.85 or <= 0.15): share confidently right / wrong"
+        )?;
+        for gt in &self.gate {
+            writeln!(
+                f,
+                "  after {:.1} s: high {:.2} / {:.2}   low {:.2} / {:.2}   (in a call, with familiarity: high {:.2}, low {:.2})",
+                gt.speech_s,
+                gt.high_confident_right,
+                gt.high_confident_wrong,
+                gt.low_confident_right,
+                gt.low_confident_wrong,
+                gt.high_in_call,
+                gt.low_in_call
+            )?;
+        }
+        let a = &self.anger_flag;
+        writeln!(
+            f,
+            "\nanger flag at {:.2}: recall {:.3}, false positives {:.3}, precision {:.3} (equal priors)",
+            a.threshold, a.recall, a.false_positive_rate, a.precision_equal_priors
+        )?;
+        write!(f, "  at other thresholds (recall/precision):")?;
+        for (t, r, p) in &self.anger_flag_sweep {
+            write!(f, "  {t:.1}: {r:.2}/{p:.2}")?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "\narousal UAR routing agitated at P(high) >= t (whole clip, after 1 s):"
+        )?;
+        for (t, w, e) in &self.routing_sweep {
+            writeln!(f, "  t = {t:.1}: {w:.3}, {e:.3}")?;
         }
         for (name, bins) in [
             ("arousal", &self.arousal_reliability),

@@ -8,8 +8,10 @@
 #![warn(missing_docs)]
 
 pub mod analyze;
+pub mod conditions;
 pub mod corpus;
 pub mod learn;
+pub mod multi;
 pub mod plot;
 
 /// The WAV reader the tools use, for callers that read WAV files themselves.

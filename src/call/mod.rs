@@ -238,6 +238,8 @@ impl Call {
             first_audio_to_decision_ms: None,
             refer_attempts: Vec::new(),
             outcome: Outcome::Pending,
+            line_adapted: false,
+            line_sample: None,
         };
         let dialog = Dialog::from_invite(&invite, &local_tag)?;
         let transfer = Transfer {
@@ -326,6 +328,7 @@ impl Call {
             jitter_delay: self.s.jitter_delay,
             send_silence: self.s.send_silence,
             models: &self.s.models,
+            lines: &self.s.lines,
         };
         self.media = Some(MediaSession::new(&neg, cfg, self.clock.started, now)?);
         self.initial_session(&neg, &answer, now);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use emonav_dsp::Model;
 
 use super::uri_host;
+use crate::adapt::LineAdapter;
 use crate::config::{DialogCredential, Fallback, Profile};
 use crate::policy::Policy;
 use crate::sdp::CodecName;
@@ -45,6 +46,8 @@ pub struct CallSettings {
     pub user_agent: String,
     /// The emotion models calls run: G.711 (8 kHz) and Opus (16 kHz).
     pub models: [Arc<Model>; 2],
+    /// Line adaptation for each model (`[adapt]`; src/adapt.rs).
+    pub lines: [Arc<LineAdapter>; 2],
     /// Credentials for peers that challenge our REFER or BYE, in the order
     /// tried ([`Profile::dialog_credentials`]).
     pub credentials: Vec<DialogCredential>,
@@ -62,6 +65,18 @@ impl CallSettings {
             uri_host(sip_addr.ip())
         ))
         .expect("contact built from a validated profile");
+        let models = [p.model(8000), p.model(16000)];
+        let file = |suffix: &str| {
+            p.adapt_file().map(|f| {
+                let stem = f.file_stem().unwrap_or_default().to_string_lossy();
+                let ext = f.extension().map(|e| format!(".{}", e.to_string_lossy()));
+                f.with_file_name(format!("{stem}{suffix}{}", ext.unwrap_or_default()))
+            })
+        };
+        let lines = [
+            Arc::new(LineAdapter::new(&models[0], &p.adapt, file(""))),
+            Arc::new(LineAdapter::new(&models[1], &p.adapt, file("-16k"))),
+        ];
         Self {
             timers: Timers {
                 t1: p.t1(),
@@ -80,7 +95,8 @@ impl CallSettings {
             sip_addr,
             contact,
             user_agent: p.sip.user_agent.clone(),
-            models: [p.model(8000), p.model(16000)],
+            models,
+            lines,
             credentials: p.dialog_credentials(),
             min_se: p.sip.min_se_s,
         }

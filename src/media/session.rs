@@ -12,9 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use emonav_dsp::model::{feature_vector, FEATURES};
 use emonav_dsp::{Analyzer, Estimate, Model, ModelEstimator};
 
-use crate::events::{CallRecord, MediaStats};
+use crate::adapt::LineAdapter;
+
+use crate::events::{CallRecord, LineSample, MediaStats};
 use crate::media::jitter::JitterBuffer;
 use crate::media::latch::{Latch, Verdict};
 use crate::media::opus::{self, OpusDecoder};
@@ -28,11 +31,12 @@ use crate::sdp::{self, CodecName, Negotiated, SdpError};
 const MAX_SAMPLES: usize = 2048;
 const _: () = assert!(opus::MAX_PACKET_SAMPLES <= MAX_SAMPLES);
 
-/// Rate Opus is decoded at for the analyser: wideband, which the 16 kHz model
-/// (`CallSettings::models`) is trained for. The 8 kHz model must never see
-/// 16 kHz features: it hears the agitated fixture as calm there (arousal
-/// 0.34 instead of 0.96).
-pub(crate) const OPUS_ANALYSIS_RATE: u32 = 16_000;
+/// Rate Opus is decoded at for the analyser: 8 kHz, like G.711, so every
+/// call reaches the one 8 kHz model through the same conditioning
+/// (`emonav_dsp::condition`, 300–3400 Hz; docs/model.md "One signal path").
+/// libopus decodes any Opus stream at 8 kHz; the analyser's band ends at
+/// 3.4 kHz anyway, so nothing it uses is lost.
+pub(crate) const OPUS_ANALYSIS_RATE: u32 = 8_000;
 
 /// Most Opus packets concealed for one sequence gap: enough to bridge the
 /// usual burst loss, bounded so a long outage or a resynchronised sequence
@@ -139,7 +143,7 @@ pub(crate) struct MediaSession {
     audio_pt: u8,
     dec: Decode,
     analyzer: Analyzer,
-    /// Rate the analyser runs at (8000 for G.711, 16000 for Opus calls).
+    /// Rate the analyser runs at (8000 for every codec today).
     analysis_rate: u32,
     /// Our silence stream (`[media] send_silence`), started at the answer;
     /// None until then or when we must not send.
@@ -160,6 +164,8 @@ pub(crate) struct MediaSession {
     /// Where the caller's RTCP came from on our RTCP port (symmetric RTCP).
     rtcp_source: Option<SocketAddr>,
     last_packet: Option<Instant>,
+    /// Scored through a line map.
+    line_adapted: bool,
     /// RTP timestamp of the last telephone-event acted on.
     last_event: Option<u32>,
 }
@@ -173,6 +179,9 @@ pub(crate) struct MediaConfig<'a> {
     pub send_silence: bool,
     /// The G.711 (8 kHz) and Opus (16 kHz) models.
     pub models: &'a [Arc<Model>; 2],
+    /// Their line adaptation: the map in force when the call starts is the
+    /// one it is scored through.
+    pub lines: &'a [Arc<LineAdapter>; 2],
 }
 
 impl MediaSession {
@@ -194,6 +203,8 @@ impl MediaSession {
                 }
             },
         };
+        let line = cfg.lines[usize::from(rate == 16000)].current();
+        let line_adapted = line.is_some();
         let ssrc = fastrand::u32(..);
         // RFC 7022 §4.2: a random CNAME per call.
         let cname = format!("{:016x}@emonav", fastrand::u64(..));
@@ -221,11 +232,13 @@ impl MediaSession {
             sdp_rtp: None,
             analyzer: Analyzer::with_estimator(
                 rate,
-                Box::new(ModelEstimator::new(
+                Box::new(ModelEstimator::with_line(
                     cfg.models[usize::from(rate == 16000)].clone(),
+                    line,
                 )),
             ),
             analysis_rate: rate,
+            line_adapted,
             last_packet: None,
             last_event: None,
         };
@@ -337,6 +350,15 @@ impl MediaSession {
 
     /// Statistics into the call's record.
     pub(crate) fn record(&self, r: &mut CallRecord) {
+        let f = self.analyzer.functionals();
+        let mut raw = [0.0; FEATURES];
+        feature_vector(f, &mut raw);
+        r.line_adapted = self.line_adapted;
+        r.line_sample = Some(LineSample {
+            slot: usize::from(self.analysis_rate == 16000),
+            raw: Box::new(raw),
+            speech_ms: f.speech_ms(),
+        });
         let jitter = self.jitter.stats();
         r.rtp = self.rtp.stats();
         r.rtp.late = jitter.late;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::LineMap;
 use crate::estimator::{EmotionEstimator, Estimate};
 use crate::features::{FrameFeatures, Functionals};
 pub use embedded::{embedded, DEFAULT_MODEL, DEFAULT_MODEL_16K};
@@ -96,8 +97,14 @@ impl Linear {
 pub struct Scores {
     /// Probability of high arousal.
     pub arousal: f32,
-    /// Probability of anger.
+    /// Probability of anger, never above `arousal` (anger is a high-arousal
+    /// state, so a coherent P(anger) cannot exceed P(high arousal)).
     pub anger: f32,
+    /// How typical the vector is of the training data, 0..1: 1 within the
+    /// training distribution, falling as the vector's mean squared
+    /// standardised distance exceeds what 95 % of training vectors have
+    /// (see [`Model::typical_distance`]).
+    pub familiarity: f32,
 }
 
 /// A trained model, as stored in a JSON file.
@@ -125,6 +132,12 @@ pub struct Model {
     /// classifier each (for reports; routing uses arousal and anger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub categories: Option<Categories>,
+    /// The 95th percentile, over the training vectors, of the mean squared
+    /// standardised feature value: vectors beyond it are unusual, and the
+    /// estimator lowers its confidence in proportion. Absent in older files
+    /// (no lowering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typical_distance: Option<f32>,
 }
 
 /// One-vs-rest classifiers over emotion categories.
@@ -197,11 +210,17 @@ impl Model {
 
     /// Probabilities for a raw feature vector. Never allocates.
     pub fn scores(&self, raw: &[f32; FEATURES]) -> Scores {
+        let familiarity = match self.typical_distance {
+            Some(t) => (t / distance(raw, &self.mean, &self.scale).max(1e-6)).min(1.0),
+            None => 1.0,
+        };
         let mut x = *raw;
         self.standardise(&mut x);
+        let arousal = self.arousal.probability(&x);
         Scores {
-            arousal: self.arousal.probability(&x),
-            anger: self.anger.probability(&x),
+            arousal,
+            anger: self.anger.probability(&x).min(arousal),
+            familiarity,
         }
     }
 
@@ -231,6 +250,25 @@ impl Model {
     }
 }
 
+/// Mean squared standardised value of a raw vector's finite features (each
+/// term capped at 100), by the given statistics: about 1 for a typical vector.
+pub fn distance(raw: &[f32; FEATURES], mean: &[f32], scale: &[f32]) -> f32 {
+    let mut sum = 0.0;
+    let mut n = 0;
+    for ((v, m), s) in raw.iter().zip(mean).zip(scale) {
+        if v.is_finite() {
+            let z = (v - m) / s;
+            sum += (z * z).min(100.0);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f32
+    }
+}
+
 /// One training example: a raw feature vector, its labels and its speaker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -247,8 +285,13 @@ pub struct Sample {
     pub group: u32,
 }
 
-/// L2 strengths tried by cross-validation over speakers.
-const LAMBDAS: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+/// L2 strengths tried by cross-validation over speakers when asked to tune.
+pub const LAMBDAS: [f64; 5] = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+
+/// The fixed L2 strength [`train`] uses: moderately strong. Tuning it per
+/// task by inner leave-one-speaker-out (`LAMBDAS`) over-fits the model
+/// selection to the training corpus; docs/model.md has the comparison.
+pub const DEFAULT_LAMBDA: f64 = 1e-2;
 
 /// Train a model: standardise, then for each task pick the L2 strength by
 /// leave-one-group-out log loss, calibrate on the out-of-group scores, and
@@ -262,7 +305,31 @@ pub fn train(
     description: &str,
     category_labels: &[&str],
 ) -> Result<Model, TrainError> {
+    train_with(
+        samples,
+        sample_rate,
+        description,
+        category_labels,
+        &[DEFAULT_LAMBDA],
+    )
+}
+
+/// [`train`] choosing each task's L2 strength from `lambdas` by
+/// leave-one-group-out log loss (one value: fixed, no search).
+pub fn train_with(
+    samples: &[Sample],
+    sample_rate: u32,
+    description: &str,
+    category_labels: &[&str],
+    lambdas: &[f64],
+) -> Result<Model, TrainError> {
     let (mean, scale) = standardisation(samples);
+    let mut d: Vec<f32> = samples
+        .iter()
+        .map(|s| distance(&s.x, &mean, &scale))
+        .collect();
+    d.sort_by(f32::total_cmp);
+    let typical_distance = d.get(d.len() * 95 / 100).copied();
     let mut x = Vec::with_capacity(samples.len() * FEATURES);
     for s in samples {
         for ((v, m), sd) in s.x.iter().zip(&mean).zip(&scale) {
@@ -275,13 +342,25 @@ pub fn train(
         }
     }
     let groups: Vec<u32> = samples.iter().map(|s| s.group).collect();
-    let arousal = train_task(&x, &groups, samples.iter().map(|s| s.arousal), "arousal")?;
-    let anger = train_task(&x, &groups, samples.iter().map(|s| s.anger), "anger")?;
+    let arousal = train_task(
+        &x,
+        &groups,
+        samples.iter().map(|s| s.arousal),
+        "arousal",
+        lambdas,
+    )?;
+    let anger = train_task(
+        &x,
+        &groups,
+        samples.iter().map(|s| s.anger),
+        "anger",
+        lambdas,
+    )?;
     let mut labels = Vec::new();
     let mut classifiers = Vec::new();
     for (k, name) in category_labels.iter().enumerate() {
         let one_vs_rest = samples.iter().map(|s| s.category.map(|c| c == k));
-        match train_task(&x, &groups, one_vs_rest, "category") {
+        match train_task(&x, &groups, one_vs_rest, "category", lambdas) {
             Ok(l) => {
                 labels.push(name.to_string());
                 classifiers.push(l);
@@ -303,6 +382,7 @@ pub fn train(
         arousal,
         anger,
         categories,
+        typical_distance,
     })
 }
 
@@ -331,6 +411,7 @@ fn train_task(
     groups: &[u32],
     labels: impl Iterator<Item = Option<bool>>,
     task: &'static str,
+    lambdas: &[f64],
 ) -> Result<Linear, TrainError> {
     let mut rows = Vec::new();
     let mut g = Vec::new();
@@ -353,8 +434,8 @@ fn train_task(
     let (lambda, calibration) = if distinct.len() < 2 {
         (1e-2, [1.0, 0.0])
     } else {
-        let mut best = (f64::INFINITY, LAMBDAS[0], Vec::new());
-        for &lambda in &LAMBDAS {
+        let mut best = (f64::INFINITY, lambdas[0], Vec::new());
+        for &lambda in lambdas {
             let oof = out_of_group_scores(&rows, &g, &distinct, &y, lambda);
             let loss = weighted_log_loss(&oof, &y);
             if loss < best.0 {
@@ -450,6 +531,7 @@ pub const UPDATE_MS: u32 = 250;
 #[derive(Debug, Clone)]
 pub struct ModelEstimator {
     model: Arc<Model>,
+    line: Option<Arc<LineMap>>,
     raw: [f32; FEATURES],
     frames: u32,
     current: Estimate,
@@ -458,8 +540,15 @@ pub struct ModelEstimator {
 impl ModelEstimator {
     /// An estimator over a shared model.
     pub fn new(model: Arc<Model>) -> Self {
+        Self::with_line(model, None)
+    }
+
+    /// An estimator that first moves each vector from the line's feature
+    /// distribution onto the model's ([`crate::adapt`]).
+    pub fn with_line(model: Arc<Model>, line: Option<Arc<LineMap>>) -> Self {
         Self {
             model,
+            line,
             raw: [0.0; FEATURES],
             frames: 0,
             current: Estimate::default(),
@@ -475,11 +564,16 @@ impl EmotionEstimator for ModelEstimator {
         }
         self.frames = 0;
         feature_vector(f, &mut self.raw);
+        if let Some(line) = &self.line {
+            line.apply(&mut self.raw);
+        }
         let s = self.model.scores(&self.raw);
         self.current = Estimate {
             arousal: s.arousal,
             anger: s.anger,
-            confidence: (2.0 * s.arousal - 1.0).abs(),
+            // Unusual audio (a line or voice unlike the training data) lowers
+            // the confidence, so the call waits for more speech.
+            confidence: (2.0 * s.arousal - 1.0).abs() * s.familiarity,
             speech_ms: f.speech_ms(),
         };
     }

@@ -1,0 +1,305 @@
+//! Unsupervised adaptation to the line: running feature statistics over the
+//! recent calls of one deployment, and the map that moves a call's feature
+//! vector from the line's distribution onto the one the model was trained on.
+//!
+//! Why: a model trained on one corpus meets lines (handsets, codecs, gateways,
+//! languages) whose feature distributions are shifted and scaled against its
+//! training data. Normalising each held-out corpus by its own statistics (no
+//! labels needed) is the classic remedy for cross-corpus emotion recognition
+//! (Schuller et al., "Cross-corpus acoustic emotion recognition", IEEE TAC
+//! 2010). A deployment hears thousands of callers on the same lines, so it can
+//! estimate those statistics itself.
+//!
+//! Robust and bounded: the last [`LineStats::capacity`] calls' vectors are
+//! kept in a ring (47 floats a call, ~190 KB for 1,000 calls); the centre is
+//! the per-feature median and the spread the inter-quartile range / 1.349, so
+//! a few strange calls (music on hold, a fax, silence) move neither. They are
+//! recomputed once per call added, never per packet. The ring serialises, so
+//! the statistics survive a restart.
+//!
+//! Only the *shape* of the distribution is learnt from the line: a line where
+//! most callers are calm has a calmer median than the balanced training
+//! corpus, and full normalisation would then shift calm callers toward
+//! "agitated". [`LineMap`] therefore blends the line's statistics with the
+//! model's by `strength` (profile key), and starts only once `min_calls`
+//! calls have been seen.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::FEATURES;
+
+/// The last calls' feature vectors on one line, and their robust statistics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LineStats {
+    capacity: usize,
+    /// Ring of raw vectors, `FEATURES` values each (NaN: not computable in
+    /// that call).
+    ring: Vec<Vec<f32>>,
+    /// Where the next vector goes once the ring is full.
+    next: usize,
+    /// Calls ever observed (not bounded by the ring).
+    seen: u64,
+    #[serde(skip)]
+    centre: Vec<f32>,
+    #[serde(skip)]
+    spread: Vec<f32>,
+}
+
+impl LineStats {
+    /// Empty statistics over at most `capacity` recent calls (at least 8).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(8),
+            ring: Vec::new(),
+            next: 0,
+            seen: 0,
+            centre: vec![f32::NAN; FEATURES],
+            spread: vec![f32::NAN; FEATURES],
+        }
+    }
+
+    /// Calls kept at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Calls observed since the statistics were created (persisted too).
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Calls in the window now.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// No call observed yet.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Add one call's raw feature vector (whole call). Vectors with no
+    /// finite value are ignored.
+    pub fn observe(&mut self, raw: &[f32; FEATURES]) {
+        if !raw.iter().any(|v| v.is_finite()) {
+            return;
+        }
+        if self.ring.len() < self.capacity {
+            self.ring.push(raw.to_vec());
+        } else {
+            self.ring[self.next].copy_from_slice(raw);
+            self.next = (self.next + 1) % self.capacity;
+        }
+        self.seen += 1;
+        self.recompute();
+    }
+
+    /// Per-feature median and robust spread (IQR / 1.349, the standard
+    /// deviation for a normal distribution) of the window; NaN where fewer
+    /// than 4 calls had the feature or the spread is zero.
+    pub fn centre_and_spread(&self) -> (&[f32], &[f32]) {
+        (&self.centre, &self.spread)
+    }
+
+    fn recompute(&mut self) {
+        let mut col = Vec::with_capacity(self.ring.len());
+        self.centre.resize(FEATURES, f32::NAN);
+        self.spread.resize(FEATURES, f32::NAN);
+        for j in 0..FEATURES {
+            col.clear();
+            col.extend(self.ring.iter().map(|r| r[j]).filter(|v| v.is_finite()));
+            if col.len() < 4 {
+                self.centre[j] = f32::NAN;
+                self.spread[j] = f32::NAN;
+                continue;
+            }
+            col.sort_unstable_by(f32::total_cmp);
+            let q = |p: f32| {
+                let pos = p * (col.len() - 1) as f32;
+                let (i, f) = (pos.floor() as usize, pos.fract());
+                let hi = col[(i + 1).min(col.len() - 1)];
+                col[i] + f * (hi - col[i])
+            };
+            let iqr = q(0.75) - q(0.25);
+            self.centre[j] = q(0.5);
+            self.spread[j] = if iqr > 0.0 { iqr / 1.349 } else { f32::NAN };
+        }
+    }
+
+    /// Read statistics written by [`LineStats::to_json`]; the window is
+    /// trimmed to `capacity` (newest kept) when the profile shrank it.
+    pub fn from_json(text: &str, capacity: usize) -> Result<Self, serde_json::Error> {
+        let mut s: LineStats = serde_json::from_str(text)?;
+        s.ring.retain(|r| r.len() == FEATURES);
+        // Oldest first, so trimming keeps the newest.
+        let next = s.next.min(s.ring.len());
+        s.ring.rotate_left(next);
+        s.next = 0;
+        s.capacity = capacity.max(8);
+        if s.ring.len() > s.capacity {
+            let drop = s.ring.len() - s.capacity;
+            s.ring.drain(..drop);
+        }
+        s.recompute();
+        Ok(s)
+    }
+
+    /// The statistics as JSON (the window itself, so medians are exact
+    /// after a restart).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("line statistics always serialise")
+    }
+}
+
+/// How a call's raw features are moved from the line onto the model's
+/// training distribution: `x' = m + (x − c)·s/σ` per feature, where `c`, `σ`
+/// are the line's (blended with the model's by `strength`) and `m`, `s` the
+/// model's training mean and scale. Built once per call from a snapshot of
+/// [`LineStats`]; applying it never allocates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineMap {
+    gain: [f32; FEATURES],
+    offset: [f32; FEATURES],
+}
+
+impl LineMap {
+    /// The map for a line, or `None` while fewer than `min_calls` calls
+    /// were seen (the identity then). `strength` in [0, 1]: 0 leaves the
+    /// features as they are, 1 normalises fully to the line.
+    pub fn new(
+        line: &LineStats,
+        model_mean: &[f32],
+        model_scale: &[f32],
+        min_calls: usize,
+        strength: f32,
+    ) -> Option<Self> {
+        if line.len() < min_calls.max(4) || model_mean.len() != FEATURES {
+            return None;
+        }
+        let w = strength.clamp(0.0, 1.0);
+        let (centre, spread) = line.centre_and_spread();
+        let mut gain = [1.0; FEATURES];
+        let mut offset = [0.0; FEATURES];
+        for j in 0..FEATURES {
+            let (m, s) = (model_mean[j], model_scale[j]);
+            if !(centre[j].is_finite() && spread[j].is_finite() && s > 0.0) {
+                continue;
+            }
+            // Blend the line's location and spread with the model's, then
+            // map the blended distribution onto the model's.
+            let c = w * centre[j] + (1.0 - w) * m;
+            let sd = w * spread[j] + (1.0 - w) * s;
+            // A line may not stretch or squeeze a feature by more than 4x:
+            // beyond that the window says more about a few odd calls than
+            // about the line.
+            let g = (s / sd).clamp(0.25, 4.0);
+            gain[j] = g;
+            offset[j] = m - c * g;
+        }
+        Some(Self { gain, offset })
+    }
+
+    /// Apply in place (NaN stays NaN: the model reads it as its mean).
+    pub fn apply(&self, raw: &mut [f32; FEATURES]) {
+        for ((v, g), o) in raw.iter_mut().zip(&self.gain).zip(&self.offset) {
+            *v = *v * g + o;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(rng: &mut fastrand::Rng, shift: f32, scale: f32) -> [f32; FEATURES] {
+        let mut x = [0.0; FEATURES];
+        for (j, v) in x.iter_mut().enumerate() {
+            // Roughly normal (sum of uniforms), per-feature location j.
+            let z: f32 = (0..6).map(|_| rng.f32()).sum::<f32>() - 3.0;
+            *v = j as f32 + shift + scale * z * 1.4;
+        }
+        x
+    }
+
+    #[test]
+    fn a_shifted_scaled_line_is_mapped_back_onto_the_model() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mean: Vec<f32> = (0..FEATURES).map(|j| j as f32).collect();
+        let scale = vec![1.0; FEATURES];
+        let mut line = LineStats::new(500);
+        for _ in 0..500 {
+            line.observe(&vector(&mut rng, 3.0, 2.0));
+        }
+        let map = LineMap::new(&line, &mean, &scale, 100, 1.0).unwrap();
+        let (mut sum, mut n) = (0.0f64, 0);
+        for _ in 0..2000 {
+            let mut x = vector(&mut rng, 3.0, 2.0);
+            map.apply(&mut x);
+            for (j, v) in x.iter().enumerate() {
+                sum += (*v - j as f32) as f64;
+                n += 1;
+            }
+        }
+        let bias = sum / n as f64;
+        assert!(bias.abs() < 0.1, "residual shift {bias}");
+        // Half strength leaves half the shift.
+        let half = LineMap::new(&line, &mean, &scale, 100, 0.5).unwrap();
+        let mut x = [0.0; FEATURES];
+        for (j, v) in x.iter_mut().enumerate() {
+            *v = j as f32 + 3.0;
+        }
+        half.apply(&mut x);
+        assert!((x[10] - 10.0 - 1.0).abs() < 0.4, "{}", x[10]);
+    }
+
+    #[test]
+    fn no_map_before_enough_calls_and_outliers_do_not_move_it() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mean: Vec<f32> = (0..FEATURES).map(|j| j as f32).collect();
+        let scale = vec![1.0; FEATURES];
+        let mut line = LineStats::new(200);
+        for _ in 0..49 {
+            line.observe(&vector(&mut rng, 0.0, 1.0));
+        }
+        assert!(LineMap::new(&line, &mean, &scale, 50, 1.0).is_none());
+        for _ in 0..151 {
+            line.observe(&vector(&mut rng, 0.0, 1.0));
+        }
+        let before = line.centre_and_spread().0.to_vec();
+        // Ten wild calls (5 % of the window) barely move the medians.
+        for _ in 0..10 {
+            line.observe(&[1e6; FEATURES]);
+        }
+        let after = line.centre_and_spread().0;
+        for j in 0..FEATURES {
+            assert!(
+                (after[j] - before[j]).abs() < 0.3,
+                "{j}: {} -> {}",
+                before[j],
+                after[j]
+            );
+        }
+        // A vector with nothing computable is not a call.
+        let seen = line.seen();
+        line.observe(&[f32::NAN; FEATURES]);
+        assert_eq!(line.seen(), seen);
+    }
+
+    #[test]
+    fn the_window_is_bounded_and_survives_a_restart() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut line = LineStats::new(64);
+        for i in 0..100 {
+            line.observe(&vector(&mut rng, i as f32 / 10.0, 1.0));
+        }
+        assert_eq!((line.len(), line.seen()), (64, 100));
+        let back = LineStats::from_json(&line.to_json(), 64).unwrap();
+        assert_eq!(back.centre_and_spread(), line.centre_and_spread());
+        assert_eq!(back.seen(), 100);
+        // A smaller window keeps the newest calls.
+        let small = LineStats::from_json(&line.to_json(), 16).unwrap();
+        assert_eq!(small.len(), 16);
+        assert!(small.centre_and_spread().0[0] > line.centre_and_spread().0[0]);
+        assert!(LineStats::from_json("{", 16).is_err());
+    }
+}
