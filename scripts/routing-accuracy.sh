@@ -153,7 +153,7 @@ for ss in "${spk[@]}"; do
   # The fold's profile: default.toml with the fold models and free ports.
   port=$((45000 + RANDOM % 1000))
   rtp=$((46000 + 2 * (RANDOM % 2000)))
-  sed -e "s|^# file = .*|file = \"$fold/fold-$ss-8k.json\"|" \
+  sed -e "s|^# file = \"models/.*|file = \"$fold/fold-$ss-8k.json\"|" \
     -e "s|^rtp_port_min = .*|rtp_port_min = $rtp|; s|^rtp_port_max = .*|rtp_port_max = $((rtp + 998))|" \
     -e "s|^transports = .*|transports = [\"udp\"]|" \
     sip-profiles/default.toml >"$fold/profile.toml"

@@ -389,6 +389,37 @@ impl Profile {
             profile.loaded_models[slot] = Some(Arc::new(model));
         }
         profile.adapt_file = profile.adapt.file.as_ref().map(|f| base.join(f));
+        // The statistics file is rewritten as calls end: it must not be a
+        // file the profile reads or appends to for anything else.
+        if let Some(f) = &profile.adapt_file {
+            let others = [
+                (
+                    "model.file",
+                    profile.model.file.as_ref().map(|m| base.join(m)),
+                ),
+                (
+                    "model.wideband_file",
+                    profile.model.wideband_file.as_ref().map(|m| base.join(m)),
+                ),
+                (
+                    "events.file",
+                    profile.events.file.as_ref().map(std::path::PathBuf::from),
+                ),
+            ];
+            for (key, other) in others {
+                let plain = |p: &Path| {
+                    p.components()
+                        .filter(|c| !matches!(c, std::path::Component::CurDir))
+                        .collect::<std::path::PathBuf>()
+                };
+                if other.is_some_and(|o| plain(&o) == plain(f)) {
+                    return Err(invalid(format!(
+                        "adapt.file {} is also {key}: the line statistics would overwrite it",
+                        f.display()
+                    )));
+                }
+            }
+        }
         Ok(profile)
     }
 
@@ -546,6 +577,18 @@ mod tests {
                 Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
             }
         }
+    }
+
+    #[test]
+    fn the_line_statistics_file_cannot_be_another_file_of_the_profile() {
+        let text = "[events]\nfile = \"calls.jsonl\"\n[adapt]\nfile = \"calls.jsonl\"\n";
+        let err = Profile::from_toml(text, "p").unwrap_err().to_string();
+        assert!(err.contains("also events.file"), "{err}");
+        let ok = "[adapt]\nfile = \"line.json\"\nstrength = 1.0\n";
+        let p = Profile::from_toml(ok, "p").unwrap();
+        assert_eq!(p.adapt_file(), Some(Path::new("./line.json")));
+        let err = Profile::from_toml("[adapt]\nstrength = 1.5\n", "p").unwrap_err();
+        assert!(err.to_string().contains("adapt.strength"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!
 //! - running the endpoint: [`Profile`] (the configuration), [`Server`],
 //!   [`EventSink`] (where call records go);
-//! - the routing decision: [`Policy`], [`Decision`];
+//! - the routing decision: [`Policy`], [`Decision`], and the call's decision
+//!   clock [`Decider`] (also driven by `emonav analyze`);
 //! - one call driven without sockets (the allocation test): [`Call`],
 //!   [`CallSettings`], and what it emits, [`Output`], [`Transmit`],
 //!   [`Socket`];
@@ -37,6 +38,6 @@ pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::Profile;
 pub use events::EventSink;
 pub use media::rtp::{RtpEvent, RtpReceiver};
-pub use policy::{Decision, Policy};
+pub use policy::{Decider, Decision, Policy};
 pub use sdp::{parse as parse_sdp, CodecName};
 pub use server::Server;

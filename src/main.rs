@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use emonav::{Decision, EventSink, Policy, Profile, Server};
+use std::time::Duration;
+
+use emonav::{Decider, Decision, EventSink, Policy, Profile, Server};
 use emonav_offline::corpus::{self, Labels};
 use emonav_offline::learn::{self, Normalisation};
 use emonav_offline::multi;
@@ -110,6 +112,20 @@ struct EvalArgs {
     /// offline/src/conditions.rs), or `all` for a table over every condition.
     #[arg(long, default_value = "pcmu")]
     condition: String,
+    /// With --loso: simulate adaptation to the line (`[adapt]`): the clips
+    /// arrive as one shuffled stream, each scored through the statistics of
+    /// the clips before it (no labels).
+    #[arg(long, requires = "loso")]
+    adapt: bool,
+    /// `[adapt] min_calls` for --adapt.
+    #[arg(long, default_value_t = 200)]
+    adapt_min_calls: usize,
+    /// `[adapt] strength` for --adapt.
+    #[arg(long, default_value_t = 0.5)]
+    adapt_strength: f32,
+    /// Seed of the --adapt stream's order.
+    #[arg(long, default_value_t = 1)]
+    adapt_seed: u64,
 }
 
 #[derive(Args, Clone)]
@@ -240,7 +256,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
 
 fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
     let p = load(profile)?;
-    let a = emonav_offline::analyze::analyze(file, &Routing(&p.policy), p.model(8000))?;
+    let a = emonav_offline::analyze::analyze(file, &mut Routing::new(&p.policy), p.model(8000))?;
     if json {
         println!("{}", serde_json::to_string(&a)?);
     } else {
@@ -250,7 +266,22 @@ fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// The profile's routing policy as the decision rule `analyze` judges a recording by.
-struct Routing<'a>(&'a Policy);
+/// The call's decision clock on a recording's timeline: the first audio at
+/// `start`, time advancing with the audio.
+struct Routing {
+    decider: Decider,
+    start: std::time::Instant,
+}
+
+impl Routing {
+    fn new(policy: &Policy) -> Self {
+        let start = std::time::Instant::now();
+        let mut decider = Decider::new(policy.clone());
+        decider.answered(start);
+        decider.heard(start);
+        Self { decider, start }
+    }
+}
 
 /// A routing decision, printed as `analyze` reports it.
 #[derive(serde::Serialize)]
@@ -273,16 +304,27 @@ impl std::fmt::Display for Routed {
     }
 }
 
-impl emonav_offline::analyze::Decide for Routing<'_> {
+impl emonav_offline::analyze::Decide for Routing {
     type Decision = Routed;
-    fn deadline_ms(&self) -> u64 {
-        self.0.decision_deadline_ms
+    fn after_packet(&mut self, e: &emonav_dsp::Estimate, ms: u64) -> Option<(Routed, u64)> {
+        let now = self.start + Duration::from_millis(ms);
+        let early = self.decider.after_packet(e).is_some();
+        let due = self.decider.deadline().filter(|&d| now >= d);
+        if !early {
+            due?;
+            self.decider.at_deadline(e);
+        }
+        let at = due.map_or(ms, |d| (d - self.start).as_millis() as u64);
+        self.decider.decision().map(|d| (Routed(d.clone()), at))
     }
-    fn early(&self, e: &emonav_dsp::Estimate) -> Option<Routed> {
-        self.0.early(e).map(Routed)
-    }
-    fn at_deadline(&self, e: &emonav_dsp::Estimate) -> Routed {
-        Routed(self.0.at_deadline(e))
+    fn at_end(&mut self, e: &emonav_dsp::Estimate) -> (Routed, u64) {
+        let at = self
+            .decider
+            .deadline()
+            .map_or(0, |d| (d - self.start).as_millis() as u64);
+        self.decider.at_deadline(e);
+        let d = self.decider.decision().expect("decided at the deadline");
+        (Routed(d.clone()), at)
     }
 }
 
@@ -389,7 +431,18 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         &|c, i| eval.contains(&c) || (args.loso && picks(i).contains(&c)),
         d.cache.as_deref(),
     )?;
-    let (mode, preds) = if args.loso {
+    let (mode, preds) = if args.loso && args.adapt {
+        let sim = multi::AdaptSim {
+            min_calls: args.adapt_min_calls,
+            window: 2000,
+            strength: args.adapt_strength,
+            seed: args.adapt_seed,
+        };
+        (
+            "loso, adapted to the line",
+            multi::loso_adapted(&items, &table, &g, &picks, &eval, &d.lambda, sim)?,
+        )
+    } else if args.loso {
         (
             "loso",
             multi::loso(&items, &table, &g, &picks, &eval, &d.lambda)?,
@@ -499,8 +552,16 @@ fn training_name(args: &EvalArgs) -> String {
     if !args.loso {
         return "none (a given model)".into();
     }
+    let adapt = if args.adapt {
+        format!(
+            "; adapted to the line after {} calls, strength {}, stream seed {}",
+            args.adapt_min_calls, args.adapt_strength, args.adapt_seed
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}, L2 {:?}",
+        "{}, L2 {:?}{adapt}",
         if args.data.clean_only {
             "clean only"
         } else {
@@ -518,6 +579,9 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         ..
     } = &args.data;
     let rate = *rate;
+    if args.adapt && (rate != 8000 || args.speaker_norm) {
+        anyhow::bail!("--adapt runs at 8000 Hz without --speaker-norm");
+    }
     if rate == 8000 && !args.speaker_norm {
         if args.loso && learn::groups(&corpus::load(dir, labels)?).1.len() < 2 {
             anyhow::bail!("--loso needs a speaker for every clip and at least two speakers (CSV: path,label,speaker)");

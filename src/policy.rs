@@ -250,7 +250,7 @@ impl Policy {
 /// comes) that hold pauses; the default queue for a call that could not be
 /// analysed; a keypad rule whenever a digit comes. Decides once.
 #[derive(Debug, Clone)]
-pub(crate) struct Decider {
+pub struct Decider {
     policy: Policy,
     budget: Duration,
     answered: Option<Instant>,
@@ -262,7 +262,7 @@ pub(crate) struct Decider {
 
 impl Decider {
     /// A decider for `policy`, its deadline `[policy] decision_deadline_ms`.
-    pub(crate) fn new(policy: Policy) -> Self {
+    pub fn new(policy: Policy) -> Self {
         let budget = Duration::from_millis(policy.decision_deadline_ms);
         Self {
             policy,
@@ -276,12 +276,12 @@ impl Decider {
     }
 
     /// The call was answered: the deadline runs from now until audio comes.
-    pub(crate) fn answered(&mut self, now: Instant) {
+    pub fn answered(&mut self, now: Instant) {
         self.answered = Some(now);
     }
 
     /// Audio was heard: the deadline runs from the first (heard, not played out).
-    pub(crate) fn heard(&mut self, now: Instant) {
+    pub fn heard(&mut self, now: Instant) {
         self.first_audio.get_or_insert(now);
     }
 
@@ -303,13 +303,13 @@ impl Decider {
     }
 
     /// The decision taken, if any.
-    pub(crate) fn decision(&self) -> Option<&Decision> {
+    pub fn decision(&self) -> Option<&Decision> {
         self.decision.as_ref()
     }
 
     /// When the deadline decision is due: `None` once decided, on hold, or
     /// before the deadline's clock started.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Instant> {
         if self.decision.is_some() || self.paused_since.is_some() {
             return None;
         }
@@ -325,7 +325,7 @@ impl Decider {
 
     /// After an analysed packet: the early decision, if the estimate is
     /// already good enough.
-    pub(crate) fn after_packet(&mut self, e: &Estimate) -> Option<&Decision> {
+    pub fn after_packet(&mut self, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.early(e)?;
         self.settle(d)
     }
@@ -337,7 +337,7 @@ impl Decider {
     }
 
     /// The deadline came: the best estimate decides, whatever its confidence.
-    pub(crate) fn at_deadline(&mut self, e: &Estimate) -> Option<&Decision> {
+    pub fn at_deadline(&mut self, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.at_deadline(e);
         self.settle(d)
     }

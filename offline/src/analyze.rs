@@ -11,18 +11,20 @@ use serde::Serialize;
 
 use emonav_dsp::{telephone, Analyzer, Estimate, Model, ModelEstimator};
 
-/// The decision rule a recording is judged by: the call's routing policy
-/// (the binary implements this for `emonav::policy::Policy`; this crate does
-/// not depend on the endpoint library).
+/// The decision clock a recording is judged by: the call's own
+/// (`emonav::policy::Decider`, which the binary plugs in; this crate does not
+/// depend on the endpoint library), fed the way a call feeds it: after each
+/// analysed 20 ms packet, with the time since the first audio.
 pub trait Decide {
-    /// What the rule decides.
+    /// What the clock decides.
     type Decision: Serialize + std::fmt::Display;
-    /// Milliseconds after the first audio by which a call must decide.
-    fn deadline_ms(&self) -> u64;
-    /// A decision before the deadline, if the estimate is confident enough.
-    fn early(&self, e: &Estimate) -> Option<Self::Decision>;
-    /// The decision at the deadline.
-    fn at_deadline(&self, e: &Estimate) -> Self::Decision;
+    /// After the packet that brings the audio to `ms` after its start: the
+    /// decision and its time (ms after the first audio) once one is taken,
+    /// early or at the deadline.
+    fn after_packet(&mut self, e: &Estimate, ms: u64) -> Option<(Self::Decision, u64)>;
+    /// The recording ended undecided: the decision a call would take at its
+    /// deadline on what it had heard, and when.
+    fn at_end(&mut self, e: &Estimate) -> (Self::Decision, u64);
 }
 
 /// Why a recording cannot be analysed.
@@ -212,7 +214,7 @@ pub struct Analysis<D> {
 /// Run a recording through the call pipeline and the policy.
 pub fn analyze<P: Decide>(
     path: &Path,
-    policy: &P,
+    policy: &mut P,
     model: Arc<Model>,
 ) -> Result<Analysis<P::Decision>, AnalyzeError> {
     let (audio, rate) = read_wav(path)?;
@@ -220,18 +222,13 @@ pub fn analyze<P: Decide>(
     let mut a = Analyzer::with_estimator(8000, Box::new(ModelEstimator::new(model)));
     let mut timeline = Vec::new();
     let mut decision: Option<(P::Decision, u64)> = None;
-    let deadline = policy.deadline_ms();
     // 20 ms packets, as RTP delivers them.
     for (i, packet) in pcm.chunks(160).enumerate() {
         a.push(packet);
         let now_ms = (i as u64 + 1) * 20;
         let e = a.estimate();
         if decision.is_none() {
-            if let Some(d) = policy.early(&e) {
-                decision = Some((d, now_ms));
-            } else if now_ms >= deadline {
-                decision = Some((policy.at_deadline(&e), deadline));
-            }
+            decision = policy.after_packet(&e, now_ms);
         }
         if now_ms % 500 == 0 {
             timeline.push(point(now_ms as u32, &e));
@@ -243,7 +240,7 @@ pub fn analyze<P: Decide>(
     }
     // A recording shorter than the deadline: the call would have decided at
     // the deadline on what it had heard.
-    let (decision, decision_ms) = decision.unwrap_or_else(|| (policy.at_deadline(&last), deadline));
+    let (decision, decision_ms) = decision.unwrap_or_else(|| policy.at_end(&last));
     let f = a.functionals();
     Ok(Analysis {
         file: path.display().to_string(),

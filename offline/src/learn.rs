@@ -378,7 +378,7 @@ fn reliability(pairs: &[(bool, f32)]) -> Vec<Bin> {
 }
 
 /// The profile's anger flag threshold the report measures (sip-profiles `flag_anger`).
-pub const ANGER_FLAG: f32 = 0.8;
+pub const ANGER_FLAG: f32 = 0.6;
 
 /// One speaker's whole-clip figures.
 #[derive(Debug, Clone, Serialize)]

@@ -7,6 +7,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use emonav_dsp::adapt::{LineMap, LineStats};
 use emonav_dsp::model::{self, Sample, FEATURES, FEATURE_NAMES};
 use emonav_dsp::{telephone, Model};
 
@@ -290,6 +291,34 @@ pub fn samples(
     out
 }
 
+/// One model per held-out speaker: trained on the other speakers' chosen
+/// renderings (`(speaker, model)` in speaker order).
+pub fn fold_models(
+    items: &[Item],
+    table: &Table,
+    g: &[u32],
+    picks: &dyn Fn(usize) -> Vec<usize>,
+    lambdas: &[f64],
+) -> Result<Vec<(u32, Model)>, model::TrainError> {
+    let mut speakers: Vec<u32> = g.to_vec();
+    speakers.sort_unstable();
+    speakers.dedup();
+    speakers
+        .into_iter()
+        .map(|held| {
+            let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
+            let m = model::train_with(
+                &samples(items, table, g, &train_idx, picks, Some(held)),
+                LINE_RATE,
+                "loso fold",
+                &category_labels(),
+                lambdas,
+            )?;
+            Ok((held, m))
+        })
+        .collect()
+}
+
 /// Leave-one-speaker-out: for each speaker, train on the others' chosen
 /// renderings and score the held-out speaker under every evaluated
 /// condition (`eval[k]` indexes [`training_conditions`]). Returns
@@ -302,29 +331,85 @@ pub fn loso(
     eval: &[usize],
     lambdas: &[f64],
 ) -> Result<Vec<Vec<Prediction>>, model::TrainError> {
-    let mut speakers: Vec<u32> = g.to_vec();
-    speakers.sort_unstable();
-    speakers.dedup();
+    let models = fold_models(items, table, g, picks, lambdas)?;
     let mut preds = vec![vec![Prediction::default(); items.len()]; eval.len()];
-    for &held in &speakers {
-        let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
-        let m: Model = model::train_with(
-            &samples(items, table, g, &train_idx, picks, Some(held)),
-            LINE_RATE,
-            "loso fold",
-            &category_labels(),
-            lambdas,
-        )?;
+    for (held, m) in &models {
         for (k, &c) in eval.iter().enumerate() {
-            for i in (0..items.len()).filter(|&i| g[i] == held) {
+            for i in (0..items.len()).filter(|&i| g[i] == *held) {
                 if let Some(f) = &table[c][i] {
-                    preds[k][i] = predict(&m, f);
+                    preds[k][i] = predict(m, f);
                 }
             }
         }
     }
     Ok(preds)
 }
+
+/// How `eval --adapt` simulates a deployment's adaptation to the line.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptSim {
+    /// Calls seen before the statistics are used (`[adapt] min_calls`).
+    pub min_calls: usize,
+    /// Window of recent calls (`[adapt] window`).
+    pub window: usize,
+    /// Blend of line and model statistics (`[adapt] strength`).
+    pub strength: f32,
+    /// Seed of the stream's order.
+    pub seed: u64,
+}
+
+/// Leave-one-speaker-out with adaptation to the line, simulated honestly:
+/// under each evaluated condition the clips arrive as one shuffled stream of
+/// calls on one line; each is scored by its own fold's model (never trained
+/// on its speaker) through the map of the line statistics of the clips
+/// *before* it in the stream (no labels, nothing from the future), then
+/// joins the statistics as a finished call would (whole clip, at least
+/// `emonav::adapt::MIN_SPEECH_MS` of speech). Returns predictions per
+/// evaluated condition and item.
+pub fn loso_adapted(
+    items: &[Item],
+    table: &Table,
+    g: &[u32],
+    picks: &dyn Fn(usize) -> Vec<usize>,
+    eval: &[usize],
+    lambdas: &[f64],
+    sim: AdaptSim,
+) -> Result<Vec<Vec<Prediction>>, model::TrainError> {
+    let models = fold_models(items, table, g, picks, lambdas)?;
+    let model_of = |i: usize| {
+        &models
+            .iter()
+            .find(|(s, _)| *s == g[i])
+            .expect("a fold per speaker")
+            .1
+    };
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    fastrand::Rng::with_seed(sim.seed).shuffle(&mut order);
+    let mut preds = vec![vec![Prediction::default(); items.len()]; eval.len()];
+    for (k, &c) in eval.iter().enumerate() {
+        let mut line = LineStats::new(sim.window);
+        for &i in &order {
+            let Some(f) = &table[c][i] else { continue };
+            let m = model_of(i);
+            let mut seen = f.clone();
+            if let Some(map) = LineMap::new(&line, &m.mean, &m.scale, sim.min_calls, sim.strength) {
+                for x in seen.at.iter_mut() {
+                    map.apply(x);
+                }
+                map.apply(&mut seen.whole);
+            }
+            preds[k][i] = predict(m, &seen);
+            if f.speech_ms >= ADAPT_MIN_SPEECH_MS {
+                line.observe(&f.whole);
+            }
+        }
+    }
+    Ok(preds)
+}
+
+/// Speech a call must hold to join the line statistics (as
+/// `emonav::adapt::MIN_SPEECH_MS`; EmoDB clips hold 0.6–1.9 s).
+pub const ADAPT_MIN_SPEECH_MS: u32 = 1000;
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,7 @@ pub struct CallSettings {
     pub answer_delay: Duration,
     /// Codec preference.
     pub codecs: Vec<CodecName>,
-    /// Routing policy (its deadline is a budget of listening time, see `policy::Decider`).
+    /// Routing policy (its deadline is a budget of listening time, see [`Decider`](crate::policy::Decider)).
     pub policy: Policy,
     /// Wait for a final NOTIFY after sending REFER.
     pub notify_timeout: Duration,
