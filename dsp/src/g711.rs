@@ -109,6 +109,12 @@ pub fn encode_ulaw(input: &[i16], out: &mut [u8]) {
     }
 }
 
+/// One sample through a μ-law encoder and decoder: what a G.711 μ-law
+/// line does to it.
+pub fn ulaw_round_trip(s: i16) -> i16 {
+    ULAW[ulaw_encode(s) as usize]
+}
+
 /// Encode linear PCM to A-law.
 pub fn encode_alaw(input: &[i16], out: &mut [u8]) {
     for (o, &s) in out.iter_mut().zip(input) {
