@@ -12,7 +12,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use emonav::media::rtp::{RtpEvent, RtpReceiver};
+use emonav::{RtpEvent, RtpReceiver};
 use emonav_dsp::{g711, Analyzer};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -111,7 +111,7 @@ fn packet(c: &mut Criterion) {
 fn parse(c: &mut Criterion) {
     let invite = fixture("conformance/freeswitch_invite_record_route.sip");
     c.bench_function("parse_invite", |b| {
-        b.iter(|| emonav::sip::message::parse_datagram(black_box(&invite)).unwrap())
+        b.iter(|| emonav_sip::message::parse_datagram(black_box(&invite)).unwrap())
     });
 }
 

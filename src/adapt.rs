@@ -21,11 +21,11 @@ use crate::config::AdaptConfig;
 /// Calls between two writes of the statistics file: a crash loses at most
 /// this many calls' worth of adaptation, and the ~0.5 MB file is not
 /// rewritten for every call.
-pub const PERSIST_EVERY: u64 = 20;
+pub(crate) const PERSIST_EVERY: u64 = 20;
 
 /// Speech a call must have held for its vector to describe the line: below
 /// it, the functionals are too thin and mostly the greeting.
-pub const MIN_SPEECH_MS: u32 = 1000;
+pub(crate) const MIN_SPEECH_MS: u32 = 1000;
 
 /// One model's line statistics and the map they give.
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::policy::Policy;
 use crate::sdp::CodecName;
-use crate::sip::message::{Scheme, Uri};
-use crate::sip::transport::Transport;
+use emonav_sip::message::{Scheme, Uri};
+use emonav_sip::transport::Transport;
 
 /// Why a profile cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -29,30 +29,21 @@ use std::time::Instant;
 
 use crate::call::stateless_response;
 use crate::events::Metrics;
-use crate::sip::dialog::reply_dest;
-use crate::sip::message::{parse_datagram, Message, Method, ParseError, Request};
-use crate::sip::session_timer;
-use crate::sip::transport::{FrameError, Transport};
+use emonav_sip::dialog::reply_dest;
+use emonav_sip::header;
+use emonav_sip::message::{parse_datagram, Message, Method, ParseError, Request};
+use emonav_sip::session_timer;
+use emonav_sip::transport::{FrameError, Peer, Transport};
 
-pub mod drops;
-pub mod registrations;
+pub(crate) mod drops;
+pub(crate) mod registrations;
 
-pub use drops::{offer, DropLog, Offer};
-pub use registrations::{RegOutput, Registrations};
-
-/// Where a message came from: the transport, and the source address (for
-/// TCP, the connection's remote address, which names the connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// Source address; for a connection, its remote address.
-    pub addr: SocketAddr,
-    /// Transport the message came on.
-    pub transport: Transport,
-}
+pub(crate) use drops::{offer, DropLog, Offer};
+pub(crate) use registrations::{RegOutput, Registrations};
 
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
+pub(crate) struct Transmit {
     /// Destination: for a connection-oriented transport, where to open a
     /// connection when `connection` is not open (any more).
     pub dest: SocketAddr,
@@ -67,7 +58,7 @@ pub struct Transmit {
 
 /// What the edge does with a message.
 #[derive(Debug)]
-pub enum Event<H> {
+pub(crate) enum Event<H> {
     /// An INVITE that starts a call: spawn it and [`Endpoint::insert_call`]
     /// its handle before handling the next message, so that retransmissions
     /// reach it.
@@ -97,7 +88,7 @@ pub enum Event<H> {
 
 /// The endpoint's decisions, and the state they need: the routing table
 /// and the registrations.
-pub struct Endpoint<H> {
+pub(crate) struct Endpoint<H> {
     user_agent: String,
     min_se: u32,
     calls: HashMap<String, H>,
@@ -108,7 +99,7 @@ pub struct Endpoint<H> {
 impl<H: Clone> Endpoint<H> {
     /// An endpoint answering as `user_agent` (the `Server` header), refusing
     /// session intervals below `min_se` seconds, counting into `metrics`.
-    pub fn new(
+    pub(crate) fn new(
         user_agent: String,
         min_se: u32,
         registrations: Registrations,
@@ -124,27 +115,28 @@ impl<H: Clone> Endpoint<H> {
     }
 
     /// The registrations, for their timers and output.
-    pub fn registrations(&mut self) -> &mut Registrations {
+    pub(crate) fn registrations(&mut self) -> &mut Registrations {
         &mut self.registrations
     }
 
     /// Route `call_id` to `handle` from now on.
-    pub fn insert_call(&mut self, call_id: String, handle: H) {
+    pub(crate) fn insert_call(&mut self, call_id: String, handle: H) {
         self.calls.insert(call_id, handle);
     }
 
     /// Forget a call (it ended, or its handle is dead).
-    pub fn remove_call(&mut self, call_id: &str) {
+    pub(crate) fn remove_call(&mut self, call_id: &str) {
         self.calls.remove(call_id);
     }
 
+    #[cfg(test)]
     /// Calls routed to.
-    pub fn calls(&self) -> usize {
+    pub(crate) fn calls(&self) -> usize {
         self.calls.len()
     }
 
     /// A UDP datagram from `src` (RFC 3261 §18.2.1, §18.1.2).
-    pub fn handle_datagram(
+    pub(crate) fn handle_datagram(
         &mut self,
         data: &[u8],
         src: SocketAddr,
@@ -182,7 +174,7 @@ impl<H: Clone> Endpoint<H> {
 
     /// A parsed message, whatever transport it came on: to its
     /// registration (consumed: `None`), to its call, or answered here.
-    pub fn handle(&mut self, msg: Message, peer: Peer, now: Instant) -> Option<Event<H>> {
+    pub(crate) fn handle(&mut self, msg: Message, peer: Peer, now: Instant) -> Option<Event<H>> {
         let src = peer.addr;
         if let Message::Response(r) = &msg {
             if self.registrations.handle_response(r, now) {
@@ -220,7 +212,7 @@ impl<H: Clone> Endpoint<H> {
                         "Session Interval Too Small",
                         &self.user_agent,
                     );
-                    resp.headers.push("Min-SE", e.min_se.to_string());
+                    resp.headers.push(header::MIN_SE, e.min_se.to_string());
                     return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
                 }
                 self.metrics.calls_started.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +246,7 @@ impl<H: Clone> Endpoint<H> {
 
 /// A stateless response to `req`, on the transport (and connection) it
 /// came on.
-pub fn reply(req: &Request, peer: Peer, code: u16, reason: &str, server: &str) -> Transmit {
+pub(crate) fn reply(req: &Request, peer: Peer, code: u16, reason: &str, server: &str) -> Transmit {
     transmit(
         req,
         peer,
@@ -277,7 +269,7 @@ fn transmit(req: &Request, peer: Peer, data: Vec<u8>) -> Transmit {
 /// response to write on the connection before closing it, if the message
 /// was a request we could read enough of (513 for too large, 400 with the
 /// reason for malformed; never to an ACK).
-pub fn framing_error(
+pub(crate) fn framing_error(
     e: FrameError,
     peer: Peer,
     server: &str,

@@ -174,7 +174,7 @@ impl EventSink {
 
 /// Process-wide counters, exported in the Prometheus text format.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// INVITEs that started a call.
     pub calls_started: AtomicU64,
     /// Calls that ended.
@@ -209,7 +209,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Account a finished call.
-    pub fn call_ended(&self, r: &CallRecord) {
+    pub(crate) fn call_ended(&self, r: &CallRecord) {
         self.calls_ended.fetch_add(1, Ordering::Relaxed);
         match r.outcome {
             Outcome::Transferred | Outcome::TransferredToFallback => {
@@ -237,7 +237,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let started = self.calls_started.load(Ordering::Relaxed);
         let ended = self.calls_ended.load(Ordering::Relaxed);
         let rows: [(&str, &str, &str, u64); 15] = [

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::events::Metrics;
 
 /// Serve `/healthz` and `/metrics` on `listener`, forever.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;

@@ -1,17 +1,43 @@
 //! emonav: an emotion-aware SIP call router.
 //!
-//! The library holds the sans-IO protocol cores (SIP, SDP, RTP, the per-call
-//! state machine and the routing policy) and the tokio edge that drives them.
-#![warn(missing_docs)]
+//! The library holds the sans-IO protocol cores (SDP, RTP, the per-call
+//! state machine and the routing policy; SIP itself is the `emonav-sip`
+//! crate) and the tokio edge that drives them.
+//!
+//! # API
+//!
+//! The API is what this file re-exports, and nothing else: every module is
+//! private. It is what the `emonav` binary, the benches and the integration
+//! tests use:
+//!
+//! - running the endpoint: [`Profile`] (the configuration), [`Server`],
+//!   [`EventSink`] (where call records go);
+//! - the routing decision: [`Policy`], [`Decision`], and the call's decision
+//!   clock [`Decider`] (also driven by `emonav analyze`);
+//! - one call driven without sockets (the allocation test): [`Call`],
+//!   [`CallSettings`], and what it emits, [`Output`], [`Transmit`],
+//!   [`Socket`];
+//! - the pieces benched or checked on their own: [`RtpReceiver`] and
+//!   [`RtpEvent`], [`parse_sdp`] and [`CodecName`].
+//!
+//! Inside the crate, an item not re-exported here is `pub(crate)` (or
+//! narrower); the `unreachable_pub` lint keeps it so.
 
-pub mod adapt;
-pub mod call;
-pub mod config;
-pub mod endpoint;
-pub mod events;
-pub mod http;
-pub mod media;
-pub mod policy;
-pub mod sdp;
-pub mod server;
-pub mod sip;
+mod adapt;
+mod call;
+mod config;
+mod endpoint;
+mod events;
+mod http;
+mod media;
+mod policy;
+mod sdp;
+mod server;
+
+pub use call::{Call, CallSettings, Output, Socket, Transmit};
+pub use config::Profile;
+pub use events::EventSink;
+pub use media::rtp::{RtpEvent, RtpReceiver};
+pub use policy::{Decider, Decision, Policy};
+pub use sdp::{parse as parse_sdp, CodecName};
+pub use server::Server;

@@ -9,10 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::time::Duration;
 
-use emonav::config::Profile;
-use emonav::events::EventSink;
-use emonav::policy::{Decider, Decision, Policy};
-use emonav::server::Server;
+use emonav::{Decider, Decision, EventSink, Policy, Profile, Server};
 use emonav_offline::corpus::{self, Labels};
 use emonav_offline::learn::{self, Normalisation};
 use emonav_offline::multi;

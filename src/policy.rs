@@ -275,11 +275,6 @@ impl Decider {
         }
     }
 
-    /// The policy it applies.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// The call was answered: the deadline runs from now until audio comes.
     pub fn answered(&mut self, now: Instant) {
         self.answered = Some(now);
@@ -291,17 +286,17 @@ impl Decider {
     }
 
     /// When the first audio was heard.
-    pub fn first_audio(&self) -> Option<Instant> {
+    pub(crate) fn first_audio(&self) -> Option<Instant> {
         self.first_audio
     }
 
     /// The call is on hold from `now`: the deadline's clock stops.
-    pub fn pause(&mut self, now: Instant) {
+    pub(crate) fn pause(&mut self, now: Instant) {
         self.paused_since.get_or_insert(now);
     }
 
     /// The call is resumed at `now`: the deadline moves by the time on hold.
-    pub fn resume(&mut self, now: Instant) {
+    pub(crate) fn resume(&mut self, now: Instant) {
         if let Some(since) = self.paused_since.take() {
             self.pauses.push((since, now));
         }
@@ -336,7 +331,7 @@ impl Decider {
     }
 
     /// A keypad digit: the decision, if a rule routes it.
-    pub fn on_digit(&mut self, digit: char, e: &Estimate) -> Option<&Decision> {
+    pub(crate) fn on_digit(&mut self, digit: char, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.on_digit(digit, e)?;
         self.settle(d)
     }
@@ -348,7 +343,7 @@ impl Decider {
     }
 
     /// The call cannot be analysed (its media stopped): the default queue.
-    pub fn not_analysed(&mut self, e: &Estimate) -> Option<&Decision> {
+    pub(crate) fn not_analysed(&mut self, e: &Estimate) -> Option<&Decision> {
         let d = self.policy.default_decision(e, Reason::NotAnalysed);
         self.settle(d)
     }
@@ -363,7 +358,7 @@ impl Decider {
 }
 
 fn check_uri(key: &str, uri: &str) -> Result<(), String> {
-    crate::sip::message::Uri::parse(uri)
+    emonav_sip::message::Uri::parse(uri)
         .map(|_| ())
         .map_err(|e| format!("{key}: {uri:?} is not a SIP, SIPS or tel URI ({e})"))
 }

@@ -308,7 +308,7 @@ fn parse_rtpmap(val: &str) -> Option<RtpMap> {
 
 /// The outcome of negotiating an audio offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Negotiated {
+pub(crate) struct Negotiated {
     /// Index of the accepted audio `m=` line in the offer.
     pub media_index: usize,
     /// The chosen codec.
@@ -348,7 +348,10 @@ impl CodecName {
 
 /// Pick the first codec of `prefs` the offer contains (our preference order wins),
 /// accept telephone-event if offered.
-pub fn negotiate(offer: &SessionDescription, prefs: &[CodecName]) -> Result<Negotiated, SdpError> {
+pub(crate) fn negotiate(
+    offer: &SessionDescription,
+    prefs: &[CodecName],
+) -> Result<Negotiated, SdpError> {
     let (media_index, m) = offer
         .media
         .iter()
@@ -431,7 +434,7 @@ impl Negotiated {
     /// The caller holds the call: anything but `sendrecv` (RFC 3264 §8.4 —
     /// `a=sendonly` with music on hold, `a=inactive`, `c=0.0.0.0`, or a
     /// caller that only listens). What it sends then is not the caller talking.
-    pub fn is_hold(&self) -> bool {
+    pub(crate) fn is_hold(&self) -> bool {
         self.direction != Direction::SendRecv
     }
 }
@@ -439,7 +442,12 @@ impl Negotiated {
 /// Our SDP offer for a re-INVITE that came without one (RFC 3261 §14.2,
 /// RFC 3264 §8): the session as it stands (codec, payload types, telephone
 /// events), `sendrecv`, at our RTP address; the answer comes in the ACK.
-pub fn offer(neg: &Negotiated, local_rtp: SocketAddr, session_id: u64, version: u64) -> String {
+pub(crate) fn offer(
+    neg: &Negotiated,
+    local_rtp: SocketAddr,
+    session_id: u64,
+    version: u64,
+) -> String {
     let audio = Media {
         kind: "audio".into(),
         port: neg.remote_rtp.port(),
@@ -473,11 +481,11 @@ pub fn offer(neg: &Negotiated, local_rtp: SocketAddr, session_id: u64, version: 
 /// The `a=fmtp` of our Opus answer (RFC 7587 §6.1): nothing above the rate
 /// calls decode at (`media::session::OPUS_ANALYSIS_RATE`) is of use, mono preferred,
 /// in-band FEC welcome.
-pub const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=8000;stereo=0;useinbandfec=1";
+pub(crate) const OPUS_ANSWER_FMTP: &str = "maxplaybackrate=8000;stereo=0;useinbandfec=1";
 
 /// Build the SDP answer (RFC 3264 §6): same number of m= lines as the offer,
 /// non-audio and extra audio streams rejected with port 0, our RTP address in c=/m=.
-pub fn answer(
+pub(crate) fn answer(
     offer: &SessionDescription,
     neg: &Negotiated,
     local_rtp: SocketAddr,

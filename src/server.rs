@@ -12,7 +12,7 @@
 //!
 //! SIP over TCP (RFC 3261 §18): a listener on the UDP socket's address and
 //! port, and one task per connection, accepted or opened by us. A connection
-//! task frames messages ([`StreamFramer`](crate::sip::transport::StreamFramer)) and hands them to the SIP task,
+//! task frames messages ([`StreamFramer`](emonav_sip::transport::StreamFramer)) and hands them to the SIP task,
 //! which dispatches them exactly as datagrams, tagged with the transport and
 //! the connection's remote address. Sends name a transport and, for TCP, the
 //! connection to reuse while it is open (the request's, or the dialog's);
@@ -34,13 +34,13 @@ use crate::call::{Call, CallSettings, Output};
 use crate::config::Profile;
 use crate::endpoint::registrations::accounts;
 use crate::endpoint::{
-    self, offer, DropLog, Endpoint, Event, Offer, Peer, RegOutput, Registrations, Transmit,
+    self, offer, DropLog, Endpoint, Event, Offer, RegOutput, Registrations, Transmit,
 };
 use crate::events::{EventSink, Metrics};
-use crate::sip::message::{parse_datagram, Message, Request};
-use crate::sip::registration::{self, Account, Registration};
-use crate::sip::transaction::Timers;
-use crate::sip::transport::Transport;
+use emonav_sip::message::{parse_datagram, Message, Request};
+use emonav_sip::registration::{self, Account, Registration};
+use emonav_sip::transaction::Timers;
+use emonav_sip::transport::{Peer, Transport};
 
 /// How long a shutdown waits for the registrars to answer the un-REGISTERs.
 const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -54,8 +54,9 @@ const CALL_QUEUE: usize = 64;
 mod tcp;
 use tcp::{accept_tcp, TcpConns, TCP_INBOUND_QUEUE};
 
-/// A SIP message for a call task, with where it came from.
-type CallInput = (Message, SocketAddr);
+/// A SIP message for a call task, with where it came from: its transport
+/// and connection, on which a request is answered (RFC 3261 §18.2.2).
+type CallInput = (Message, Peer);
 
 /// The endpoint's handle on a call: its task's queue.
 type CallTx = mpsc::Sender<CallInput>;
@@ -352,7 +353,7 @@ fn execute(
             } => {
                 let now = Instant::now().into_std();
                 let counter = &shared.metrics.sip_call_queue_dropped;
-                match offer(&handle, (msg, peer.addr), &shared.call_drops, counter, now) {
+                match offer(&handle, (msg, peer), &shared.call_drops, counter, now) {
                     Offer::Queued => {}
                     Offer::Dropped { warn: None } => {
                         tracing::trace!(%call_id, "call's SIP queue full: message dropped");

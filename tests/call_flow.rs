@@ -25,7 +25,7 @@ fn answered_call(emonav: &Emonav, audio: &str) -> (Uac, Instant) {
 }
 
 /// Accept the REFER, report success, expect emonav's BYE; returns the Refer-To.
-fn complete_transfer(uac: &mut Uac, refer: &emonav::sip::message::Request) {
+fn complete_transfer(uac: &mut Uac, refer: &emonav_sip::message::Request) {
     uac.respond(refer, 202, "Accepted");
     let n = uac.notify("SIP/2.0 200 OK", true);
     assert_eq!(
@@ -38,7 +38,7 @@ fn complete_transfer(uac: &mut Uac, refer: &emonav::sip::message::Request) {
     uac.respond(&bye, 200, "OK");
 }
 
-fn refer_to(req: &emonav::sip::message::Request) -> String {
+fn refer_to(req: &emonav_sip::message::Request) -> String {
     req.headers.get("Refer-To").expect("Refer-To").to_string()
 }
 
@@ -146,7 +146,7 @@ fn cancel_before_answer_gets_200_and_487() {
     let mut got = vec![];
     while got.len() < 2 {
         match uac.recv(2 * S).expect("responses to CANCEL and INVITE") {
-            emonav::sip::message::Message::Response(r) if r.code >= 200 => {
+            emonav_sip::message::Message::Response(r) if r.code >= 200 => {
                 got.push((r.code, r.cseq().unwrap().method.as_str().to_string()))
             }
             _ => {}
@@ -249,7 +249,7 @@ fn unanswered_200_is_retransmitted_until_ack() {
     let mut retransmits = 0;
     let until = Instant::now() + Duration::from_millis(900);
     while let Some(left) = until.checked_duration_since(Instant::now()) {
-        if let Some(emonav::sip::message::Message::Response(r)) = uac.recv(left) {
+        if let Some(emonav_sip::message::Message::Response(r)) = uac.recv(left) {
             assert_eq!(r.to_bytes(), first.to_bytes());
             retransmits += 1;
         }
@@ -314,7 +314,7 @@ fn cancel_racing_the_200_ends_the_call_cleanly() {
     let deadline = Instant::now() + 2 * S;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match uac.recv(left) {
-            Some(emonav::sip::message::Message::Response(r)) if r.code >= 200 => {
+            Some(emonav_sip::message::Message::Response(r)) if r.code >= 200 => {
                 finals.push((r.code, r.cseq().unwrap().method.as_str().to_string(), r));
             }
             Some(_) => {}
@@ -376,7 +376,7 @@ fn session_interval_too_small_is_422_and_the_retry_is_answered() {
     let mut uac = uac;
     let r = loop {
         match uac.recv(2 * S).expect("a response") {
-            emonav::sip::message::Message::Response(r) if r.code >= 200 => break r,
+            emonav_sip::message::Message::Response(r) if r.code >= 200 => break r,
             _ => {}
         }
     };
@@ -388,7 +388,7 @@ fn session_interval_too_small_is_422_and_the_retry_is_answered() {
     uac.send_raw(&retry);
     let ok = loop {
         match uac.recv(2 * S).expect("a response") {
-            emonav::sip::message::Message::Response(r)
+            emonav_sip::message::Message::Response(r)
                 if r.code >= 200 && r.call_id() == Some("st-422@test") =>
             {
                 break r

@@ -4,15 +4,19 @@
 //! thread so that the tests, which the harness runs in parallel, do not see
 //! each other's allocations.
 
+// The counting global allocator is the one use of `unsafe` in the package
+// (the workspace denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emonav::call::{Call, CallSettings, Output, Socket, Transmit};
-use emonav::config::Profile;
-use emonav::sip::message::{parse_datagram, Message};
+use emonav::{Call, CallSettings, Output, Profile, Socket, Transmit};
+use emonav_sip::message::{parse_datagram, Message};
+use emonav_sip::transport::{Peer, Transport};
 
 struct Counting;
 
@@ -47,7 +51,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn request(text: &str) -> emonav::sip::message::Request {
+fn request(text: &str) -> emonav_sip::message::Request {
     match parse_datagram(text.as_bytes()).unwrap() {
         Message::Request(r) => r,
         Message::Response(_) => unreachable!(),
@@ -77,7 +81,11 @@ fn ack_200(call: &mut Call, call_id: &str, now: Instant) {
          From: <sip:c@127.0.0.1>;tag=c1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
          Content-Length: 0\r\n\r\n"
     ));
-    call.handle_request(&ack, "127.0.0.1:5070".parse().unwrap(), now);
+    let peer = Peer {
+        addr: "127.0.0.1:5070".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    call.handle_request(&ack, peer, now);
     no_decision(call);
 }
 
@@ -206,7 +214,7 @@ fn listening_opus_call_decodes_conceals_and_analyses_without_allocating() {
         sdp.len()
     ));
     let mut profile = Profile::default();
-    profile.media.codecs = vec![emonav::sdp::CodecName::Opus];
+    profile.media.codecs = vec![emonav::CodecName::Opus];
     profile.policy.decision_deadline_ms = 60_000;
     profile.policy.min_speech_ms = 60_000;
     let settings = Arc::new(CallSettings::from_profile(&profile, 5060));

@@ -6,7 +6,7 @@
 
 mod support;
 
-use emonav::sip::message::{
+use emonav_sip::message::{
     parse_datagram, parse_stream, Message, Method, NameAddr, ParseError, Request, Response, Scheme,
     Uri,
 };
@@ -212,7 +212,7 @@ fn garbage_is_unparseable() {
 fn asterisk_notify_with_sipfrag() {
     let r = request("asterisk_notify_sipfrag");
     assert_eq!(r.headers.get("Event"), Some("refer;id=3"));
-    assert_eq!(emonav::sip::refer::sipfrag_status(&r.body), Some(200));
+    assert_eq!(emonav_sip::refer::sipfrag_status(&r.body), Some(200));
     assert_eq!(r.cseq().unwrap().seq, 27814);
 }
 
@@ -223,7 +223,7 @@ fn freeswitch_invite_with_record_route_list() {
     assert_eq!(rr, ["<sip:192.0.2.30;lr;ftag=fs1>", "<sip:192.0.2.31;lr>"]);
     assert_eq!(r.headers.get_all("Via").len(), 2);
     assert_eq!(r.from().unwrap().display.as_deref(), Some("5551234"));
-    assert!(emonav::sdp::parse(std::str::from_utf8(&r.body).unwrap()).is_ok());
+    assert!(emonav::parse_sdp(std::str::from_utf8(&r.body).unwrap()).is_ok());
 }
 
 #[test]

@@ -4,12 +4,12 @@ mod support;
 
 use std::time::Duration;
 
-use emonav::sip::message::Message;
+use emonav_sip::message::Message;
 use support::{Emonav, Uac};
 
 const S: Duration = Duration::from_secs(1);
 
-fn response(uac: &mut Uac) -> emonav::sip::message::Response {
+fn response(uac: &mut Uac) -> emonav_sip::message::Response {
     match uac.recv(2 * S).expect("a response") {
         Message::Response(r) => r,
         Message::Request(r) => panic!("unexpected request {}", r.method),

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use emonav::sip::message::{Message, Request, Response};
-use emonav::sip::transport::{Frame, StreamFramer};
+use emonav_sip::message::{Message, Request, Response};
+use emonav_sip::transport::{Frame, StreamFramer};
 use support::{fixture, Emonav, Uac};
 
 const S: Duration = Duration::from_secs(1);
@@ -365,4 +365,51 @@ fn session_interval_too_small_is_422_with_min_se_on_the_tcp_connection() {
         ok.headers.get("Session-Expires"),
         Some("1800;refresher=uac")
     );
+}
+
+/// RFC 3261 §18.2.2: a request inside a call is answered on the transport it
+/// came on. A BYE over UDP for a call set up over TCP gets its 200 over UDP,
+/// at the BYE's source (rport), not on the dialog's connection.
+#[test]
+fn bye_over_udp_for_a_call_over_tcp_is_answered_over_udp() {
+    let emonav = Emonav::start("");
+    let addr = emonav.sip_tcp.expect("TCP on by default");
+    let mut caller = TcpCaller::connect(addr);
+    let mut udp = Uac::new(emonav.sip);
+    caller.invite(&udp.g711_offer());
+    let ok = caller.final_response(5 * S);
+    assert_eq!(ok.code, 200);
+    caller.remote_tag = ok.to().and_then(|t| t.tag().map(str::to_owned));
+    caller.request("ACK", 1, "", "");
+    let (me, tcp_me) = (udp.addr(), caller.me());
+    let branch = format!("z9hG4bK{:x}", fastrand::u64(..));
+    udp.send_raw(&format!(
+        "BYE sip:emonav@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{tcp_me}>;tag={t}\r\n\
+         To: <sip:emonav@{addr}>;tag={rt}\r\nCall-ID: {c}\r\nCSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        t = caller.tag,
+        rt = caller.remote_tag.as_deref().unwrap_or(""),
+        c = caller.call_id,
+    ));
+    let deadline = Instant::now() + 3 * S;
+    let resp = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match udp.recv(left).expect("the 200 to the BYE over UDP") {
+            Message::Response(r)
+                if r.top_via().and_then(|v| v.branch().map(str::to_owned))
+                    == Some(branch.clone()) =>
+            {
+                break r
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(resp.code, 200);
+    let ev = emonav.next_event(5 * S);
+    assert_eq!(ev["outcome"], "caller_hangup");
+    // Nothing for the BYE on the TCP connection.
+    if let Some(Message::Response(r)) = caller.recv(Duration::from_millis(300)) {
+        panic!("a {} over TCP to the UDP BYE", r.code);
+    }
 }

@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Call, Output, Phase};
-use crate::sip::digest::{self, Authenticator};
-use crate::sip::message::{CSeq, Method, Request, Response};
-use crate::sip::transaction::{Action, ClientNonInvite};
+use emonav_sip::digest::{self, Authenticator};
+use emonav_sip::header;
+use emonav_sip::message::{CSeq, Method, Request, Response};
+use emonav_sip::transaction::{Action, ClientNonInvite};
 
 #[derive(Debug)]
 struct OutgoingTx {
@@ -56,7 +57,8 @@ impl Client {
 impl Call {
     /// Send a request of ours in the dialog.
     pub(super) fn send_request(&mut self, mut req: Request, now: Instant) {
-        req.headers.push("User-Agent", self.s.user_agent.clone());
+        req.headers
+            .push(header::USER_AGENT, self.s.user_agent.clone());
         self.transmit(req, false, now);
     }
 
@@ -149,9 +151,9 @@ impl Call {
         self.dialog.local_cseq += 1;
         let cseq = self.dialog.local_cseq;
         req.headers
-            .set("Via", self.s.via(self.invite.transport).to_string());
+            .set(header::VIA, self.s.via(self.invite.transport).to_string());
         req.headers.set(
-            "CSeq",
+            header::CSEQ,
             CSeq {
                 seq: cseq,
                 method: req.method.clone(),
@@ -200,7 +202,7 @@ impl Call {
         }
         if method == Method::Update {
             self.client.current = None;
-            return self.refresh_done(resp.code, resp.headers.get("Session-Expires"), now);
+            return self.refresh_done(resp.code, resp.headers.get(header::SESSION_EXPIRES), now);
         }
         self.on_final_response(&method, resp.code, now);
         if method == Method::Refer

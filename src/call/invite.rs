@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use super::{mid_dialog, Call, Output, Phase, ACCEPT, ALLOW};
 use crate::events::Outcome;
-use crate::sip::dialog::reply_dest;
-use crate::sip::message::{Request, Response};
-use crate::sip::transaction::{Action, ServerInvite, Timers};
-use crate::sip::transport::Transport;
+use emonav_sip::dialog::reply_dest;
+use emonav_sip::header;
+use emonav_sip::message::{Request, Response};
+use emonav_sip::transaction::{Action, ServerInvite, Timers};
+use emonav_sip::transport::{Peer, Transport};
 
 /// The INVITE that started the call and its server transaction.
 #[derive(Debug)]
@@ -122,21 +123,21 @@ impl Call {
         let invite = &self.invite.request;
         let mut resp = invite.make_response(code, reason);
         if code > 100 {
-            resp.headers.set("To", self.dialog.local.to_string());
+            resp.headers.set(header::TO, self.dialog.local.to_string());
         }
         if dialog {
-            for rr in invite.headers.get_all("Record-Route") {
-                resp.headers.push("Record-Route", rr);
+            for rr in invite.headers.get_all(header::RECORD_ROUTE) {
+                resp.headers.push(header::RECORD_ROUTE, rr);
             }
             resp.headers
-                .push("Contact", format!("<{}>", self.contact()));
+                .push(header::CONTACT, format!("<{}>", self.contact()));
         }
         if code >= 200 {
-            resp.headers.push("Allow", ALLOW);
-            resp.headers.push("Accept", ACCEPT);
-            resp.headers.push("Supported", mid_dialog::SUPPORTED);
+            resp.headers.push(header::ALLOW, ALLOW);
+            resp.headers.push(header::ACCEPT, ACCEPT);
+            resp.headers.push(header::SUPPORTED, mid_dialog::SUPPORTED);
         }
-        resp.headers.push("Server", self.s.user_agent.clone());
+        resp.headers.push(header::SERVER, self.s.user_agent.clone());
         resp
     }
 
@@ -162,7 +163,7 @@ impl Call {
         let timer = self.mid.timer;
         self.start_session_timer(timer, now);
         self.add_timer_headers(&mut ok);
-        ok.headers.push("Content-Type", "application/sdp");
+        ok.headers.push(header::CONTENT_TYPE, "application/sdp");
         ok.body = sdp.into_bytes();
         self.send_invite_response(ok, now);
         self.clock.answered_at = Some(now);
@@ -185,8 +186,8 @@ impl Call {
     }
 
     /// CANCEL of the INVITE (§9.2): 200 for the CANCEL, 487 for an unanswered INVITE.
-    pub(super) fn on_cancel(&mut self, cancel: &Request, source: SocketAddr, now: Instant) {
-        self.reply(cancel, source, 200, "OK", now);
+    pub(super) fn on_cancel(&mut self, cancel: &Request, peer: Peer, now: Instant) {
+        self.reply(cancel, peer, 200, "OK", now);
         if self.invite.is_proceeding() {
             self.record.outcome = Outcome::Cancelled;
             self.reject(487, "Request Terminated", now);

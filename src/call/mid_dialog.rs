@@ -24,14 +24,15 @@ use super::timer::Timer;
 use super::{stateless_response, Call, Output, Phase, ACCEPT};
 use crate::events::Outcome;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
-use crate::sip::dialog::reply_dest;
-use crate::sip::message::{Method, NameAddr, Request, Response};
-use crate::sip::session_timer::{self, SessionTimer};
-use crate::sip::transaction::{Action, ServerInvite, ServerNonInvite};
-use crate::sip::transport::Transport;
+use emonav_sip::dialog::reply_dest;
+use emonav_sip::header;
+use emonav_sip::message::{Method, NameAddr, Request, Response};
+use emonav_sip::session_timer::{self, SessionTimer};
+use emonav_sip::transaction::{Action, ServerInvite, ServerNonInvite};
+use emonav_sip::transport::Peer;
 
 /// Extensions we support, for `Supported` in our responses.
-pub const SUPPORTED: &str = "timer";
+pub(super) const SUPPORTED: &str = "timer";
 
 /// A request we answered (§17.2.2), to answer its retransmissions the same way.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(super) struct AnsweredTx {
     tx: ServerNonInvite,
     branch: String,
     pub(super) method: Method,
+    /// Where the request came from: its retransmissions are answered there.
+    peer: Peer,
     dest: SocketAddr,
     response: Vec<u8>,
 }
@@ -49,6 +52,8 @@ pub(super) struct ReInvite {
     tx: ServerInvite,
     branch: String,
     cseq: u32,
+    /// Where the re-INVITE came from: its final response goes back there.
+    peer: Peer,
     dest: SocketAddr,
     response: Vec<u8>,
     /// It came without SDP: our offer is in the 200 and the answer is due in the ACK.
@@ -177,34 +182,19 @@ impl Call {
         };
         if a.tx.on_retransmission() {
             tracing::debug!(call_id = %self.dialog.call_id, method = %req.method, "retransmission answered again");
-            self.out.push(Output::sip(
-                self.invite.transport,
-                a.dest,
-                a.response.clone(),
-                a.dest,
-            ));
+            self.out
+                .push(Output::reply(a.peer, a.dest, a.response.clone()));
         }
         true
     }
 
     /// Send a response to a non-INVITE request through a server transaction
     /// (any INVITE response goes out as is).
-    pub(super) fn respond(
-        &mut self,
-        req: &Request,
-        source: SocketAddr,
-        resp: Response,
-        now: Instant,
-    ) {
-        let dest = reply_dest(req, source);
+    pub(super) fn respond(&mut self, req: &Request, peer: Peer, resp: Response, now: Instant) {
+        let dest = reply_dest(req, peer.addr);
         let data = resp.to_bytes();
         // §18.2.2: back on the transport (and connection) the request came on.
-        let transport = req
-            .top_via()
-            .and_then(|v| Transport::from_via_token(&v.transport))
-            .unwrap_or(self.invite.transport);
-        self.out
-            .push(Output::sip(transport, dest, data.clone(), source));
+        self.out.push(Output::reply(peer, dest, data.clone()));
         if matches!(req.method, Method::Invite | Method::Ack) {
             return;
         }
@@ -217,6 +207,7 @@ impl Call {
             tx,
             branch,
             method: req.method.clone(),
+            peer,
             dest,
             response: data,
         });
@@ -227,12 +218,12 @@ impl Call {
         let mut resp = stateless_response(req, code, reason, &self.s.user_agent);
         if (200..300).contains(&code) {
             resp.headers
-                .push("Contact", format!("<{}>", self.s.contact));
-            if resp.headers.get("Accept").is_none() {
-                resp.headers.push("Accept", ACCEPT);
+                .push(header::CONTACT, format!("<{}>", self.s.contact));
+            if resp.headers.get(header::ACCEPT).is_none() {
+                resp.headers.push(header::ACCEPT, ACCEPT);
             }
         }
-        resp.headers.push("Supported", SUPPORTED);
+        resp.headers.push(header::SUPPORTED, SUPPORTED);
         resp
     }
 
@@ -303,14 +294,13 @@ impl Call {
     /// The re-INVITE's final response again (a retransmitted re-INVITE, or Timer G).
     fn resend_reinvite_final(&mut self) {
         if let Some(r) = &self.mid.reinvite {
-            let (dest, data) = (r.dest, r.response.clone());
-            self.out
-                .push(Output::sip(self.invite.transport, dest, data, dest));
+            let (peer, dest, data) = (r.peer, r.dest, r.response.clone());
+            self.out.push(Output::reply(peer, dest, data));
         }
     }
 
     /// A re-INVITE in our dialog (RFC 3261 §14.2).
-    pub(super) fn on_reinvite(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    pub(super) fn on_reinvite(&mut self, req: &Request, peer: Peer, now: Instant) {
         let call_id = self.dialog.call_id.clone();
         if self
             .mid
@@ -321,7 +311,7 @@ impl Call {
             // Our offer is outstanding (RFC 3261 §14.2, RFC 3311 §5.2).
             tracing::info!(%call_id, "re-INVITE while our offer is pending: 491");
             let resp = self.dialog_response(req, 491, "Request Pending");
-            return self.send_reinvite_final(req, source, resp, false, now);
+            return self.send_reinvite_final(req, peer, resp, false, now);
         }
         let pending = self.invite.is_proceeding()
             || self.invite.awaiting_ack()
@@ -331,33 +321,32 @@ impl Call {
             tracing::info!(%call_id, "re-INVITE while an INVITE is pending: 500 Retry-After");
             let mut resp = self.dialog_response(req, 500, "Server Internal Error (INVITE pending)");
             resp.headers
-                .push("Retry-After", fastrand::u32(0..=10).to_string());
+                .push(header::RETRY_AFTER, fastrand::u32(0..=10).to_string());
             // Stateless: the pending transaction keeps its own state.
-            self.out.push(Output::sip(
-                self.invite.transport,
-                reply_dest(req, source),
+            self.out.push(Output::reply(
+                peer,
+                reply_dest(req, peer.addr),
                 resp.to_bytes(),
-                source,
             ));
             return;
         }
         if !self.is_live() || self.media.is_none() {
             let resp = self.dialog_response(req, 488, "Not Acceptable Here");
-            return self.send_reinvite_final(req, source, resp, false, now);
+            return self.send_reinvite_final(req, peer, resp, false, now);
         }
         let timer = match session_timer::negotiate(req, self.s.min_se) {
             Ok(t) => t,
             Err(e) => {
                 let mut resp = self.dialog_response(req, 422, "Session Interval Too Small");
-                resp.headers.push("Min-SE", e.min_se.to_string());
-                return self.send_reinvite_final(req, source, resp, false, now);
+                resp.headers.push(header::MIN_SE, e.min_se.to_string());
+                return self.send_reinvite_final(req, peer, resp, false, now);
             }
         };
         let (body, awaiting_answer) = if req.body.iter().all(u8::is_ascii_whitespace) {
             // No offer: ours goes in the 200, the answer comes in the ACK.
             let Some(neg) = self.mid.neg.clone() else {
                 let resp = self.dialog_response(req, 488, "Not Acceptable Here");
-                return self.send_reinvite_final(req, source, resp, false, now);
+                return self.send_reinvite_final(req, peer, resp, false, now);
             };
             let sdp = self.versioned(|id, v, local| sdp::offer(&neg, local, id, v));
             (sdp, true)
@@ -367,7 +356,7 @@ impl Call {
                 Err(e) => {
                     tracing::info!(%call_id, error = %e, "re-INVITE offer refused; session kept");
                     let resp = self.offer_refused(req, &e);
-                    return self.send_reinvite_final(req, source, resp, false, now);
+                    return self.send_reinvite_final(req, peer, resp, false, now);
                 }
             }
         };
@@ -375,27 +364,22 @@ impl Call {
         self.start_session_timer(timer, now);
         let mut resp = self.dialog_response(req, 200, "OK");
         self.add_timer_headers(&mut resp);
-        resp.headers.push("Content-Type", "application/sdp");
+        resp.headers.push(header::CONTENT_TYPE, "application/sdp");
         resp.body = body.into_bytes();
-        self.send_reinvite_final(req, source, resp, awaiting_answer, now);
+        self.send_reinvite_final(req, peer, resp, awaiting_answer, now);
     }
 
     fn send_reinvite_final(
         &mut self,
         req: &Request,
-        source: SocketAddr,
+        peer: Peer,
         resp: Response,
         awaiting_answer: bool,
         now: Instant,
     ) {
-        let dest = reply_dest(req, source);
+        let dest = reply_dest(req, peer.addr);
         let data = resp.to_bytes();
-        self.out.push(Output::sip(
-            self.invite.transport,
-            dest,
-            data.clone(),
-            source,
-        ));
+        self.out.push(Output::reply(peer, dest, data.clone()));
         let mut tx = ServerInvite::new(self.s.timers);
         tx.on_final_sent(resp.code, now);
         self.mid.reinvite = Some(ReInvite {
@@ -405,6 +389,7 @@ impl Call {
                 .and_then(|v| v.branch().map(str::to_owned))
                 .unwrap_or_default(),
             cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
+            peer,
             dest,
             response: data,
             awaiting_answer,
@@ -413,17 +398,17 @@ impl Call {
 
     /// An UPDATE (RFC 3311): an offer is answered like a re-INVITE's, and
     /// with or without one it refreshes the session timer.
-    pub(super) fn on_update(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    pub(super) fn on_update(&mut self, req: &Request, peer: Peer, now: Instant) {
         if !self.is_live() {
             let resp = self.dialog_response(req, 488, "Not Acceptable Here");
-            return self.respond(req, source, resp, now);
+            return self.respond(req, peer, resp, now);
         }
         let timer = match session_timer::negotiate(req, self.s.min_se) {
             Ok(t) => t,
             Err(e) => {
                 let mut resp = self.dialog_response(req, 422, "Session Interval Too Small");
-                resp.headers.push("Min-SE", e.min_se.to_string());
-                return self.respond(req, source, resp, now);
+                resp.headers.push(header::MIN_SE, e.min_se.to_string());
+                return self.respond(req, peer, resp, now);
             }
         };
         let mut answer = None;
@@ -436,14 +421,14 @@ impl Call {
             {
                 // RFC 3311 §5.2: our own offer is outstanding.
                 let resp = self.dialog_response(req, 491, "Request Pending");
-                return self.respond(req, source, resp, now);
+                return self.respond(req, peer, resp, now);
             }
             match self.apply_offer(&req.body, now) {
                 Ok(sdp) => answer = Some(sdp),
                 Err(e) => {
                     tracing::info!(call_id = %self.dialog.call_id, error = %e, "UPDATE offer refused; session kept");
                     let resp = self.offer_refused(req, &e);
-                    return self.respond(req, source, resp, now);
+                    return self.respond(req, peer, resp, now);
                 }
             }
         }
@@ -452,10 +437,10 @@ impl Call {
         let mut resp = self.dialog_response(req, 200, "OK");
         self.add_timer_headers(&mut resp);
         if let Some(sdp) = answer {
-            resp.headers.push("Content-Type", "application/sdp");
+            resp.headers.push(header::CONTENT_TYPE, "application/sdp");
             resp.body = sdp.into_bytes();
         }
-        self.respond(req, source, resp, now);
+        self.respond(req, peer, resp, now);
     }
 
     fn offer_refused(&self, req: &Request, e: &SdpError) -> Response {
@@ -469,7 +454,7 @@ impl Call {
     fn refresh_target(&mut self, req: &Request) {
         if let Some(c) = req
             .headers
-            .get("Contact")
+            .get(header::CONTACT)
             .and_then(|c| NameAddr::parse(c).ok())
         {
             self.dialog.remote_target = c.uri;

@@ -29,20 +29,21 @@ use crate::media::rtp::RtpStats;
 use crate::media::session::{Heard, MediaConfig, MediaSession, Port};
 use crate::policy::Decider;
 use crate::sdp::{self, SdpError};
-use crate::sip::dialog::{reply_dest, Dialog, DialogError};
-use crate::sip::message::{Method, Request, Response, Uri};
-use crate::sip::session_timer;
-use crate::sip::transport::Transport;
+use emonav_sip::dialog::{Dialog, DialogError};
+use emonav_sip::message::{Method, Request, Response, Uri};
+use emonav_sip::session_timer;
+use emonav_sip::transport::{Peer, Transport};
 
 mod client;
 mod invite;
 mod mid_dialog;
 mod refresh;
 mod settings;
-pub mod timer;
-pub mod transfer;
+pub(crate) mod timer;
+pub(crate) mod transfer;
 
 use client::Client;
+use emonav_sip::header;
 use invite::InviteServer;
 use mid_dialog::MidDialog;
 pub use settings::CallSettings;
@@ -50,9 +51,9 @@ use timer::{Timer, TimerTable};
 use transfer::Transfer;
 
 /// Methods we answer, for `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, UPDATE";
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, UPDATE";
 /// Bodies we understand, for `Accept`.
-pub const ACCEPT: &str = "application/sdp, message/sipfrag";
+pub(crate) const ACCEPT: &str = "application/sdp, message/sipfrag";
 
 /// How long a call that ended keeps answering stray in-dialog requests.
 const LINGER: Duration = Duration::from_secs(32);
@@ -100,6 +101,12 @@ pub enum Output<'a> {
 }
 
 impl Output<'static> {
+    /// A response to a request from `peer`, for `dest`: on the transport,
+    /// and connection, the request came on (RFC 3261 §18.2.2).
+    fn reply(peer: Peer, dest: SocketAddr, data: Vec<u8>) -> Self {
+        Self::sip(peer.transport, dest, data, peer.addr)
+    }
+
     /// A SIP message for `dest` on `transport`; on a connection-oriented
     /// one, over the open connection to `connection` while there is one.
     fn sip(transport: Transport, dest: SocketAddr, data: Vec<u8>, connection: SocketAddr) -> Self {
@@ -207,9 +214,9 @@ impl Call {
         let header = |name: &str| invite.headers.get(name).unwrap_or("").to_string();
         let record = CallRecord {
             event: "call_end",
-            call_id: header("Call-ID"),
-            from: header("From"),
-            to: header("To"),
+            call_id: header(header::CALL_ID),
+            from: header(header::FROM),
+            to: header(header::TO),
             started_unix_ms: started_wall
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -236,7 +243,11 @@ impl Call {
         };
         let dialog = Dialog::from_invite(&invite, &local_tag)?;
         let transfer = Transfer {
-            norefersub: session_timer::lists_option(&invite.headers, "Supported", "norefersub"),
+            norefersub: session_timer::lists_option(
+                &invite.headers,
+                header::SUPPORTED,
+                "norefersub",
+            ),
             ..Transfer::default()
         };
         let mut timers = TimerTable::default();
@@ -267,13 +278,13 @@ impl Call {
         if let Err(e) = timer {
             // RFC 4028 §9 (the edge answers this statelessly before a call exists).
             let mut resp = call.invite_response(422, "Session Interval Too Small", false);
-            resp.headers.push("Min-SE", e.min_se.to_string());
+            resp.headers.push(header::MIN_SE, e.min_se.to_string());
             call.reject_with(resp, now);
             return Ok(call);
         }
         call.mid.timer = timer.ok().flatten();
         call.mid.peer_allows_update =
-            session_timer::lists_option(&call.invite.request.headers, "Allow", "UPDATE");
+            session_timer::lists_option(&call.invite.request.headers, header::ALLOW, "UPDATE");
         match call.prepare_media(local_rtp, now) {
             Ok(()) => {
                 let trying = call.invite_response(100, "Trying", false);
@@ -515,7 +526,7 @@ impl Call {
     }
 
     /// A request from the network whose Call-ID is ours.
-    pub fn handle_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    pub fn handle_request(&mut self, req: &Request, peer: Peer, now: Instant) {
         self.out.now = now;
         if self.absorb_retransmission(req) {
             return;
@@ -531,31 +542,31 @@ impl Call {
                     self.maybe_refer_after_ack(now);
                 }
             }
-            Method::Cancel if same_tx => self.on_cancel(req, source, now),
-            Method::Cancel => self.reply(req, source, 481, "Call/Transaction Does Not Exist", now),
+            Method::Cancel if same_tx => self.on_cancel(req, peer, now),
+            Method::Cancel => self.reply(req, peer, 481, "Call/Transaction Does Not Exist", now),
             _ if !self.dialog.matches(req) => {
-                self.reply(req, source, 481, "Call/Transaction Does Not Exist", now)
+                self.reply(req, peer, 481, "Call/Transaction Does Not Exist", now)
             }
-            _ => self.in_dialog_request(req, source, now),
+            _ => self.in_dialog_request(req, peer, now),
         }
     }
 
-    fn in_dialog_request(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    fn in_dialog_request(&mut self, req: &Request, peer: Peer, now: Instant) {
         if let Err(e) = self.dialog.accept_remote_cseq(req) {
             let reason = format!("Server Internal Error ({e})");
-            self.reply(req, source, 500, &reason, now);
+            self.reply(req, peer, 500, &reason, now);
             return;
         }
         match &req.method {
             Method::Bye => {
-                self.reply(req, source, 200, "OK", now);
+                self.reply(req, peer, 200, "OK", now);
                 self.on_caller_bye(now);
             }
-            Method::Notify => self.on_notify(req, source, now),
-            Method::Options => self.reply(req, source, 200, "OK", now),
-            Method::Invite => self.on_reinvite(req, source, now),
-            Method::Update => self.on_update(req, source, now),
-            _ => self.reply(req, source, 501, "Not Implemented", now),
+            Method::Notify => self.on_notify(req, peer, now),
+            Method::Options => self.reply(req, peer, 200, "OK", now),
+            Method::Invite => self.on_reinvite(req, peer, now),
+            Method::Update => self.on_update(req, peer, now),
+            _ => self.reply(req, peer, 501, "Not Implemented", now),
         }
     }
 
@@ -586,9 +597,9 @@ impl Call {
         }
     }
 
-    fn reply(&mut self, req: &Request, source: SocketAddr, code: u16, reason: &str, now: Instant) {
+    fn reply(&mut self, req: &Request, peer: Peer, code: u16, reason: &str, now: Instant) {
         let resp = stateless_response(req, code, reason, &self.s.user_agent);
-        self.respond(req, source, resp, now);
+        self.respond(req, peer, resp, now);
     }
 
     /// Our Contact URI for this dialog's transport.
@@ -610,22 +621,8 @@ fn media_output((port, dest, payload): (Port, SocketAddr, &[u8])) -> Output<'_> 
     })
 }
 
-/// A stateless response and where it goes (RFC 3261 §18.2.2).
-pub fn reply_datagram(
-    req: &Request,
-    source: SocketAddr,
-    code: u16,
-    reason: &str,
-    server: &str,
-) -> (SocketAddr, Vec<u8>) {
-    (
-        reply_dest(req, source),
-        stateless_response(req, code, reason, server).to_bytes(),
-    )
-}
-
 /// The host part of a SIP URI or Via for an address (IPv6 in brackets).
-pub fn uri_host(ip: std::net::IpAddr) -> String {
+pub(crate) fn uri_host(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(ip) => ip.to_string(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -634,7 +631,7 @@ pub fn uri_host(ip: std::net::IpAddr) -> String {
 
 /// A response to a request outside any call state (or that needs none):
 /// copies the transaction headers and adds `Allow`/`Accept`/`Server`.
-pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) -> Response {
+pub(crate) fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) -> Response {
     let mut resp = req.make_response(code, reason);
     if code > 100 && req.to().is_some_and(|t| t.tag().is_none()) {
         if let Some(mut to) = req.to() {
@@ -642,14 +639,14 @@ pub fn stateless_response(req: &Request, code: u16, reason: &str, server: &str) 
                 "tag",
                 Some(&format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)),
             );
-            resp.headers.set("To", to.to_string());
+            resp.headers.set(header::TO, to.to_string());
         }
     }
     if matches!(code, 200 | 405 | 501) {
-        resp.headers.push("Allow", ALLOW);
-        resp.headers.push("Accept", ACCEPT);
+        resp.headers.push(header::ALLOW, ALLOW);
+        resp.headers.push(header::ACCEPT, ACCEPT);
     }
-    resp.headers.push("Server", server);
+    resp.headers.push(header::SERVER, server);
     resp
 }
 

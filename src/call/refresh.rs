@@ -9,8 +9,9 @@ use super::mid_dialog::SUPPORTED;
 use super::timer::Timer;
 use super::Call;
 use crate::events::Outcome;
-use crate::sip::message::{Method, Response};
-use crate::sip::session_timer::{Refresher, SessionTimer};
+use emonav_sip::header;
+use emonav_sip::message::{Method, Response};
+use emonav_sip::session_timer::{Refresher, SessionTimer};
 
 /// How long a due session refresh waits for a busy client transaction.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);
@@ -19,9 +20,9 @@ impl Call {
     /// Our session timer headers on a 2xx (RFC 4028 §9).
     pub(super) fn add_timer_headers(&self, resp: &mut Response) {
         if let Some(t) = &self.mid.timer {
-            resp.headers.push("Session-Expires", t.header());
+            resp.headers.push(header::SESSION_EXPIRES, t.header());
             if t.require {
-                resp.headers.push("Require", "timer");
+                resp.headers.push(header::REQUIRE, "timer");
             }
         }
     }
@@ -68,10 +69,12 @@ impl Call {
             &self.contact(),
         );
         // §7.4: the refresher names itself, the UAC of the refresh.
-        req.headers
-            .push("Session-Expires", format!("{};refresher=uac", t.interval));
-        req.headers.push("Min-SE", self.s.min_se.to_string());
-        req.headers.push("Supported", SUPPORTED);
+        req.headers.push(
+            header::SESSION_EXPIRES,
+            format!("{};refresher=uac", t.interval),
+        );
+        req.headers.push(header::MIN_SE, self.s.min_se.to_string());
+        req.headers.push(header::SUPPORTED, SUPPORTED);
         self.send_request(req, now);
     }
 

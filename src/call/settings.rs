@@ -13,9 +13,9 @@ use crate::adapt::LineAdapter;
 use crate::config::{DialogCredential, Fallback, Profile};
 use crate::policy::Policy;
 use crate::sdp::CodecName;
-use crate::sip::message::{Uri, Via};
-use crate::sip::transaction::Timers;
-use crate::sip::transport::Transport;
+use emonav_sip::message::{Uri, Via};
+use emonav_sip::transaction::Timers;
+use emonav_sip::transport::Transport;
 
 /// Settings shared by every call, derived once from the profile.
 #[derive(Debug)]

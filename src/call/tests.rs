@@ -4,7 +4,7 @@ use super::*;
 use crate::config::{DialogCredential, Profile};
 use crate::media::session::OPUS_ANALYSIS_RATE;
 use crate::sdp::CodecName;
-use crate::sip::message::{parse_datagram, Message};
+use emonav_sip::message::{parse_datagram, Message};
 
 const CALLER: &str = "127.0.0.1:5070";
 
@@ -147,12 +147,20 @@ fn offered_with(settings: Arc<CallSettings>, t0: Instant) -> Call {
 
 fn answered(t0: Instant) -> Call {
     let mut call = offered(t0);
-    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call
 }
 
 fn src() -> SocketAddr {
     CALLER.parse().unwrap()
+}
+
+/// The caller, over UDP.
+fn peer() -> Peer {
+    Peer {
+        addr: src(),
+        transport: Transport::Udp,
+    }
 }
 
 #[test]
@@ -228,7 +236,7 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
     call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3100));
     call.handle_request(
         &in_dialog(&call, "BYE", 2, "", ""),
-        src(),
+        peer(),
         t0 + Duration::from_millis(3200),
     );
     assert_eq!(codes(&sent(&mut call)), ["200"]);
@@ -240,7 +248,7 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
         "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
         "SIP/2.0 200 OK\r\n",
     );
-    call.handle_request(&notify, src(), t0 + Duration::from_millis(3300));
+    call.handle_request(&notify, peer(), t0 + Duration::from_millis(3300));
     let out = outputs(&mut call);
     let mut sends = 0;
     let mut rec = None;
@@ -274,7 +282,7 @@ fn a_202_overtaken_by_the_final_notify_is_still_recorded() {
         "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
         "SIP/2.0 200 OK\r\n",
     );
-    call.handle_request(&notify, src(), t0 + Duration::from_millis(3100));
+    call.handle_request(&notify, peer(), t0 + Duration::from_millis(3100));
     let out = sent(&mut call);
     assert_eq!(codes(&out), ["200", "BYE"]);
     call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3110));
@@ -288,9 +296,9 @@ fn a_202_overtaken_by_the_final_notify_is_still_recorded() {
 fn lower_cseq_in_dialog_gets_500() {
     let t0 = Instant::now();
     let mut call = answered(t0);
-    call.handle_request(&in_dialog(&call, "OPTIONS", 5, "", ""), src(), t0);
+    call.handle_request(&in_dialog(&call, "OPTIONS", 5, "", ""), peer(), t0);
     assert_eq!(codes(&sent(&mut call)), ["200"]);
-    call.handle_request(&in_dialog(&call, "OPTIONS", 4, "", ""), src(), t0);
+    call.handle_request(&in_dialog(&call, "OPTIONS", 4, "", ""), peer(), t0);
     assert_eq!(codes(&sent(&mut call)), ["500"]);
 }
 
@@ -299,7 +307,7 @@ fn notify_with_wrong_event_is_489() {
     let t0 = Instant::now();
     let mut call = answered(t0);
     let n = in_dialog(&call, "NOTIFY", 2, "Event: dialog\r\n", "");
-    call.handle_request(&n, src(), t0);
+    call.handle_request(&n, peer(), t0);
     assert_eq!(codes(&sent(&mut call)), ["489"]);
 }
 
@@ -309,7 +317,7 @@ fn bye_before_ack_stops_the_200_retransmissions() {
     let mut call = offered(t0);
     call.handle_request(
         &in_dialog(&call, "BYE", 2, "", ""),
-        src(),
+        peer(),
         t0 + Duration::from_millis(100),
     );
     let outputs = outputs(&mut call);
@@ -392,7 +400,7 @@ fn assert_valid_digest(value: &str, method: &str, uri: &str) {
 fn challenged_refer_is_resent_once_with_credentials() {
     let t0 = Instant::now();
     let mut call = offered_with(with_credentials(None), t0);
-    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call.handle_timeout(t0 + Duration::from_secs(3));
     let first = only_request(sent(&mut call));
     call.handle_response(
@@ -428,7 +436,7 @@ fn challenged_refer_is_resent_once_with_credentials() {
         &format!("Event: refer;id={id}\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n"),
         "SIP/2.0 200 OK\r\n",
     );
-    call.handle_request(&notify, src(), t0 + Duration::from_millis(3300));
+    call.handle_request(&notify, peer(), t0 + Duration::from_millis(3300));
     let out = sent(&mut call);
     assert_eq!(codes(&out), ["200", "BYE"]);
     call.handle_response(&response_to(&out[1], 200), t0 + Duration::from_millis(3400));
@@ -446,7 +454,7 @@ fn challenged_refer_is_resent_once_with_credentials() {
 fn second_challenge_for_the_same_request_fails_it() {
     let t0 = Instant::now();
     let mut call = offered_with(with_credentials(None), t0);
-    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call.handle_timeout(t0 + Duration::from_secs(3));
     let first = Message::Request(only_request(sent(&mut call)));
     call.handle_response(&challenge(&first, 407), t0 + Duration::from_millis(3100));
@@ -469,7 +477,7 @@ fn second_challenge_for_the_same_request_fails_it() {
 fn challenged_bye_is_resent_with_authorization() {
     let t0 = Instant::now();
     let mut call = offered_with(with_credentials(Some("PBX")), t0);
-    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call.handle_timeout(t0 + Duration::from_secs(3));
     let refer = Message::Request(only_request(sent(&mut call)));
     call.handle_response(&response_to(&refer, 603), t0 + Duration::from_millis(3100));
@@ -496,7 +504,7 @@ fn challenged_bye_is_resent_with_authorization() {
 fn challenge_for_an_unknown_realm_is_a_failure() {
     let t0 = Instant::now();
     let mut call = offered_with(with_credentials(Some("elsewhere")), t0);
-    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call.handle_timeout(t0 + Duration::from_secs(3));
     let refer = Message::Request(only_request(sent(&mut call)));
     call.handle_response(&challenge(&refer, 407), t0 + Duration::from_millis(3100));
@@ -533,7 +541,7 @@ fn opus_call(t0: Instant) -> Call {
     assert!(body.contains("useinbandfec=1"), "{body}");
     let playback = format!("maxplaybackrate={OPUS_ANALYSIS_RATE}");
     assert!(body.contains(&playback), "the rate we decode at: {body}");
-    call.handle_request(&ack(&call), src(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call
 }
 
@@ -671,7 +679,7 @@ fn answered_with(profile: &Profile, extra: &str, t0: Instant) -> (Call, Response
     let Message::Response(ok) = out.remove(1) else {
         unreachable!()
     };
-    call.handle_request(&ack(&call), src(), t0 + ms(10));
+    call.handle_request(&ack(&call), peer(), t0 + ms(10));
     (call, ok)
 }
 
@@ -689,9 +697,9 @@ fn retransmitted_in_dialog_requests_get_the_same_response_until_timer_j() {
     let t0 = Instant::now();
     let mut call = answered(t0);
     let opts = in_dialog(&call, "OPTIONS", 2, "", "");
-    call.handle_request(&opts, src(), t0 + ms(100));
+    call.handle_request(&opts, peer(), t0 + ms(100));
     let first = sent(&mut call);
-    call.handle_request(&opts, src(), t0 + ms(600));
+    call.handle_request(&opts, peer(), t0 + ms(600));
     let again = sent(&mut call);
     assert_eq!(codes(&again), ["200"]);
     let (Message::Response(a), Message::Response(b)) = (&first[0], &again[0]) else {
@@ -700,9 +708,9 @@ fn retransmitted_in_dialog_requests_get_the_same_response_until_timer_j() {
     assert_eq!(a.to_bytes(), b.to_bytes(), "the very same response");
     // The BYE is handled once: one record, its retransmission answered again.
     let bye = in_dialog(&call, "BYE", 3, "", "");
-    call.handle_request(&bye, src(), t0 + ms(700));
+    call.handle_request(&bye, peer(), t0 + ms(700));
     assert!(ended(&mut call).is_some());
-    call.handle_request(&bye, src(), t0 + ms(900));
+    call.handle_request(&bye, peer(), t0 + ms(900));
     let out = outputs(&mut call);
     assert!(matches!(&out[..], [Output::Transmit(_)]), "{out:?}");
     // Timer J (64·T1) forgets the OPTIONS transaction at 100 ms + 32 s.
@@ -734,9 +742,9 @@ fn retransmitted_notify_is_not_processed_twice() {
         "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
         "SIP/2.0 200 OK\r\n",
     );
-    call.handle_request(&notify, src(), t0 + ms(3200));
+    call.handle_request(&notify, peer(), t0 + ms(3200));
     assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
-    call.handle_request(&notify, src(), t0 + ms(3700));
+    call.handle_request(&notify, peer(), t0 + ms(3700));
     assert_eq!(codes(&sent(&mut call)), ["200"], "no second BYE");
 }
 
@@ -760,13 +768,13 @@ fn an_rfc_2543_peers_retransmission_without_branch_is_absorbed_too() {
         r.headers.set("Via", format!("SIP/2.0/UDP {CALLER}"));
         r
     };
-    call.handle_request(&notify(2), src(), t0 + ms(3200));
+    call.handle_request(&notify(2), peer(), t0 + ms(3200));
     assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
     assert!(
         call.mid.answered.iter().any(|a| a.method == Method::Notify),
         "a server transaction holds the NOTIFY without a branch"
     );
-    call.handle_request(&notify(2), src(), t0 + ms(3700));
+    call.handle_request(&notify(2), peer(), t0 + ms(3700));
     assert_eq!(codes(&sent(&mut call)), ["200"], "absorbed: no second BYE");
     let key = |r: &Request| super::mid_dialog::transaction_key(r).unwrap();
     assert_ne!(
@@ -785,7 +793,7 @@ fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_dead
         Some(t0 + Duration::from_secs(3))
     );
     let hold = sdp_req(&call, "INVITE", 2, "", &hold_offer());
-    call.handle_request(&hold, src(), t0 + ms(1000));
+    call.handle_request(&hold, peer(), t0 + ms(1000));
     let ok = only_response(sent(&mut call));
     assert_eq!(ok.code, 200);
     assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
@@ -803,9 +811,9 @@ fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_dead
     assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(1500)));
     call.handle_timeout(t0 + ms(1500));
     assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
-    call.handle_request(&hold, src(), t0 + ms(1600));
+    call.handle_request(&hold, peer(), t0 + ms(1600));
     assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
-    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(1700));
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), peer(), t0 + ms(1700));
     // On hold: no deadline, no REFER, however long.
     assert_eq!(protocol_timeout(&mut call), None);
     call.handle_timeout(t0 + Duration::from_secs(4));
@@ -814,11 +822,11 @@ fn reinvite_hold_is_answered_recvonly_retransmitted_until_ack_and_stops_the_dead
     call.handle_rtp(&pcmu_packet(1), t0 + Duration::from_secs(4));
     assert_eq!(call.media.as_ref().unwrap().audio_ms(), 0);
     let unhold = sdp_req(&call, "INVITE", 3, "", &unhold_offer());
-    call.handle_request(&unhold, src(), t0 + Duration::from_secs(5));
+    call.handle_request(&unhold, peer(), t0 + Duration::from_secs(5));
     let ok = only_response(sent(&mut call));
     assert!(body(&ok).contains("a=sendrecv"), "{}", body(&ok));
     assert!(body(&ok).contains(" 3 IN IP4"), "{}", body(&ok));
-    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(5010));
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), peer(), t0 + ms(5010));
     // 3 s of listening budget, 4 s of it spent on hold: the deadline moved to 7 s.
     assert_eq!(
         protocol_timeout(&mut call),
@@ -846,18 +854,18 @@ fn hold_suspends_the_rtp_timeout_and_unhold_restarts_it() {
     assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(5100)));
     call.handle_request(
         &sdp_req(&call, "INVITE", 2, "", &hold_offer()),
-        src(),
+        peer(),
         t0 + ms(200),
     );
-    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(210));
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), peer(), t0 + ms(210));
     sent(&mut call);
     assert_eq!(protocol_timeout(&mut call), None, "no RTP timeout on hold");
     call.handle_request(
         &sdp_req(&call, "INVITE", 3, "", &unhold_offer()),
-        src(),
+        peer(),
         t0 + ms(60_000),
     );
-    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(60_010));
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), peer(), t0 + ms(60_010));
     sent(&mut call);
     assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(65_000)));
 }
@@ -867,14 +875,14 @@ fn rfc2543_hold_and_codec_change_by_reinvite() {
     let t0 = Instant::now();
     let mut call = answered(t0);
     let zero = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
-    call.handle_request(&sdp_req(&call, "INVITE", 2, "", zero), src(), t0 + ms(100));
+    call.handle_request(&sdp_req(&call, "INVITE", 2, "", zero), peer(), t0 + ms(100));
     let ok = only_response(sent(&mut call));
     assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
     assert!(call.mid.on_hold());
-    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), src(), t0 + ms(110));
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), peer(), t0 + ms(110));
     // Back, on A-law only, from another address: the decoder switches.
     let alaw = "v=0\r\no=- 1 3 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 40002 RTP/AVP 8\r\n";
-    call.handle_request(&sdp_req(&call, "INVITE", 3, "", alaw), src(), t0 + ms(200));
+    call.handle_request(&sdp_req(&call, "INVITE", 3, "", alaw), peer(), t0 + ms(200));
     let ok = only_response(sent(&mut call));
     assert!(body(&ok).contains("a=rtpmap:8 PCMA/8000"), "{}", body(&ok));
     assert!(!call.mid.on_hold());
@@ -883,7 +891,7 @@ fn rfc2543_hold_and_codec_change_by_reinvite() {
         call.mid.neg.as_ref().unwrap().remote_rtp,
         "127.0.0.2:40002".parse().unwrap()
     );
-    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), src(), t0 + ms(210));
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), peer(), t0 + ms(210));
     let mut p = pcmu_packet(2);
     p[1] = 8;
     call.handle_rtp(&p, t0 + ms(300));
@@ -891,10 +899,14 @@ fn rfc2543_hold_and_codec_change_by_reinvite() {
     assert_eq!(call.media.as_ref().unwrap().audio_ms(), 20, "PCMA decoded");
     // An offer we cannot take keeps the session: 488.
     let g729 = sdp_offer(4, "m=audio 40000 RTP/AVP 18\r\n");
-    call.handle_request(&sdp_req(&call, "INVITE", 4, "", &g729), src(), t0 + ms(400));
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 4, "", &g729),
+        peer(),
+        t0 + ms(400),
+    );
     assert_eq!(only_response(sent(&mut call)).code, 488);
     assert_eq!(call.media.as_ref().unwrap().codec(), CodecName::Pcma);
-    call.handle_request(&in_dialog(&call, "ACK", 4, "", ""), src(), t0 + ms(410));
+    call.handle_request(&in_dialog(&call, "ACK", 4, "", ""), peer(), t0 + ms(410));
     assert_eq!(
         protocol_timeout(&mut call),
         Some(t0 + ms(300) + Duration::from_secs(3))
@@ -908,24 +920,24 @@ fn reinvite_while_one_is_pending_gets_500_with_retry_after() {
     let mut call = offered(t0);
     call.handle_request(
         &sdp_req(&call, "INVITE", 2, "", &hold_offer()),
-        src(),
+        peer(),
         t0 + ms(50),
     );
     let r = only_response(sent(&mut call));
     assert_eq!(r.code, 500);
     let after: u32 = r.headers.get("Retry-After").unwrap().parse().unwrap();
     assert!(after <= 10);
-    call.handle_request(&ack(&call), src(), t0 + ms(60));
+    call.handle_request(&ack(&call), peer(), t0 + ms(60));
     // A re-INVITE whose 200 is not ACKed yet: the next one waits too.
     call.handle_request(
         &sdp_req(&call, "INVITE", 3, "", &hold_offer()),
-        src(),
+        peer(),
         t0 + ms(100),
     );
     assert_eq!(only_response(sent(&mut call)).code, 200);
     call.handle_request(
         &sdp_req(&call, "INVITE", 4, "", &unhold_offer()),
-        src(),
+        peer(),
         t0 + ms(150),
     );
     assert_eq!(only_response(sent(&mut call)).code, 500);
@@ -936,7 +948,7 @@ fn reinvite_while_one_is_pending_gets_500_with_retry_after() {
 fn offerless_reinvite_gets_our_offer_and_the_answer_in_the_ack() {
     let t0 = Instant::now();
     let mut call = answered(t0);
-    call.handle_request(&in_dialog(&call, "INVITE", 2, "", ""), src(), t0 + ms(100));
+    call.handle_request(&in_dialog(&call, "INVITE", 2, "", ""), peer(), t0 + ms(100));
     let ok = only_response(sent(&mut call));
     assert_eq!(ok.code, 200);
     let offer = crate::sdp::parse(&body(&ok)).unwrap();
@@ -945,13 +957,13 @@ fn offerless_reinvite_gets_our_offer_and_the_answer_in_the_ack() {
     // Our offer is outstanding: an UPDATE or re-INVITE offer now is 491.
     call.handle_request(
         &sdp_req(&call, "UPDATE", 3, "", &hold_offer()),
-        src(),
+        peer(),
         t0 + ms(150),
     );
     assert_eq!(only_response(sent(&mut call)).code, 491);
     let answer = sdp_offer(3, "m=audio 40000 RTP/AVP 0\r\na=sendonly\r\n");
     let ack = sdp_req(&call, "ACK", 2, "", &answer);
-    call.handle_request(&ack, src(), t0 + ms(200));
+    call.handle_request(&ack, peer(), t0 + ms(200));
     assert!(sent(&mut call).is_empty());
     assert!(
         call.mid.on_hold(),
@@ -964,15 +976,15 @@ fn update_with_and_without_sdp() {
     let t0 = Instant::now();
     let mut call = answered(t0);
     let upd = sdp_req(&call, "UPDATE", 2, "", &hold_offer());
-    call.handle_request(&upd, src(), t0 + ms(100));
+    call.handle_request(&upd, peer(), t0 + ms(100));
     let ok = only_response(sent(&mut call));
     assert_eq!(ok.code, 200);
     assert!(body(&ok).contains("a=recvonly"), "{}", body(&ok));
     assert!(ok.headers.get("Contact").is_some());
-    call.handle_request(&upd, src(), t0 + ms(600));
+    call.handle_request(&upd, peer(), t0 + ms(600));
     assert_eq!(only_response(sent(&mut call)).to_bytes(), ok.to_bytes());
     let refresh = in_dialog(&call, "UPDATE", 3, "", "");
-    call.handle_request(&refresh, src(), t0 + ms(700));
+    call.handle_request(&refresh, peer(), t0 + ms(700));
     let ok = only_response(sent(&mut call));
     assert_eq!((ok.code, ok.body.len()), (200, 0));
     assert!(call.mid.on_hold(), "a refresh leaves the session as it is");
@@ -998,7 +1010,7 @@ fn session_timer_is_answered_uac_refresher_and_expiry_sends_bye() {
         "Supported: timer\r\nSession-Expires: 120\r\n",
         "",
     );
-    call.handle_request(&upd, src(), t0 + Duration::from_secs(50));
+    call.handle_request(&upd, peer(), t0 + Duration::from_secs(50));
     let r = only_response(sent(&mut call));
     assert_eq!(r.headers.get("Session-Expires"), Some("120;refresher=uac"));
     // 120 − 32 = 88 s after the refresh (Timer J of the UPDATE fires before).
@@ -1008,12 +1020,12 @@ fn session_timer_is_answered_uac_refresher_and_expiry_sends_bye() {
     );
     // A refresh below Min-SE is refused and changes nothing.
     let small = in_dialog(&call, "INVITE", 3, "Session-Expires: 30\r\n", "");
-    call.handle_request(&small, src(), t0 + Duration::from_secs(60));
+    call.handle_request(&small, peer(), t0 + Duration::from_secs(60));
     let r = only_response(sent(&mut call));
     assert_eq!((r.code, r.headers.get("Min-SE")), (422, Some("90")));
     call.handle_request(
         &in_dialog(&call, "ACK", 3, "", ""),
-        src(),
+        peer(),
         t0 + Duration::from_secs(60),
     );
     call.handle_timeout(t0 + Duration::from_secs(138));
@@ -1092,7 +1104,7 @@ fn retransmitted_invite_repeats_the_last_response_once_per_copy() {
     let s = Arc::new(CallSettings::from_profile(&profile, 5060));
     let mut call = Call::new(s, invite(), src(), "127.0.0.1:20000".parse().unwrap(), t0).unwrap();
     assert_eq!(codes(&sent(&mut call)), ["100"]);
-    call.handle_request(&invite(), src(), t0 + ms(300));
+    call.handle_request(&invite(), peer(), t0 + ms(300));
     assert_eq!(
         codes(&sent(&mut call)),
         ["100"],
@@ -1100,7 +1112,7 @@ fn retransmitted_invite_repeats_the_last_response_once_per_copy() {
     );
     call.handle_timeout(t0 + ms(1000));
     assert_eq!(codes(&sent(&mut call)), ["200"]);
-    call.handle_request(&invite(), src(), t0 + ms(1100));
+    call.handle_request(&invite(), peer(), t0 + ms(1100));
     assert_eq!(codes(&sent(&mut call)), ["200"]);
 }
 
@@ -1148,7 +1160,7 @@ fn receiver_reports_go_by_rtcp_mux_then_a_rtcp_then_rtp_port_plus_one() {
             panic!("200 expected")
         };
         assert_eq!(body(ok).contains("a=rtcp-mux\r\n"), mux, "{attrs}");
-        call.handle_request(&ack(&call), src(), t0 + ms(10));
+        call.handle_request(&ack(&call), peer(), t0 + ms(10));
         for i in 0..300u16 {
             let at = t0 + ms(20 * i as u64);
             call.handle_rtp_from(&rtp(i), Some(caller), at);
@@ -1393,7 +1405,7 @@ fn arbitrary_in_dialog_traffic_never_panics() {
                 _ => {}
             }
             if let Ok(Message::Request(req)) = parse_datagram(&b) {
-                call.handle_request(&req, src(), now);
+                call.handle_request(&req, peer(), now);
             }
             // Answer one of our own requests with any code.
             if let Some(Message::Request(r)) = ours.get(rng.usize(..ours.len().max(1))) {

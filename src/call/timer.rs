@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use super::{Call, Phase};
 use crate::events::Outcome;
-use crate::sip::transaction::Action;
+use emonav_sip::transaction::Action;
 
 /// A call's timers. Their order is the order they are handled in when
 /// several expire at once: transactions before what they may end, playout
 /// before the decision it may take early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
+pub(crate) enum Timer {
     /// Timer J of the requests we answered (RFC 3261 §17.2.2).
     Answered = 0,
     /// Timers G/H/I of a re-INVITE we answered.
@@ -71,28 +71,28 @@ impl Timer {
 
 /// When each [`Timer`] expires, if armed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TimerTable {
+pub(crate) struct TimerTable {
     at: [Option<Instant>; Timer::COUNT],
 }
 
 impl TimerTable {
     /// Arm `timer` for `at` (or disarm with `None`).
-    pub fn set(&mut self, timer: Timer, at: Option<Instant>) {
+    pub(crate) fn set(&mut self, timer: Timer, at: Option<Instant>) {
         self.at[timer as usize] = at;
     }
 
     /// When `timer` expires.
-    pub fn get(&self, timer: Timer) -> Option<Instant> {
+    pub(crate) fn get(&self, timer: Timer) -> Option<Instant> {
         self.at[timer as usize]
     }
 
     /// Disarm `timer`.
-    pub fn stop(&mut self, timer: Timer) {
+    pub(crate) fn stop(&mut self, timer: Timer) {
         self.set(timer, None);
     }
 
     /// The earliest armed instant.
-    pub fn next_timeout(&self) -> Option<Instant> {
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
         self.at.iter().flatten().min().copied()
     }
 

@@ -5,7 +5,7 @@
 //! §6), and the profile's fallback when it did not: the caller is never
 //! silently dropped.
 
-use std::net::SocketAddr;
+use emonav_sip::transport::Peer;
 use std::time::Instant;
 
 use super::timer::Timer;
@@ -13,8 +13,9 @@ use super::{Call, Phase};
 use crate::config::Fallback;
 use crate::events::{Outcome, ReferAttempt};
 use crate::policy::{Decision, Reason};
-use crate::sip::message::{Method, Request, Response};
-use crate::sip::refer::{self, NotifyError, ReferNotify};
+use emonav_sip::header;
+use emonav_sip::message::{Method, Request, Response};
+use emonav_sip::refer::{self, NotifyError, ReferNotify};
 
 /// The transfer's own state.
 #[derive(Debug, Default)]
@@ -27,17 +28,28 @@ pub(super) struct Transfer {
     pub(super) caller_hung_up: bool,
 }
 
+/// `X-Emonav-Emotion`: the emotion label the call was routed on.
+pub(crate) const X_EMONAV_EMOTION: &str = "X-Emonav-Emotion";
+/// `X-Emonav-Arousal`: the arousal estimate, two decimals.
+pub(crate) const X_EMONAV_AROUSAL: &str = "X-Emonav-Arousal";
+/// `X-Emonav-Confidence`: the classifier's confidence, two decimals.
+pub(crate) const X_EMONAV_CONFIDENCE: &str = "X-Emonav-Confidence";
+/// `X-Emonav-Reason`: why the decision was taken.
+pub(crate) const X_EMONAV_REASON: &str = "X-Emonav-Reason";
+/// `X-Emonav-Flag`: `high-risk` when the policy flagged the caller.
+pub(crate) const X_EMONAV_FLAG: &str = "X-Emonav-Flag";
+
 /// Our `X-Emonav-*` headers on the REFER: what the agent taking the call
 /// should know about the caller.
-pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
+pub(crate) fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
     let mut h = vec![
-        ("X-Emonav-Emotion", d.label.clone()),
-        ("X-Emonav-Arousal", format!("{:.2}", d.arousal)),
-        ("X-Emonav-Confidence", format!("{:.2}", d.confidence)),
-        ("X-Emonav-Reason", reason_token(d.reason).to_string()),
+        (X_EMONAV_EMOTION, d.label.clone()),
+        (X_EMONAV_AROUSAL, format!("{:.2}", d.arousal)),
+        (X_EMONAV_CONFIDENCE, format!("{:.2}", d.confidence)),
+        (X_EMONAV_REASON, reason_token(d.reason).to_string()),
     ];
     if d.flagged {
-        h.push(("X-Emonav-Flag", "high-risk".to_string()));
+        h.push((X_EMONAV_FLAG, "high-risk".to_string()));
     }
     h
 }
@@ -55,7 +67,7 @@ fn reason_token(r: Reason) -> &'static str {
 /// RFC 4488: with `Refer-Sub: false` accepted (echoed in the 2xx), the
 /// 2xx is the end of the transfer: no NOTIFY will come.
 pub(super) fn refer_without_subscription(resp: &Response) -> bool {
-    resp.headers.get("Refer-Sub").is_some_and(|v| {
+    resp.headers.get(header::REFER_SUB).is_some_and(|v| {
         v.split(';')
             .next()
             .unwrap_or("")
@@ -121,8 +133,8 @@ impl Call {
         refer::add_refer_headers(&mut req, target, &referred_by, &extra);
         if self.transfer.norefersub {
             // RFC 4488 §4: no implicit subscription; the 2xx ends the transfer.
-            req.headers.push("Refer-Sub", "false");
-            req.headers.push("Supported", "norefersub");
+            req.headers.push(header::REFER_SUB, "false");
+            req.headers.push(header::SUPPORTED, "norefersub");
         }
         if self.record.answer_to_refer_ms.is_none() {
             self.record.answer_to_refer_ms =
@@ -182,20 +194,20 @@ impl Call {
         }
     }
 
-    pub(super) fn on_notify(&mut self, req: &Request, source: SocketAddr, now: Instant) {
+    pub(super) fn on_notify(&mut self, req: &Request, peer: Peer, now: Instant) {
         let notify = match refer::inspect_notify(req) {
             Ok(n) => n,
-            Err(NotifyError::BadEvent) => return self.reply(req, source, 489, "Bad Event", now),
+            Err(NotifyError::BadEvent) => return self.reply(req, peer, 489, "Bad Event", now),
             Err(NotifyError::BadBody) => {
-                return self.reply(req, source, 400, "Bad Request (sipfrag body expected)", now)
+                return self.reply(req, peer, 400, "Bad Request (sipfrag body expected)", now)
             }
         };
-        self.reply(req, source, 200, "OK", now);
+        self.reply(req, peer, 200, "OK", now);
         // RFC 3515 §2.4.6: `id` names the REFER's CSeq; an old subscription's
         // reports must not decide the current attempt.
         let id = req
             .headers
-            .get("Event")
+            .get(header::EVENT)
             .and_then(|e| e.split(';').find_map(|p| p.trim().strip_prefix("id=")))
             .and_then(|v| v.trim().parse::<u32>().ok());
         if id.is_some() && id != self.transfer.refer_cseq {

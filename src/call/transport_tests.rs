@@ -3,10 +3,18 @@
 
 use super::*;
 use crate::config::Profile;
-use crate::sip::message::{parse_datagram, Message};
+use emonav_sip::message::{parse_datagram, Message};
 
 /// The connection's remote address (an ephemeral port).
 const CONN: &str = "127.0.0.1:40123";
+
+/// The dialog's connection, over TCP.
+fn conn() -> Peer {
+    Peer {
+        addr: CONN.parse().unwrap(),
+        transport: Transport::Tcp,
+    }
+}
 
 fn settings() -> Arc<CallSettings> {
     Arc::new(CallSettings::from_profile(&Profile::default(), 5060))
@@ -124,7 +132,7 @@ fn refer_goes_over_tcp_on_the_dialog_connection_and_is_not_retransmitted() {
          Call-ID: tcp-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
         call.dialog.local_tag
     ));
-    call.handle_request(&ack, CONN.parse().unwrap(), t0 + Duration::from_millis(10));
+    call.handle_request(&ack, conn(), t0 + Duration::from_millis(10));
     // No audio: the deadline decides.
     call.handle_timeout(t0 + Duration::from_secs(3));
     let out = sent(&mut call);
@@ -170,7 +178,11 @@ fn responses_follow_the_requests_via_transport() {
         call.dialog.local_tag
     ));
     let other: SocketAddr = "127.0.0.1:40999".parse().unwrap();
-    call.handle_request(&options, other, t0 + Duration::from_millis(5));
+    let peer = Peer {
+        addr: other,
+        transport: Transport::Tcp,
+    };
+    call.handle_request(&options, peer, t0 + Duration::from_millis(5));
     let out = sent(&mut call);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].transport, Transport::Tcp);
@@ -178,5 +190,39 @@ fn responses_follow_the_requests_via_transport() {
         out[0].connection,
         Some(other),
         "the request's own connection"
+    );
+}
+
+/// A BYE over UDP for a call set up over TCP (RFC 3261 §18.2.2): the 200 goes
+/// back over UDP to the BYE's source, not on the dialog's connection; and a
+/// retransmitted BYE is answered there again.
+#[test]
+fn in_dialog_request_on_another_transport_is_answered_on_its_own() {
+    let t0 = Instant::now();
+    let mut call = tcp_call(t0);
+    let bye = request(&format!(
+        "BYE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5072;branch=z9hG4bKbye;rport\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>;tag={}\r\n\
+         Call-ID: tcp-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        call.dialog.local_tag
+    ));
+    let udp = Peer {
+        addr: "127.0.0.1:41000".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    for (i, t) in [5u64, 505].into_iter().enumerate() {
+        call.handle_request(&bye, udp, t0 + Duration::from_millis(t));
+        let ok: Vec<Sent> = sent(&mut call)
+            .into_iter()
+            .filter(|s| matches!(&s.msg, Message::Response(r) if r.code == 200))
+            .collect();
+        assert_eq!(ok.len(), 1, "one 200 to the BYE (send {i})");
+        assert_eq!(ok[0].transport, Transport::Udp);
+        assert_eq!(ok[0].connection, None);
+        assert_eq!(ok[0].dest, udp.addr, "rport: the BYE's source");
+    }
+    assert!(
+        call.transport() == Transport::Tcp,
+        "the dialog stays on TCP"
     );
 }

@@ -12,12 +12,12 @@ use tokio::sync::mpsc::{error::TrySendError, Sender};
 
 /// At most one warning per queue kind this often: a flood must not turn
 /// into a flood of log lines.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Counts the drops of one kind of queue and rate-limits their warning.
 /// Shared by the tasks that feed such queues, hence atomics.
 #[derive(Debug)]
-pub struct DropLog {
+pub(crate) struct DropLog {
     start: Instant,
     /// Milliseconds after `start` before which no warning is due; 0 before
     /// the first one.
@@ -28,7 +28,7 @@ pub struct DropLog {
 
 impl DropLog {
     /// A log whose clock starts at `now`.
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             start: now,
             quiet_until_ms: AtomicU64::new(0),
@@ -38,7 +38,7 @@ impl DropLog {
 
     /// Account one dropped message in `counter`. Returns the number of drops
     /// to warn about when a warning is due, `None` otherwise.
-    pub fn record(&self, counter: &AtomicU64, now: Instant) -> Option<u64> {
+    pub(crate) fn record(&self, counter: &AtomicU64, now: Instant) -> Option<u64> {
         counter.fetch_add(1, Ordering::Relaxed);
         self.unreported.fetch_add(1, Ordering::Relaxed);
         let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
@@ -57,7 +57,7 @@ impl DropLog {
 
 /// What became of a message offered to a bounded queue.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Offer<T> {
+pub(crate) enum Offer<T> {
     /// Queued.
     Queued,
     /// The queue was full: dropped and counted. `warn` is the number of
@@ -72,7 +72,7 @@ pub enum Offer<T> {
 
 /// Offer `item` to `tx` without waiting; a full queue drops it, counted in
 /// `counter` through `drops`.
-pub fn offer<T>(
+pub(crate) fn offer<T>(
     tx: &Sender<T>,
     item: T,
     drops: &DropLog,

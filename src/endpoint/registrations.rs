@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use crate::call::uri_host;
 use crate::config::Profile;
-use crate::sip::message::{Response, Scheme, Uri};
-use crate::sip::registration::{Account, Registration, State};
+use emonav_sip::message::{Response, Scheme, Uri};
+use emonav_sip::registration::{Account, Registration, State};
 
 /// What the registrations ask the edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegOutput {
+pub(crate) enum RegOutput {
     /// Send a REGISTER over UDP.
     Send {
         /// The registrar's address.
@@ -46,14 +46,14 @@ struct RegSlot {
 
 /// The registrations the SIP task drives.
 #[derive(Default)]
-pub struct Registrations {
+pub(crate) struct Registrations {
     slots: Vec<RegSlot>,
 }
 
 impl Registrations {
     /// Registrations and the `host:port` of their registrars (an IP literal
     /// needs no resolving).
-    pub fn new(regs: Vec<(Registration, String)>) -> Self {
+    pub(crate) fn new(regs: Vec<(Registration, String)>) -> Self {
         Self {
             slots: regs
                 .into_iter()
@@ -69,17 +69,18 @@ impl Registrations {
     }
 
     /// No accounts configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
+    #[cfg(test)]
     /// The state of registration `slot`.
-    pub fn state(&self, slot: usize) -> Option<&State> {
+    pub(crate) fn state(&self, slot: usize) -> Option<&State> {
         self.slots.get(slot).map(|s| s.reg.state())
     }
 
     /// Hand a response to its registration; false if it is none of ours.
-    pub fn handle_response(&mut self, resp: &Response, now: Instant) -> bool {
+    pub(crate) fn handle_response(&mut self, resp: &Response, now: Instant) -> bool {
         let Some(call_id) = resp.call_id() else {
             return false;
         };
@@ -93,12 +94,12 @@ impl Registrations {
     }
 
     /// The earliest timer of any registration.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.slots.iter().filter_map(|s| s.reg.poll_timeout()).min()
     }
 
     /// Fire the timers that are due.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         for s in &mut self.slots {
             if s.reg.poll_timeout().is_some_and(|t| t <= now) {
                 s.reg.handle_timeout(now);
@@ -107,21 +108,21 @@ impl Registrations {
     }
 
     /// Remove every binding (shutdown).
-    pub fn unregister(&mut self, now: Instant) {
+    pub(crate) fn unregister(&mut self, now: Instant) {
         for s in &mut self.slots {
             s.reg.unregister(now);
         }
     }
 
     /// Every binding is removed (or was never made).
-    pub fn all_unregistered(&self) -> bool {
+    pub(crate) fn all_unregistered(&self) -> bool {
         self.slots
             .iter()
             .all(|s| matches!(s.reg.state(), State::Unregistered))
     }
 
     /// What the registrations have to send or resolve; logs state changes.
-    pub fn drain_output(&mut self) -> Vec<RegOutput> {
+    pub(crate) fn drain_output(&mut self) -> Vec<RegOutput> {
         let mut out = Vec::new();
         for (i, s) in self.slots.iter_mut().enumerate() {
             while let Some(req) = s.reg.poll_output() {
@@ -150,7 +151,7 @@ impl Registrations {
     }
 
     /// The registrar of `slot` resolved to `addr` (`None`: it did not).
-    pub fn resolved(&mut self, slot: usize, addr: Option<SocketAddr>) {
+    pub(crate) fn resolved(&mut self, slot: usize, addr: Option<SocketAddr>) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.resolving = false;
             s.dest = addr;
@@ -183,7 +184,10 @@ fn log_state(reg: &Registration, state: &State) {
 /// The `[[registration]]` accounts of a profile, with our Contact (the user
 /// at the advertised address and the bound port) and the `host:port` to
 /// send to.
-pub fn accounts(profile: &Profile, sip_port: u16) -> std::io::Result<Vec<(Account, String)>> {
+pub(crate) fn accounts(
+    profile: &Profile,
+    sip_port: u16,
+) -> std::io::Result<Vec<(Account, String)>> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     let mut out = Vec::new();
     for r in &profile.registrations {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::*;
-use crate::sip::message::{parse_datagram, Response, Uri};
-use crate::sip::registration::{Account, Registration, Settings, State};
+use emonav_sip::message::{parse_datagram, Response, Uri};
+use emonav_sip::registration::{Account, Registration, Settings, State};
 
 /// Where our test requests come from (the packet's source / connection).
 const SRC: &str = "192.0.2.7:40000";

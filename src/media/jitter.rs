@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 /// Slots in the ring (a power of two, so that `seq % CAPACITY` is stable
 /// across the 16-bit wrap): 640 ms of 20 ms packets.
-pub const CAPACITY: usize = 32;
+pub(crate) const CAPACITY: usize = 32;
 /// Largest payload kept (bytes); longer payloads are truncated.
-pub const MAX_PAYLOAD: usize = 1500;
+pub(crate) const MAX_PAYLOAD: usize = 1500;
 /// The default playout delay.
-pub const DEFAULT_DELAY: Duration = Duration::from_millis(60);
+#[cfg(test)]
+pub(crate) const DEFAULT_DELAY: Duration = Duration::from_millis(60);
 
 const MAX_DROPOUT: u16 = 3000;
 const MAX_MISORDER: u16 = 100;
@@ -59,7 +60,7 @@ pub struct JitterStats {
 
 /// What [`JitterBuffer::push`] did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// Held for playout.
     Buffered,
     /// Seen already: dropped.
@@ -70,7 +71,7 @@ pub enum Pushed {
 
 /// A packet leaving the buffer, in sequence order.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Released<'a> {
+pub(crate) struct Released<'a> {
     /// Frames missing right before this one (0 when contiguous).
     pub lost: u16,
     /// Sequence number.
@@ -131,7 +132,7 @@ enum Pending {
 }
 
 /// One stream's jitter buffer.
-pub struct JitterBuffer {
+pub(crate) struct JitterBuffer {
     delay: Duration,
     clock_rate: u32,
     slots: Box<[Slot]>,
@@ -169,7 +170,7 @@ impl std::fmt::Debug for JitterBuffer {
 impl JitterBuffer {
     /// A buffer holding packets `delay` beyond their due time, for an RTP
     /// clock of `clock_rate` Hz. Allocates its ring once, here.
-    pub fn new(delay: Duration, clock_rate: u32, now: Instant) -> Self {
+    pub(crate) fn new(delay: Duration, clock_rate: u32, now: Instant) -> Self {
         Self {
             delay,
             clock_rate: clock_rate.max(1),
@@ -190,7 +191,7 @@ impl JitterBuffer {
 
     /// Forget the stream (keeping the statistics): the next packet starts
     /// afresh, with no gap reported (a hold, a re-negotiation).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         for s in self.slots.iter_mut() {
             s.used = false;
         }
@@ -205,17 +206,18 @@ impl JitterBuffer {
     }
 
     /// Statistics so far.
-    pub fn stats(&self) -> JitterStats {
+    pub(crate) fn stats(&self) -> JitterStats {
         self.stats
     }
 
+    #[cfg(test)]
     /// Packets held (not counting one waiting for room).
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.depth
     }
 
     /// When the next packet is due, if any is held.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.pending != Pending::None {
             return Some(
                 self.stash
@@ -270,7 +272,7 @@ impl JitterBuffer {
     /// for packets whose timestamp says nothing about their playout time
     /// (RFC 4733 events share the sequence space but not the timing): those
     /// are due `delay` after arrival. `pt` is returned on release.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         ssrc: u32,
         seq: u16,
@@ -431,7 +433,7 @@ impl JitterBuffer {
 
     /// The next packet due at `now`, in sequence order, with the number of
     /// frames missing before it. Call until None after every push and timeout.
-    pub fn pop(&mut self, now: Instant) -> Option<Released<'_>> {
+    pub(crate) fn pop(&mut self, now: Instant) -> Option<Released<'_>> {
         let (i, lost) = self.next_release(now)?;
         let s = &self.slots[i];
         Some(Released {

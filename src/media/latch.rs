@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// How long the latched source must be silent before a new SSRC from another
 /// address takes over.
-pub const RELATCH_AFTER: Duration = Duration::from_millis(200);
+pub(crate) const RELATCH_AFTER: Duration = Duration::from_millis(200);
 
 /// Counters for the call's event record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -25,7 +25,7 @@ pub struct LatchStats {
 
 /// The latch of one call's RTP stream.
 #[derive(Debug)]
-pub struct Latch {
+pub(crate) struct Latch {
     audio_pt: u8,
     latched: Option<(SocketAddr, u32)>,
     last_heard: Option<Instant>,
@@ -34,7 +34,7 @@ pub struct Latch {
 
 /// What to do with a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Process it.
     Accept,
     /// Ignore it (counted as stray).
@@ -43,7 +43,7 @@ pub enum Verdict {
 
 impl Latch {
     /// A latch that opens for RTP of `audio_pt`.
-    pub fn new(audio_pt: u8) -> Self {
+    pub(crate) fn new(audio_pt: u8) -> Self {
         Self {
             audio_pt,
             latched: None,
@@ -53,23 +53,23 @@ impl Latch {
     }
 
     /// A re-negotiated payload type: RTP of it (re-)latches from now on.
-    pub fn set_audio_pt(&mut self, pt: u8) {
+    pub(crate) fn set_audio_pt(&mut self, pt: u8) {
         self.audio_pt = pt;
     }
 
     /// The address our RTP goes to, once latched.
-    pub fn address(&self) -> Option<SocketAddr> {
+    pub(crate) fn address(&self) -> Option<SocketAddr> {
         self.latched.map(|(a, _)| a)
     }
 
     /// Counters.
-    pub fn stats(&self) -> LatchStats {
+    pub(crate) fn stats(&self) -> LatchStats {
         self.stats
     }
 
     /// Decide on a datagram from `source`; `rtp` is its (payload type, SSRC)
     /// when it is valid RTP ([`super::rtp::peek`]).
-    pub fn check(
+    pub(crate) fn check(
         &mut self,
         source: SocketAddr,
         rtp: Option<(u8, u32)>,

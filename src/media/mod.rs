@@ -1,8 +1,8 @@
 //! Media plane: RTP reception and decoding into PCM for analysis.
-pub mod jitter;
-pub mod latch;
-pub mod opus;
-pub mod rtcp;
-pub mod rtp;
-pub mod sender;
-pub mod session;
+pub(crate) mod jitter;
+pub(crate) mod latch;
+pub(crate) mod opus;
+pub(crate) mod rtcp;
+pub(crate) mod rtp;
+pub(crate) mod sender;
+pub(crate) mod session;

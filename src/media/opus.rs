@@ -15,11 +15,11 @@ const MAX_RATE: usize = 16_000;
 
 /// Samples of the longest Opus packet (120 ms, RFC 6716 §3.2.5) at the highest
 /// output rate: an output buffer this long takes any valid packet.
-pub const MAX_PACKET_SAMPLES: usize = MAX_RATE * 120 / 1000;
+pub(crate) const MAX_PACKET_SAMPLES: usize = MAX_RATE * 120 / 1000;
 
 /// Why a packet or a concealment produced no audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum OpusError {
+pub(crate) enum OpusError {
     /// libopus refused to create a decoder (out of memory, in practice).
     #[error("cannot create an Opus decoder: {0}")]
     Create(#[source] audiopus::Error),
@@ -35,7 +35,7 @@ pub enum OpusError {
 }
 
 /// One RTP stream's Opus decoder, mono.
-pub struct OpusDecoder {
+pub(crate) struct OpusDecoder {
     decoder: Decoder,
     /// Samples in the last decoded packet: a lost packet most likely had as many.
     frame: usize,
@@ -51,7 +51,7 @@ impl std::fmt::Debug for OpusDecoder {
 
 impl OpusDecoder {
     /// A decoder for a new stream, producing `rate` Hz (8000 or 16000).
-    pub fn new(rate: u32) -> Result<Self, OpusError> {
+    pub(crate) fn new(rate: u32) -> Result<Self, OpusError> {
         let sample_rate = match rate {
             8000 => SampleRate::Hz8000,
             16_000 => SampleRate::Hz16000,
@@ -68,7 +68,7 @@ impl OpusDecoder {
 
     /// Decode one RTP payload into `out` (at least [`MAX_PACKET_SAMPLES`] long
     /// for any packet to fit); returns the number of samples written.
-    pub fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
+    pub(crate) fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
         if payload.is_empty() {
             return Err(OpusError::Empty);
         }
@@ -85,7 +85,7 @@ impl OpusDecoder {
     /// Packet-loss concealment for one lost packet, assumed as long as the last
     /// one decoded: libopus extrapolates the signal (fading it out over
     /// consecutive calls) so the analyser's timeline has no hole.
-    pub fn conceal(&mut self, out: &mut [i16]) -> Result<usize, OpusError> {
+    pub(crate) fn conceal(&mut self, out: &mut [i16]) -> Result<usize, OpusError> {
         let out = Self::frame_of(out, self.frame)?;
         self.decoder
             .decode(None::<&[u8]>, out, false)
@@ -96,7 +96,7 @@ impl OpusDecoder {
     /// (RFC 6716 §2.1.7, asked for with `useinbandfec=1` in our answer); when
     /// `next` carries none, libopus conceals instead. Decode `next` itself
     /// afterwards with [`decode`](Self::decode).
-    pub fn recover(&mut self, next: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
+    pub(crate) fn recover(&mut self, next: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
         if next.is_empty() {
             return Err(OpusError::Empty);
         }

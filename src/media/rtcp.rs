@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 /// Nominal report interval (§6.2 minimum for a two-party session).
-pub const INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
 
 /// RR (8 + one 24-byte report block), then SDES with a CNAME of at most 255 bytes.
 const RR_LEN: usize = 32;
@@ -44,7 +44,7 @@ pub struct Reception {
 /// The last sender report of a source: its NTP timestamp's middle 32 bits
 /// and when it arrived (for LSR and DLSR, §6.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LastSr {
+pub(crate) struct LastSr {
     /// Source that sent it.
     pub ssrc: u32,
     /// Middle 32 bits of its NTP timestamp.
@@ -86,7 +86,7 @@ impl Jitter {
 
 /// The receiver-report side of one call's RTP session.
 #[derive(Debug)]
-pub struct Reporter {
+pub(crate) struct Reporter {
     buf: Box<[u8; BUF_LEN]>,
     len: usize,
     rng: fastrand::Rng,
@@ -102,7 +102,7 @@ pub struct Reporter {
 impl Reporter {
     /// Reports from our `ssrc` with `cname` (truncated to 255 bytes), for a
     /// stream of `clock_rate` Hz; `now` is the jitter's time origin.
-    pub fn new(ssrc: u32, cname: &str, clock_rate: u32, now: Instant) -> Self {
+    pub(crate) fn new(ssrc: u32, cname: &str, clock_rate: u32, now: Instant) -> Self {
         let mut buf = Box::new([0u8; BUF_LEN]);
         // RR header: V=2, RC=1, PT=201, length 7 words; our SSRC. An SR
         // (§6.4.1) is written over it at the front when we send media.
@@ -139,34 +139,31 @@ impl Reporter {
         }
     }
 
+    #[cfg(test)]
     /// Deterministic randomisation of the interval, for tests.
-    pub fn with_seed(mut self, seed: u64) -> Self {
+    pub(crate) fn with_seed(mut self, seed: u64) -> Self {
         self.rng = fastrand::Rng::with_seed(seed);
         self
     }
 
-    /// Our SSRC.
-    pub fn ssrc(&self) -> u32 {
-        u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]])
-    }
-
     /// Reports sent.
-    pub fn sent(&self) -> u64 {
+    pub(crate) fn sent(&self) -> u64 {
         self.sent
     }
 
     /// Interarrival jitter in timestamp units (A.8).
-    pub fn jitter(&self) -> u32 {
+    pub(crate) fn jitter(&self) -> u32 {
         self.jitter.scaled >> 4
     }
 
+    #[cfg(test)]
     /// The last sender report taken into account.
-    pub fn last_sr(&self) -> Option<LastSr> {
+    pub(crate) fn last_sr(&self) -> Option<LastSr> {
         self.sr
     }
 
     /// A new codec clock: the jitter estimate starts over.
-    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+    pub(crate) fn set_clock_rate(&mut self, clock_rate: u32) {
         if clock_rate != self.jitter.clock_rate {
             self.jitter.clock_rate = clock_rate;
             self.jitter.transit = None;
@@ -177,7 +174,7 @@ impl Reporter {
     /// An accepted audio packet (not telephone-events, whose timestamp is
     /// the event's start) of `ssrc` with RTP timestamp `ts` arrived at `now`.
     /// The first one starts the report schedule (half an interval, §6.2).
-    pub fn on_rtp(&mut self, ssrc: u32, ts: u32, now: Instant) {
+    pub(crate) fn on_rtp(&mut self, ssrc: u32, ts: u32, now: Instant) {
         self.jitter.update(ssrc, ts, now);
         if self.next_at.is_none() {
             let first = if self.sent == 0 {
@@ -196,7 +193,7 @@ impl Reporter {
     /// A (compound) RTCP packet from the peer: a sender report's NTP
     /// timestamp is remembered for LSR/DLSR. Malformed input is ignored.
     /// True when it held a sender report.
-    pub fn on_rtcp(&mut self, datagram: &[u8], now: Instant) -> bool {
+    pub(crate) fn on_rtcp(&mut self, datagram: &[u8], now: Instant) -> bool {
         let mut rest = datagram;
         let mut found = false;
         while rest.len() >= 4 && rest[0] >> 6 == 2 {
@@ -221,7 +218,7 @@ impl Reporter {
     }
 
     /// When the next report is due (None while no media flows).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.next_at
     }
 
@@ -230,7 +227,7 @@ impl Reporter {
     /// packet) when nothing was received since the last one.
     /// With `sending` (we are an active sender, §6.4) the report is a sender
     /// report carrying it; otherwise a receiver report.
-    pub fn poll(
+    pub(crate) fn poll(
         &mut self,
         now: Instant,
         rx: Option<Reception>,
@@ -301,7 +298,7 @@ impl Reporter {
     /// empty RR, our SDES CNAME and a BYE for our SSRC, once. `None` when we
     /// never reported (a peer that never heard from us needs no goodbye) or
     /// already said it. No report follows.
-    pub fn bye(&mut self) -> Option<&[u8]> {
+    pub(crate) fn bye(&mut self) -> Option<&[u8]> {
         if self.sent == 0 || self.said_bye {
             return None;
         }
@@ -322,7 +319,7 @@ impl Reporter {
 
 /// What a sender report says about our own stream (RFC 3550 §6.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SenderInfo {
+pub(crate) struct SenderInfo {
     /// Wall-clock time of the report, 64-bit NTP format.
     pub ntp: u64,
     /// Our RTP timestamp for that same instant.
@@ -335,7 +332,7 @@ pub struct SenderInfo {
 
 /// 64-bit NTP time (seconds since 1900 in the high word, fraction in the low)
 /// of a wall-clock time.
-pub fn ntp_time(t: std::time::SystemTime) -> u64 {
+pub(crate) fn ntp_time(t: std::time::SystemTime) -> u64 {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() + NTP_UNIX_OFFSET;
     let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;

@@ -73,7 +73,7 @@ pub struct RtpStats {
 
 /// Payload type and SSRC of a datagram if it is valid RTP (not RTCP), without
 /// accounting it anywhere: for deciding where media comes from.
-pub fn peek(datagram: &[u8]) -> Option<(u8, u32)> {
+pub(crate) fn peek(datagram: &[u8]) -> Option<(u8, u32)> {
     if is_rtcp(datagram) {
         return None;
     }
@@ -83,7 +83,7 @@ pub fn peek(datagram: &[u8]) -> Option<(u8, u32)> {
 
 /// RTCP shares the first byte's layout; its packet types 200-204 land on RTP
 /// payload types 72-76 with the marker bit set (RFC 5761 §4).
-pub fn is_rtcp(datagram: &[u8]) -> bool {
+pub(crate) fn is_rtcp(datagram: &[u8]) -> bool {
     datagram.len() >= 2 && datagram[0] >> 6 == 2 && (200..=204).contains(&datagram[1])
 }
 

@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 use crate::sdp::CodecName;
 
 /// Packet interval.
-pub const PTIME: Duration = Duration::from_millis(20);
+pub(crate) const PTIME: Duration = Duration::from_millis(20);
 /// One 20 ms Opus frame of silence (RFC 6716 §3.1 TOC config 31, code 0).
-pub const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
+pub(crate) const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
 /// Packets sent at most at once when the task woke late; older slots are skipped.
 const MAX_BURST: u32 = 3;
 
 /// Generator of our silence stream.
 #[derive(Debug)]
-pub struct SilenceSender {
+pub(crate) struct SilenceSender {
     buf: Box<[u8; 12 + 160]>,
     len: usize,
     seq: u16,
@@ -36,13 +36,14 @@ pub struct SilenceSender {
 
 impl SilenceSender {
     /// A stream of payload type `pt` for `codec`, first packet at `start`.
-    pub fn new(codec: CodecName, pt: u8, start: Instant) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(codec: CodecName, pt: u8, start: Instant) -> Self {
         Self::with_ssrc(codec, pt, start, fastrand::u32(..))
     }
 
     /// [`SilenceSender::new`] with our SSRC chosen by the caller (the one
     /// our RTCP reports carry too).
-    pub fn with_ssrc(codec: CodecName, pt: u8, start: Instant, ssrc: u32) -> Self {
+    pub(crate) fn with_ssrc(codec: CodecName, pt: u8, start: Instant, ssrc: u32) -> Self {
         let (payload, step): (&[u8], u32) = match codec {
             CodecName::Pcmu => (&[0xFF; 160], 160),
             CodecName::Pcma => (&[0xD5; 160], 160),
@@ -65,19 +66,19 @@ impl SilenceSender {
     }
 
     /// When the next packet is due.
-    pub fn poll_timeout(&self) -> Instant {
+    pub(crate) fn poll_timeout(&self) -> Instant {
         self.next_at
     }
 
     /// Packets sent so far.
-    pub fn sent(&self) -> u64 {
+    pub(crate) fn sent(&self) -> u64 {
         self.sent
     }
 
     /// The RTP timestamp of instant `now` on our stream's clock, with the
     /// packets and payload octets sent so far: a sender report's sender info
     /// (RFC 3550 §6.4.1). The next packet's timestamp belongs to its due time.
-    pub fn stream_position(&self, now: Instant) -> (u32, u32, u32) {
+    pub(crate) fn stream_position(&self, now: Instant) -> (u32, u32, u32) {
         let ahead = self.next_at.saturating_duration_since(now).as_micros() as u64;
         // `step` timestamp units per 20 ms packet.
         let units = ahead * self.step as u64 / PTIME.as_micros() as u64;
@@ -86,13 +87,8 @@ impl SilenceSender {
         (ts, self.sent as u32, (self.sent * payload) as u32)
     }
 
-    /// Our SSRC.
-    pub fn ssrc(&self) -> u32 {
-        u32::from_be_bytes([self.buf[8], self.buf[9], self.buf[10], self.buf[11]])
-    }
-
     /// The next packet if one is due at `now`; call until None.
-    pub fn poll(&mut self, now: Instant) -> Option<&[u8]> {
+    pub(crate) fn poll(&mut self, now: Instant) -> Option<&[u8]> {
         if now < self.next_at {
             return None;
         }

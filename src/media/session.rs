@@ -36,7 +36,7 @@ const _: () = assert!(opus::MAX_PACKET_SAMPLES <= MAX_SAMPLES);
 /// (`emonav_dsp::condition`, 300–3400 Hz; docs/model.md "One signal path").
 /// libopus decodes any Opus stream at 8 kHz; the analyser's band ends at
 /// 3.4 kHz anyway, so nothing it uses is lost.
-pub const OPUS_ANALYSIS_RATE: u32 = 8_000;
+pub(crate) const OPUS_ANALYSIS_RATE: u32 = 8_000;
 
 /// Most Opus packets concealed for one sequence gap: enough to bridge the
 /// usual burst loss, bounded so a long outage or a resynchronised sequence
@@ -117,7 +117,7 @@ impl Decode {
 
 /// What one RTP datagram meant for the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heard {
+pub(crate) enum Heard {
     /// Not from the caller's latched source: ignored entirely.
     Stray,
     /// Counted; audio was queued for analysis when `fed` is true.
@@ -131,7 +131,7 @@ pub enum Heard {
 }
 
 /// One call's media session.
-pub struct MediaSession {
+pub(crate) struct MediaSession {
     rtp: RtpReceiver,
     /// Puts the caller's packets back in order and paces them (`[media] jitter_ms`).
     jitter: JitterBuffer,
@@ -172,7 +172,7 @@ pub struct MediaSession {
 
 /// How a [`MediaSession`] is set up, from the call's settings.
 #[derive(Debug, Clone, Copy)]
-pub struct MediaConfig<'a> {
+pub(crate) struct MediaConfig<'a> {
     /// Jitter-buffer playout delay.
     pub jitter_delay: Duration,
     /// Send 20 ms silence packets to the caller.
@@ -187,7 +187,7 @@ pub struct MediaConfig<'a> {
 impl MediaSession {
     /// A session for the negotiated media; the jitter buffer's clock starts
     /// at `started`. Fails when the codec's decoder cannot be created.
-    pub fn new(
+    pub(crate) fn new(
         neg: &Negotiated,
         cfg: MediaConfig<'_>,
         started: Instant,
@@ -247,32 +247,33 @@ impl MediaSession {
     }
 
     /// Rate the analyser runs at.
-    pub fn analysis_rate(&self) -> u32 {
+    pub(crate) fn analysis_rate(&self) -> u32 {
         self.analysis_rate
     }
 
     /// The codec being decoded.
-    pub fn codec(&self) -> CodecName {
+    pub(crate) fn codec(&self) -> CodecName {
         self.dec.codec
     }
 
     /// The caller's emotion estimate so far.
-    pub fn estimate(&self) -> Estimate {
+    pub(crate) fn estimate(&self) -> Estimate {
         self.analyzer.estimate()
     }
 
     /// Audio analysed so far, ms.
-    pub fn audio_ms(&self) -> u32 {
+    pub(crate) fn audio_ms(&self) -> u32 {
         self.analyzer.audio_ms()
     }
 
+    #[cfg(test)]
     /// Reception statistics so far.
-    pub fn rtp_stats(&self) -> rtp::RtpStats {
+    pub(crate) fn rtp_stats(&self) -> rtp::RtpStats {
         self.rtp.stats()
     }
 
     /// When the last datagram from the caller came.
-    pub fn last_packet(&self) -> Option<Instant> {
+    pub(crate) fn last_packet(&self) -> Option<Instant> {
         self.last_packet
     }
 
@@ -291,7 +292,7 @@ impl MediaSession {
     /// A re-negotiation (RFC 3264 §8): a new codec gets a new decoder, jitter
     /// clock and silence stream; direction and addresses follow the SDP. On
     /// error (no decoder) nothing changed.
-    pub fn renegotiate(
+    pub(crate) fn renegotiate(
         &mut self,
         old: Option<&Negotiated>,
         neg: &Negotiated,
@@ -323,20 +324,20 @@ impl MediaSession {
     }
 
     /// Hold or unhold: the gap is not a loss to conceal.
-    pub fn restart_timeline(&mut self) {
+    pub(crate) fn restart_timeline(&mut self) {
         self.jitter.reset();
         self.dec.refused = 0;
     }
 
     /// Where our RTP goes: the latched source, else the SDP's address.
-    pub fn rtp_dest(&self) -> Option<SocketAddr> {
+    pub(crate) fn rtp_dest(&self) -> Option<SocketAddr> {
         self.latch.address().or(self.sdp_rtp)
     }
 
     /// Where our RTCP goes, and whether on the RTP port: with rtcp-mux the
     /// RTP destination; else where the caller's RTCP comes from, the SDP's
     /// `a=rtcp`, or the RTP destination's port + 1 (RFC 3605).
-    pub fn rtcp_dest(&self) -> Option<SocketAddr> {
+    pub(crate) fn rtcp_dest(&self) -> Option<SocketAddr> {
         let rtp = self.rtp_dest();
         if self.rtcp_mux {
             return rtp;
@@ -348,7 +349,7 @@ impl MediaSession {
     }
 
     /// Statistics into the call's record.
-    pub fn record(&self, r: &mut CallRecord) {
+    pub(crate) fn record(&self, r: &mut CallRecord) {
         let f = self.analyzer.functionals();
         let mut raw = [0.0; FEATURES];
         feature_vector(f, &mut raw);
@@ -373,7 +374,7 @@ impl MediaSession {
     /// One RTP datagram from `source` (`None`: unknown, no latching):
     /// latched, accounted, and with `feed` put in the jitter buffer;
     /// telephone-events become digits when `dtmf`. Allocation-free.
-    pub fn on_rtp(
+    pub(crate) fn on_rtp(
         &mut self,
         datagram: &[u8],
         source: Option<SocketAddr>,
@@ -437,7 +438,12 @@ impl MediaSession {
     /// A datagram on the RTCP port (RTP port + 1) from `source`: counted;
     /// a sender report is remembered for our reports, and RTCP from
     /// the caller's media address makes its source where ours goes.
-    pub fn on_rtcp_port(&mut self, datagram: &[u8], source: Option<SocketAddr>, now: Instant) {
+    pub(crate) fn on_rtcp_port(
+        &mut self,
+        datagram: &[u8],
+        source: Option<SocketAddr>,
+        now: Instant,
+    ) {
         self.rtp.handle_rtcp_port(datagram);
         if !rtp::is_rtcp(datagram) {
             return;
@@ -454,7 +460,7 @@ impl MediaSession {
     /// Decode and analyse what the jitter buffer releases at `now`, asking
     /// `check` after each analysed packet whether that settles it: the
     /// first answer stops the playout and is returned.
-    pub fn play_out<T>(
+    pub(crate) fn play_out<T>(
         &mut self,
         now: Instant,
         call_id: &str,
@@ -477,14 +483,14 @@ impl MediaSession {
     }
 
     /// The jitter buffer's next playout.
-    pub fn playout_due(&self) -> Option<Instant> {
+    pub(crate) fn playout_due(&self) -> Option<Instant> {
         self.jitter.poll_timeout()
     }
 
     /// When [`poll_transmit`](Self::poll_transmit)
     /// has the next packet, while we send media; our silence starts at
     /// `start` (the answer).
-    pub fn send_due(&self, start: Instant) -> Option<Instant> {
+    pub(crate) fn send_due(&self, start: Instant) -> Option<Instant> {
         let rtp = (self.send && self.rtp_dest().is_some()).then(|| {
             self.sender
                 .as_ref()
@@ -497,7 +503,7 @@ impl MediaSession {
     /// while we send, else RR), with the port it leaves from and where it
     /// goes; `wall` is the wall-clock time at `now`. Call until `None`; the
     /// packet lives in a buffer allocated once.
-    pub fn poll_transmit(
+    pub(crate) fn poll_transmit(
         &mut self,
         now: Instant,
         wall: SystemTime,
@@ -531,7 +537,7 @@ impl MediaSession {
     }
 
     /// Our RTCP BYE (RFC 3550 §6.3.7), once; `None` when we never sent a report.
-    pub fn bye(&mut self) -> Option<(Port, SocketAddr, &[u8])> {
+    pub(crate) fn bye(&mut self) -> Option<(Port, SocketAddr, &[u8])> {
         let (dest, port) = (self.rtcp_dest(), self.rtcp_port());
         let bye = self.rtcp.bye()?;
         Some((port, dest?, bye))
@@ -548,7 +554,7 @@ impl MediaSession {
 
 /// Which of the call's media sockets a packet leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Port {
+pub(crate) enum Port {
     /// The RTP port (RTP, and RTCP with rtcp-mux, RFC 5761).
     Rtp,
     /// The RTCP port (RTP port + 1, RFC 3550 §11).

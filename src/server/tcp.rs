@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Inbound, Shared};
-use crate::endpoint::{self, offer, DropLog, Offer, Peer};
+use crate::endpoint::{self, offer, DropLog, Offer};
 use crate::events::Metrics;
-use crate::sip::transport::{Frame, StreamFramer, Transport};
+use emonav_sip::transport::{Frame, Peer, StreamFramer, Transport};
 
 /// Messages read from all TCP connections, not yet taken by the SIP task.
 /// When full, connection tasks stop reading until there is room: TCP flow

@@ -11,11 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use emonav::sip::message::{parse_datagram, Message, Request, Response};
+use emonav_sip::message::{parse_datagram, Message, Request, Response};
 
 /// Run the binary with `args` from the repository root, as an operator
 /// would: (exit status is success, stdout, stderr).
-pub fn cli(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_emonav"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -29,23 +29,23 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
 }
 
 /// The repository root.
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A fixture file's bytes (under `tests/fixtures/`).
-pub fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     fixture_path(&format!("fixtures/{name}"))
 }
 
 /// A file's bytes, relative to `tests/`.
-pub fn fixture_path(rel: &str) -> Vec<u8> {
+pub(crate) fn fixture_path(rel: &str) -> Vec<u8> {
     let p = root().join("tests").join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// A running emonav process.
-pub struct Emonav {
+pub(crate) struct Emonav {
     child: Child,
     /// Its SIP address (UDP).
     pub sip: SocketAddr,
@@ -63,7 +63,7 @@ impl Emonav {
     /// Start with the built-in defaults plus `extra` TOML: keys of `[sip]`,
     /// `[media]` and `[transfer]` blocks in `extra` are merged into the test
     /// profile's own blocks, other blocks are appended.
-    pub fn start(extra: &str) -> Emonav {
+    pub(crate) fn start(extra: &str) -> Emonav {
         let dir = std::env::temp_dir().join(format!(
             "emonav-test-{}-{}",
             std::process::id(),
@@ -90,7 +90,7 @@ impl Emonav {
     }
 
     /// Start with a given profile file (SIP/HTTP listen overridden to free ports).
-    pub fn start_with_profile(profile: &Path) -> Emonav {
+    pub(crate) fn start_with_profile(profile: &Path) -> Emonav {
         let mut child = Command::new(env!("CARGO_BIN_EXE_emonav"))
             .args(["run", "--profile"])
             .arg(profile)
@@ -153,19 +153,19 @@ impl Emonav {
     }
 
     /// The next call event line.
-    pub fn next_event(&self, timeout: Duration) -> serde_json::Value {
+    pub(crate) fn next_event(&self, timeout: Duration) -> serde_json::Value {
         self.events
             .recv_timeout(timeout)
             .expect("no call event line in time")
     }
 
     /// The next call event line, if one comes in time.
-    pub fn next_event_opt(&self, timeout: Duration) -> Option<serde_json::Value> {
+    pub(crate) fn next_event_opt(&self, timeout: Duration) -> Option<serde_json::Value> {
         self.events.recv_timeout(timeout).ok()
     }
 
     /// GET a path from the HTTP server; returns (status line, body).
-    pub fn http_get(&self, path: &str) -> (String, String) {
+    pub(crate) fn http_get(&self, path: &str) -> (String, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -178,7 +178,7 @@ impl Emonav {
     }
 
     /// Wait for a log line containing `needle` (earlier lines are consumed).
-    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+    pub(crate) fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -190,7 +190,7 @@ impl Emonav {
     }
 
     /// Stop it the way an init system does (SIGTERM) and wait for the exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -207,7 +207,7 @@ impl Emonav {
     }
 
     /// Log lines so far.
-    pub fn drain_log(&self) -> Vec<String> {
+    pub(crate) fn drain_log(&self) -> Vec<String> {
         self.log.try_iter().collect()
     }
 }
@@ -251,7 +251,7 @@ fn without(extra: &str, names: &[&str]) -> String {
 }
 
 /// A minimal UAC on loopback.
-pub struct Uac {
+pub(crate) struct Uac {
     /// SIP socket.
     pub sip: UdpSocket,
     /// RTP socket.
@@ -278,7 +278,7 @@ pub struct Uac {
 
 impl Uac {
     /// A UAC for `remote`.
-    pub fn new(remote: SocketAddr) -> Uac {
+    pub(crate) fn new(remote: SocketAddr) -> Uac {
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
         let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
         Uac {
@@ -297,17 +297,17 @@ impl Uac {
     }
 
     /// Our SIP address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.sip.local_addr().unwrap()
     }
 
     /// Send raw text.
-    pub fn send_raw(&self, text: &str) {
+    pub(crate) fn send_raw(&self, text: &str) {
         self.sip.send_to(text.as_bytes(), self.remote).unwrap();
     }
 
     /// An SDP offer with our RTP port and the given payload types.
-    pub fn offer(&self, formats: &str, rtpmaps: &str) -> String {
+    pub(crate) fn offer(&self, formats: &str, rtpmaps: &str) -> String {
         let port = self.rtp.local_addr().unwrap().port();
         format!(
             "v=0\r\no=test 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
@@ -316,7 +316,7 @@ impl Uac {
     }
 
     /// The usual PCMU/PCMA/telephone-event offer.
-    pub fn g711_offer(&self) -> String {
+    pub(crate) fn g711_offer(&self) -> String {
         self.offer(
             "0 8 101",
             "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n",
@@ -324,7 +324,7 @@ impl Uac {
     }
 
     /// Send the INVITE with `sdp`.
-    pub fn send_invite(&mut self, sdp: &str) {
+    pub(crate) fn send_invite(&mut self, sdp: &str) {
         let me = self.addr();
         self.invite_text = format!(
             "INVITE sip:emonav@{r} SIP/2.0\r\n\
@@ -348,7 +348,7 @@ impl Uac {
     }
 
     /// Receive the next SIP message.
-    pub fn recv(&mut self, timeout: Duration) -> Option<Message> {
+    pub(crate) fn recv(&mut self, timeout: Duration) -> Option<Message> {
         self.sip.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 65535];
         match self.sip.recv_from(&mut buf) {
@@ -358,7 +358,7 @@ impl Uac {
     }
 
     /// Receive the next datagram as text.
-    pub fn recv_text(&mut self, timeout: Duration) -> Option<String> {
+    pub(crate) fn recv_text(&mut self, timeout: Duration) -> Option<String> {
         self.sip.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 65535];
         let (n, _) = self.sip.recv_from(&mut buf).ok()?;
@@ -366,7 +366,7 @@ impl Uac {
     }
 
     /// Wait for a final response to the INVITE, keeping the To tag and SDP.
-    pub fn invite_final(&mut self, timeout: Duration) -> Response {
+    pub(crate) fn invite_final(&mut self, timeout: Duration) -> Response {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -401,7 +401,7 @@ impl Uac {
     }
 
     /// ACK a 2xx (new branch) or a non-2xx (INVITE's branch).
-    pub fn ack(&self, for_2xx: bool) {
+    pub(crate) fn ack(&self, for_2xx: bool) {
         let me = self.addr();
         let branch = if for_2xx {
             format!("z9hG4bK{:x}", fastrand::u64(..))
@@ -421,7 +421,7 @@ impl Uac {
     }
 
     /// Send an in-dialog request with a new CSeq; returns its branch.
-    pub fn request(&mut self, method: &str, extra_headers: &str, body: &str) -> String {
+    pub(crate) fn request(&mut self, method: &str, extra_headers: &str, body: &str) -> String {
         self.cseq += 1;
         let me = self.addr();
         let branch = format!("z9hG4bK{:x}", fastrand::u64(..));
@@ -441,7 +441,7 @@ impl Uac {
     }
 
     /// Send NOTIFY with a sipfrag status line.
-    pub fn notify(&mut self, status_line: &str, terminated: bool) -> String {
+    pub(crate) fn notify(&mut self, status_line: &str, terminated: bool) -> String {
         let state = if terminated {
             "terminated;reason=noresource"
         } else {
@@ -457,7 +457,7 @@ impl Uac {
     }
 
     /// Wait for a request of `method` from emonav (answering nothing).
-    pub fn expect_request(&mut self, method: &str, timeout: Duration) -> Option<Request> {
+    pub(crate) fn expect_request(&mut self, method: &str, timeout: Duration) -> Option<Request> {
         if let Some(i) = self
             .pending
             .iter()
@@ -477,7 +477,7 @@ impl Uac {
     }
 
     /// Wait for a response whose Via branch is `branch`.
-    pub fn expect_response(&mut self, branch: &str, timeout: Duration) -> Option<Response> {
+    pub(crate) fn expect_response(&mut self, branch: &str, timeout: Duration) -> Option<Response> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -498,7 +498,7 @@ impl Uac {
     }
 
     /// Answer a request from emonav.
-    pub fn respond(&self, req: &Request, code: u16, reason: &str) {
+    pub(crate) fn respond(&self, req: &Request, code: u16, reason: &str) {
         let mut resp = req.make_response(code, reason);
         resp.headers
             .push("Contact", format!("<sip:caller@{}>", self.addr()));
@@ -514,7 +514,7 @@ impl Uac {
 
     /// Send an RFC 4733 digit on payload type 101 as a real phone does: three
     /// progress packets, then the end packet three times, one RTP timestamp.
-    pub fn send_digit(&self, event: u8, seq_base: u16) {
+    pub(crate) fn send_digit(&self, event: u8, seq_base: u16) {
         let dest = self.remote_rtp.expect("answered with SDP");
         let ts: u32 = 0x0100_0000;
         for (i, (end, duration)) in [
@@ -541,13 +541,13 @@ impl Uac {
 
     /// Stream a G.711 payload as RTP with payload type `pt`, 20 ms packets,
     /// paced in real time, in a background thread; returns when started.
-    pub fn play(&self, payload: Vec<u8>, pt: u8) -> std::thread::JoinHandle<()> {
+    pub(crate) fn play(&self, payload: Vec<u8>, pt: u8) -> std::thread::JoinHandle<()> {
         self.play_from(&self.rtp, payload, pt, 0x1234_5678)
     }
 
     /// [`play`](Self::play) from another socket than the SDP's, with `ssrc`.
     #[allow(dead_code)]
-    pub fn play_from(
+    pub(crate) fn play_from(
         &self,
         sock: &UdpSocket,
         payload: Vec<u8>,

@@ -43,7 +43,7 @@ fn frame(payload: &[u8], ident: u16) -> Vec<u8> {
 
 /// G.711-style payload (one byte per sample at `clock` Hz): `audio` cut into
 /// packets of `clock·ptime` bytes.
-pub fn g711_pcap(pt: u8, ptime_ms: u32, clock: u32, audio: &[u8]) -> Vec<u8> {
+pub(crate) fn g711_pcap(pt: u8, ptime_ms: u32, clock: u32, audio: &[u8]) -> Vec<u8> {
     let per_packet = (clock as usize * ptime_ms as usize / 1000).max(1);
     rtp_pcap(pt, ptime_ms, clock, audio.chunks(per_packet))
 }
@@ -51,7 +51,7 @@ pub fn g711_pcap(pt: u8, ptime_ms: u32, clock: u32, audio: &[u8]) -> Vec<u8> {
 /// One RTP packet per payload with payload type `pt`, consecutive sequence
 /// numbers, timestamps `clock·ptime` apart and pcap timestamps `ptime` apart
 /// (SIPp paces playback by them).
-pub fn rtp_pcap<'a>(
+pub(crate) fn rtp_pcap<'a>(
     pt: u8,
     ptime_ms: u32,
     clock: u32,
@@ -90,7 +90,7 @@ pub fn rtp_pcap<'a>(
 /// audiopus: VoIP mode, 24 kbit/s, complexity 10, in-band FEC for 5 % loss;
 /// fixed so that the streams do not depend on libopus' defaults). The last
 /// frame is padded with silence: Opus frames have fixed lengths.
-pub fn opus_packets(pcm_16k: &[i16], ptime_ms: u32) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn opus_packets(pcm_16k: &[i16], ptime_ms: u32) -> Result<Vec<Vec<u8>>, String> {
     use audiopus::coder::Encoder;
     use audiopus::{Application, Bitrate, Channels, SampleRate};
     let oops = |e: audiopus::Error| format!("opus encoder: {e}");

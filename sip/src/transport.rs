@@ -8,9 +8,11 @@
 //! connection handling of the edge is shared with it.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use super::message::{parse_datagram, parse_stream, Message, ParseError, Request};
+use crate::header;
 
 /// A SIP transport (RFC 3261 §18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -23,6 +25,26 @@ pub enum Transport {
     /// connection; responses go back over the connection the request came on
     /// (§18.2.2).
     Tcp,
+}
+
+/// Where a message came from: the transport, and the source address (for
+/// a connection-oriented transport, the connection's remote address, which
+/// names the connection). A response goes back the way its request came
+/// (§18.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Source address; for a connection, its remote address.
+    pub addr: SocketAddr,
+    /// Transport the message came on.
+    pub transport: Transport,
+}
+
+impl Peer {
+    /// The connection the message came on, on a connection-oriented
+    /// transport (its remote address); `None` over UDP.
+    pub fn connection(self) -> Option<SocketAddr> {
+        self.transport.is_reliable().then_some(self.addr)
+    }
 }
 
 impl Transport {
@@ -215,7 +237,12 @@ impl StreamFramer {
             Err(ParseError::BadRequest { request, .. }) => request,
             _ => return None,
         };
-        let declared: usize = req.headers.get("Content-Length")?.trim().parse().ok()?;
+        let declared: usize = req
+            .headers
+            .get(header::CONTENT_LENGTH)?
+            .trim()
+            .parse()
+            .ok()?;
         Some((req, start + end + declared))
     }
 }

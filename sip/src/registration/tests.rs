@@ -2,7 +2,7 @@
 //! machine, driven only through the public API.
 
 use super::*;
-use crate::sip::digest::{AuthKind, Authenticator, Challenge};
+use crate::digest::{AuthKind, Authenticator, Challenge};
 
 const REALM: &str = "pbx";
 
@@ -175,8 +175,8 @@ fn first_register_is_well_formed() {
     // What we send parses back as a valid request.
     let bytes = req.to_bytes();
     assert!(matches!(
-        crate::sip::message::parse_datagram(&bytes),
-        Ok(crate::sip::message::Message::Request(_))
+        crate::message::parse_datagram(&bytes),
+        Ok(crate::message::Message::Request(_))
     ));
 }
 

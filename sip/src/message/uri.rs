@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::{Method, ParseError};
+use crate::header;
 
 fn bad(what: &str, s: &str) -> ParseError {
     ParseError::Unparseable(format!("malformed {what}: {s:?}"))
@@ -361,10 +362,10 @@ impl Via {
         for i in 0..3 {
             rest = rest.trim_start();
             let end = if i < 2 {
-                rest.find('/').ok_or_else(|| bad("Via", s))?
+                rest.find('/').ok_or_else(|| bad(header::VIA, s))?
             } else {
                 rest.find(|c: char| c.is_ascii_whitespace())
-                    .ok_or_else(|| bad("Via", s))?
+                    .ok_or_else(|| bad(header::VIA, s))?
             };
             parts.push(rest[..end].trim());
             rest = if i < 2 {
@@ -418,7 +419,7 @@ impl CSeq {
     pub fn parse(s: &str) -> Result<CSeq, ParseError> {
         let mut it = s.split_ascii_whitespace();
         let (Some(num), Some(method), None) = (it.next(), it.next(), it.next()) else {
-            return Err(bad("CSeq", s));
+            return Err(bad(header::CSEQ, s));
         };
         let seq: u32 = num
             .parse()

@@ -1,6 +1,7 @@
 //! SIP signalling (RFC 3261 and friends).
 pub mod dialog;
 pub mod digest;
+pub mod header;
 pub mod message;
 pub mod refer;
 pub mod registration;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::message::{Headers, Request};
+use crate::header;
 
 /// Who refreshes the session (RFC 4028 §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub fn lists_option(headers: &Headers, name: &str, option: &str) -> bool {
 /// request has no `Session-Expires`, so no timer runs (for a refresh, the
 /// timer is switched off). `min_se` is our minimum (`[sip] min_se_s`).
 pub fn negotiate(req: &Request, min_se: u32) -> Result<Option<SessionTimer>, TooSmall> {
-    let Some(se) = req.headers.get("Session-Expires") else {
+    let Some(se) = req.headers.get(header::SESSION_EXPIRES) else {
         return Ok(None);
     };
     let mut parts = se.split(';');
@@ -65,15 +66,15 @@ pub fn negotiate(req: &Request, min_se: u32) -> Result<Option<SessionTimer>, Too
     });
     let their_min = req
         .headers
-        .get("Min-SE")
+        .get(header::MIN_SE)
         .and_then(|v| v.split(';').next()?.trim().parse::<u32>().ok())
         .unwrap_or(0);
     let floor = min_se.max(their_min);
     if interval < min_se {
         return Err(TooSmall { min_se: floor });
     }
-    let supports = lists_option(&req.headers, "Supported", "timer")
-        || lists_option(&req.headers, "Require", "timer");
+    let supports = lists_option(&req.headers, header::SUPPORTED, "timer")
+        || lists_option(&req.headers, header::REQUIRE, "timer");
     let refresher = match requested.as_deref() {
         // §9: a refresher the request names is copied.
         Some("uas") => Refresher::Uas,
@@ -111,7 +112,7 @@ impl SessionTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse_datagram, Message};
+    use crate::message::{parse_datagram, Message};
 
     fn req(extra: &str) -> Request {
         let text = format!(

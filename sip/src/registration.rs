@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use super::digest::{self, AuthKind, Authenticator, DigestError};
 use super::message::{CSeq, Headers, Method, NameAddr, Request, Response, Scheme, Uri, Via};
 use super::transaction::{Action, ClientNonInvite, Timers};
+use crate::header;
 
 /// The account to register. Its `Debug` output hides the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -312,7 +313,7 @@ impl Registration {
             423 => {
                 let min = resp
                     .headers
-                    .get("Min-Expires")
+                    .get(header::MIN_EXPIRES)
                     .and_then(|v| v.trim().parse::<u32>().ok());
                 match min {
                     Some(m) if m > asked && !self.unregistering => {
@@ -325,7 +326,7 @@ impl Registration {
             _ => {
                 let retry_after = resp
                     .headers
-                    .get("Retry-After")
+                    .get(header::RETRY_AFTER)
                     .and_then(|v| {
                         let digits: String =
                             v.trim().chars().take_while(char::is_ascii_digit).collect();
@@ -401,12 +402,12 @@ impl Registration {
     fn granted_expiry(&self, resp: &Response) -> Option<u32> {
         let from_contact = resp
             .headers
-            .get_all("Contact")
+            .get_all(header::CONTACT)
             .into_iter()
             .filter_map(|c| NameAddr::parse(c).ok())
             .find(|c| same_contact(&c.uri, &self.account.contact))
             .and_then(|c| c.params.get("expires").flatten()?.trim().parse().ok());
-        from_contact.or_else(|| resp.headers.get("Expires")?.trim().parse().ok())
+        from_contact.or_else(|| resp.headers.get(header::EXPIRES)?.trim().parse().ok())
     }
 
     fn refresh_delay(&self, granted: Duration) -> Duration {
@@ -478,21 +479,21 @@ impl Registration {
         from.params.set("tag", Some(&self.from_tag));
 
         let mut headers = Headers::default();
-        headers.push("Via", via.to_string());
-        headers.push("Max-Forwards", "70");
-        headers.push("From", from.to_string());
-        headers.push("To", format!("<{}>", a.aor));
-        headers.push("Call-ID", self.call_id.clone());
+        headers.push(header::VIA, via.to_string());
+        headers.push(header::MAX_FORWARDS, "70");
+        headers.push(header::FROM, from.to_string());
+        headers.push(header::TO, format!("<{}>", a.aor));
+        headers.push(header::CALL_ID, self.call_id.clone());
         headers.push(
-            "CSeq",
+            header::CSEQ,
             CSeq {
                 seq: self.cseq,
                 method: Method::Register,
             }
             .to_string(),
         );
-        headers.push("Contact", format!("<{}>", a.contact));
-        headers.push("Expires", expires.to_string());
+        headers.push(header::CONTACT, format!("<{}>", a.contact));
+        headers.push(header::EXPIRES, expires.to_string());
         let uri = a.registrar.to_string();
         let mut answered = Vec::new();
         for auth in [&mut self.www, &mut self.proxy].into_iter().flatten() {
@@ -501,7 +502,7 @@ impl Registration {
             answered.push((auth.kind(), auth.challenge().nonce.clone()));
         }
         if let Some(ua) = &self.settings.user_agent {
-            headers.push("User-Agent", ua.clone());
+            headers.push(header::USER_AGENT, ua.clone());
         }
         let request = Request {
             method: Method::Register,

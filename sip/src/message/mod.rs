@@ -10,6 +10,7 @@
 
 mod uri;
 
+use crate::header;
 use std::fmt;
 
 pub use uri::{CSeq, NameAddr, Params, Scheme, Uri, Via};
@@ -121,65 +122,65 @@ pub enum ParseError {
 /// Compact forms (RFC 3261 §7.3.3 and the RFCs that define them) and the
 /// canonical spelling of the headers emonav reads or writes.
 const CANONICAL: [(&str, Option<char>); 38] = [
-    ("Accept", None),
-    ("Accept-Contact", Some('a')),
-    ("Allow", None),
-    ("Allow-Events", Some('u')),
-    ("Authorization", None),
-    ("Call-ID", Some('i')),
-    ("Contact", Some('m')),
-    ("Content-Encoding", Some('e')),
-    ("Content-Length", Some('l')),
-    ("Content-Type", Some('c')),
-    ("CSeq", None),
-    ("Event", Some('o')),
-    ("Expires", None),
-    ("From", Some('f')),
-    ("Identity", Some('y')),
-    ("Max-Forwards", None),
-    ("Min-Expires", None),
-    ("Min-SE", None),
-    ("Proxy-Authenticate", None),
-    ("Proxy-Authorization", None),
-    ("Proxy-Require", None),
-    ("Reason", None),
-    ("Record-Route", None),
-    ("Refer-Sub", None),
-    ("Refer-To", Some('r')),
-    ("Referred-By", Some('b')),
-    ("Reject-Contact", Some('j')),
-    ("Request-Disposition", Some('d')),
-    ("Require", None),
-    ("Route", None),
-    ("Server", None),
-    ("Session-Expires", Some('x')),
-    ("Subject", Some('s')),
-    ("Subscription-State", None),
-    ("Supported", Some('k')),
-    ("To", Some('t')),
-    ("User-Agent", None),
-    ("Via", Some('v')),
+    (header::ACCEPT, None),
+    (header::ACCEPT_CONTACT, Some('a')),
+    (header::ALLOW, None),
+    (header::ALLOW_EVENTS, Some('u')),
+    (header::AUTHORIZATION, None),
+    (header::CALL_ID, Some('i')),
+    (header::CONTACT, Some('m')),
+    (header::CONTENT_ENCODING, Some('e')),
+    (header::CONTENT_LENGTH, Some('l')),
+    (header::CONTENT_TYPE, Some('c')),
+    (header::CSEQ, None),
+    (header::EVENT, Some('o')),
+    (header::EXPIRES, None),
+    (header::FROM, Some('f')),
+    (header::IDENTITY, Some('y')),
+    (header::MAX_FORWARDS, None),
+    (header::MIN_EXPIRES, None),
+    (header::MIN_SE, None),
+    (header::PROXY_AUTHENTICATE, None),
+    (header::PROXY_AUTHORIZATION, None),
+    (header::PROXY_REQUIRE, None),
+    (header::REASON, None),
+    (header::RECORD_ROUTE, None),
+    (header::REFER_SUB, None),
+    (header::REFER_TO, Some('r')),
+    (header::REFERRED_BY, Some('b')),
+    (header::REJECT_CONTACT, Some('j')),
+    (header::REQUEST_DISPOSITION, Some('d')),
+    (header::REQUIRE, None),
+    (header::ROUTE, None),
+    (header::SERVER, None),
+    (header::SESSION_EXPIRES, Some('x')),
+    (header::SUBJECT, Some('s')),
+    (header::SUBSCRIPTION_STATE, None),
+    (header::SUPPORTED, Some('k')),
+    (header::TO, Some('t')),
+    (header::USER_AGENT, None),
+    (header::VIA, Some('v')),
 ];
 
 /// Headers whose grammar is a comma-separated list (`get_all` splits them).
 const LISTS: [&str; 17] = [
-    "Accept",
+    header::ACCEPT,
     "Accept-Encoding",
     "Accept-Language",
     "Alert-Info",
-    "Allow",
-    "Allow-Events",
+    header::ALLOW,
+    header::ALLOW_EVENTS,
     "Call-Info",
-    "Contact",
-    "Content-Encoding",
+    header::CONTACT,
+    header::CONTENT_ENCODING,
     "Error-Info",
-    "Proxy-Require",
-    "Record-Route",
-    "Require",
-    "Route",
-    "Supported",
-    "Unsupported",
-    "Via",
+    header::PROXY_REQUIRE,
+    header::RECORD_ROUTE,
+    header::REQUIRE,
+    header::ROUTE,
+    header::SUPPORTED,
+    header::UNSUPPORTED,
+    header::VIA,
 ];
 
 /// The canonical name for a header name as written (compact or any case).
@@ -447,7 +448,7 @@ fn parse_framed(
     }
 
     let available = buf.len().saturating_sub(body_start);
-    let content_length = match headers.get_all("Content-Length").as_slice() {
+    let content_length = match headers.get_all(header::CONTENT_LENGTH).as_slice() {
         [] => None,
         [v] => match v.trim().parse::<usize>() {
             Ok(n) => Some(n),
@@ -488,9 +489,9 @@ fn parse_framed(
                 body,
             };
             for (name, ok) in [
-                ("Via", resp.top_via().is_some()),
-                ("CSeq", resp.cseq().is_some()),
-                ("Call-ID", resp.call_id().is_some()),
+                (header::VIA, resp.top_via().is_some()),
+                (header::CSEQ, resp.cseq().is_some()),
+                (header::CALL_ID, resp.call_id().is_some()),
             ] {
                 if !ok {
                     return Err(unparseable(format!("response without a valid {name}")));
@@ -557,16 +558,19 @@ fn validate_request(req: &Request, uri: &str, version: &str, uri_ok: bool) -> Op
     }
     if req
         .headers
-        .get_all("Via")
+        .get_all(header::VIA)
         .iter()
         .any(|v| Via::parse(v).is_err())
     {
         return Some("Malformed Via".into());
     }
     for (name, ok) in [
-        ("Call-ID", req.call_id().is_some_and(|c| !c.is_empty())),
-        ("From", req.from().is_some()),
-        ("To", req.to().is_some()),
+        (
+            header::CALL_ID,
+            req.call_id().is_some_and(|c| !c.is_empty()),
+        ),
+        (header::FROM, req.from().is_some()),
+        (header::TO, req.to().is_some()),
     ] {
         if !ok {
             let what = if req.headers.get(name).is_some() {
@@ -578,7 +582,7 @@ fn validate_request(req: &Request, uri: &str, version: &str, uri_ok: bool) -> Op
         }
     }
     match req.cseq() {
-        None if req.headers.get("CSeq").is_some() => Some("Malformed CSeq".into()),
+        None if req.headers.get(header::CSEQ).is_some() => Some("Malformed CSeq".into()),
         None => Some("Missing CSeq".into()),
         Some(c) if c.method != req.method => Some("CSeq method does not match the request".into()),
         Some(_) => None,
@@ -590,7 +594,7 @@ fn write_message(start: String, headers: &Headers, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(start.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (n, v) in headers.iter() {
-        if n.eq_ignore_ascii_case("Content-Length") {
+        if n.eq_ignore_ascii_case(header::CONTENT_LENGTH) {
             continue;
         }
         out.extend_from_slice(n.as_bytes());
@@ -609,27 +613,31 @@ macro_rules! common_accessors {
         /// Top Via, parsed.
         pub fn top_via(&self) -> Option<Via> {
             self.headers
-                .get_all("Via")
+                .get_all(header::VIA)
                 .first()
                 .and_then(|v| Via::parse(v).ok())
         }
         /// CSeq, parsed.
         pub fn cseq(&self) -> Option<CSeq> {
-            self.headers.get("CSeq").and_then(|v| CSeq::parse(v).ok())
+            self.headers
+                .get(header::CSEQ)
+                .and_then(|v| CSeq::parse(v).ok())
         }
         /// Call-ID.
         pub fn call_id(&self) -> Option<&str> {
-            self.headers.get("Call-ID")
+            self.headers.get(header::CALL_ID)
         }
         /// From, parsed.
         pub fn from(&self) -> Option<NameAddr> {
             self.headers
-                .get("From")
+                .get(header::FROM)
                 .and_then(|v| NameAddr::parse(v).ok())
         }
         /// To, parsed.
         pub fn to(&self) -> Option<NameAddr> {
-            self.headers.get("To").and_then(|v| NameAddr::parse(v).ok())
+            self.headers
+                .get(header::TO)
+                .and_then(|v| NameAddr::parse(v).ok())
         }
     };
 }
@@ -650,7 +658,15 @@ impl Request {
     pub fn make_response(&self, code: u16, reason: &str) -> Response {
         let mut headers = Headers::default();
         for (n, v) in self.headers.iter() {
-            if ["Via", "From", "To", "Call-ID", "CSeq"].contains(&n) {
+            if [
+                header::VIA,
+                header::FROM,
+                header::TO,
+                header::CALL_ID,
+                header::CSEQ,
+            ]
+            .contains(&n)
+            {
                 headers.0.push((n.to_string(), v.to_string()));
             }
         }

@@ -4,6 +4,7 @@
 //! RFC 5589 §6.
 
 use super::message::{Request, Uri};
+use crate::header;
 
 /// Add the REFER-specific headers to an in-dialog request built by the
 /// dialog, then the caller's `extra` headers in order.
@@ -14,8 +15,9 @@ pub fn add_refer_headers(
     extra: &[(&str, String)],
 ) {
     // The target is used verbatim: carriers expect exactly the form configured.
-    req.headers.push("Refer-To", format!("<{target}>"));
-    req.headers.push("Referred-By", format!("<{referred_by}>"));
+    req.headers.push(header::REFER_TO, format!("<{target}>"));
+    req.headers
+        .push(header::REFERRED_BY, format!("<{referred_by}>"));
     for (name, value) in extra {
         req.headers.push(name, value.clone());
     }
@@ -50,17 +52,23 @@ pub enum NotifyError {
 
 /// Read a NOTIFY's Event, Subscription-State and sipfrag body.
 pub fn inspect_notify(req: &Request) -> Result<ReferNotify, NotifyError> {
-    let event = req.headers.get("Event").ok_or(NotifyError::BadEvent)?;
+    let event = req
+        .headers
+        .get(header::EVENT)
+        .ok_or(NotifyError::BadEvent)?;
     // `refer` or `refer;id=1234` (RFC 3515 §2.4.6).
     let package = event.split(';').next().unwrap_or("").trim();
     if !package.eq_ignore_ascii_case("refer") {
         return Err(NotifyError::BadEvent);
     }
-    let terminated = req.headers.get("Subscription-State").is_some_and(|s| {
-        s.split(';')
-            .next()
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("terminated"))
-    });
+    let terminated = req
+        .headers
+        .get(header::SUBSCRIPTION_STATE)
+        .is_some_and(|s| {
+            s.split(';')
+                .next()
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("terminated"))
+        });
     let status = sipfrag_status(&req.body).ok_or(NotifyError::BadBody)?;
     Ok(ReferNotify { status, terminated })
 }

@@ -18,6 +18,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256, Sha512_256};
 
 use super::message::Response;
+use crate::header;
 
 /// Why a challenge cannot be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,16 +201,16 @@ impl AuthKind {
     /// The header that carries the challenge.
     pub fn challenge_header(self) -> &'static str {
         match self {
-            AuthKind::Www => "WWW-Authenticate",
-            AuthKind::Proxy => "Proxy-Authenticate",
+            AuthKind::Www => header::WWW_AUTHENTICATE,
+            AuthKind::Proxy => header::PROXY_AUTHENTICATE,
         }
     }
 
     /// The header that carries our answer.
     pub fn credentials_header(self) -> &'static str {
         match self {
-            AuthKind::Www => "Authorization",
-            AuthKind::Proxy => "Proxy-Authorization",
+            AuthKind::Www => header::AUTHORIZATION,
+            AuthKind::Proxy => header::PROXY_AUTHORIZATION,
         }
     }
 }
@@ -882,8 +883,8 @@ mod tests {
             WWW-Authenticate: Digest realm=\"asterisk\", qop=\"auth\", algorithm=MD5, \
             nonce=\"1700000000/abc,def\"\r\n\
             Content-Length: 0\r\n\r\n";
-        let resp = match crate::sip::message::parse_datagram(text.as_bytes()) {
-            Ok(crate::sip::message::Message::Response(r)) => r,
+        let resp = match crate::message::parse_datagram(text.as_bytes()) {
+            Ok(crate::message::Message::Response(r)) => r,
             other => panic!("{other:?}"),
         };
         let (kind, c) = response_challenge(&resp).unwrap();

@@ -280,8 +280,8 @@ enum NonInviteServerState {
 }
 
 /// Non-INVITE server transaction (§17.2.2), for UDP. The owner keeps the last
-/// response sent and re-sends it whenever [`on_retransmission`]
-/// (Self::on_retransmission) says so.
+/// response sent and re-sends it whenever
+/// [`on_retransmission`](ServerNonInvite::on_retransmission) says so.
 #[derive(Debug, Clone)]
 pub struct ServerNonInvite {
     state: NonInviteServerState,

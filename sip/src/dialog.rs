@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::message::{CSeq, Headers, Method, NameAddr, Request, Uri, Via};
+use crate::header;
 
 /// Why an in-dialog request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,30 +51,30 @@ impl Dialog {
     pub fn from_invite(invite: &Request, local_tag: &str) -> Result<Dialog, DialogError> {
         let call_id = invite
             .call_id()
-            .ok_or(DialogError::Malformed("Call-ID"))?
+            .ok_or(DialogError::Malformed(header::CALL_ID))?
             .to_string();
-        let remote = invite.from().ok_or(DialogError::Malformed("From"))?;
+        let remote = invite.from().ok_or(DialogError::Malformed(header::FROM))?;
         let remote_tag = remote
             .tag()
             .ok_or(DialogError::Malformed("From tag"))?
             .to_string();
-        let mut local = invite.to().ok_or(DialogError::Malformed("To"))?;
+        let mut local = invite.to().ok_or(DialogError::Malformed(header::TO))?;
         local.params.set("tag", Some(local_tag));
-        let cseq = invite.cseq().ok_or(DialogError::Malformed("CSeq"))?;
+        let cseq = invite.cseq().ok_or(DialogError::Malformed(header::CSEQ))?;
         // A caller without a Contact breaks §8.1.1.8; the From URI is the best guess.
         let remote_target = invite
             .headers
-            .get("Contact")
+            .get(header::CONTACT)
             .and_then(|c| NameAddr::parse(c).ok())
             .map(|c| c.uri)
             .unwrap_or_else(|| remote.uri.clone());
         let route_set = invite
             .headers
-            .get_all("Record-Route")
+            .get_all(header::RECORD_ROUTE)
             .into_iter()
             .map(NameAddr::parse)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| DialogError::Malformed("Record-Route"))?;
+            .map_err(|_| DialogError::Malformed(header::RECORD_ROUTE))?;
         Ok(Dialog {
             call_id,
             local_tag: local_tag.to_string(),
@@ -107,7 +108,7 @@ impl Dialog {
     /// Check and record the CSeq of an incoming in-dialog request (§12.2.2).
     /// ACK and CANCEL carry the INVITE's number and are not checked here.
     pub fn accept_remote_cseq(&mut self, req: &Request) -> Result<(), DialogError> {
-        let cseq = req.cseq().ok_or(DialogError::Malformed("CSeq"))?;
+        let cseq = req.cseq().ok_or(DialogError::Malformed(header::CSEQ))?;
         if cseq.seq < self.remote_cseq {
             return Err(DialogError::CSeqOutOfOrder {
                 got: cseq.seq,
@@ -123,23 +124,23 @@ impl Dialog {
     pub fn request(&mut self, method: Method, via: &Via, contact: &Uri) -> Request {
         self.local_cseq += 1;
         let mut headers = Headers::default();
-        headers.push("Via", via.to_string());
-        headers.push("Max-Forwards", "70");
+        headers.push(header::VIA, via.to_string());
+        headers.push(header::MAX_FORWARDS, "70");
         for route in &self.route_set {
-            headers.push("Route", route.to_string());
+            headers.push(header::ROUTE, route.to_string());
         }
-        headers.push("From", self.local.to_string());
-        headers.push("To", self.remote.to_string());
-        headers.push("Call-ID", self.call_id.clone());
+        headers.push(header::FROM, self.local.to_string());
+        headers.push(header::TO, self.remote.to_string());
+        headers.push(header::CALL_ID, self.call_id.clone());
         headers.push(
-            "CSeq",
+            header::CSEQ,
             CSeq {
                 seq: self.local_cseq,
                 method: method.clone(),
             }
             .to_string(),
         );
-        headers.push("Contact", format!("<{contact}>"));
+        headers.push(header::CONTACT, format!("<{contact}>"));
         // §16.12.1.1: with a strict router first, it becomes the Request-URI.
         let uri = match self.route_set.first() {
             Some(first) if first.uri.params.get("lr").is_none() => first.uri.clone(),
