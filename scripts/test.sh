@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs the system tools the tests drive
 # (SIPp, from the Debian package sip-tester; Kamailio, package kamailio, which
-# tests/kamailio.rs runs as proxy and registrar) and the libopus the build
+# tests/kamailio.rs runs as proxy and registrar; espeak-ng, which
+# tests/signal_path.rs speaks its recording with) and the libopus the build
 # links (libopus-dev, found through pkg-config) with apt-get when they are
 # missing; run as root or with sudo on a fresh Debian/Ubuntu machine.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
 # Debian puts kamailio in /usr/sbin, which is not on every user's PATH.
 command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
