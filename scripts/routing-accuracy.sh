@@ -24,10 +24,12 @@
 # the offline score never heard and make the two incomparable.
 #
 # Offline, the same clips are scored by the same fold models: `emonav analyze
-# --json` on the padded clip (the in-call pipeline at 8 kHz, 300-3400 Hz,
-# mu-law, with the same policy: its queue is directly comparable with
-# pcmu-band), and `emonav eval --model` on the unpadded clips (clip-level
-# arousal UAR, the model card's measure).
+# --json` on the padded clip (the in-call pipeline: 8 kHz mu-law as a full-band
+# line delivers it, the analyser's 300-3400 Hz conditioning, the same policy;
+# compared with pcmu-fullband and opus) and on the band-limited line's audio
+# (the pcmu-band pcap's payload as a WAV; compared with pcmu-band), and
+# `emonav eval --model` on the unpadded clips (clip-level arousal UAR, the
+# model card's measure).
 #
 # Printed per condition: routing UAR (recall of high arousal W/F/A to the
 # de-escalation queue, of low arousal L/T/N to the standard queue, their mean),
@@ -148,6 +150,8 @@ for ss in "${spk[@]}"; do
       sox -R -V1 "$a.wav" -r 8000 -t raw -e mu-law -b 8 "$a-bl.ul" sinc 300-3400
       "$rtp_pcap" --pt 0 "$a-bl.ul" "$a-pcmu-band.pcap"
     }
+    # The band-limited line as a WAV, for its own offline analyze.
+    [ -s "$a-bl.wav" ] || sox -V1 -t raw -e mu-law -b 8 -r 8000 -c 1 "$a-bl.ul" -e signed -b 16 "$a-bl.wav"
     [ -s "$a-opus.pcap" ] || "$rtp_pcap" --opus --pt 96 "$a.wav" "$a-opus.pcap"
   done
   # The fold's profile: default.toml with the fold models and free ports.
@@ -181,7 +185,10 @@ for ss in "${spk[@]}"; do
   wait "$pid" 2>/dev/null || true
   pid=
   # Offline: the in-call pipeline on the padded clips, same policy and model.
-  for f in "$fold"/test/wav/*.wav; do echo "$fold/audio/$(basename "$f")"; done | xargs -P 2 -I{} sh -c \
+  for f in "$fold"/test/wav/*.wav; do
+    echo "$fold/audio/$(basename "$f")"
+    echo "$fold/audio/$(basename "$f" .wav)-bl.wav"
+  done | xargs -P 2 -I{} sh -c \
     '"$0" analyze --json --profile "$1" "$2" >"$2.analyze.json"' "$emonav" "$fold/profile.toml" {}
   "$emonav" eval --corpus "$fold/test" --labels emodb --model "$fold/fold-$ss-8k.json" --json \
     >"$fold/eval-8k.json" 2>/dev/null
@@ -191,7 +198,12 @@ python3 - "$work" "$speakers" "$conditions" <<'PY'
 import glob, json, os, statistics, sys
 work, speakers, conditions = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
 HIGH, LOW = set("WFA"), set("LTN")
-DEESC, STD = "sip:deescalation@127.0.0.1", "sip:standard@127.0.0.1"
+
+def user(uri):
+    """The queue's user part: the profile's host and port do not matter here."""
+    return uri.split(":", 1)[1].split("@")[0] if uri else None
+
+DEESC, STD = "deescalation", "standard"
 
 def pct(xs, q):
     xs = sorted(xs)
@@ -199,15 +211,16 @@ def pct(xs, q):
 
 def routing(rows):
     """rows: (clip, queue or None, reason, ms). Routing UAR over all clips."""
-    hi = [q == DEESC for c, q, *_ in rows if c[5] in HIGH]
-    lo = [q == STD for c, q, *_ in rows if c[5] in LOW]
+    hi = [user(q) == DEESC for c, q, *_ in rows if c[5] in HIGH]
+    lo = [user(q) == STD for c, q, *_ in rows if c[5] in LOW]
     rh = sum(hi) / len(hi) if hi else float("nan")
     rl = sum(lo) / len(lo) if lo else float("nan")
     return rh, rl, (rh + rl) / 2, len(hi), len(lo)
 
 live = {c: {} for c in conditions}   # condition -> clip -> event
 failed = {c: [] for c in conditions}
-offline = {}                          # clip -> analyze JSON
+offline = {}                          # clip -> analyze JSON of the clip
+offline_band = {}                     # clip -> analyze JSON of the band-limited line
 pooled = {"8k": [[0, 0], [0, 0]]}
 for ss in speakers:
     fold = f"{work}/fold-{ss}"
@@ -232,6 +245,10 @@ for ss in speakers:
             offline[clip] = json.load(open(f"{fold}/audio/{clip}.wav.analyze.json"))
         except (OSError, ValueError):
             pass
+        try:
+            offline_band[clip] = json.load(open(f"{fold}/audio/{clip}-bl.wav.analyze.json"))
+        except (OSError, ValueError):
+            pass
     for k in pooled:
         try:
             m = json.load(open(f"{fold}/eval-{k}.json"))["arousal"]["confusion"]
@@ -250,24 +267,28 @@ for c in conditions:
     early = sum(r[2] == "confident" for r in rows) / len(rows) if rows else float("nan")
     ms = [r[3] for r in rows if r[3] is not None]
     print(f"{c:<15} {calls:>5} {len(failed[c]):>6}  {rh:>9.3f} {rl:>8.3f} {uar:>6.3f}  {early:>6.1%}  {pct(ms, .5):>10} / {pct(ms, .9):<8} ms")
-rows = [(k, a["decision"]["queue"], a["decision"]["reason"], a["decision_ms"]) for k, a in offline.items()]
-rh, rl, uar, nh, nl = routing(rows)
-early = sum(r[2] == "confident" for r in rows) / len(rows) if rows else float("nan")
-ms = [r[3] for r in rows]
-print(f"{'offline analyze':<15} {len(rows):>5} {'-':>6}  {rh:>9.3f} {rl:>8.3f} {uar:>6.3f}  {early:>6.1%}  {pct(ms, .5):>10} / {pct(ms, .9):<8} ms (first audio->decision)")
+for name, off in (("offline analyze", offline), ("offline band", offline_band)):
+    if not off:
+        continue
+    rows = [(k, a["decision"]["queue"], a["decision"]["reason"], a["decision_ms"]) for k, a in off.items()]
+    rh, rl, uar, nh, nl = routing(rows)
+    early = sum(r[2] == "confident" for r in rows) / len(rows) if rows else float("nan")
+    ms = [r[3] for r in rows]
+    print(f"{name:<15} {len(rows):>5} {'-':>6}  {rh:>9.3f} {rl:>8.3f} {uar:>6.3f}  {early:>6.1%}  {pct(ms, .5):>10} / {pct(ms, .9):<8} ms (first audio->decision)")
 for k, m in pooled.items():
     (a, b), (c_, d) = m
     if a + b and c_ + d:
         # confusion rows: true class in report order (low, high)
         print(f"offline eval {k:>3}: clip-level arousal UAR {(a / (a + b) + d / (c_ + d)) / 2:.3f} "
               f"(pooled over folds; {a + b + c_ + d} clips)")
-print("\nagreement with offline analyze (same clips, same fold model and policy):")
+print("\nagreement with offline analyze (same audio, same fold model and policy; pcmu-band against offline band):")
 for c in conditions:
-    both = [k for k in live[c] if k in offline and live[c][k].get("arousal") is not None]
+    off = offline_band if c == "pcmu-band" else offline
+    both = [k for k in live[c] if k in off and live[c][k].get("arousal") is not None]
     if not both:
         continue
-    same = sum(live[c][k]["queue"] == offline[k]["decision"]["queue"] for k in both)
-    d = [live[c][k]["arousal"] - offline[k]["decision"]["arousal"] for k in both]
+    same = sum(user(live[c][k]["queue"]) == user(off[k]["decision"]["queue"]) for k in both)
+    d = [live[c][k]["arousal"] - off[k]["decision"]["arousal"] for k in both]
     print(f"  {c:<15} same queue {same}/{len(both)} ({same / len(both):.1%}), "
           f"P(high) live-offline mean {statistics.mean(d):+.3f}, mean |diff| {statistics.mean(map(abs, d)):.3f}")
 for c in conditions:
