@@ -6,7 +6,7 @@
 
 /// Dot product of the common length of `a` and `b`.
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     // The baseline x86-64 target has 4-lane SSE only; on CPUs with AVX the
     // same eight partial sums fit one 8-lane register. Lane for lane the
     // arithmetic is identical (no FMA is enabled, so nothing is fused), so
@@ -14,6 +14,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU supports AVX, checked just above.
+        #[allow(unsafe_code)]
+        // the one unsafe block of the workspace (lint: unsafe_code = "deny")
         return unsafe { dot_avx(a, b) };
     }
     dot_portable(a, b)
@@ -47,7 +49,7 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 
 /// Sum of `a`.
 #[inline]
-pub fn sum(a: &[f32]) -> f32 {
+pub(crate) fn sum(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let c = a.chunks_exact(8);
     let tail: f32 = c.remainder().iter().sum();
@@ -63,7 +65,7 @@ pub fn sum(a: &[f32]) -> f32 {
 /// exponent from the bits, mantissa m in [1, 2) through
 /// ln m = 2·atanh((m - 1)/(m + 1)) to the s⁷ term. The spectral front end
 /// takes ~75 logarithms a frame; libm's `ln` made them a third of its cost.
-pub fn ln(x: f32) -> f32 {
+pub(crate) fn ln(x: f32) -> f32 {
     let bits = x.to_bits();
     let e = ((bits >> 23) & 0xff) as i32 - 127;
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
@@ -74,7 +76,7 @@ pub fn ln(x: f32) -> f32 {
 }
 
 /// 10·log10(x) for a positive, normal `x`, through [`ln`].
-pub fn db(x: f32) -> f32 {
+pub(crate) fn db(x: f32) -> f32 {
     (10.0 / std::f32::consts::LN_10) * ln(x)
 }
 
