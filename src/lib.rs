@@ -10,7 +10,8 @@
 //! private. It is what the `emonav` binary, the benches and the integration
 //! tests use:
 //!
-//! - running the endpoint: [`Profile`] (the configuration), [`Server`],
+//! - running the endpoint: [`Profile`] (the configuration) and why one is
+//!   refused, [`ConfigError`], [`Server`],
 //!   [`EventSink`] (where call records go);
 //! - the routing decision: [`Policy`], [`Decision`], and the call's decision
 //!   clock [`Decider`] (also driven by `emonav analyze`);
@@ -35,7 +36,7 @@ mod sdp;
 mod server;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
-pub use config::Profile;
+pub use config::{ConfigError, Profile};
 pub use events::EventSink;
 pub use media::rtp::{RtpEvent, RtpReceiver};
 pub use policy::{Decider, Decision, Policy};

@@ -115,3 +115,45 @@ fn check_config_lists_registration_accounts_without_the_password() {
     assert!(out.contains("registration          none"), "{out}");
     assert!(out.contains("-> tel:+493012345671"), "{out}");
 }
+
+/// Run the binary with `args` in `dir` (not the repository): (success, stdout, stderr).
+fn emonav_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emonav"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn runs_from_any_folder_with_the_embedded_default_profile() {
+    let dir = std::env::temp_dir().join(format!("emonav-anywhere-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = support::root().join("tests/fixtures/agitated.wav");
+    let (ok, out, err) = emonav_in(&dir, &["analyze", "--json", wav.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("embedded default profile"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"]["queue"], "sip:deescalation@127.0.0.1");
+
+    let (ok, out, err) = emonav_in(&dir, &["check-config"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(embedded default profile): ok"), "{out}");
+    assert!(out.contains("udp:127.0.0.1:5060"), "{out}");
+
+    // What --print-default writes is the shipped default.toml, and loads.
+    let (ok, text, _) = emonav_in(&dir, &["check-config", "--print-default"]);
+    assert!(ok);
+    let shipped = std::fs::read_to_string(support::root().join("sip-profiles/default.toml"));
+    assert_eq!(text, shipped.unwrap());
+    std::fs::write(dir.join("mine.toml"), &text).unwrap();
+    let (ok, out, err) = emonav_in(&dir, &["check-config", "--profile", "mine.toml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("mine.toml: ok"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
