@@ -191,7 +191,7 @@ python3 - "$work" "$speakers" "$conditions" <<'PY'
 import glob, json, os, statistics, sys
 work, speakers, conditions = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
 HIGH, LOW = set("WFA"), set("LTN")
-DEESC, STD = "sip:deescalation@127.0.0.1", "sip:standard@127.0.0.1"
+DEESC, STD = "sip:deescalation@127.0.0.1:5070", "sip:standard@127.0.0.1:5070"
 
 def pct(xs, q):
     xs = sorted(xs)

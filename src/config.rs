@@ -12,6 +12,8 @@ use emonav_dsp::Model;
 use serde::Deserialize;
 
 use crate::policy::Policy;
+
+mod referral_loop;
 use crate::sdp::CodecName;
 use emonav_sip::message::{Scheme, Uri};
 use emonav_sip::transport::Transport;

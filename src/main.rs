@@ -252,6 +252,9 @@ fn load(source: &ProfileSource) -> anyhow::Result<Profile> {
 fn check_config(source: &ProfileSource) -> anyhow::Result<()> {
     let p = load(source)?;
     println!("{source}: ok");
+    for w in p.referral_loops() {
+        println!("  warning: {w}");
+    }
     println!("  sip.listen            udp:{}", p.sip.listen);
     println!("  advertised address    {}", p.advertised_ip());
     println!(
@@ -705,6 +708,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(f) => EventSink::file(f).with_context(|| format!("cannot open events file {f}"))?,
         None => EventSink::stdout(),
     };
+    for w in profile.referral_loops() {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
