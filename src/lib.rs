@@ -11,7 +11,8 @@
 //! tests use:
 //!
 //! - running the endpoint: [`Profile`] (the configuration) and why one is
-//!   refused, [`ConfigError`], [`Server`],
+//!   refused, [`ConfigError`], [`Server`] and its [`ServerHandle`] (drain,
+//!   reload),
 //!   [`EventSink`] (where call records go);
 //! - the routing decision: [`Policy`], [`Decision`], and the call's decision
 //!   clock [`Decider`] (also driven by `emonav analyze`);
@@ -30,6 +31,7 @@ mod config;
 mod endpoint;
 mod events;
 mod http;
+mod lifecycle;
 mod media;
 mod policy;
 mod sdp;
@@ -38,6 +40,7 @@ mod server;
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::{ConfigError, Profile};
 pub use events::EventSink;
+pub use lifecycle::ServerHandle;
 pub use media::rtp::{RtpEvent, RtpReceiver};
 pub use policy::{Decider, Decision, Policy};
 pub use sdp::{parse as parse_sdp, CodecName};

@@ -688,9 +688,8 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let source = ProfileSource::pick(args.profile.clone());
-    let mut profile = load(&source)?;
+/// The command line's overrides of a profile, applied at start and to every reload.
+fn overridden(mut profile: Profile, args: &RunArgs) -> anyhow::Result<Profile> {
     if let Some(l) = args.listen {
         profile.sip.listen = l;
     }
@@ -704,21 +703,33 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(f) => profile.events.file = Some(f.to_string()),
         None => {}
     }
+    Ok(profile)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let source = ProfileSource::pick(args.profile.clone());
+    let profile = overridden(load(&source)?, &args)?;
+    for w in profile.referral_loops() {
+        tracing::warn!("{w}");
+    }
     let events = match &profile.events.file {
         Some(f) => EventSink::file(f).with_context(|| format!("cannot open events file {f}"))?,
         None => EventSink::stdout(),
     };
-    for w in profile.referral_loops() {
-        tracing::warn!("{w}");
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
+        let reload_source = source.clone();
         let server = Server::bind(&profile, events)
             .await
-            .with_context(|| format!("cannot bind SIP on {}", profile.sip.listen))?;
+            .with_context(|| format!("cannot bind SIP on {}", profile.sip.listen))?
+            // The overrides were checked at start: a reload only re-reads the file.
+            .reload_with(move || {
+                let p = reload_source.load()?;
+                Ok(overridden(p.clone(), &args).unwrap_or(p))
+            });
         let sip = server.sip_addr()?;
         tracing::info!(
             sip = %format!("udp:{sip}"),
@@ -727,18 +738,38 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             profile = %source,
             "emonav listening"
         );
-        server
-            .run(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let handle = server.handle();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::error!("cannot install the signal handlers");
+                return;
+            };
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the profile");
+                        let h = handle.clone();
+                        // Reading the profile (and its model files) blocks.
+                        let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+                        continue;
+                    }
+                };
+                if handle.shutdown_signal() {
+                    tracing::info!("{name}: shutting down");
+                } else {
+                    tracing::warn!("{name} again: exiting now");
                 }
-                tracing::info!("shutting down");
-            })
-            .await;
+            }
+        });
+        server.run().await;
+        tracing::info!("stopped");
         Ok(())
     })
 }
