@@ -223,3 +223,30 @@ fn a_broken_profile_is_refused_with_check_configs_error_and_the_running_one_kept
     assert!(status.success(), "sipp failed: {status:?}\n{log}");
     assert_eq!(refer_targets(&log), ["sip:priority@127.0.0.1:5070"]);
 }
+
+#[test]
+fn readyz_is_503_until_the_registrar_has_accepted_the_binding() {
+    // A registrar that never answers: the REGISTER goes unanswered.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let emonav = Emonav::start(&format!(
+        "[[registration]]\nregistrar = \"sip:127.0.0.1:{port}\"\naor = \"sip:emonav@127.0.0.1\"\n\
+         username = \"emonav\"\npassword = \"secret\"\n"
+    ));
+    let mut buf = [0u8; 4096];
+    silent.set_read_timeout(Some(5 * S)).unwrap();
+    let (n, _) = silent.recv_from(&mut buf).expect("no REGISTER");
+    assert!(buf[..n].starts_with(b"REGISTER "));
+    assert_eq!(
+        emonav.http("GET", "/readyz"),
+        (
+            "HTTP/1.1 503 Service Unavailable".into(),
+            "not registered\n".into()
+        )
+    );
+    assert_eq!(
+        emonav.http("GET", "/healthz").1,
+        "ok\n",
+        "alive all the same"
+    );
+}
