@@ -761,11 +761,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                if handle.shutdown_signal() {
-                    tracing::info!("{name}: shutting down");
-                } else {
-                    tracing::warn!("{name} again: exiting now");
-                }
+                tracing::info!("{name} received");
+                handle.shutdown_signal();
             }
         });
         server.run().await;
