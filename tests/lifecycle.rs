@@ -57,7 +57,12 @@ fn sigterm_lets_the_call_in_progress_be_transferred_refuses_new_ones_then_unregi
     emonav
         .wait_log(": registered", 10 * S)
         .expect("emonav did not register");
-    assert_eq!(emonav.http("GET", "/readyz").0, "HTTP/1.1 200 OK");
+    // Readiness follows the registration as a probe sees it: soon after.
+    let t0 = std::time::Instant::now();
+    while emonav.http("GET", "/readyz").0 != "HTTP/1.1 200 OK" {
+        assert!(t0.elapsed() < 2 * S, "/readyz not 200 once registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let caller = Sipp::call(emonav.sip, "uac_refer.xml");
     emonav
@@ -248,5 +253,39 @@ fn readyz_is_503_until_the_registrar_has_accepted_the_binding() {
         emonav.http("GET", "/healthz").1,
         "ok\n",
         "alive all the same"
+    );
+}
+
+#[test]
+fn the_drain_timeout_bounds_the_wait_for_calls_in_progress() {
+    let mut emonav = Emonav::start("[shutdown]\ndrain_timeout_s = 1\n");
+    // A caller that sends no audio: no decision before the 3 s deadline.
+    let mut uac = Uac::new(emonav.sip);
+    let offer = uac.g711_offer();
+    uac.send_invite(&offer);
+    assert_eq!(uac.invite_final(5 * S).code, 200);
+    uac.ack(true);
+    let t0 = std::time::Instant::now();
+    emonav.signal("TERM");
+    let exit = emonav
+        .wait_exit(5 * S)
+        .expect("emonav did not exit after the drain timeout");
+    let waited = t0.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+    assert!(
+        uac.expect_request("REFER", Duration::from_millis(100))
+            .is_none(),
+        "the call was decided before the drain timeout: the test proves nothing"
+    );
+    assert!(
+        emonav
+            .drain_log()
+            .iter()
+            .any(|l| l.contains("drain timeout: calls in progress abandoned")
+                && l.contains("calls=1"))
     );
 }
