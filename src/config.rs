@@ -12,6 +12,8 @@ use emonav_dsp::Model;
 use serde::Deserialize;
 
 use crate::policy::Policy;
+
+mod referral_loop;
 use crate::sdp::CodecName;
 use emonav_sip::message::{Scheme, Uri};
 use emonav_sip::transport::Transport;
@@ -65,6 +67,8 @@ pub struct Profile {
     pub model: ModelConfig,
     /// `[adapt]`
     pub adapt: AdaptConfig,
+    /// `[shutdown]`
+    pub shutdown: ShutdownConfig,
     /// `[[registration]]`: accounts to keep registered (none by default).
     #[serde(rename = "registration")]
     pub registrations: Vec<RegistrationConfig>,
@@ -335,6 +339,24 @@ impl Default for TransferConfig {
 pub struct EventsConfig {
     /// File to append JSON lines to; `None` = standard output.
     pub file: Option<String>,
+}
+
+/// `[shutdown]`: what SIGTERM/SIGINT do (src/lifecycle.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest wait, from the first signal, for the calls in progress to
+    /// reach their decision and transfer; also the `Retry-After` (seconds)
+    /// of the 503 that new INVITEs and OPTIONS get meanwhile.
+    pub drain_timeout_s: u32,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_s: 60,
+        }
+    }
 }
 
 impl Profile {

@@ -94,6 +94,9 @@ pub(crate) struct Endpoint<H> {
     calls: HashMap<String, H>,
     registrations: Registrations,
     metrics: Arc<Metrics>,
+    /// Draining (src/lifecycle.rs): the `Retry-After` seconds of the 503
+    /// that new INVITEs and OPTIONS get.
+    draining: Option<u32>,
 }
 
 impl<H: Clone> Endpoint<H> {
@@ -111,7 +114,16 @@ impl<H: Clone> Endpoint<H> {
             calls: HashMap::new(),
             registrations,
             metrics,
+            draining: None,
         }
+    }
+
+    /// Stop taking calls: from now on a new INVITE, and OPTIONS (a proxy's
+    /// keep-alive probe), get `503` with `Retry-After: retry_after_s`
+    /// (RFC 3261 §21.5.4), so that the sender tries elsewhere; messages of
+    /// the calls in progress are routed as before.
+    pub(crate) fn drain(&mut self, retry_after_s: u32) {
+        self.draining = Some(retry_after_s);
     }
 
     /// The registrations, for their timers and output.
@@ -203,6 +215,15 @@ impl<H: Clone> Endpoint<H> {
             }
         };
         let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
+        if let Some(secs) = self.draining {
+            if matches!(req.method, Method::Invite | Method::Options) && !has_to_tag {
+                let mut resp =
+                    stateless_response(&req, 503, "Service Unavailable", &self.user_agent);
+                resp.headers.push(header::RETRY_AFTER, secs.to_string());
+                tracing::info!(%src, method = %req.method.as_str(), "draining: 503");
+                return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
+            }
+        }
         let (code, reason) = match &req.method {
             Method::Invite if !has_to_tag => {
                 if let Err(e) = session_timer::negotiate(&req, self.min_se) {

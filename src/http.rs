@@ -1,21 +1,24 @@
-//! `/healthz` and `/metrics` over HTTP/1.1 (RFC 9112), one request per
-//! connection. A dozen lines of HTTP do not justify an HTTP framework yet;
+//! `/healthz`, `/readyz`, `/metrics` and `POST /reload` over HTTP/1.1
+//! (RFC 9112), one request per connection. A dozen lines of HTTP do not justify an HTTP framework yet;
 //! the dashboard will bring one.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::events::Metrics;
+use crate::lifecycle::Lifecycle;
 
-/// Serve `/healthz` and `/metrics` on `listener`, forever.
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// Serve on `listener`, forever.
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, life: Arc<Lifecycle>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((mut stream, peer)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
+        let life = life.clone();
         tokio::spawn(async move {
             // Read the request head (bounded in size and time); the body, if
             // any, is of no interest.
@@ -36,10 +39,17 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 return;
             }
             let line = String::from_utf8_lossy(&req[..n]);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/metrics" => ("200 OK", metrics.render()),
+            let mut words = line.split_whitespace();
+            let method = words.next().unwrap_or("GET");
+            let path = words.next().unwrap_or("/");
+            let (status, body) = match (method, path) {
+                (_, "/reload") => reload(method, peer, &life).await,
+                (_, "/readyz") => match life.not_ready() {
+                    None => ("200 OK", "ready\n".to_string()),
+                    Some(why) => ("503 Service Unavailable", format!("{why}\n")),
+                },
+                (_, "/healthz") => ("200 OK", "ok\n".to_string()),
+                (_, "/metrics") => ("200 OK", metrics.render()),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(
@@ -48,5 +58,25 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             );
             let _ = stream.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+/// `POST /reload`: as SIGHUP, for a local operator only (it changes routing,
+/// and there is no authentication): other peers get 403.
+async fn reload(method: &str, peer: SocketAddr, life: &Arc<Lifecycle>) -> (&'static str, String) {
+    if method != "POST" {
+        return ("405 Method Not Allowed", "POST /reload\n".into());
+    }
+    if !peer.ip().is_loopback() {
+        return (
+            "403 Forbidden",
+            "reload is allowed from loopback only\n".into(),
+        );
+    }
+    let life = life.clone();
+    match tokio::task::spawn_blocking(move || life.reload()).await {
+        Ok(Ok(summary)) => ("200 OK", format!("{summary}\n")),
+        Ok(Err(e)) => ("422 Unprocessable Content", format!("{e}\n")),
+        Err(_) => ("500 Internal Server Error", "reload failed\n".into()),
     }
 }

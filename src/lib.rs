@@ -10,7 +10,9 @@
 //! private. It is what the `emonav` binary, the benches and the integration
 //! tests use:
 //!
-//! - running the endpoint: [`Profile`] (the configuration), [`Server`],
+//! - running the endpoint: [`Profile`] (the configuration) and why one is
+//!   refused, [`ConfigError`], [`Server`] and its [`ServerHandle`] (drain,
+//!   reload),
 //!   [`EventSink`] (where call records go);
 //! - the routing decision: [`Policy`], [`Decision`], and the call's decision
 //!   clock [`Decider`] (also driven by `emonav analyze`);
@@ -29,14 +31,16 @@ mod config;
 mod endpoint;
 mod events;
 mod http;
+mod lifecycle;
 mod media;
 mod policy;
 mod sdp;
 mod server;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
-pub use config::Profile;
+pub use config::{ConfigError, Profile};
 pub use events::EventSink;
+pub use lifecycle::ServerHandle;
 pub use media::rtp::{RtpEvent, RtpReceiver};
 pub use policy::{Decider, Decision, Policy};
 pub use sdp::{parse as parse_sdp, CodecName};

@@ -14,7 +14,17 @@ use emonav_offline::corpus::{self, Labels};
 use emonav_offline::learn::{self, Normalisation};
 use emonav_offline::multi;
 
+/// Where a profile is looked for when `--profile` is not given, relative to
+/// the working directory (the repository root, or an install's folder).
 const DEFAULT_PROFILE: &str = "sip-profiles/default.toml";
+
+/// `sip-profiles/default.toml` as built into the binary, so that emonav runs
+/// from any folder (`cargo install`): used when no `--profile` is given and
+/// [`DEFAULT_PROFILE`] is not there.
+const EMBEDDED_PROFILE: &str = include_str!("../sip-profiles/default.toml");
+
+/// What [`EMBEDDED_PROFILE`] is called in messages.
+const EMBEDDED_NAME: &str = "(embedded default profile)";
 
 #[derive(Parser)]
 #[command(name = "emonav", version, about = "Emotion-aware SIP call router")]
@@ -33,9 +43,10 @@ enum Command {
     Analyze {
         /// WAV file (any rate, any PCM format; mixed down to mono).
         file: PathBuf,
-        /// Profile whose policy decides.
-        #[arg(long, default_value = DEFAULT_PROFILE)]
-        profile: PathBuf,
+        /// Profile whose policy decides (default: sip-profiles/default.toml
+        /// if present, else the one built into the binary).
+        #[arg(long)]
+        profile: Option<PathBuf>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -46,9 +57,14 @@ enum Command {
     Eval(EvalArgs),
     /// Validate a profile and print the settings in effect.
     CheckConfig {
-        /// Profile to check.
-        #[arg(long, default_value = DEFAULT_PROFILE)]
-        profile: PathBuf,
+        /// Profile to check (default: sip-profiles/default.toml if present,
+        /// else the one built into the binary).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Write the default profile built into the binary (every key,
+        /// documented) to standard output, to start a profile from.
+        #[arg(long, conflicts_with = "profile")]
+        print_default: bool,
     },
 }
 
@@ -130,9 +146,10 @@ struct EvalArgs {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Deployment profile (TOML).
-    #[arg(long, default_value = DEFAULT_PROFILE)]
-    profile: PathBuf,
+    /// Deployment profile (TOML; default: sip-profiles/default.toml if
+    /// present, else the one built into the binary).
+    #[arg(long)]
+    profile: Option<PathBuf>,
     /// Override `[sip] listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -156,12 +173,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
-        Some(Command::CheckConfig { profile }) => check_config(&profile),
+        Some(Command::CheckConfig {
+            print_default: true,
+            ..
+        }) => {
+            print!("{EMBEDDED_PROFILE}");
+            Ok(())
+        }
+        Some(Command::CheckConfig { profile, .. }) => check_config(&ProfileSource::pick(profile)),
         Some(Command::Analyze {
             file,
             profile,
             json,
-        }) => analyze(&file, &profile, json),
+        }) => analyze(&file, &ProfileSource::pick(profile), json),
         Some(Command::Train(args)) => train(&args),
         Some(Command::Eval(args)) => eval(&args),
     };
@@ -182,13 +206,55 @@ fn parse_rate(s: &str) -> Result<u32, String> {
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<Profile> {
-    Ok(Profile::load(path)?)
+/// Where the profile comes from: a file, or the one built into the binary.
+#[derive(Debug, Clone)]
+enum ProfileSource {
+    File(PathBuf),
+    Embedded,
 }
 
-fn check_config(path: &Path) -> anyhow::Result<()> {
-    let p = load(path)?;
-    println!("{}: ok", path.display());
+impl ProfileSource {
+    /// `--profile` if given; else `sip-profiles/default.toml` in the working
+    /// directory if it is there; else the embedded default. Says which.
+    fn pick(given: Option<PathBuf>) -> Self {
+        let source = match given {
+            Some(p) => return ProfileSource::File(p),
+            None if Path::new(DEFAULT_PROFILE).is_file() => {
+                ProfileSource::File(DEFAULT_PROFILE.into())
+            }
+            None => ProfileSource::Embedded,
+        };
+        tracing::info!(profile = %source, "no --profile given: using {source}");
+        source
+    }
+
+    fn load(&self) -> Result<Profile, emonav::ConfigError> {
+        match self {
+            ProfileSource::File(p) => Profile::load(p),
+            ProfileSource::Embedded => Profile::from_toml(EMBEDDED_PROFILE, EMBEDDED_NAME),
+        }
+    }
+}
+
+impl std::fmt::Display for ProfileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProfileSource::File(p) => write!(f, "{}", p.display()),
+            ProfileSource::Embedded => f.write_str(EMBEDDED_NAME),
+        }
+    }
+}
+
+fn load(source: &ProfileSource) -> anyhow::Result<Profile> {
+    Ok(source.load()?)
+}
+
+fn check_config(source: &ProfileSource) -> anyhow::Result<()> {
+    let p = load(source)?;
+    println!("{source}: ok");
+    for w in p.referral_loops() {
+        println!("  warning: {w}");
+    }
     println!("  sip.listen            udp:{}", p.sip.listen);
     println!("  advertised address    {}", p.advertised_ip());
     println!(
@@ -254,7 +320,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn analyze(file: &Path, profile: &Path, json: bool) -> anyhow::Result<()> {
+fn analyze(file: &Path, profile: &ProfileSource, json: bool) -> anyhow::Result<()> {
     let p = load(profile)?;
     let a = emonav_offline::analyze::analyze(file, &mut Routing::new(&p.policy), p.model(8000))?;
     if json {
@@ -622,8 +688,8 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut profile = load(&args.profile)?;
+/// The command line's overrides of a profile, applied at start and to every reload.
+fn overridden(mut profile: Profile, args: &RunArgs) -> anyhow::Result<Profile> {
     if let Some(l) = args.listen {
         profile.sip.listen = l;
     }
@@ -637,6 +703,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(f) => profile.events.file = Some(f.to_string()),
         None => {}
     }
+    Ok(profile)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let source = ProfileSource::pick(args.profile.clone());
+    let profile = overridden(load(&source)?, &args)?;
+    for w in profile.referral_loops() {
+        tracing::warn!("{w}");
+    }
     let events = match &profile.events.file {
         Some(f) => EventSink::file(f).with_context(|| format!("cannot open events file {f}"))?,
         None => EventSink::stdout(),
@@ -646,29 +721,52 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
+        let reload_source = source.clone();
         let server = Server::bind(&profile, events)
             .await
-            .with_context(|| format!("cannot bind SIP on {}", profile.sip.listen))?;
+            .with_context(|| format!("cannot bind SIP on {}", profile.sip.listen))?
+            // The overrides were checked at start: a reload only re-reads the file.
+            .reload_with(move || {
+                let p = reload_source.load()?;
+                Ok(overridden(p.clone(), &args).unwrap_or(p))
+            });
         let sip = server.sip_addr()?;
         tracing::info!(
             sip = %format!("udp:{sip}"),
             sip_tcp = %server.sip_tcp_addr().map_or("off".into(), |a| format!("tcp:{a}")),
             http = %server.http_addr().map_or("off".into(), |a| a.to_string()),
-            profile = %args.profile.display(),
+            profile = %source,
             "emonav listening"
         );
-        server
-            .run(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                tracing::info!("shutting down");
-            })
-            .await;
+        let handle = server.handle();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::error!("cannot install the signal handlers");
+                return;
+            };
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the profile");
+                        let h = handle.clone();
+                        // Reading the profile (and its model files) blocks.
+                        let _ = tokio::task::spawn_blocking(move || h.reload()).await;
+                        continue;
+                    }
+                };
+                tracing::info!("{name} received");
+                handle.shutdown_signal();
+            }
+        });
+        server.run().await;
+        tracing::info!("stopped");
         Ok(())
     })
 }

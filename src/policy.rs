@@ -41,7 +41,7 @@ impl Default for Policy {
             min_speech_ms: 1000,
             decision_deadline_ms: 3000,
             confidence_threshold: 0.7,
-            default_queue: "sip:default@127.0.0.1".into(),
+            default_queue: "sip:default@127.0.0.1:5070".into(),
             flag_arousal: 0.8,
             flag_anger: 0.6,
             rules: vec![
@@ -49,13 +49,13 @@ impl Default for Policy {
                     label: "agitated".into(),
                     arousal_min: Some(0.5),
                     arousal_max: None,
-                    queue: "sip:deescalation@127.0.0.1".into(),
+                    queue: "sip:deescalation@127.0.0.1:5070".into(),
                 },
                 Rule {
                     label: "calm".into(),
                     arousal_min: None,
                     arousal_max: Some(0.5),
-                    queue: "sip:standard@127.0.0.1".into(),
+                    queue: "sip:standard@127.0.0.1:5070".into(),
                 },
             ],
             dtmf: Vec::new(),
@@ -380,7 +380,7 @@ mod tests {
     fn confident_agitated_caller_routes_early_to_deescalation() {
         let p = Policy::default();
         let d = p.early(&est(0.9, 0.9, 1200)).expect("early decision");
-        assert_eq!(d.queue, "sip:deescalation@127.0.0.1");
+        assert_eq!(d.queue, "sip:deescalation@127.0.0.1:5070");
         assert_eq!(d.reason, Reason::Confident);
         assert!(d.flagged);
     }
@@ -410,12 +410,12 @@ mod tests {
         let d = p.at_deadline(&est(0.3, 0.2, 800));
         assert_eq!(
             (d.queue.as_str(), d.reason),
-            ("sip:standard@127.0.0.1", Reason::Deadline)
+            ("sip:standard@127.0.0.1:5070", Reason::Deadline)
         );
         let d = p.at_deadline(&est(0.0, 0.0, 0));
         assert_eq!(
             (d.queue.as_str(), d.reason),
-            ("sip:default@127.0.0.1", Reason::NoSpeech)
+            ("sip:default@127.0.0.1:5070", Reason::NoSpeech)
         );
     }
 
@@ -424,7 +424,7 @@ mod tests {
         let p = Policy {
             dtmf: vec![DtmfRule {
                 digit: '0',
-                queue: "sip:operator@127.0.0.1".into(),
+                queue: "sip:operator@127.0.0.1:5070".into(),
                 label: "operator".into(),
             }],
             ..Policy::default()
@@ -432,7 +432,7 @@ mod tests {
         let d = p.on_digit('0', &est(0.95, 0.9, 2000)).unwrap();
         assert_eq!(
             (d.queue.as_str(), d.reason),
-            ("sip:operator@127.0.0.1", Reason::Dtmf)
+            ("sip:operator@127.0.0.1:5070", Reason::Dtmf)
         );
         assert!(p.on_digit('5', &est(0.2, 0.9, 2000)).is_none());
         let bad = Policy {

@@ -21,7 +21,6 @@
 //! Every queue fed from the network is bounded (see the constants); a full
 //! one drops and counts ([`DropLog`]), except TCP reads, which wait.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use crate::endpoint::{
     self, offer, DropLog, Endpoint, Event, Offer, RegOutput, Registrations, Transmit,
 };
 use crate::events::{EventSink, Metrics};
+use crate::lifecycle::{ActiveCall, Control, Lifecycle, ServerHandle};
 use emonav_sip::message::{parse_datagram, Message, Request};
 use emonav_sip::registration::{self, Account, Registration};
 use emonav_sip::transaction::Timers;
@@ -66,7 +66,13 @@ type Inbound = (Message, Peer);
 
 /// Shared by the SIP task and every call task.
 struct Shared {
+    /// The settings at start, for what a reload does not change (timers,
+    /// User-Agent, line adapters); a new call takes [`Lifecycle::settings`].
     settings: Arc<CallSettings>,
+    /// Drain, reload, readiness.
+    life: Arc<Lifecycle>,
+    /// `[shutdown] drain_timeout_s`.
+    drain_timeout_s: u32,
     sip: Arc<UdpSocket>,
     /// TCP connections; `None` when the profile does not list "tcp".
     tcp: Option<TcpConns>,
@@ -88,6 +94,7 @@ pub struct Server {
     http: Option<TcpListener>,
     accounts: Vec<(Account, String)>,
     reg_settings: registration::Settings,
+    control: mpsc::UnboundedReceiver<Control>,
 }
 
 impl Server {
@@ -103,8 +110,12 @@ impl Server {
         let (lo, hi) = (profile.media.rtp_port_min, profile.media.rtp_port_max);
         let accounts = accounts(profile, port)?;
         let now = Instant::now().into_std();
+        let settings = Arc::new(CallSettings::from_profile(profile, port));
+        let (life, control) = Lifecycle::new(settings.clone(), profile);
         let shared = Shared {
-            settings: Arc::new(CallSettings::from_profile(profile, port)),
+            settings,
+            life,
+            drain_timeout_s: profile.shutdown.drain_timeout_s,
             sip: Arc::new(sip),
             tcp: tcp
                 .is_some()
@@ -132,7 +143,24 @@ impl Server {
                 user_agent: Some(profile.sip.user_agent.clone()),
                 ..registration::Settings::default()
             },
+            control,
         })
+    }
+
+    /// Where a reload (SIGHUP, `POST /reload`) reads the profile from: the
+    /// same way as at start, so that it is refused with the same errors.
+    /// Without one, a reload is refused.
+    pub fn reload_with(
+        self,
+        load: impl Fn() -> Result<Profile, crate::config::ConfigError> + Send + Sync + 'static,
+    ) -> Self {
+        self.handle().set_loader(Box::new(load));
+        self
+    }
+
+    /// A handle to drain, stop or reload the server once it runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle(self.shared.life.clone())
     }
 
     /// The SIP address actually bound.
@@ -150,10 +178,14 @@ impl Server {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serve until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serve until a [`ServerHandle`] drains or stops it.
+    pub async fn run(self) {
         if let Some(listener) = self.http {
-            tokio::spawn(crate::http::serve(listener, self.shared.metrics.clone()));
+            tokio::spawn(crate::http::serve(
+                listener,
+                self.shared.metrics.clone(),
+                self.shared.life.clone(),
+            ));
         }
         if let Some(listener) = self.tcp {
             tokio::spawn(accept_tcp(listener, self.shared.clone()));
@@ -175,7 +207,7 @@ impl Server {
             self.shared.metrics.clone(),
         );
         let shared = self.shared.clone();
-        sip_loop(self.shared, endpoint, self.inbound, shutdown).await;
+        sip_loop(self.shared, endpoint, self.inbound, self.control).await;
         // What the line taught since the last write survives the restart.
         for line in &shared.settings.lines {
             if let Some(json) = line.unsaved() {
@@ -228,9 +260,11 @@ async fn sip_loop(
     shared: Arc<Shared>,
     mut endpoint: Endpoint<CallTx>,
     mut inbound: mpsc::Receiver<Inbound>,
-    shutdown: impl Future<Output = ()>,
+    mut control: mpsc::UnboundedReceiver<Control>,
 ) {
-    tokio::pin!(shutdown);
+    let mut active = shared.life.active();
+    // Set when draining: when the wait for the calls in progress ends.
+    let mut drain_until: Option<Instant> = None;
     // Unbounded, yet bounded in practice: one message per call task and one
     // per registrar lookup (at most one in flight per account), none from the
     // network.
@@ -260,9 +294,29 @@ async fn sip_loop(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                 endpoint.registrations().handle_timeout(Instant::now().into_std());
             }
-            _ = &mut shutdown => break,
+            Some(c) = control.recv() => match c {
+                Control::Stop => {
+                    tracing::warn!(calls = *active.borrow(), "second signal: exiting now, calls in progress abandoned");
+                    return;
+                }
+                Control::Drain => {
+                    let secs = shared.drain_timeout_s;
+                    endpoint.drain(secs);
+                    drain_until = Some(Instant::now() + std::time::Duration::from_secs(secs.into()));
+                    tracing::info!(calls = *active.borrow(), timeout_s = secs, "draining: new calls get 503, calls in progress go on (a second signal exits at once)");
+                }
+            },
+            Ok(()) = active.changed(), if drain_until.is_some() => {}
+            _ = tokio::time::sleep_until(drain_until.unwrap_or_else(far_future)), if drain_until.is_some() => {
+                tracing::warn!(calls = *active.borrow(), "drain timeout: calls in progress abandoned");
+                break;
+            }
         }
         flush_registrations(&shared, &mut endpoint, &resolved_tx);
+        if drain_until.is_some() && *active.borrow_and_update() == 0 {
+            tracing::info!("drained: every call in progress has ended");
+            break;
+        }
     }
     if endpoint.registrations().is_empty() {
         return;
@@ -324,6 +378,9 @@ fn flush_registrations(
             }
         }
     }
+    shared
+        .life
+        .set_registered(endpoint.registrations().all_registered());
 }
 
 /// Carry out what the endpoint decided.
@@ -343,7 +400,15 @@ fn execute(
             } => {
                 let (tx, rx) = mpsc::channel(CALL_QUEUE);
                 endpoint.insert_call(call_id, tx);
-                tokio::spawn(call_task(shared.clone(), invite, peer, rx, ended.clone()));
+                let active = shared.life.call_started();
+                tokio::spawn(call_task(
+                    shared.clone(),
+                    invite,
+                    peer,
+                    rx,
+                    ended.clone(),
+                    active,
+                ));
             }
             Event::ToCall {
                 handle,
@@ -455,6 +520,7 @@ async fn call_task(
     peer: Peer,
     mut rx: mpsc::Receiver<CallInput>,
     ended: mpsc::UnboundedSender<String>,
+    mut active: ActiveCall,
 ) {
     use crate::call::{Socket, Transmit};
     let src = peer.addr;
@@ -480,8 +546,9 @@ async fn call_task(
         Ok(a) => SocketAddr::new(shared.rtp_advertised, a.port()),
         Err(_) => return,
     };
+    // The policy snapshot this call keeps, whatever a reload does meanwhile.
     let mut call = match Call::new_on(
-        shared.settings.clone(),
+        shared.life.settings(),
         invite.clone(),
         src,
         peer.transport,
@@ -533,6 +600,7 @@ async fn call_task(
                     }
                     shared.metrics.call_ended(&record);
                     shared.events.write(&record);
+                    active.done();
                 }
             }
         }

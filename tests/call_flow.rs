@@ -48,7 +48,7 @@ fn calm_caller_goes_to_the_standard_queue() {
     let (mut uac, started) = answered_call(&emonav, "calm.ul");
     let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
     let waited = started.elapsed();
-    assert_eq!(refer_to(&refer), "<sip:standard@127.0.0.1>");
+    assert_eq!(refer_to(&refer), "<sip:standard@127.0.0.1:5070>");
     assert_eq!(refer.headers.get_all("Refer-To").len(), 1);
     assert_eq!(refer.headers.get("X-Emonav-Emotion"), Some("calm"));
     assert!(refer.headers.get("Referred-By").is_some());
@@ -59,7 +59,7 @@ fn calm_caller_goes_to_the_standard_queue() {
     complete_transfer(&mut uac, &refer);
     let ev = emonav.next_event(5 * S);
     assert_eq!(ev["outcome"], "transferred");
-    assert_eq!(ev["queue"], "sip:standard@127.0.0.1");
+    assert_eq!(ev["queue"], "sip:standard@127.0.0.1:5070");
     assert_eq!(ev["codec"], "pcmu");
     assert_eq!(ev["call_id"], uac.call_id.as_str());
     assert!(ev["rtp"]["received"].as_u64().unwrap() > 50, "{ev}");
@@ -72,7 +72,7 @@ fn agitated_caller_goes_to_deescalation() {
     let (mut uac, started) = answered_call(&emonav, "agitated.ul");
     let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
     let waited = started.elapsed();
-    assert_eq!(refer_to(&refer), "<sip:deescalation@127.0.0.1>");
+    assert_eq!(refer_to(&refer), "<sip:deescalation@127.0.0.1:5070>");
     assert_eq!(refer.headers.get("X-Emonav-Emotion"), Some("agitated"));
     let arousal: f32 = refer
         .headers
@@ -97,7 +97,7 @@ fn silence_goes_to_the_default_queue_at_the_deadline() {
     let (mut uac, started) = answered_call(&emonav, "silence.ul");
     let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
     let waited = started.elapsed();
-    assert_eq!(refer_to(&refer), "<sip:default@127.0.0.1>");
+    assert_eq!(refer_to(&refer), "<sip:default@127.0.0.1:5070>");
     assert!(
         waited >= Duration::from_millis(2900) && waited < Duration::from_millis(3800),
         "REFER after {waited:?}, deadline is 3 s after the first audio"
@@ -164,10 +164,10 @@ fn refer_declined_with_603_falls_back_to_the_default_queue() {
     let emonav = Emonav::start("");
     let (mut uac, _) = answered_call(&emonav, "agitated.ul");
     let first = uac.expect_request("REFER", 6 * S).expect("first REFER");
-    assert_eq!(refer_to(&first), "<sip:deescalation@127.0.0.1>");
+    assert_eq!(refer_to(&first), "<sip:deescalation@127.0.0.1:5070>");
     uac.respond(&first, 603, "Declined");
     let second = uac.expect_request("REFER", 3 * S).expect("fallback REFER");
-    assert_eq!(refer_to(&second), "<sip:default@127.0.0.1>");
+    assert_eq!(refer_to(&second), "<sip:default@127.0.0.1:5070>");
     complete_transfer(&mut uac, &second);
     let ev = emonav.next_event(5 * S);
     assert_eq!(ev["outcome"], "transferred_to_fallback");
@@ -265,7 +265,7 @@ fn unanswered_200_is_retransmitted_until_ack() {
 #[test]
 fn keypad_zero_goes_to_the_operator_whatever_the_emotion() {
     let emonav = Emonav::start(
-        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1\"\n",
+        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1:5070\"\n",
     );
     let mut uac = Uac::new(emonav.sip);
     uac.send_invite(&uac.g711_offer());
@@ -279,7 +279,7 @@ fn keypad_zero_goes_to_the_operator_whatever_the_emotion() {
         started.elapsed() < Duration::from_millis(1500),
         "routed on the key, not the deadline"
     );
-    assert_eq!(refer_to(&refer), "<sip:operator@127.0.0.1>");
+    assert_eq!(refer_to(&refer), "<sip:operator@127.0.0.1:5070>");
     assert_eq!(refer.headers.get("X-Emonav-Emotion"), Some("operator"));
     assert_eq!(refer.headers.get("X-Emonav-Reason"), Some("dtmf"));
     complete_transfer(&mut uac, &refer);
@@ -457,7 +457,7 @@ fn media_from_another_address_is_latched_and_a_stray_source_ignored() {
         .expect("RTP to the latched address");
     assert_eq!(rtp_header(&buf[..n]).0, 0);
     let refer = uac.expect_request("REFER", 6 * S).expect("REFER");
-    assert_eq!(refer_to(&refer), "<sip:deescalation@127.0.0.1>");
+    assert_eq!(refer_to(&refer), "<sip:deescalation@127.0.0.1:5070>");
     assert!(started.elapsed() < Duration::from_millis(3600));
     complete_transfer(&mut uac, &refer);
     let ev = emonav.next_event(5 * S);

@@ -10,8 +10,11 @@ fn check_config_accepts_the_default_profile() {
     assert!(ok);
     assert!(out.contains("sip-profiles/default.toml: ok"), "{out}");
     assert!(out.contains("udp:127.0.0.1:5060"), "{out}");
-    assert!(out.contains("sip:deescalation@127.0.0.1"), "{out}");
-    assert!(out.contains("digit 0 -> sip:operator@127.0.0.1"), "{out}");
+    assert!(out.contains("sip:deescalation@127.0.0.1:5070"), "{out}");
+    assert!(
+        out.contains("digit 0 -> sip:operator@127.0.0.1:5070"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -38,7 +41,7 @@ fn analyze_reports_the_decision_a_call_would_take() {
     let (ok, out, err) = emonav(&["analyze", "--json", "tests/fixtures/agitated.wav"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["decision"]["queue"], "sip:deescalation@127.0.0.1");
+    assert_eq!(v["decision"]["queue"], "sip:deescalation@127.0.0.1:5070");
     assert_eq!(v["decision"]["reason"], "confident");
     assert!(v["decision_ms"].as_u64().unwrap() < 3000, "{v}");
     assert!(v["functionals"]["speech_ms"].as_u64().unwrap() > 3000);
@@ -50,7 +53,10 @@ fn analyze_reports_the_decision_a_call_would_take() {
 
     let (ok, table, _) = emonav(&["analyze", "tests/fixtures/calm.wav"]);
     assert!(ok);
-    assert!(table.contains("calm -> sip:standard@127.0.0.1"), "{table}");
+    assert!(
+        table.contains("calm -> sip:standard@127.0.0.1:5070"),
+        "{table}"
+    );
     assert!(table.contains("F0 mean st"), "{table}");
 
     let (ok, out, _) = emonav(&["analyze", "--json", "tests/fixtures/silence.wav"]);
@@ -114,4 +120,64 @@ fn check_config_lists_registration_accounts_without_the_password() {
     assert!(ok);
     assert!(out.contains("registration          none"), "{out}");
     assert!(out.contains("-> tel:+493012345671"), "{out}");
+}
+
+/// Run the binary with `args` in `dir` (not the repository): (success, stdout, stderr).
+fn emonav_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emonav"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn runs_from_any_folder_with_the_embedded_default_profile() {
+    let dir = std::env::temp_dir().join(format!("emonav-anywhere-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = support::root().join("tests/fixtures/agitated.wav");
+    let (ok, out, err) = emonav_in(&dir, &["analyze", "--json", wav.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("embedded default profile"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"]["queue"], "sip:deescalation@127.0.0.1:5070");
+
+    let (ok, out, err) = emonav_in(&dir, &["check-config"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(embedded default profile): ok"), "{out}");
+    assert!(out.contains("udp:127.0.0.1:5060"), "{out}");
+
+    // What --print-default writes is the shipped default.toml, and loads.
+    let (ok, text, _) = emonav_in(&dir, &["check-config", "--print-default"]);
+    assert!(ok);
+    let shipped = std::fs::read_to_string(support::root().join("sip-profiles/default.toml"));
+    assert_eq!(text, shipped.unwrap());
+    std::fs::write(dir.join("mine.toml"), &text).unwrap();
+    let (ok, out, err) = emonav_in(&dir, &["check-config", "--profile", "mine.toml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("mine.toml: ok"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_config_warns_about_a_queue_on_emonavs_own_address() {
+    let path = std::env::temp_dir().join(format!("emonav-loop-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[sip]\nlisten = \"127.0.0.1:5060\"\n[policy]\ndefault_queue = \"sip:default@127.0.0.1\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = emonav(&["check-config", "--profile", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("warning: policy.default_queue sip:default@127.0.0.1 is emonav's own SIP address (127.0.0.1:5060)"),
+        "{out}"
+    );
+    let (_, out, _) = emonav(&["check-config"]);
+    assert!(!out.contains("warning"), "{out}");
 }

@@ -347,7 +347,7 @@ fn kamailio_registers_emonav_and_routes_the_call_and_the_transfer_through_itself
     let (run, context) = call_through(&kamailio, "uac_refer_via_proxy.xml");
     assert_eq!(
         logged(&run.log, "REFER-TO"),
-        ["sip:deescalation@127.0.0.1"],
+        ["sip:deescalation@127.0.0.1:5070"],
         "{context}"
     );
     // Kamailio record-routed the INVITE (its address, loose routing) ...
@@ -412,7 +412,10 @@ fn kamailio_carries_a_declined_transfer_and_the_fallback_refer() {
     let (run, context) = call_through(&kamailio, "uac_refer_decline.xml");
     assert_eq!(
         logged(&run.log, "REFER-TO"),
-        ["sip:deescalation@127.0.0.1", "sip:default@127.0.0.1"],
+        [
+            "sip:deescalation@127.0.0.1:5070",
+            "sip:default@127.0.0.1:5070"
+        ],
         "{context}"
     );
     let ev = emonav.next_event(Duration::from_secs(5));
@@ -435,7 +438,7 @@ fn kamailio_challenges_the_refer_and_bye_and_emonav_answers_with_its_account() {
     let (run, context) = call_through(&kamailio, "uac_refer_via_proxy.xml");
     assert_eq!(
         logged(&run.log, "REFER-TO"),
-        ["sip:deescalation@127.0.0.1"],
+        ["sip:deescalation@127.0.0.1:5070"],
         "{context}"
     );
     for method in ["REFER", "BYE"] {

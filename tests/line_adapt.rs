@@ -48,5 +48,5 @@ fn later_calls_are_scored_through_the_line_and_it_survives_a_restart() {
     let emonav = Emonav::start_with_profile(&emonav.profile.clone());
     let ev = call(&emonav);
     assert_eq!(ev["line_adapted"], true, "{ev}");
-    assert_eq!(ev["queue"], "sip:standard@127.0.0.1", "{ev}");
+    assert_eq!(ev["queue"], "sip:standard@127.0.0.1:5070", "{ev}");
 }

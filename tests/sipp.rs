@@ -154,7 +154,7 @@ fn sipp_agitated_caller_is_referred_to_deescalation() {
     let emonav = Emonav::start("");
     let run = sipp(&emonav, "uac_refer.xml", None);
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1:5070"]);
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred");
     assert!(ev["answer_to_refer_ms"].as_u64().unwrap() <= 3500, "{ev}");
@@ -165,7 +165,7 @@ fn sipp_over_tcp_agitated_caller_is_referred_to_deescalation() {
     let emonav = Emonav::start("");
     let run = sipp_on(&emonav, "uac_refer.xml", None, true);
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1:5070"]);
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred");
     assert!(emonav
@@ -179,7 +179,7 @@ fn sipp_calm_caller_is_referred_to_standard() {
     let emonav = Emonav::start("");
     let run = sipp(&emonav, "uac_refer.xml", Some("calm-pcmu.pcap"));
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1:5070"]);
     assert_eq!(emonav.next_event(Duration::from_secs(5))["emotion"], "calm");
 }
 
@@ -189,7 +189,7 @@ fn sipp_calm_caller_on_alaw_is_referred_to_standard() {
     let emonav = Emonav::start("[media]\ncodecs = [\"pcma\"]\n");
     let run = sipp(&emonav, "uac_refer.xml", Some("calm-pcma.pcap"));
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1:5070"]);
     assert_eq!(emonav.next_event(Duration::from_secs(5))["codec"], "pcma");
 }
 
@@ -200,7 +200,10 @@ fn sipp_declined_transfer_falls_back_to_the_default_queue() {
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
     assert_eq!(
         refer_targets(&run.log),
-        ["sip:deescalation@127.0.0.1", "sip:default@127.0.0.1"]
+        [
+            "sip:deescalation@127.0.0.1:5070",
+            "sip:default@127.0.0.1:5070"
+        ]
     );
     assert_eq!(
         emonav.next_event(Duration::from_secs(5))["outcome"],
@@ -263,7 +266,7 @@ fn sipp_challenged_refer_and_bye_are_resent_with_credentials() {
         run.status,
         run.log
     );
-    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1:5070"]);
     assert!(run.log.contains("PROXY-AUTHORIZATION: "), "{}", run.log);
     assert!(run.log.contains("BYE AUTHORISED"), "{}", run.log);
     let ev = emonav.next_event(Duration::from_secs(5));
@@ -276,7 +279,7 @@ fn sipp_agitated_opus_caller_is_referred_to_deescalation() {
     let emonav = Emonav::start("");
     let run = sipp(&emonav, "uac_refer_opus.xml", Some("agitated-opus.pcap"));
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1:5070"]);
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(
         (&ev["codec"], &ev["outcome"]),
@@ -291,7 +294,7 @@ fn sipp_calm_opus_caller_is_referred_to_standard() {
     let emonav = Emonav::start("");
     let run = sipp(&emonav, "uac_refer_opus.xml", Some("calm-opus.pcap"));
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:standard@127.0.0.1:5070"]);
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(
         (&ev["codec"], &ev["emotion"]),
@@ -312,7 +315,7 @@ fn sipp_hold_and_unhold_by_reinvite_before_the_transfer() {
     );
     assert!(run.log.contains("HOLD-ANSWER: recvonly"), "{}", run.log);
     assert!(run.log.contains("UNHOLD-ANSWER: sendrecv"), "{}", run.log);
-    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1:5070"]);
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred", "{ev}");
     // The 4 s hold does not count against the 3 s decision deadline.
@@ -329,7 +332,7 @@ fn sipp_retransmitted_invite_is_one_call() {
         run.status,
         run.log
     );
-    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:deescalation@127.0.0.1:5070"]);
     assert_eq!(
         emonav.next_event(Duration::from_secs(5))["outcome"],
         "transferred"
@@ -357,11 +360,11 @@ fn sipp_keypad_zero_sends_the_caller_to_the_operator() {
         "{dtmf} comes with SIPp (Debian package sip-tester)"
     );
     let emonav = Emonav::start(
-        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1\"\n",
+        "[[policy.dtmf]]\ndigit = \"0\"\nlabel = \"operator\"\nqueue = \"sip:operator@127.0.0.1:5070\"\n",
     );
     let run = sipp(&emonav, "uac_refer.xml", Some(dtmf));
     assert!(run.status.success(), "sipp failed: {:?}", run.status);
-    assert_eq!(refer_targets(&run.log), ["sip:operator@127.0.0.1"]);
+    assert_eq!(refer_targets(&run.log), ["sip:operator@127.0.0.1:5070"]);
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["decision_reason"], "dtmf", "{ev}");
     assert_eq!(ev["outcome"], "transferred");

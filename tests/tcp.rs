@@ -184,7 +184,7 @@ fn call_over_tcp_is_transferred_on_the_same_connection() {
         .expect("REFER on the INVITE's connection");
     assert_eq!(
         refer.headers.get("Refer-To"),
-        Some("<sip:deescalation@127.0.0.1>")
+        Some("<sip:deescalation@127.0.0.1:5070>")
     );
     let via = refer.top_via().unwrap();
     assert_eq!(via.transport, "TCP");
@@ -212,7 +212,7 @@ fn call_over_tcp_is_transferred_on_the_same_connection() {
     caller.respond(&bye, 200, "OK");
     let ev = emonav.next_event(5 * S);
     assert_eq!(ev["outcome"], "transferred");
-    assert_eq!(ev["queue"], "sip:deescalation@127.0.0.1");
+    assert_eq!(ev["queue"], "sip:deescalation@127.0.0.1:5070");
 }
 
 #[test]
@@ -317,7 +317,7 @@ fn refer_opens_a_new_connection_to_the_contact_once_the_dialogs_one_is_closed() 
     assert_eq!(refer.top_via().unwrap().transport, "TCP");
     assert_eq!(
         refer.headers.get("Refer-To"),
-        Some("<sip:deescalation@127.0.0.1>")
+        Some("<sip:deescalation@127.0.0.1:5070>")
     );
     // Its 202 goes back on the connection emonav opened.
     back.respond(&refer, 202, "Accepted");

@@ -17,8 +17,10 @@ use emonav_sip::message::{Uri, Via};
 use emonav_sip::transaction::Timers;
 use emonav_sip::transport::Transport;
 
-/// Settings shared by every call, derived once from the profile.
-#[derive(Debug)]
+/// Settings shared by every call, derived once from the profile. A reload
+/// clones them with the new policy (src/lifecycle.rs); a call keeps the
+/// ones it started with.
+#[derive(Debug, Clone)]
 pub struct CallSettings {
     /// Transaction timers.
     pub timers: Timers,

@@ -179,7 +179,7 @@ fn no_audio_decides_default_queue_at_the_deadline() {
     };
     assert_eq!(
         refer.headers.get("Refer-To"),
-        Some("<sip:default@127.0.0.1>")
+        Some("<sip:default@127.0.0.1:5070>")
     );
     assert_eq!(refer.uri.to_string(), format!("sip:caller@{CALLER}"));
 }

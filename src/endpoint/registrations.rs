@@ -121,6 +121,13 @@ impl Registrations {
             .all(|s| matches!(s.reg.state(), State::Unregistered))
     }
 
+    /// Every account holds a binding (true without accounts): `/readyz`.
+    pub(crate) fn all_registered(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| matches!(s.reg.state(), State::Registered { .. }))
+    }
+
     /// What the registrations have to send or resolve; logs state changes.
     pub(crate) fn drain_output(&mut self) -> Vec<RegOutput> {
         let mut out = Vec::new();

@@ -390,3 +390,41 @@ fn framing_errors_answer_on_the_connection_and_count() {
     assert_eq!(metrics.sip_bad_request.load(Ordering::Relaxed), 3);
     assert_eq!(metrics.sip_unparseable.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn draining_refuses_new_calls_and_options_with_503_and_retry_after_but_routes_calls_in_progress() {
+    let mut ep = endpoint();
+    ep.insert_call("cid-1@test".into(), 7);
+    ep.drain(60);
+    let other_call = text("INVITE", TCP_VIA, None, "").replace("cid-1@test", "cid-2@test");
+    for (req, peer) in [
+        (other_call, tcp()),
+        (
+            text("OPTIONS", UDP_RPORT, None, "").replace("cid-1@test", "cid-3@test"),
+            udp(),
+        ),
+    ] {
+        let (r, t) = respond(&mut ep, &req, peer);
+        assert_eq!(r.code, 503, "{req}");
+        assert_eq!(r.headers.get("Retry-After"), Some("60"));
+        assert_eq!(t.transport, peer.transport);
+    }
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 0);
+    // The call in progress: its INVITE retransmission and its BYE reach it.
+    for m in [
+        text("INVITE", UDP_RPORT, None, ""),
+        text("BYE", UDP_RPORT, Some("ours"), ""),
+    ] {
+        assert!(
+            matches!(
+                handle(&mut ep, &m, udp()),
+                Some(Event::ToCall { handle: 7, .. })
+            ),
+            "{m}"
+        );
+    }
+    // In-dialog OPTIONS of no dialog is still 481, not 503.
+    ep.remove_call("cid-1@test");
+    let (r, _) = respond(&mut ep, &text("OPTIONS", UDP_RPORT, Some("x"), ""), udp());
+    assert_eq!(r.code, 481);
+}
