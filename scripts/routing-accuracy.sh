@@ -233,6 +233,8 @@ for ss in speakers:
     for rc in glob.glob(f"{fold}/calls/*.rc"):
         tag = os.path.basename(rc)[:-3]
         clip, cond = tag.rsplit(".", 1)
+        if cond not in live:
+            continue  # a condition of an earlier run in the same --work dir
         e = ev.get(tag)
         ok = open(rc).read().strip() == "0" and e is not None and e["outcome"] == "transferred"
         if e is not None:
