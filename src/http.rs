@@ -1,5 +1,5 @@
-//! `/healthz` and `/metrics` over HTTP/1.1 (RFC 9112), one request per
-//! connection. A dozen lines of HTTP do not justify an HTTP framework yet;
+//! `/healthz`, `/metrics` and `/decisions/{key}` (src/decisions.rs) over
+//! HTTP/1.1 (RFC 9112), one request per connection. A dozen lines of HTTP do not justify an HTTP framework yet;
 //! the dashboard will bring one.
 
 use std::sync::Arc;
@@ -7,15 +7,17 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::decisions::{self, Decisions};
 use crate::events::Metrics;
 
-/// Serve `/healthz` and `/metrics` on `listener`, forever.
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// Serve `/healthz`, `/metrics` and `/decisions/` on `listener`, forever.
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<Decisions>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             // Read the request head (bounded in size and time); the body, if
             // any, is of no interest.
@@ -37,13 +39,17 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             }
             let line = String::from_utf8_lossy(&req[..n]);
             let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/metrics" => ("200 OK", metrics.render()),
-                _ => ("404 Not Found", "not found\n".to_string()),
+            let text = "text/plain; version=0.0.4";
+            let (status, ctype, body) = match path {
+                "/healthz" => ("200 OK", text, "ok\n".to_string()),
+                "/metrics" => ("200 OK", text, metrics.render()),
+                p => match decisions::get(&store, p).await {
+                    Some(answer) => answer,
+                    None => ("404 Not Found", text, "not found\n".to_string()),
+                },
             };
             let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(resp.as_bytes()).await;

@@ -16,7 +16,7 @@
 //!   clock [`Decider`] (also driven by `emonav analyze`);
 //! - one call driven without sockets (the allocation test): [`Call`],
 //!   [`CallSettings`], and what it emits, [`Output`], [`Transmit`],
-//!   [`Socket`];
+//!   [`Socket`], [`DecisionNote`] and [`PublishedDecision`];
 //! - the pieces benched or checked on their own: [`RtpReceiver`] and
 //!   [`RtpEvent`], [`parse_sdp`] and [`CodecName`].
 //!
@@ -26,6 +26,7 @@
 mod adapt;
 mod call;
 mod config;
+mod decisions;
 mod endpoint;
 mod events;
 mod http;
@@ -36,6 +37,7 @@ mod server;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::Profile;
+pub use decisions::{DecisionNote, PublishedDecision};
 pub use events::EventSink;
 pub use media::rtp::{RtpEvent, RtpReceiver};
 pub use policy::{Decider, Decision, Policy};

@@ -47,8 +47,9 @@ pub(super) fn outputs(call: &mut Call) -> Vec<Output<'static>> {
                 payload: Cow::Owned(t.payload.into_owned()),
                 ..t
             })),
-            Output::Transmit(_) => {}
+            Output::Transmit(_) | Output::Decision(_) => {}
             Output::Record(r) => out.push(Output::Record(r)),
+            Output::Alias(a) => out.push(Output::Alias(a)),
         }
     }
     out
@@ -79,7 +80,7 @@ fn sent(call: &mut Call) -> Vec<Message> {
         .into_iter()
         .filter_map(|o| match o {
             Output::Transmit(t) => Some(parse_datagram(&t.payload).unwrap()),
-            Output::Record(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -262,6 +263,7 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
                 assert_eq!(r.code, 200);
             }
             Output::Record(r) => rec = Some(r),
+            _ => {}
         }
     }
     assert_eq!(sends, 1);
