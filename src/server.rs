@@ -260,12 +260,14 @@ async fn sip_loop(
         tokio::select! {
             r = shared.sip.recv_from(&mut buf) => match r {
                 Ok((n, src)) => {
+                    add_aliases(&mut endpoint, &mut alias_rx);
                     let event = endpoint.handle_datagram(&buf[..n], src, Instant::now().into_std());
                     execute(&shared, &mut endpoint, &ended, event);
                 }
                 Err(e) => tracing::warn!(error = %e, "SIP socket receive error"),
             },
             Some((msg, peer)) = inbound.recv() => {
+                add_aliases(&mut endpoint, &mut alias_rx);
                 let event = endpoint.handle(msg, peer, Instant::now().into_std());
                 execute(&shared, &mut endpoint, &ended, event);
             }
@@ -312,6 +314,19 @@ async fn sip_loop(
             }
         }
         flush_registrations(&shared, &mut endpoint, &resolved_tx);
+    }
+}
+
+/// Route the Call-IDs calls announced before reading the next message: a
+/// call announces its queue leg's before sending the INVITE, so the first
+/// response to it already finds the call (a plain select could read the
+/// datagram first).
+fn add_aliases(
+    endpoint: &mut Endpoint<CallTx>,
+    rx: &mut mpsc::UnboundedReceiver<(String, CallTx)>,
+) {
+    while let Ok((id, tx)) = rx.try_recv() {
+        endpoint.insert_call(id, tx);
     }
 }
 
