@@ -9,9 +9,9 @@
 //! [`get`], a function of the request path that any HTTP server can route
 //! to (src/http.rs does it by hand today).
 //!
-//! Bounded: entries live [`RETAIN`] after their call ended, at most
-//! [`CAPACITY`] keys (the oldest ended ones go first; beyond that a new call
-//! is not published, and a warning says so).
+//! Bounded: at most [`CAPACITY`] keys. Once half of that is in use, entries
+//! whose call ended more than [`RETAIN`] ago are dropped as new calls come;
+//! a call that finds the store full is not published (a warning says so).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
