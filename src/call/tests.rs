@@ -1490,7 +1490,11 @@ fn b2bua_settings() -> Arc<CallSettings> {
 /// A `b2bua` call decided at the deadline (no audio: the default queue):
 /// the call and our INVITE to the queue.
 fn bridging(t0: Instant) -> (Call, Request) {
-    let mut call = offered_with(b2bua_settings(), t0);
+    bridging_with(b2bua_settings(), t0)
+}
+
+fn bridging_with(s: Arc<CallSettings>, t0: Instant) -> (Call, Request) {
+    let mut call = offered_with(s, t0);
     call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
     call.handle_timeout(t0 + Duration::from_secs(3));
     let out = outputs(&mut call);
@@ -1728,4 +1732,76 @@ fn decision_only_hangs_up_with_the_decision_in_the_bye() {
     );
     call.handle_response(&response_to(&msgs[0], 200), t0 + Duration::from_secs(3));
     assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Decided);
+}
+
+#[test]
+fn b2bua_answers_the_queues_challenge_once() {
+    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"b2bua\"\n", "p").unwrap();
+    let mut s = CallSettings::from_profile(&p, 5060);
+    s.credentials = with_credentials(Some("pbx")).credentials.clone();
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging_with(Arc::new(s), t0);
+    let t = t0 + Duration::from_millis(3100);
+    call.handle_response(&challenge(&Message::Request(inv.clone()), 407), t);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "INVITE"]);
+    let Message::Request(again) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(again.call_id(), inv.call_id());
+    assert_eq!(again.headers.get("CSeq"), Some("2 INVITE"));
+    assert_ne!(
+        again.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    let auth = again.headers.get("Proxy-Authorization").unwrap();
+    assert!(
+        auth.contains("username=\"emonav\"") && auth.contains("uri=\"sip:default@127.0.0.1\""),
+        "{auth}"
+    );
+    // Refused again: the credentials are wrong; no third try, the caller gets the reason.
+    call.handle_response(&challenge(&out[1], 407), t);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "BYE"]);
+    let Message::Request(bye) = &out[1] else {
+        unreachable!()
+    };
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=407"));
+}
+
+#[test]
+fn b2bua_caller_refusing_the_reinvite_ends_both_legs_with_the_reason() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    let t = t0 + Duration::from_millis(3100);
+    let sdp = "v=0\r\no=agent 5 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 7000 RTP/AVP 18\r\n";
+    call.handle_response(
+        &queue_response(&inv, 200, "Contact: <sip:agent@192.0.2.7:5062>", sdp),
+        t,
+    );
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["INVITE"]);
+    call.handle_response(&response_to(&out[0], 488), t);
+    let out = sent(&mut call);
+    // ACK of the 488; the queue's 2xx ACKed, then BYE; BYE to the caller with the reason.
+    assert_eq!(codes(&out), ["ACK", "ACK", "BYE", "BYE"]);
+    let calls: Vec<_> = out
+        .iter()
+        .map(|m| match m {
+            Message::Request(r) => r.call_id().unwrap().to_string(),
+            Message::Response(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(calls[0], "unit-1");
+    assert_eq!(calls[1], inv.call_id().unwrap());
+    assert_eq!(calls[2], inv.call_id().unwrap());
+    assert_eq!(calls[3], "unit-1");
+    let Message::Request(bye) = &out[3] else {
+        unreachable!()
+    };
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=488"));
+    call.handle_response(&response_to(&out[3], 200), t);
+    let rec = ended(&mut call).unwrap();
+    assert_eq!(rec.outcome, Outcome::Failed);
+    assert_eq!(rec.bridge_attempts[0].caller_reinvite, Some(488));
 }
