@@ -327,6 +327,18 @@ pub enum TransferMode {
     DecisionOnly,
 }
 
+impl TransferMode {
+    /// The profile's spelling: `refer`, `b2bua`, `refer_then_b2bua`, `decision_only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferMode::Refer => "refer",
+            TransferMode::B2bua => "b2bua",
+            TransferMode::ReferThenB2bua => "refer_then_b2bua",
+            TransferMode::DecisionOnly => "decision_only",
+        }
+    }
+}
+
 /// `[transfer]`: how a decided call reaches its queue.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -669,13 +669,7 @@ impl Call {
 
 /// The profile's transfer mode as it appears in records and decisions.
 pub(crate) fn transfer_mode_name(m: crate::config::TransferMode) -> &'static str {
-    use crate::config::TransferMode;
-    match m {
-        TransferMode::Refer => "refer",
-        TransferMode::B2bua => "b2bua",
-        TransferMode::ReferThenB2bua => "refer_then_b2bua",
-        TransferMode::DecisionOnly => "decision_only",
-    }
+    m.name()
 }
 
 /// A media session's packet as an output.
