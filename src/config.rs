@@ -314,7 +314,36 @@ pub enum Fallback {
     Hangup,
 }
 
-/// `[transfer]`: REFER behaviour.
+/// How a decided call reaches its queue (`[transfer] transfer_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// In-dialog REFER only (RFC 3515).
+    Refer,
+    /// Third-party call control (RFC 3725): emonav calls the queue and
+    /// stays in the signalling path as a B2BUA; media flows caller ↔ queue.
+    B2bua,
+    /// REFER, and third-party call control when REFER cannot pass (the
+    /// caller's `Allow` lacks REFER, or the REFER is refused or times out).
+    ReferThenB2bua,
+    /// Publish the decision (HTTP `/decisions/{key}`, headers of our BYE)
+    /// and hang up: the PBX routes the call itself.
+    DecisionOnly,
+}
+
+impl TransferMode {
+    /// The profile's spelling: `refer`, `b2bua`, `refer_then_b2bua`, `decision_only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransferMode::Refer => "refer",
+            TransferMode::B2bua => "b2bua",
+            TransferMode::ReferThenB2bua => "refer_then_b2bua",
+            TransferMode::DecisionOnly => "decision_only",
+        }
+    }
+}
+
+/// `[transfer]`: how a decided call reaches its queue.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransferConfig {
@@ -322,6 +351,14 @@ pub struct TransferConfig {
     pub notify_timeout_ms: u64,
     /// What to do when the transfer fails.
     pub fallback: Fallback,
+    /// REFER, B2BUA (RFC 3725), REFER then B2BUA, or decision only.
+    pub transfer_mode: TransferMode,
+    /// Where our INVITEs to queues go (B2BUA): a SIP URI with an IP literal
+    /// host, sent a `Route` with `;lr`; `None`: the queue URI's host when it
+    /// is an IP literal, else the caller's previous hop.
+    pub outbound_proxy: Option<String>,
+    /// How long a queue may ring before we CANCEL and try the next (ms).
+    pub queue_answer_timeout_ms: u64,
 }
 
 impl Default for TransferConfig {
@@ -329,7 +366,19 @@ impl Default for TransferConfig {
         Self {
             notify_timeout_ms: 10_000,
             fallback: Fallback::DefaultQueueThenHangup,
+            transfer_mode: TransferMode::Refer,
+            outbound_proxy: None,
+            queue_answer_timeout_ms: 30_000,
         }
+    }
+}
+
+impl TransferConfig {
+    /// `outbound_proxy`, parsed (validated when the profile was loaded).
+    pub fn outbound_proxy_uri(&self) -> Option<Uri> {
+        self.outbound_proxy
+            .as_deref()
+            .and_then(|p| Uri::parse(p).ok())
     }
 }
 
@@ -517,6 +566,17 @@ impl Profile {
                 }
             }
         }
+        if let Some(p) = &self.transfer.outbound_proxy {
+            let uri = Uri::parse(p).map_err(|e| format!("transfer.outbound_proxy {p:?}: {e}"))?;
+            if emonav_sip::dialog::uri_socket_addr(&uri).is_none() {
+                return Err(format!(
+                    "transfer.outbound_proxy {p:?}: the host must be an IP literal (no DNS here)"
+                ));
+            }
+        }
+        if self.transfer.queue_answer_timeout_ms == 0 {
+            return Err("transfer.queue_answer_timeout_ms must be > 0".into());
+        }
         if !(0.0..=1.0).contains(&self.adapt.strength) {
             return Err("adapt.strength must be in [0, 1]".into());
         }
@@ -696,6 +756,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("password"), "{err}");
+    }
+
+    #[test]
+    fn transfer_mode_defaults_to_refer_and_the_proxy_must_be_an_ip_uri() {
+        let p = Profile::from_toml("", "p").unwrap();
+        assert_eq!(p.transfer.transfer_mode, TransferMode::Refer);
+        let p = Profile::from_toml(
+            "[transfer]\ntransfer_mode = \"refer_then_b2bua\"\noutbound_proxy = \"sip:127.0.0.1:5070\"\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(p.transfer.transfer_mode, TransferMode::ReferThenB2bua);
+        assert_eq!(p.transfer.outbound_proxy_uri().unwrap().port, Some(5070));
+        let err = Profile::from_toml("[transfer]\noutbound_proxy = \"sip:sbc.example\"\n", "p")
+            .unwrap_err();
+        assert!(err.to_string().contains("IP literal"), "{err}");
+        let err = Profile::from_toml("[transfer]\ntransfer_mode = \"bridge\"\n", "p").unwrap_err();
+        assert!(err.to_string().contains("bridge"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum Outcome {
     NoAck,
     /// The caller did not refresh the session timer (RFC 4028 §10): we sent BYE.
     SessionExpired,
+    /// Connected to a queue by third-party call control (RFC 3725), emonav
+    /// in the signalling path until either side hung up.
+    Bridged,
+    /// Decision published (`decision_only`), then our BYE: the PBX routes.
+    Decided,
 }
 
 /// One transfer attempt.
@@ -50,6 +55,17 @@ pub struct ReferAttempt {
     pub response: Option<u16>,
     /// Last sipfrag status in a NOTIFY.
     pub notify_status: Option<u16>,
+}
+
+/// One INVITE of ours to a queue (third-party call control, RFC 3725).
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeAttempt {
+    /// The queue's URI.
+    pub target: String,
+    /// Final response to our INVITE (None: none yet, or we gave up on it).
+    pub response: Option<u16>,
+    /// The caller's final response to our re-INVITE with the queue's SDP.
+    pub caller_reinvite: Option<u16>,
 }
 
 /// Media-plane counters beyond the receiver's.
@@ -114,6 +130,12 @@ pub struct CallRecord {
     pub refer_attempts: Vec<ReferAttempt>,
     /// Outcome.
     pub outcome: Outcome,
+    /// The profile's `[transfer] transfer_mode`.
+    pub transfer_mode: &'static str,
+    /// Third-party call control attempts in order (B2BUA modes).
+    pub bridge_attempts: Vec<BridgeAttempt>,
+    /// Why the call did not reach a queue, when it did not.
+    pub failure_cause: Option<String>,
     /// Scored through the line's statistics (`[adapt]`, src/adapt.rs).
     pub line_adapted: bool,
     /// The call's whole-call feature vector, for the line statistics (not
@@ -205,6 +227,12 @@ pub(crate) struct Metrics {
     pub rtp_late: AtomicU64,
     /// RTP datagrams from other sources than the latched one (summed at call end).
     pub rtp_stray: AtomicU64,
+    /// Calls connected to a queue by third-party call control (RFC 3725).
+    pub calls_bridged: AtomicU64,
+    /// Calls whose decision was published and the PBX left to route.
+    pub calls_decided: AtomicU64,
+    /// Calls failed after third-party call control was tried.
+    pub calls_bridge_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -217,6 +245,15 @@ impl Metrics {
             }
             Outcome::Failed | Outcome::NoAck | Outcome::SessionExpired => {
                 self.calls_failed.fetch_add(1, Ordering::Relaxed);
+                if !r.bridge_attempts.is_empty() {
+                    self.calls_bridge_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Outcome::Bridged => {
+                self.calls_bridged.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Decided => {
+                self.calls_decided.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -333,6 +370,40 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             ));
         }
+        self.render_by_mode(&mut s);
         s
+    }
+
+    /// Calls that reached a queue, and calls that did not, by how emonav
+    /// routed them (REFER, third-party call control, decision published).
+    fn render_by_mode(&self, s: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let failed = load(&self.calls_failed);
+        let bridge_failed = load(&self.calls_bridge_failed);
+        s.push_str(
+            "# HELP emonav_calls_routed_total Calls that reached a queue, by mode\n\
+             # TYPE emonav_calls_routed_total counter\n",
+        );
+        for (mode, v) in [
+            ("refer", load(&self.calls_transferred)),
+            ("b2bua", load(&self.calls_bridged)),
+            ("decision", load(&self.calls_decided)),
+        ] {
+            s.push_str(&format!(
+                "emonav_calls_routed_total{{mode=\"{mode}\"}} {v}\n"
+            ));
+        }
+        s.push_str(
+            "# HELP emonav_calls_route_failed_total Calls that reached no queue, by the last mode tried\n\
+             # TYPE emonav_calls_route_failed_total counter\n",
+        );
+        for (mode, v) in [
+            ("refer", failed.saturating_sub(bridge_failed)),
+            ("b2bua", bridge_failed),
+        ] {
+            s.push_str(&format!(
+                "emonav_calls_route_failed_total{{mode=\"{mode}\"}} {v}\n"
+            ));
+        }
     }
 }

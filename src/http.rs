@@ -1,5 +1,5 @@
-//! `/healthz`, `/readyz`, `/metrics` and `POST /reload` over HTTP/1.1
-//! (RFC 9112), one request per connection. A dozen lines of HTTP do not justify an HTTP framework yet;
+//! `/healthz`, `/readyz`, `/metrics`, `POST /reload` and `/decisions/{key}`
+//! (src/decisions.rs) over HTTP/1.1 (RFC 9112), one request per connection. A dozen lines of HTTP do not justify an HTTP framework yet;
 //! the dashboard will bring one.
 
 use std::net::SocketAddr;
@@ -8,17 +8,24 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::decisions::{self, Decisions};
 use crate::events::Metrics;
 use crate::lifecycle::Lifecycle;
 
 /// Serve on `listener`, forever.
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, life: Arc<Lifecycle>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    life: Arc<Lifecycle>,
+    store: Arc<Decisions>,
+) {
     loop {
         let Ok((mut stream, peer)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
         let life = life.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             // Read the request head (bounded in size and time); the body, if
             // any, is of no interest.
@@ -42,18 +49,25 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, life: Ar
             let mut words = line.split_whitespace();
             let method = words.next().unwrap_or("GET");
             let path = words.next().unwrap_or("/");
-            let (status, body) = match (method, path) {
-                (_, "/reload") => reload(method, peer, &life).await,
+            let text = "text/plain; version=0.0.4";
+            let (status, ctype, body) = match (method, path) {
+                (_, "/reload") => {
+                    let (status, body) = reload(method, peer, &life).await;
+                    (status, text, body)
+                }
                 (_, "/readyz") => match life.not_ready() {
-                    None => ("200 OK", "ready\n".to_string()),
-                    Some(why) => ("503 Service Unavailable", format!("{why}\n")),
+                    None => ("200 OK", text, "ready\n".to_string()),
+                    Some(why) => ("503 Service Unavailable", text, format!("{why}\n")),
                 },
-                (_, "/healthz") => ("200 OK", "ok\n".to_string()),
-                (_, "/metrics") => ("200 OK", metrics.render()),
-                _ => ("404 Not Found", "not found\n".to_string()),
+                (_, "/healthz") => ("200 OK", text, "ok\n".to_string()),
+                (_, "/metrics") => ("200 OK", text, metrics.render()),
+                (_, p) => match decisions::get(&store, p).await {
+                    Some(answer) => answer,
+                    None => ("404 Not Found", text, "not found\n".to_string()),
+                },
             };
             let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(resp.as_bytes()).await;

@@ -18,7 +18,7 @@
 //!   clock [`Decider`] (also driven by `emonav analyze`);
 //! - one call driven without sockets (the allocation test): [`Call`],
 //!   [`CallSettings`], and what it emits, [`Output`], [`Transmit`],
-//!   [`Socket`];
+//!   [`Socket`], [`DecisionNote`] and [`PublishedDecision`];
 //! - the pieces benched or checked on their own: [`RtpReceiver`] and
 //!   [`RtpEvent`], [`parse_sdp`] and [`CodecName`].
 //!
@@ -28,6 +28,7 @@
 mod adapt;
 mod call;
 mod config;
+mod decisions;
 mod endpoint;
 mod events;
 mod http;
@@ -39,6 +40,7 @@ mod server;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::{ConfigError, Profile};
+pub use decisions::{DecisionNote, PublishedDecision};
 pub use events::EventSink;
 pub use lifecycle::ServerHandle;
 pub use media::rtp::{RtpEvent, RtpReceiver};

@@ -283,6 +283,14 @@ fn check_config(source: &ProfileSource) -> anyhow::Result<()> {
         println!("  key {:<17} digit {} -> {}", r.label, r.digit, r.queue);
     }
     println!("  default queue         {}", p.policy.default_queue);
+    println!(
+        "  transfer mode         {}, queues via {}",
+        p.transfer.transfer_mode.name(),
+        p.transfer
+            .outbound_proxy
+            .as_deref()
+            .unwrap_or("the queue URI or the caller's previous hop")
+    );
     if p.adapt.enabled {
         println!(
             "  line adaptation       after {} calls, window {}, strength {}, {}",

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::call::{Call, CallSettings, Output};
 use crate::config::Profile;
+use crate::decisions::Decisions;
 use crate::endpoint::registrations::accounts;
 use crate::endpoint::{
     self, offer, DropLog, Endpoint, Event, Offer, RegOutput, Registrations, Transmit,
@@ -80,6 +81,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Messages dropped on full call queues.
     call_drops: DropLog,
+    /// Published routing decisions (`GET /decisions/{key}`).
+    decisions: Arc<Decisions>,
     rtp_ip: std::net::IpAddr,
     rtp_advertised: std::net::IpAddr,
     rtp_range: (u16, u16),
@@ -123,6 +126,7 @@ impl Server {
             events,
             metrics: Arc::new(Metrics::default()),
             call_drops: DropLog::new(now),
+            decisions: Arc::new(Decisions::default()),
             rtp_ip: profile.sip.listen.ip(),
             rtp_advertised: profile.advertised_ip(),
             rtp_range: (lo, hi),
@@ -185,6 +189,7 @@ impl Server {
                 listener,
                 self.shared.metrics.clone(),
                 self.shared.life.clone(),
+                self.shared.decisions.clone(),
             ));
         }
         if let Some(listener) = self.tcp {
@@ -270,6 +275,12 @@ async fn sip_loop(
     // network.
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
     let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel::<Resolved>();
+    // A call's other Call-IDs (its B2BUA queue legs): one per queue tried.
+    let (alias_tx, mut alias_rx) = mpsc::unbounded_channel::<(String, CallTx)>();
+    let ended = Ended {
+        ended: ended_tx,
+        alias: alias_tx,
+    };
     let mut buf = vec![0u8; 65_535];
     flush_registrations(&shared, &mut endpoint, &resolved_tx);
     loop {
@@ -280,16 +291,19 @@ async fn sip_loop(
         tokio::select! {
             r = shared.sip.recv_from(&mut buf) => match r {
                 Ok((n, src)) => {
+                    add_aliases(&mut endpoint, &mut alias_rx);
                     let event = endpoint.handle_datagram(&buf[..n], src, Instant::now().into_std());
-                    execute(&shared, &mut endpoint, &ended_tx, event);
+                    execute(&shared, &mut endpoint, &ended, event);
                 }
                 Err(e) => tracing::warn!(error = %e, "SIP socket receive error"),
             },
             Some((msg, peer)) = inbound.recv() => {
+                add_aliases(&mut endpoint, &mut alias_rx);
                 let event = endpoint.handle(msg, peer, Instant::now().into_std());
-                execute(&shared, &mut endpoint, &ended_tx, event);
+                execute(&shared, &mut endpoint, &ended, event);
             }
             Some(id) = ended_rx.recv() => endpoint.remove_call(&id),
+            Some((id, tx)) = alias_rx.recv() => endpoint.insert_call(id, tx),
             Some((i, addr)) = resolved_rx.recv() => endpoint.registrations().resolved(i, addr),
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                 endpoint.registrations().handle_timeout(Instant::now().into_std());
@@ -354,6 +368,19 @@ async fn sip_loop(
     }
 }
 
+/// Route the Call-IDs calls announced before reading the next message: a
+/// call announces its queue leg's before sending the INVITE, so the first
+/// response to it already finds the call (a plain select could read the
+/// datagram first).
+fn add_aliases(
+    endpoint: &mut Endpoint<CallTx>,
+    rx: &mut mpsc::UnboundedReceiver<(String, CallTx)>,
+) {
+    while let Ok((id, tx)) = rx.try_recv() {
+        endpoint.insert_call(id, tx);
+    }
+}
+
 /// Send what the registrations have to send; resolve registrar names.
 fn flush_registrations(
     shared: &Shared,
@@ -387,7 +414,7 @@ fn flush_registrations(
 fn execute(
     shared: &Arc<Shared>,
     endpoint: &mut Endpoint<CallTx>,
-    ended: &mpsc::UnboundedSender<String>,
+    ended: &Ended,
     mut event: Option<Event<CallTx>>,
 ) {
     while let Some(ev) = event.take() {
@@ -399,13 +426,14 @@ fn execute(
                 peer,
             } => {
                 let (tx, rx) = mpsc::channel(CALL_QUEUE);
+                let me = tx.downgrade();
                 endpoint.insert_call(call_id, tx);
                 let active = shared.life.call_started();
                 tokio::spawn(call_task(
                     shared.clone(),
                     invite,
                     peer,
-                    rx,
+                    (rx, me),
                     ended.clone(),
                     active,
                 ));
@@ -436,6 +464,15 @@ fn execute(
             }
         }
     }
+}
+
+/// How a call task tells the SIP task about its Call-IDs.
+#[derive(Clone)]
+struct Ended {
+    /// A Call-ID no longer routed (the call ended).
+    ended: mpsc::UnboundedSender<String>,
+    /// Route another Call-ID to a call.
+    alias: mpsc::UnboundedSender<(String, CallTx)>,
 }
 
 /// A stateless response, on the transport (and connection) the request came on.
@@ -518,10 +555,11 @@ async fn call_task(
     shared: Arc<Shared>,
     invite: Request,
     peer: Peer,
-    mut rx: mpsc::Receiver<CallInput>,
-    ended: mpsc::UnboundedSender<String>,
+    (mut rx, me): (mpsc::Receiver<CallInput>, mpsc::WeakSender<CallInput>),
+    ended: Ended,
     mut active: ActiveCall,
 ) {
+    let mut aliases: Vec<String> = Vec::new();
     use crate::call::{Socket, Transmit};
     let src = peer.addr;
     let call_id = invite.call_id().unwrap_or("").to_string();
@@ -539,7 +577,7 @@ async fn call_task(
             503,
             "Service Unavailable (no media port)",
         );
-        let _ = ended.send(call_id);
+        let _ = ended.ended.send(call_id);
         return;
     };
     let local_rtp = match rtp.local_addr() {
@@ -558,7 +596,7 @@ async fn call_task(
         Ok(c) => c,
         Err(e) => {
             reply(&shared, &invite, peer, 400, &format!("Bad Request ({e})"));
-            let _ = ended.send(call_id);
+            let _ = ended.ended.send(call_id);
             return;
         }
     };
@@ -602,6 +640,15 @@ async fn call_task(
                     shared.events.write(&record);
                     active.done();
                 }
+                Output::Alias(id) => {
+                    if let Some(tx) = me.upgrade() {
+                        let _ = ended.alias.send((id.clone(), tx));
+                        aliases.push(id);
+                    }
+                }
+                Output::Decision(note) => {
+                    shared.decisions.note(note, Instant::now().into_std());
+                }
             }
         }
         if call.is_finished() {
@@ -633,7 +680,9 @@ async fn call_task(
             }
         }
     }
-    let _ = ended.send(call_id);
+    for id in aliases.into_iter().chain([call_id]) {
+        let _ = ended.ended.send(id);
+    }
 }
 
 async fn recv_rtp(

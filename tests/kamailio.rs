@@ -451,3 +451,143 @@ fn kamailio_challenges_the_refer_and_bye_and_emonav_answers_with_its_account() {
     let ev = emonav.next_event(Duration::from_secs(5));
     assert_eq!(ev["outcome"], "transferred", "{ev}\n{context}");
 }
+
+/// SIPp in the background with `subs` replacing `[key]` in the scenario
+/// text: a client of `remote`, or (`None`) a server on `port`.
+fn spawn_sipp(
+    scenario: &str,
+    remote: Option<SocketAddr>,
+    port: u16,
+    subs: &[(&str, String)],
+) -> (Child, PathBuf) {
+    let dir = temp_dir("sipp");
+    let mut xml = std::fs::read_to_string(root().join("tests/sipp").join(scenario)).unwrap();
+    let audio = root().join("tests/fixtures/agitated-pcmu.pcap");
+    xml = xml.replace("../fixtures/agitated-pcmu.pcap", audio.to_str().unwrap());
+    for (k, v) in subs {
+        xml = xml.replace(&format!("[{k}]"), v);
+    }
+    let sf = dir.join(scenario);
+    std::fs::write(&sf, xml).unwrap();
+    let mut cmd = Command::new("sipp");
+    if let Some(r) = remote {
+        cmd.arg(r.to_string());
+    }
+    let media = 30_000 + 4 * fastrand::u16(0..5_000);
+    cmd.arg("-sf")
+        .arg(&sf)
+        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+        .args(["-p", &port.to_string(), "-mp", &media.to_string()])
+        .args([
+            "-timeout",
+            "40",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_logs",
+        ])
+        .arg("-log_file")
+        .arg(dir.join("actions.log"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    (cmd.spawn().expect("sipp is installed"), dir)
+}
+
+/// Wait for a SIPp started by [`spawn_sipp`]: (success, log, errors).
+fn finish_sipp((mut child, dir): (Child, PathBuf), timeout: Duration) -> (bool, String, String) {
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    (status.success(), read("actions.log"), read("errors.log"))
+}
+
+#[test]
+fn kamailio_carries_both_b2bua_legs_when_the_refer_is_refused() {
+    // Issue 16: the caller's PBX refuses REFER (405); emonav calls the queue
+    // through Kamailio ([transfer] outbound_proxy), which record-routes the
+    // queue leg as it does the caller's.
+    let kamailio = Kamailio::start_with(&["WITH_RELAY_TO_URI"]);
+    let q = free_port();
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let queue = format!("sip:agents@127.0.0.1:{q}");
+    let extra = format!(
+        "[transfer]\ntransfer_mode = \"refer_then_b2bua\"\noutbound_proxy = \"sip:{k}\"\n\
+         [policy]\ndecision_deadline_ms = 2000\n\
+         [[policy.rules]]\nlabel = \"agitated\"\narousal_min = 0.5\nqueue = \"{queue}\"\n\
+         [[policy.rules]]\nlabel = \"calm\"\narousal_max = 0.5\nqueue = \"{queue}\"\n",
+        k = kamailio.addr
+    );
+    let emonav = emonav_registered_to(&kamailio, "secret", &extra);
+    assert!(emonav
+        .wait_log(": registered", Duration::from_secs(10))
+        .is_some());
+    let queue_sipp = spawn_sipp(
+        "uas_queue.xml",
+        None,
+        q,
+        &[
+            ("rtp_port", rtp_port.to_string()),
+            ("bye_side", "caller".into()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    rtp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(12);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok((len, _)) = rtp.recv_from(&mut buf) {
+                n += usize::from(len > 12 && buf[0] >> 6 == 2);
+            }
+        }
+        n
+    });
+    let caller = spawn_sipp(
+        "uac_b2bua.xml",
+        Some(kamailio.addr),
+        free_port(),
+        &[("refer_code", "405".into())],
+    );
+    let (caller_ok, caller_log, caller_err) = finish_sipp(caller, Duration::from_secs(40));
+    let (queue_ok, queue_log, queue_err) = finish_sipp(queue_sipp, Duration::from_secs(20));
+    let context = format!(
+        "caller:\n{caller_log}\n{caller_err}\nqueue:\n{queue_log}\n{queue_err}\nKamailio:\n{}",
+        kamailio.log_text()
+    );
+    assert!(caller_ok && queue_ok, "{context}");
+    let ev = emonav.next_event(Duration::from_secs(10));
+    assert_eq!(ev["outcome"], "bridged", "{ev}\n{context}");
+    let log = kamailio.log_text();
+    assert!(
+        log.contains(&format!("initial INVITE relayed to {queue}")),
+        "the queue leg went through the proxy\n{context}"
+    );
+    assert!(
+        log.contains("in-dialog ACK loose-routed to sip:agent@127.0.0.1"),
+        "the queue's ACK followed its Record-Route\n{context}"
+    );
+    assert!(
+        log.contains("in-dialog BYE loose-routed to sip:agent@127.0.0.1"),
+        "the relayed BYE followed it too\n{context}"
+    );
+    let packets = counter.join().unwrap();
+    assert!(
+        packets >= 50,
+        "{packets} RTP packets at the queue\n{context}"
+    );
+}

@@ -1,10 +1,13 @@
-//! Dialogs (RFC 3261 §12) on the UAS side: the state created by answering an
-//! INVITE, used to build in-dialog requests (§12.2.1.1) and to check incoming
-//! ones (§12.2.2). Loose routing (§16.12, `;lr`) decides the next hop.
+//! Dialogs (RFC 3261 §12): the state created by answering an INVITE (UAS,
+//! §12.1.1) or by the 2xx to one we sent (UAC, §12.1.2), used to build
+//! in-dialog requests (§12.2.1.1) and to check incoming ones (§12.2.2).
+//! Loose routing (§16.12, `;lr`) decides the next hop. The requests a UAC
+//! builds from its INVITE alone are here too: the ACK of a non-2xx
+//! (§17.1.1.3) and CANCEL (§9.1).
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::message::{CSeq, Headers, Method, NameAddr, Request, Uri, Via};
+use super::message::{CSeq, Headers, Method, NameAddr, Request, Response, Uri, Via};
 use crate::header;
 
 /// Why an in-dialog request is refused.
@@ -88,6 +91,68 @@ impl Dialog {
         })
     }
 
+    /// Create the dialog from the 2xx to an INVITE we sent (§12.1.2): the
+    /// route set is the 2xx's Record-Route reversed, the remote target its
+    /// Contact, our CSeq the INVITE's.
+    pub fn from_2xx(invite: &Request, resp: &Response) -> Result<Dialog, DialogError> {
+        let call_id = invite
+            .call_id()
+            .ok_or(DialogError::Malformed(header::CALL_ID))?
+            .to_string();
+        let local = invite.from().ok_or(DialogError::Malformed(header::FROM))?;
+        let local_tag = local
+            .tag()
+            .ok_or(DialogError::Malformed("From tag"))?
+            .to_string();
+        let remote = resp.to().ok_or(DialogError::Malformed(header::TO))?;
+        let remote_tag = remote
+            .tag()
+            .ok_or(DialogError::Malformed("To tag"))?
+            .to_string();
+        let cseq = invite.cseq().ok_or(DialogError::Malformed(header::CSEQ))?;
+        let remote_target = resp
+            .headers
+            .get(header::CONTACT)
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|c| c.uri)
+            .ok_or(DialogError::Malformed(header::CONTACT))?;
+        let mut route_set = resp
+            .headers
+            .get_all(header::RECORD_ROUTE)
+            .into_iter()
+            .map(NameAddr::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| DialogError::Malformed(header::RECORD_ROUTE))?;
+        route_set.reverse();
+        Ok(Dialog {
+            call_id,
+            local_tag,
+            remote_tag,
+            local,
+            remote,
+            remote_target,
+            route_set,
+            local_cseq: cseq.seq,
+            remote_cseq: 0,
+        })
+    }
+
+    /// The ACK of a 2xx to our INVITE numbered `invite_cseq` (§13.2.2.4): a
+    /// request of the dialog with the INVITE's CSeq number and a new branch.
+    pub fn ack(&mut self, invite_cseq: u32, via: &Via, contact: &Uri) -> Request {
+        let mut ack = self.request(Method::Ack, via, contact);
+        self.local_cseq -= 1;
+        ack.headers.set(
+            header::CSEQ,
+            CSeq {
+                seq: invite_cseq,
+                method: Method::Ack,
+            }
+            .to_string(),
+        );
+        ack
+    }
+
     /// Does an in-dialog request belong to this dialog (§12.2.2)?
     pub fn matches(&self, req: &Request) -> bool {
         req.call_id() == Some(self.call_id.as_str())
@@ -168,6 +233,52 @@ impl Dialog {
     }
 }
 
+/// The ACK of a non-2xx final response to `invite` (§17.1.1.3): the
+/// INVITE's Request-URI, top Via, From, Call-ID, CSeq number and Route, the
+/// response's To.
+pub fn ack_for_failure(invite: &Request, resp: &Response) -> Request {
+    let mut req = derived(invite, Method::Ack);
+    if let Some(to) = resp.headers.get(header::TO) {
+        req.headers.set(header::TO, to);
+    }
+    req
+}
+
+/// CANCEL of `invite` (§9.1): the same Request-URI, top Via, From, To,
+/// Call-ID, CSeq number and Route.
+pub fn cancel_for(invite: &Request) -> Request {
+    derived(invite, Method::Cancel)
+}
+
+fn derived(invite: &Request, method: Method) -> Request {
+    let mut headers = Headers::default();
+    if let Some(via) = invite.headers.get_all(header::VIA).first() {
+        headers.push(header::VIA, *via);
+    }
+    headers.push(header::MAX_FORWARDS, "70");
+    for (name, value) in invite.headers.iter() {
+        if [header::ROUTE, header::FROM, header::TO, header::CALL_ID].contains(&name) {
+            headers.push(name, value);
+        }
+    }
+    if let Some(c) = invite.cseq() {
+        headers.push(
+            header::CSEQ,
+            CSeq {
+                seq: c.seq,
+                method: method.clone(),
+            }
+            .to_string(),
+        );
+    }
+    Request {
+        method,
+        uri: invite.uri.clone(),
+        headers,
+        body: Vec::new(),
+    }
+}
+
 /// The socket address of a sip: URI whose host is an IP literal.
 pub fn uri_socket_addr(uri: &Uri) -> Option<SocketAddr> {
     let host = uri.host.trim_start_matches('[').trim_end_matches(']');
@@ -199,4 +310,90 @@ pub fn response_destination(via: &Via, source: SocketAddr) -> SocketAddr {
     // §18.2.2: the response goes to the `received` address (the packet's
     // source) at the sent-by port.
     SocketAddr::new(source.ip(), port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{parse_datagram, Message};
+
+    fn invite() -> Request {
+        let text = "INVITE sip:queue@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKa\r\n\
+            Route: <sip:127.0.0.1:5070;lr>\r\nFrom: <sip:emonav@127.0.0.1>;tag=us\r\nTo: <sip:queue@192.0.2.9>\r\n\
+            Call-ID: q1\r\nCSeq: 7 INVITE\r\nContact: <sip:emonav@127.0.0.1>\r\nContent-Length: 0\r\n\r\n";
+        match parse_datagram(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    fn response(code: u16, extra: &str) -> Response {
+        let text = format!(
+            "SIP/2.0 {code} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKa\r\n\
+             From: <sip:emonav@127.0.0.1>;tag=us\r\nTo: <sip:queue@192.0.2.9>;tag=them\r\n\
+             Call-ID: q1\r\nCSeq: 7 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        match parse_datagram(text.as_bytes()).unwrap() {
+            Message::Response(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn uac_dialog_from_a_2xx_reverses_record_route_and_acks_with_the_invite_cseq() {
+        let ok = response(
+            200,
+            "Record-Route: <sip:p2;lr>\r\nRecord-Route: <sip:127.0.0.1:5070;lr>\r\nContact: <sip:agent@192.0.2.10:5062>\r\n",
+        );
+        let mut d = Dialog::from_2xx(&invite(), &ok).unwrap();
+        assert_eq!(
+            (d.local_tag.as_str(), d.remote_tag.as_str()),
+            ("us", "them")
+        );
+        assert_eq!(d.route_set[0].uri.host, "127.0.0.1");
+        assert_eq!(d.route_set[1].uri.host, "p2");
+        assert_eq!(d.remote_target.to_string(), "sip:agent@192.0.2.10:5062");
+        let via = Via::parse("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKb").unwrap();
+        let contact = Uri::parse("sip:emonav@127.0.0.1").unwrap();
+        let ack = d.ack(7, &via, &contact);
+        assert_eq!(ack.headers.get(header::CSEQ), Some("7 ACK"));
+        let bye = d.request(Method::Bye, &via, &contact);
+        assert_eq!(bye.headers.get(header::CSEQ), Some("8 BYE"));
+        assert_eq!(
+            bye.headers.get(header::TO),
+            Some("<sip:queue@192.0.2.9>;tag=them")
+        );
+        assert_eq!(
+            d.next_hop("10.0.0.1:1".parse().unwrap()),
+            "127.0.0.1:5070".parse().unwrap()
+        );
+        assert!(
+            Dialog::from_2xx(&invite(), &response(200, "")).is_err(),
+            "2xx without Contact"
+        );
+    }
+
+    #[test]
+    fn ack_of_a_failure_and_cancel_repeat_the_invite_transaction() {
+        let inv = invite();
+        let ack = ack_for_failure(&inv, &response(486, ""));
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(ack.uri, inv.uri);
+        assert_eq!(ack.top_via().unwrap().branch(), Some("z9hG4bKa"));
+        assert_eq!(
+            ack.headers.get(header::TO),
+            Some("<sip:queue@192.0.2.9>;tag=them")
+        );
+        assert_eq!(ack.headers.get(header::CSEQ), Some("7 ACK"));
+        assert_eq!(
+            ack.headers.get(header::ROUTE),
+            Some("<sip:127.0.0.1:5070;lr>")
+        );
+        let cancel = cancel_for(&inv);
+        assert_eq!(cancel.headers.get(header::CSEQ), Some("7 CANCEL"));
+        assert_eq!(
+            cancel.headers.get(header::TO),
+            Some("<sip:queue@192.0.2.9>")
+        );
+    }
 }

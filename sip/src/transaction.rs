@@ -5,6 +5,9 @@
 //! it and calls `on_timeout(now)` then; the answer says whether to retransmit.
 //!
 //! - [`ClientNonInvite`]: §17.1.2, timers E, F and K (our REFER and BYE).
+//! - [`ClientInvite`]: §17.1.1, timers A, B and D (our INVITEs of third-party
+//!   call control, RFC 3725): the ACK of a non-2xx is the transaction's, the
+//!   ACK of a 2xx the TU's (§13.2.2.4).
 //! - [`ServerInvite`]: §17.2.1 timers G, H and I for a non-2xx final response,
 //!   plus the UAS core's 2xx retransmission of §13.3.1.4 (same schedule, ends
 //!   on the ACK, gives up after 64·T1) which RFC 3261 keeps above the
@@ -168,6 +171,122 @@ impl ClientNonInvite {
             self.state,
             ClientState::Completed { .. } | ClientState::Terminated
         )
+    }
+}
+
+/// What the owner of a [`ClientInvite`] does with a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteResponse {
+    /// Pass it up (a provisional, or a 2xx: the TU ACKs it and absorbs its
+    /// retransmissions itself, §13.2.2.4).
+    PassUp,
+    /// The first non-2xx final: send the ACK (§17.1.1.3) and pass it up.
+    AckAndPassUp,
+    /// A retransmitted non-2xx final: send the same ACK again, nothing else.
+    ResendAck,
+    /// Nothing to do (a late provisional).
+    Absorb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InviteClientState {
+    Calling,
+    Proceeding,
+    Completed { until: Instant },
+    Terminated,
+}
+
+/// INVITE client transaction (§17.1.1.2).
+#[derive(Debug, Clone)]
+pub struct ClientInvite {
+    state: InviteClientState,
+    timers: Timers,
+    /// Timer A (retransmission) and B (64·T1 without any response).
+    retransmit: Backoff,
+    reliable: bool,
+}
+
+impl ClientInvite {
+    /// Start: the INVITE has just been sent once, over a reliable transport
+    /// or not (Timer A and a long Timer D are for unreliable ones only).
+    pub fn new(now: Instant, timers: Timers, reliable: bool) -> Self {
+        let mut retransmit = Backoff::start(now, &timers);
+        // Timer A doubles without the T2 cap of non-INVITE requests.
+        retransmit.cap = 64 * timers.t1;
+        Self {
+            state: InviteClientState::Calling,
+            timers,
+            retransmit,
+            reliable,
+        }
+    }
+
+    /// A response matched this transaction.
+    pub fn on_response(&mut self, code: u16, now: Instant) -> InviteResponse {
+        match self.state {
+            InviteClientState::Calling | InviteClientState::Proceeding if code < 200 => {
+                self.state = InviteClientState::Proceeding;
+                InviteResponse::PassUp
+            }
+            InviteClientState::Calling | InviteClientState::Proceeding if code < 300 => {
+                self.state = InviteClientState::Terminated;
+                InviteResponse::PassUp
+            }
+            InviteClientState::Calling | InviteClientState::Proceeding => {
+                // Timer D: at least 32 s over UDP, zero over a reliable transport.
+                let d = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(32).max(64 * self.timers.t1)
+                };
+                self.state = InviteClientState::Completed { until: now + d };
+                InviteResponse::AckAndPassUp
+            }
+            InviteClientState::Completed { .. } if code >= 300 => InviteResponse::ResendAck,
+            _ => InviteResponse::Absorb,
+        }
+    }
+
+    /// When to call [`on_timeout`](Self::on_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            InviteClientState::Calling if self.reliable => Some(self.retransmit.deadline),
+            InviteClientState::Calling => Some(self.retransmit.next.min(self.retransmit.deadline)),
+            InviteClientState::Completed { until } => Some(until),
+            InviteClientState::Proceeding | InviteClientState::Terminated => None,
+        }
+    }
+
+    /// Timers A, B, D.
+    pub fn on_timeout(&mut self, now: Instant) -> Action {
+        match self.state {
+            InviteClientState::Calling if now >= self.retransmit.deadline => {
+                self.state = InviteClientState::Terminated;
+                Action::TimedOut
+            }
+            InviteClientState::Calling if !self.reliable && now >= self.retransmit.next => {
+                self.retransmit.advance();
+                Action::Retransmit
+            }
+            InviteClientState::Completed { until } if now >= until => {
+                self.state = InviteClientState::Terminated;
+                Action::None
+            }
+            _ => Action::None,
+        }
+    }
+
+    /// No final response yet: a CANCEL still applies (§9.1).
+    pub fn awaiting_final(&self) -> bool {
+        matches!(
+            self.state,
+            InviteClientState::Calling | InviteClientState::Proceeding
+        )
+    }
+
+    /// A provisional response came (§9.1: CANCEL only after one).
+    pub fn is_proceeding(&self) -> bool {
+        self.state == InviteClientState::Proceeding
     }
 }
 
@@ -481,5 +600,43 @@ mod tests {
         tx.on_response_sent(200, t0 + ms(50));
         tx.on_response_sent(500, t0 + ms(60));
         assert_eq!(tx.poll_timeout(), Some(t0 + ms(50) + ms(6400)));
+    }
+    #[test]
+    fn client_invite_timer_a_doubles_until_timer_b_and_a_provisional_stops_it() {
+        let t0 = Instant::now();
+        let mut tx = ClientInvite::new(t0, Timers::default(), false);
+        let mut at = vec![];
+        loop {
+            let t = tx.poll_timeout().unwrap();
+            match tx.on_timeout(t) {
+                Action::Retransmit => at.push((t - t0).as_millis()),
+                Action::TimedOut => {
+                    assert_eq!(t - t0, ms(32_000));
+                    break;
+                }
+                Action::None => panic!("no idle wake-up"),
+            }
+        }
+        assert_eq!(at, [500, 1500, 3500, 7500, 15500, 31500]);
+        let mut tx = ClientInvite::new(t0, Timers::default(), false);
+        assert_eq!(tx.on_response(180, t0 + ms(10)), InviteResponse::PassUp);
+        assert!(tx.is_proceeding() && tx.awaiting_final());
+        assert_eq!(tx.poll_timeout(), None, "no Timer A or B once proceeding");
+        assert_eq!(tx.on_response(200, t0 + ms(20)), InviteResponse::PassUp);
+        assert!(!tx.awaiting_final());
+        assert_eq!(tx.on_response(200, t0 + ms(30)), InviteResponse::Absorb);
+    }
+
+    #[test]
+    fn client_invite_acks_a_failure_and_its_retransmissions_until_timer_d() {
+        let t0 = Instant::now();
+        let mut tx = ClientInvite::new(t0, Timers::default(), false);
+        assert_eq!(tx.on_response(486, t0), InviteResponse::AckAndPassUp);
+        assert_eq!(tx.on_response(486, t0 + ms(5)), InviteResponse::ResendAck);
+        assert_eq!(tx.poll_timeout(), Some(t0 + ms(32_000)));
+        let mut tcp = ClientInvite::new(t0, Timers::default(), true);
+        assert_eq!(tcp.poll_timeout(), Some(t0 + ms(32_000)), "Timer B only");
+        assert_eq!(tcp.on_response(503, t0), InviteResponse::AckAndPassUp);
+        assert_eq!(tcp.poll_timeout(), Some(t0), "Timer D is zero on TCP");
     }
 }

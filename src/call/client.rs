@@ -182,6 +182,9 @@ impl Call {
     /// A response from the network whose Call-ID is ours.
     pub fn handle_response(&mut self, resp: &Response, now: Instant) {
         self.out.now = now;
+        if self.queue_leg_response(resp, now) {
+            return;
+        }
         self.late_refer_response(resp);
         let Some(out) = &mut self.client.current else {
             return;

@@ -256,9 +256,13 @@ impl Call {
         }
     }
 
-    /// Answered and not yet hanging up.
+    /// Answered and not yet hanging up (bridged calls too: their caller
+    /// leg's session timer runs on).
     pub(super) fn is_live(&self) -> bool {
-        matches!(self.phase, Phase::Listening | Phase::Transferring)
+        matches!(
+            self.phase,
+            Phase::Listening | Phase::Transferring | Phase::Bridging | Phase::Bridged
+        )
     }
 
     /// An ACK: for the INVITE's final response, or for a re-INVITE's.

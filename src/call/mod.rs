@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use emonav_dsp::Estimate;
 
+use crate::decisions::{DecisionNote, X_EMONAV_KEY};
 use crate::events::{CallRecord, MediaStats, Outcome};
 use crate::media::rtp::RtpStats;
 use crate::media::session::{Heard, MediaConfig, MediaSession, Port};
@@ -39,6 +40,7 @@ mod invite;
 mod mid_dialog;
 mod refresh;
 mod settings;
+mod thirdparty;
 pub(crate) mod timer;
 pub(crate) mod transfer;
 
@@ -47,6 +49,7 @@ use emonav_sip::header;
 use invite::InviteServer;
 use mid_dialog::MidDialog;
 pub use settings::CallSettings;
+use thirdparty::ThirdParty;
 use timer::{Timer, TimerTable};
 use transfer::Transfer;
 
@@ -98,6 +101,11 @@ pub enum Output<'a> {
     /// The call is over: log this record. The call keeps answering stray
     /// requests until [`Call::is_finished`].
     Record(Box<CallRecord>),
+    /// Route SIP messages with this Call-ID to this call too: a queue leg
+    /// of third-party call control (RFC 3725) has its own Call-ID.
+    Alias(String),
+    /// For the decision store (`GET /decisions/{key}`).
+    Decision(DecisionNote),
 }
 
 impl Output<'static> {
@@ -144,6 +152,11 @@ enum Phase {
     Listening,
     /// REFER sent; waiting for its response and the final NOTIFY.
     Transferring,
+    /// Third-party call control (RFC 3725): calling the queue, then
+    /// re-INVITing the caller with its SDP. Our keepalive still flows.
+    Bridging,
+    /// Caller and queue connected; we stay in the signalling path.
+    Bridged,
     /// We sent BYE; waiting for its response.
     HangingUp,
     /// Over; answering strays until the linger timer.
@@ -173,6 +186,11 @@ pub struct Call {
     client: Client,
     /// REFER, NOTIFY and fallback (transfer.rs).
     transfer: Transfer,
+    /// Third-party call control (thirdparty.rs).
+    b2b: ThirdParty,
+    /// Keys the decision is published under: the Call-ID, and the
+    /// INVITE's `X-Emonav-Key`.
+    decision_keys: Vec<String>,
     /// When and what to decide.
     decider: Decider,
     media: Option<MediaSession>,
@@ -238,6 +256,9 @@ impl Call {
             first_audio_to_decision_ms: None,
             refer_attempts: Vec::new(),
             outcome: Outcome::Pending,
+            transfer_mode: transfer_mode_name(s.transfer_mode),
+            bridge_attempts: Vec::new(),
+            failure_cause: None,
             line_adapted: false,
             line_sample: None,
         };
@@ -248,8 +269,21 @@ impl Call {
                 header::SUPPORTED,
                 "norefersub",
             ),
+            // An INVITE without Allow says nothing; one whose Allow lacks
+            // REFER says the caller cannot be transferred (RFC 3261 §20.5).
+            refer_not_allowed: invite.headers.get(header::ALLOW).is_some()
+                && !session_timer::lists_option(&invite.headers, header::ALLOW, "REFER"),
             ..Transfer::default()
         };
+        let mut decision_keys = vec![record.call_id.clone()];
+        if let Some(k) = invite
+            .headers
+            .get(X_EMONAV_KEY)
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 128 && *k != record.call_id)
+        {
+            decision_keys.push(k.to_string());
+        }
         let mut timers = TimerTable::default();
         timers.set(Timer::Answer, Some(now + s.answer_delay));
         let mut call = Call {
@@ -258,6 +292,8 @@ impl Call {
             mid: MidDialog::new(local_rtp),
             client: Client::default(),
             transfer,
+            b2b: ThirdParty::default(),
+            decision_keys,
             decider: Decider::new(s.policy.clone()),
             media: None,
             phase: Phase::Offered,
@@ -282,6 +318,8 @@ impl Call {
             call.reject_with(resp, now);
             return Ok(call);
         }
+        let keys = call.decision_keys.clone();
+        call.out.push(Output::Decision(DecisionNote::Pending(keys)));
         call.mid.timer = timer.ok().flatten();
         call.mid.peer_allows_update =
             session_timer::lists_option(&call.invite.request.headers, header::ALLOW, "UPDATE");
@@ -357,13 +395,16 @@ impl Call {
     pub fn wants_media(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Offered | Phase::Listening | Phase::Transferring
+            Phase::Offered | Phase::Listening | Phase::Transferring | Phase::Bridging
         ) && self.media.is_some()
     }
 
     /// Answered and not yet past the transfer: our RTP and RTCP flow.
     fn sends_media(&self) -> bool {
-        matches!(self.phase, Phase::Listening | Phase::Transferring)
+        matches!(
+            self.phase,
+            Phase::Listening | Phase::Transferring | Phase::Bridging
+        )
     }
 
     /// The next thing to do at the instant of the last input: SIP messages
@@ -493,15 +534,28 @@ impl Call {
     }
 
     fn hang_up(&mut self, outcome: Outcome, now: Instant) {
+        self.hang_up_with(outcome, &[], now);
+    }
+
+    /// BYE with `Reason` (RFC 3326), e.g. `SIP ;cause=480 ;text="…"`.
+    fn hang_up_with_reason(&mut self, outcome: Outcome, reason: &str, now: Instant) {
+        self.hang_up_with(outcome, &[(header::REASON, reason.to_string())], now);
+    }
+
+    /// BYE carrying `extra` headers.
+    fn hang_up_with(&mut self, outcome: Outcome, extra: &[(&str, String)], now: Instant) {
         if self.record.outcome == Outcome::Pending {
             self.record.outcome = outcome;
         }
         self.phase = Phase::HangingUp;
-        let req = self.dialog.request(
+        let mut req = self.dialog.request(
             Method::Bye,
             &self.s.via(self.invite.transport),
             &self.contact(),
         );
+        for (name, value) in extra {
+            req.headers.push(name, value.clone());
+        }
         self.send_request(req, now);
     }
 
@@ -520,6 +574,8 @@ impl Call {
             }
         }
         self.out.push(Output::Record(Box::new(self.record.clone())));
+        let keys = self.decision_keys.clone();
+        self.out.push(Output::Decision(DecisionNote::Ended(keys)));
         self.media = None;
         self.phase = Phase::Lingering;
         self.timers.set(Timer::Linger, Some(now + LINGER));
@@ -528,7 +584,7 @@ impl Call {
     /// A request from the network whose Call-ID is ours.
     pub fn handle_request(&mut self, req: &Request, peer: Peer, now: Instant) {
         self.out.now = now;
-        if self.absorb_retransmission(req) {
+        if self.absorb_retransmission(req) || self.queue_leg_request(req, peer, now) {
             return;
         }
         let branch = req.top_via().and_then(|v| v.branch().map(str::to_owned));
@@ -575,6 +631,9 @@ impl Call {
         // A BYE that overtakes a lost ACK still ends the 2xx retransmissions:
         // the caller has the dialog, and must not get our BYE for "no ACK".
         self.invite.on_ack(now);
+        if self.caller_left_bridge(now) {
+            return;
+        }
         if let Some(m) = self.media.take() {
             m.record(&mut self.record);
             self.record.audio_ms = self.record.audio_ms.max(m.audio_ms());
@@ -606,6 +665,11 @@ impl Call {
     fn contact(&self) -> Uri {
         self.s.contact_uri(self.invite.transport)
     }
+}
+
+/// The profile's transfer mode as it appears in records and decisions.
+pub(crate) fn transfer_mode_name(m: crate::config::TransferMode) -> &'static str {
+    m.name()
 }
 
 /// A media session's packet as an output.

@@ -10,9 +10,10 @@ use emonav_dsp::Model;
 
 use super::uri_host;
 use crate::adapt::LineAdapter;
-use crate::config::{DialogCredential, Fallback, Profile};
+use crate::config::{DialogCredential, Fallback, Profile, TransferMode};
 use crate::policy::Policy;
 use crate::sdp::CodecName;
+use emonav_sip::dialog::uri_socket_addr;
 use emonav_sip::message::{Uri, Via};
 use emonav_sip::transaction::Timers;
 use emonav_sip::transport::Transport;
@@ -55,6 +56,13 @@ pub struct CallSettings {
     pub credentials: Vec<DialogCredential>,
     /// Smallest session interval accepted (RFC 4028 `Min-SE`), seconds.
     pub min_se: u32,
+    /// How a decided call reaches its queue (`[transfer] transfer_mode`).
+    pub transfer_mode: TransferMode,
+    /// Where our INVITEs to queues go (`[transfer] outbound_proxy`): its URI
+    /// (for the `Route`) and address.
+    pub outbound_proxy: Option<(Uri, SocketAddr)>,
+    /// How long a queue may ring before we CANCEL it.
+    pub queue_answer_timeout: Duration,
 }
 
 impl CallSettings {
@@ -101,6 +109,12 @@ impl CallSettings {
             lines,
             credentials: p.dialog_credentials(),
             min_se: p.sip.min_se_s,
+            transfer_mode: p.transfer.transfer_mode,
+            outbound_proxy: p
+                .transfer
+                .outbound_proxy_uri()
+                .and_then(|u| uri_socket_addr(&u).map(|a| (u, a))),
+            queue_answer_timeout: Duration::from_millis(p.transfer.queue_answer_timeout_ms),
         }
     }
 

@@ -47,8 +47,9 @@ pub(super) fn outputs(call: &mut Call) -> Vec<Output<'static>> {
                 payload: Cow::Owned(t.payload.into_owned()),
                 ..t
             })),
-            Output::Transmit(_) => {}
+            Output::Transmit(_) | Output::Decision(_) => {}
             Output::Record(r) => out.push(Output::Record(r)),
+            Output::Alias(a) => out.push(Output::Alias(a)),
         }
     }
     out
@@ -79,7 +80,7 @@ fn sent(call: &mut Call) -> Vec<Message> {
         .into_iter()
         .filter_map(|o| match o {
             Output::Transmit(t) => Some(parse_datagram(&t.payload).unwrap()),
-            Output::Record(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -262,6 +263,7 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
                 assert_eq!(r.code, 200);
             }
             Output::Record(r) => rec = Some(r),
+            _ => {}
         }
     }
     assert_eq!(sends, 1);
@@ -1478,4 +1480,328 @@ fn one_clock_and_one_output_pace_our_silence_stream() {
         protocol_timeout(&mut call),
         Some(t0 + Duration::from_secs(3))
     );
+}
+
+fn b2bua_settings() -> Arc<CallSettings> {
+    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"b2bua\"\n", "p").unwrap();
+    Arc::new(CallSettings::from_profile(&p, 5060))
+}
+
+/// A `b2bua` call decided at the deadline (no audio: the default queue):
+/// the call and our INVITE to the queue.
+fn bridging(t0: Instant) -> (Call, Request) {
+    bridging_with(b2bua_settings(), t0)
+}
+
+fn bridging_with(s: Arc<CallSettings>, t0: Instant) -> (Call, Request) {
+    let mut call = offered_with(s, t0);
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let out = outputs(&mut call);
+    let alias = out.iter().find_map(|o| match o {
+        Output::Alias(a) => Some(a.clone()),
+        _ => None,
+    });
+    let msgs: Vec<Message> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit(t) => Some(parse_datagram(&t.payload).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes(&msgs), ["INVITE"], "no REFER in b2bua mode");
+    let Message::Request(inv) = msgs.into_iter().next().unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(inv.uri.to_string(), "sip:default@127.0.0.1");
+    assert_eq!(
+        alias.as_deref(),
+        inv.call_id(),
+        "its Call-ID is routed here"
+    );
+    assert_ne!(inv.call_id(), Some("unit-1"));
+    assert!(inv.body.is_empty(), "RFC 3725 flow III: no offer");
+    assert!(inv.headers.get("X-Emonav-Reason").is_some());
+    (call, inv)
+}
+
+fn queue_response(inv: &Request, code: u16, extra: &str, body: &str) -> Response {
+    let mut r = inv.make_response(code, "X");
+    if code > 100 {
+        let to = format!("{};tag=agent1", inv.headers.get("To").unwrap());
+        r.headers.set("To", to);
+    }
+    for line in extra.split("\r\n").filter(|l| !l.is_empty()) {
+        let (n, v) = line.split_once(": ").unwrap();
+        r.headers.push(n, v);
+    }
+    r.body = body.as_bytes().to_vec();
+    r
+}
+
+#[test]
+fn b2bua_bridges_flow_iii_and_relays_the_queues_bye() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    let t = t0 + Duration::from_millis(3100);
+    call.handle_response(&queue_response(&inv, 180, "", ""), t);
+    assert!(sent(&mut call).is_empty());
+    let queue_sdp = "v=0\r\no=agent 5 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+    let ok = queue_response(
+        &inv,
+        200,
+        "Contact: <sip:agent@192.0.2.7:5062>\r\nContent-Type: application/sdp",
+        queue_sdp,
+    );
+    call.handle_response(&ok, t);
+    let out = sent(&mut call);
+    assert_eq!(
+        codes(&out),
+        ["INVITE"],
+        "re-INVITE to the caller, queue not ACKed yet"
+    );
+    let Message::Request(reinvite) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(reinvite.call_id(), Some("unit-1"));
+    let body = String::from_utf8_lossy(&reinvite.body);
+    assert!(
+        body.contains("o=emonav ")
+            && body.contains("c=IN IP4 192.0.2.7\r\n")
+            && body.contains("m=audio 7000 "),
+        "{body}"
+    );
+    // The caller answers: ACK to it, and the queue's ACK carries the answer.
+    let answer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let mut caller_ok = reinvite.make_response(200, "OK");
+    caller_ok.body = answer.as_bytes().to_vec();
+    call.handle_response(&caller_ok, t + Duration::from_millis(20));
+    let out = outputs(&mut call);
+    let acks: Vec<(SocketAddr, Request)> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Transmit(t) => match parse_datagram(&t.payload).unwrap() {
+                Message::Request(r) => Some((t.dest, r)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.len(), 2, "{acks:?}");
+    assert_eq!(acks[0].1.call_id(), Some("unit-1"));
+    assert_eq!(acks[1].1.call_id(), inv.call_id());
+    assert_eq!(
+        acks[1].0,
+        "192.0.2.7:5062".parse().unwrap(),
+        "to the queue's Contact"
+    );
+    assert_eq!(acks[1].1.body, answer.as_bytes());
+    assert_eq!(call.phase, Phase::Bridged);
+    assert!(
+        !call.wants_media(),
+        "our keepalive stops: media flows caller <-> queue"
+    );
+    // The queue's 2xx again (our ACK lost): the same ACK again.
+    call.handle_response(&ok, t + Duration::from_millis(600));
+    assert_eq!(codes(&sent(&mut call)), ["ACK"]);
+    // The queue hangs up: 200 to it, BYE to the caller.
+    let bye = request(&format!(
+        "BYE sip:emonav@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKqbye\r\n\
+         From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        inv.headers.get("To").unwrap(),
+        inv.headers.get("From").unwrap(),
+        inv.call_id().unwrap()
+    ));
+    let qpeer = Peer {
+        addr: "192.0.2.7:5062".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    call.handle_request(&bye, qpeer, t + Duration::from_secs(5));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200", "BYE"]);
+    let Message::Request(our_bye) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(our_bye.call_id(), Some("unit-1"));
+    call.handle_response(&response_to(&out[1], 200), t + Duration::from_secs(5));
+    let rec = ended(&mut call).expect("record");
+    assert_eq!(rec.outcome, Outcome::Bridged);
+    assert_eq!(rec.bridge_attempts[0].response, Some(200));
+    assert_eq!(rec.bridge_attempts[0].caller_reinvite, Some(200));
+}
+
+#[test]
+fn b2bua_busy_default_queue_ends_with_a_bye_naming_the_reason() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    let t = t0 + Duration::from_millis(3100);
+    call.handle_response(&queue_response(&inv, 486, "", ""), t);
+    let out = sent(&mut call);
+    assert_eq!(
+        codes(&out),
+        ["ACK", "BYE"],
+        "ACK of the 486, then our BYE to the caller"
+    );
+    let (Message::Request(ack), Message::Request(bye)) = (&out[0], &out[1]) else {
+        unreachable!()
+    };
+    assert_eq!(
+        ack.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    let reason = bye.headers.get("Reason").unwrap();
+    assert!(reason.starts_with("SIP ;cause=486"), "{reason}");
+    call.handle_response(&response_to(&out[1], 200), t);
+    let rec = ended(&mut call).unwrap();
+    assert_eq!(rec.outcome, Outcome::Failed);
+    assert!(rec.failure_cause.unwrap().contains("486"));
+}
+
+#[test]
+fn b2bua_queue_ringing_too_long_is_cancelled() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    call.handle_response(
+        &queue_response(&inv, 180, "", ""),
+        t0 + Duration::from_millis(3100),
+    );
+    let _ = sent(&mut call);
+    let at = t0 + Duration::from_secs(3) + call.s.queue_answer_timeout;
+    assert_eq!(protocol_timeout(&mut call), Some(at));
+    call.handle_timeout(at);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["CANCEL", "BYE"]);
+    let Message::Request(bye) = &out[1] else {
+        unreachable!()
+    };
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=408"));
+}
+
+#[test]
+fn refer_then_b2bua_skips_refer_when_the_callers_allow_lacks_it() {
+    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"refer_then_b2bua\"\n", "p").unwrap();
+    let s = Arc::new(CallSettings::from_profile(&p, 5060));
+    let t0 = Instant::now();
+    let text = String::from_utf8(invite().to_bytes())
+        .unwrap()
+        .replace("Contact:", "Allow: INVITE, ACK, BYE, CANCEL\r\nContact:");
+    let mut call = Call::new(
+        s,
+        request(&text),
+        src(),
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    let _ = sent(&mut call);
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    assert_eq!(codes(&sent(&mut call)), ["INVITE"]);
+}
+
+#[test]
+fn decision_only_hangs_up_with_the_decision_in_the_bye() {
+    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"decision_only\"\n", "p").unwrap();
+    let s = Arc::new(CallSettings::from_profile(&p, 5060));
+    let t0 = Instant::now();
+    let mut call = offered_with(s, t0);
+    call.handle_request(&ack(&call), peer(), t0 + Duration::from_millis(10));
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let mut notes = vec![];
+    let mut msgs = vec![];
+    while let Some(o) = call.poll_output() {
+        match o {
+            Output::Decision(n) => notes.push(n),
+            Output::Transmit(t) if matches!(t.socket, Socket::Sip { .. }) => {
+                msgs.push(parse_datagram(&t.payload).unwrap())
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(codes(&msgs), ["BYE"]);
+    let Message::Request(bye) = &msgs[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        bye.headers.get("X-Emonav-Queue"),
+        Some("sip:default@127.0.0.1")
+    );
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=200"));
+    assert!(
+        matches!(&notes[..], [DecisionNote::Decided(k, d)] if k == &["unit-1".to_string()] && d.queue == "sip:default@127.0.0.1")
+    );
+    call.handle_response(&response_to(&msgs[0], 200), t0 + Duration::from_secs(3));
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Decided);
+}
+
+#[test]
+fn b2bua_answers_the_queues_challenge_once() {
+    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"b2bua\"\n", "p").unwrap();
+    let mut s = CallSettings::from_profile(&p, 5060);
+    s.credentials = with_credentials(Some("pbx")).credentials.clone();
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging_with(Arc::new(s), t0);
+    let t = t0 + Duration::from_millis(3100);
+    call.handle_response(&challenge(&Message::Request(inv.clone()), 407), t);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "INVITE"]);
+    let Message::Request(again) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(again.call_id(), inv.call_id());
+    assert_eq!(again.headers.get("CSeq"), Some("2 INVITE"));
+    assert_ne!(
+        again.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    let auth = again.headers.get("Proxy-Authorization").unwrap();
+    assert!(
+        auth.contains("username=\"emonav\"") && auth.contains("uri=\"sip:default@127.0.0.1\""),
+        "{auth}"
+    );
+    // Refused again: the credentials are wrong; no third try, the caller gets the reason.
+    call.handle_response(&challenge(&out[1], 407), t);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "BYE"]);
+    let Message::Request(bye) = &out[1] else {
+        unreachable!()
+    };
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=407"));
+}
+
+#[test]
+fn b2bua_caller_refusing_the_reinvite_ends_both_legs_with_the_reason() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    let t = t0 + Duration::from_millis(3100);
+    let sdp = "v=0\r\no=agent 5 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 7000 RTP/AVP 18\r\n";
+    call.handle_response(
+        &queue_response(&inv, 200, "Contact: <sip:agent@192.0.2.7:5062>", sdp),
+        t,
+    );
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["INVITE"]);
+    call.handle_response(&response_to(&out[0], 488), t);
+    let out = sent(&mut call);
+    // ACK of the 488; the queue's 2xx ACKed, then BYE; BYE to the caller with the reason.
+    assert_eq!(codes(&out), ["ACK", "ACK", "BYE", "BYE"]);
+    let calls: Vec<_> = out
+        .iter()
+        .map(|m| match m {
+            Message::Request(r) => r.call_id().unwrap().to_string(),
+            Message::Response(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(calls[0], "unit-1");
+    assert_eq!(calls[1], inv.call_id().unwrap());
+    assert_eq!(calls[2], inv.call_id().unwrap());
+    assert_eq!(calls[3], "unit-1");
+    let Message::Request(bye) = &out[3] else {
+        unreachable!()
+    };
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=488"));
+    call.handle_response(&response_to(&out[3], 200), t);
+    let rec = ended(&mut call).unwrap();
+    assert_eq!(rec.outcome, Outcome::Failed);
+    assert_eq!(rec.bridge_attempts[0].caller_reinvite, Some(488));
 }

@@ -44,6 +44,9 @@ pub(crate) enum Timer {
     Decision,
     /// No final NOTIFY in time after our REFER.
     Transfer,
+    /// Third-party call control: queue legs' transactions and answer
+    /// deadline, our re-INVITE of the caller (RFC 3725).
+    ThirdParty,
     /// The call stops answering stray requests.
     Linger,
     /// Our next RTP or RTCP packet (taken by `poll_output`).
@@ -64,6 +67,7 @@ impl Timer {
         Timer::RtpTimeout,
         Timer::Decision,
         Timer::Transfer,
+        Timer::ThirdParty,
         Timer::Linger,
         Timer::Media,
     ];
@@ -143,6 +147,7 @@ impl Call {
             self.rtp_timeout_due().filter(|_| listening),
         );
         self.timers.set(Timer::Media, self.media_due());
+        self.timers.set(Timer::ThirdParty, self.b2b.poll_timeout());
     }
 
     /// The earliest instant [`handle_timeout`](Self::handle_timeout) must
@@ -207,6 +212,7 @@ impl Call {
                 self.timers.stop(Timer::Transfer);
                 self.transfer_failed(None, now);
             }
+            Timer::ThirdParty if due(self.b2b.poll_timeout()) => self.thirdparty_timeout(now),
             Timer::Linger if matches!(self.phase, Phase::Lingering) => {
                 self.timers.stop(Timer::Linger);
                 self.phase = Phase::Finished;

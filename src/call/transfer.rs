@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use super::timer::Timer;
 use super::{Call, Phase};
-use crate::config::Fallback;
+use crate::config::{Fallback, TransferMode};
+use crate::decisions::{DecisionNote, PublishedDecision};
 use crate::events::{Outcome, ReferAttempt};
 use crate::policy::{Decision, Reason};
 use emonav_sip::header;
@@ -26,6 +27,8 @@ pub(super) struct Transfer {
     pub(super) norefersub: bool,
     /// The caller hung up (the transfer may still be going on).
     pub(super) caller_hung_up: bool,
+    /// The caller's INVITE had an `Allow` without REFER.
+    pub(super) refer_not_allowed: bool,
 }
 
 /// `X-Emonav-Emotion`: the emotion label the call was routed on.
@@ -38,6 +41,8 @@ pub(crate) const X_EMONAV_CONFIDENCE: &str = "X-Emonav-Confidence";
 pub(crate) const X_EMONAV_REASON: &str = "X-Emonav-Reason";
 /// `X-Emonav-Flag`: `high-risk` when the policy flagged the caller.
 pub(crate) const X_EMONAV_FLAG: &str = "X-Emonav-Flag";
+/// `X-Emonav-Queue`: the chosen queue, on our BYE in `decision_only` mode.
+pub(crate) const X_EMONAV_QUEUE: &str = "X-Emonav-Queue";
 
 /// Our `X-Emonav-*` headers on the REFER: what the agent taking the call
 /// should know about the caller.
@@ -104,16 +109,77 @@ impl Call {
             call_id = %self.dialog.call_id, queue = %d.queue, emotion = %d.label,
             arousal = d.arousal, confidence = d.confidence, reason = ?d.reason, "decision"
         );
+        let published = PublishedDecision {
+            call_id: self.dialog.call_id.clone(),
+            queue: d.queue.clone(),
+            emotion: d.label.clone(),
+            arousal: d.arousal,
+            confidence: d.confidence,
+            anger: d.anger,
+            reason: d.reason,
+            flagged: d.flagged,
+            transfer_mode: super::transfer_mode_name(self.s.transfer_mode),
+        };
+        let keys = self.decision_keys.clone();
+        self.out.push(super::Output::Decision(DecisionNote::Decided(
+            keys,
+            Box::new(published),
+        )));
         let target = d.queue.clone();
-        self.send_refer(&target, now);
+        self.route(&target, now);
     }
 
     /// The ACK confirmed the dialog: a decision taken before it transfers now.
     pub(super) fn maybe_refer_after_ack(&mut self, now: Instant) {
         if let (Phase::Listening, Some(d)) = (&self.phase, self.decider.decision()) {
             let target = d.queue.clone();
-            self.send_refer(&target, now);
+            self.route(&target, now);
         }
+    }
+
+    /// Take the decided call to `target` the profile's way
+    /// (`[transfer] transfer_mode`), once the dialog is confirmed.
+    fn route(&mut self, target: &str, now: Instant) {
+        if self.invite.awaiting_ack() {
+            // A confirmed dialog first: the ACK routes (maybe_refer_after_ack).
+            return;
+        }
+        let call_id = &self.dialog.call_id;
+        match self.s.transfer_mode {
+            TransferMode::Refer => {
+                if self.transfer.refer_not_allowed {
+                    tracing::warn!(%call_id, "the caller's Allow lacks REFER; transfer_mode = \"refer\" tries anyway");
+                }
+                self.send_refer(target, now);
+            }
+            TransferMode::ReferThenB2bua if !self.transfer.refer_not_allowed => {
+                self.send_refer(target, now)
+            }
+            TransferMode::ReferThenB2bua | TransferMode::B2bua => {
+                if self.transfer.refer_not_allowed {
+                    tracing::info!(%call_id, "the caller's Allow lacks REFER: third-party call control");
+                }
+                self.bridge(target, now);
+            }
+            TransferMode::DecisionOnly => self.hang_up_decided(target, now),
+        }
+    }
+
+    /// `decision_only`: the decision is published; our BYE carries it too
+    /// (`Reason`, RFC 3326, and `X-Emonav-*`) for the PBX's dialplan.
+    fn hang_up_decided(&mut self, target: &str, now: Instant) {
+        let mut extra = vec![
+            (
+                header::REASON,
+                format!("SIP ;cause=200 ;text=\"emonav decision: {target}\""),
+            ),
+            (X_EMONAV_QUEUE, target.to_string()),
+        ];
+        if let Some(d) = self.decider.decision() {
+            extra.extend(decision_headers(d));
+        }
+        tracing::info!(call_id = %self.dialog.call_id, queue = %target, "decision published; hanging up for the PBX to route");
+        self.hang_up_with(Outcome::Decided, &extra, now);
     }
 
     pub(super) fn send_refer(&mut self, target: &str, now: Instant) {
@@ -238,6 +304,19 @@ impl Call {
             self.finish(now);
             return;
         }
+        if self.s.transfer_mode == TransferMode::ReferThenB2bua {
+            // REFER cannot pass here (405/420/501: the peer cannot transfer;
+            // 403: not allowed; no answer): connect the caller ourselves.
+            let target = self
+                .record
+                .refer_attempts
+                .first()
+                .map(|a| a.target.clone())
+                .unwrap_or_else(|| self.s.policy.default_queue.clone());
+            tracing::warn!(call_id = %self.dialog.call_id, ?code, "REFER failed: third-party call control instead");
+            self.client.abandon();
+            return self.bridge(&target, now);
+        }
         let default = self.s.policy.default_queue.clone();
         let tried_default = self
             .record
@@ -254,6 +333,10 @@ impl Call {
         if retry {
             self.send_refer(&default, now);
         } else {
+            self.record.failure_cause = Some(match code {
+                Some(c) => format!("refer: {c}"),
+                None => "refer: no final NOTIFY in time".into(),
+            });
             self.hang_up(Outcome::Failed, now);
         }
     }

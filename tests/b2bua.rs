@@ -1,0 +1,352 @@
+//! When REFER cannot pass (issue 16): the real binary, a SIPp caller whose
+//! PBX refuses REFER (405, 403) or does not allow it at all, and a SIPp
+//! queue (UAS). emonav connects them by third-party call control (RFC 3725):
+//! the caller's RTP is counted where the queue's SDP said its media is (a
+//! socket of this test), and a BYE from either side ends both legs. The
+//! decision API is read by long-poll while a `decision_only` call is under
+//! way. Everything on loopback.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{root, Emonav};
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A SIPp run in the background: the process and its logs' folder.
+struct Sipp {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sipp {
+    /// Start SIPp with `scenario`; `remote` makes it a client of that
+    /// address, else it serves on `port`. `keys` replace `[key]` in the
+    /// scenario's text (SIPp's `-key` cannot reach a response's status code).
+    fn start(scenario: &str, remote: Option<String>, port: u16, keys: &[(&str, String)]) -> Sipp {
+        let dir = std::env::temp_dir().join(format!(
+            "emonav-b2bua-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let xml = std::fs::read_to_string(root().join("tests/sipp").join(scenario)).unwrap();
+        let audio = root().join("tests/fixtures/agitated-pcmu.pcap");
+        let mut xml = xml.replace("../fixtures/agitated-pcmu.pcap", audio.to_str().unwrap());
+        for (k, v) in keys {
+            xml = xml.replace(&format!("[{k}]"), v);
+        }
+        let sf = dir.join(scenario);
+        std::fs::write(&sf, xml).unwrap();
+        let mut cmd = Command::new("sipp");
+        if let Some(r) = remote {
+            cmd.arg(r);
+        }
+        cmd.arg("-sf").arg(&sf);
+        cmd.args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"]);
+        cmd.args(["-p", &port.to_string()]);
+        cmd.args(["-mp", &(30_000 + 4 * fastrand::u16(0..5_000)).to_string()]);
+        cmd.args([
+            "-timeout",
+            "40",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_logs",
+        ])
+        .arg("-log_file")
+        .arg(dir.join("actions.log"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("errors.log"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("sipp is installed (Debian package sip-tester; scripts/test.sh installs it)");
+        Sipp { child, dir }
+    }
+
+    /// Wait for the exit (killed after `timeout`); the status and the log.
+    fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(self.dir.join("actions.log")).unwrap_or_default();
+        if !status.success() {
+            eprintln!(
+                "sipp {} errors:\n{}",
+                self.dir.display(),
+                std::fs::read_to_string(self.dir.join("errors.log")).unwrap_or_default()
+            );
+            eprintln!("sipp log:\n{log}");
+        }
+        (status, log)
+    }
+}
+
+/// The value logged after `tag` in a SIPp log, e.g. `ACK-SDP: `.
+fn logged<'a>(log: &'a str, tag: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|l| l.split_once(tag).map(|(_, v)| v.trim()))
+}
+
+/// RTP counted on a socket standing for the queue's media: (packets, sources).
+fn count_rtp(
+    sock: UdpSocket,
+    for_: Duration,
+) -> std::thread::JoinHandle<Vec<std::net::SocketAddr>> {
+    std::thread::spawn(move || {
+        let mut from = Vec::new();
+        let deadline = Instant::now() + for_;
+        let mut buf = [0u8; 2048];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                // RTP version 2, payload type PCMU.
+                if n > 12 && buf[0] >> 6 == 2 && buf[1] & 0x7f == 0 {
+                    from.push(src);
+                }
+            }
+        }
+        from
+    })
+}
+
+/// A profile where every decision goes to `queue`, the default queue being
+/// `default`, in `mode`.
+fn profile(mode: &str, queue: &str, default: &str) -> String {
+    format!(
+        "[transfer]\ntransfer_mode = \"{mode}\"\nqueue_answer_timeout_ms = 5000\n\
+         [policy]\ndecision_deadline_ms = 2000\ndefault_queue = \"{default}\"\n\
+         [[policy.rules]]\nlabel = \"agitated\"\narousal_min = 0.5\nqueue = \"{queue}\"\n\
+         [[policy.rules]]\nlabel = \"calm\"\narousal_max = 0.5\nqueue = \"{queue}\"\n"
+    )
+}
+
+struct Bridged {
+    record: serde_json::Value,
+    caller_log: String,
+    queue_log: String,
+    rtp_from: Vec<std::net::SocketAddr>,
+}
+
+/// One call through emonav to a SIPp queue: the caller runs `caller` with
+/// `caller_keys`, the queue `uas_queue.xml` ending by `bye_side`; `busy`
+/// puts a busy queue (486) first, so the answering one is the default queue.
+fn bridge_call(
+    caller: &str,
+    caller_keys: &[(&str, String)],
+    bye_side: &str,
+    busy: bool,
+) -> (Emonav, Bridged) {
+    let (q, qd) = (free_port(), free_port());
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let answering = if busy { qd } else { q };
+    let emonav = Emonav::start(&profile(
+        "refer_then_b2bua",
+        &format!("sip:agents@127.0.0.1:{q}"),
+        &format!("sip:default@127.0.0.1:{qd}"),
+    ));
+    let queue = Sipp::start(
+        "uas_queue.xml",
+        None,
+        answering,
+        &[
+            ("rtp_port", rtp_port.to_string()),
+            ("bye_side", bye_side.to_string()),
+        ],
+    );
+    let busy_queue = busy.then(|| Sipp::start("uas_queue_busy.xml", None, q, &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    let counter = count_rtp(rtp, Duration::from_secs(12));
+    let caller = Sipp::start(
+        caller,
+        Some(emonav.sip.to_string()),
+        free_port(),
+        caller_keys,
+    );
+    let (caller_status, caller_log) = caller.wait(Duration::from_secs(40));
+    let (queue_status, queue_log) = queue.wait(Duration::from_secs(20));
+    if let Some(b) = busy_queue {
+        let (s, _) = b.wait(Duration::from_secs(10));
+        assert!(s.success(), "the busy queue got its ACK");
+    }
+    assert!(caller_status.success(), "caller scenario failed");
+    assert!(queue_status.success(), "queue scenario failed");
+    let record = emonav.next_event(Duration::from_secs(10));
+    let rtp_from = counter.join().unwrap();
+    (
+        emonav,
+        Bridged {
+            record,
+            caller_log,
+            queue_log,
+            rtp_from,
+        },
+    )
+}
+
+/// What every bridged call shows: the caller's media reached the queue
+/// directly, the SDPs crossed, the record says bridged.
+fn assert_bridged(b: &Bridged, queue: &str) {
+    let r = &b.record;
+    assert_eq!(r["outcome"], "bridged", "{r}");
+    assert_eq!(r["transfer_mode"], "refer_then_b2bua");
+    let last = r["bridge_attempts"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(last["target"].as_str().unwrap().starts_with(queue), "{r}");
+    assert_eq!(last["response"], 200);
+    assert_eq!(last["caller_reinvite"], 200);
+    // The caller got the queue's media address, the queue the caller's.
+    let reinvite = logged(&b.caller_log, "REINVITE-SDP:").expect("re-INVITE logged");
+    let ack = logged(&b.queue_log, "ACK-SDP:").expect("ACK SDP logged");
+    let caller_port: u16 = ack.trim_start_matches("m=audio ").parse().unwrap();
+    assert!(
+        b.queue_log.contains("X-Emonav-Emotion:"),
+        "the queue's INVITE carries the decision headers"
+    );
+    let queue_port: u16 = reinvite.trim_start_matches("m=audio ").parse().unwrap();
+    assert_ne!(queue_port, caller_port);
+    // RTP from the caller's media port arrived at the queue's, directly.
+    let direct = b
+        .rtp_from
+        .iter()
+        .filter(|a| a.port() == caller_port)
+        .count();
+    assert!(
+        direct >= 50,
+        "{direct} RTP packets from the caller at the queue (of {} seen)",
+        b.rtp_from.len()
+    );
+}
+
+#[test]
+fn refer_refused_with_405_is_bridged_and_the_callers_bye_ends_the_queue_leg() {
+    let (emonav, b) = bridge_call(
+        "uac_b2bua.xml",
+        &[("refer_code", "405".into())],
+        "caller",
+        false,
+    );
+    assert_bridged(&b, "sip:agents@127.0.0.1:");
+    assert_eq!(b.record["refer_attempts"][0]["response"], 405);
+    assert!(logged(&b.caller_log, "REFER-TO:").is_some());
+    let (_, metrics) = emonav.http_get("/metrics");
+    assert!(
+        metrics.contains("emonav_calls_routed_total{mode=\"b2bua\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn refer_forbidden_403_then_a_busy_queue_bridges_to_the_default_queue() {
+    let (_emonav, b) = bridge_call(
+        "uac_b2bua.xml",
+        &[("refer_code", "403".into())],
+        "caller",
+        true,
+    );
+    assert_bridged(&b, "sip:default@127.0.0.1:");
+    assert_eq!(b.record["refer_attempts"][0]["response"], 403);
+    let attempts = b.record["bridge_attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{}", b.record);
+    assert_eq!(attempts[0]["response"], 486);
+}
+
+#[test]
+fn a_caller_without_refer_in_allow_is_bridged_at_once_and_the_queues_bye_ends_the_call() {
+    let (_emonav, b) = bridge_call("uac_b2bua_no_refer.xml", &[], "queue", false);
+    assert_bridged(&b, "sip:agents@127.0.0.1:");
+    assert_eq!(
+        b.record["refer_attempts"].as_array().unwrap().len(),
+        0,
+        "no REFER to a caller that does not allow it"
+    );
+}
+
+#[test]
+fn decision_only_publishes_the_decision_by_long_poll_and_in_the_bye() {
+    let emonav = Emonav::start(&profile(
+        "decision_only",
+        "sip:agents@127.0.0.1:5999",
+        "sip:default@127.0.0.1",
+    ));
+    let caller = Sipp::start(
+        "uac_decision.xml",
+        Some(emonav.sip.to_string()),
+        free_port(),
+        &[],
+    );
+    // The caller's ACK: the call is up and being analysed.
+    emonav
+        .wait_log("ACK call_id", Duration::from_secs(10))
+        .expect("the call was answered");
+    // The call is being analysed: the request waits for the decision.
+    let asked = Instant::now();
+    let (status, body) = emonav.http_get("/decisions/pbx-key-1?wait_ms=15000");
+    let waited = asked.elapsed();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["queue"], "sip:agents@127.0.0.1:5999");
+    assert_eq!(v["transfer_mode"], "decision_only");
+    assert!(
+        v["arousal"].as_f64().is_some() && v["reason"].is_string(),
+        "{v}"
+    );
+    assert!(
+        waited > Duration::from_millis(300),
+        "answered after {waited:?}: it was a long-poll on a call in progress"
+    );
+    let (status, queue) = emonav.http_get(&format!(
+        "/decisions/{}?format=queue",
+        v["call_id"].as_str().unwrap().replace('@', "%40")
+    ));
+    assert_eq!(
+        (status.as_str(), queue.as_str()),
+        ("HTTP/1.1 200 OK", "sip:agents@127.0.0.1:5999")
+    );
+    let (status, _) = emonav.http_get("/decisions/no-such-call?wait_ms=10");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (caller_status, log) = caller.wait(Duration::from_secs(30));
+    assert!(caller_status.success());
+    assert_eq!(
+        logged(&log, "BYE-QUEUE:"),
+        Some("X-Emonav-Queue: sip:agents@127.0.0.1:5999")
+    );
+    assert!(
+        logged(&log, "BYE-REASON:").is_some_and(|r| r.contains("cause=200")),
+        "{log}"
+    );
+    let record = emonav.next_event(Duration::from_secs(10));
+    assert_eq!(record["outcome"], "decided");
+    let (_, metrics) = emonav.http_get("/metrics");
+    assert!(
+        metrics.contains("emonav_calls_routed_total{mode=\"decision\"} 1"),
+        "{metrics}"
+    );
+}
