@@ -1513,7 +1513,7 @@ fn bridging_with(s: Arc<CallSettings>, t0: Instant) -> (Call, Request) {
     let Message::Request(inv) = msgs.into_iter().next().unwrap() else {
         unreachable!()
     };
-    assert_eq!(inv.uri.to_string(), "sip:default@127.0.0.1");
+    assert_eq!(inv.uri.to_string(), "sip:default@127.0.0.1:5070");
     assert_eq!(
         alias.as_deref(),
         inv.call_id(),
@@ -1724,11 +1724,11 @@ fn decision_only_hangs_up_with_the_decision_in_the_bye() {
     };
     assert_eq!(
         bye.headers.get("X-Emonav-Queue"),
-        Some("sip:default@127.0.0.1")
+        Some("sip:default@127.0.0.1:5070")
     );
     assert!(bye.headers.get("Reason").unwrap().contains("cause=200"));
     assert!(
-        matches!(&notes[..], [DecisionNote::Decided(k, d)] if k == &["unit-1".to_string()] && d.queue == "sip:default@127.0.0.1")
+        matches!(&notes[..], [DecisionNote::Decided(k, d)] if k == &["unit-1".to_string()] && d.queue == "sip:default@127.0.0.1:5070")
     );
     call.handle_response(&response_to(&msgs[0], 200), t0 + Duration::from_secs(3));
     assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Decided);
@@ -1756,7 +1756,7 @@ fn b2bua_answers_the_queues_challenge_once() {
     );
     let auth = again.headers.get("Proxy-Authorization").unwrap();
     assert!(
-        auth.contains("username=\"emonav\"") && auth.contains("uri=\"sip:default@127.0.0.1\""),
+        auth.contains("username=\"emonav\"") && auth.contains("uri=\"sip:default@127.0.0.1:5070\""),
         "{auth}"
     );
     // Refused again: the credentials are wrong; no third try, the caller gets the reason.
