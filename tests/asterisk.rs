@@ -21,7 +21,7 @@ mod peers;
 use std::time::Duration;
 
 use pbx::{free_port, temp_dir, AgentPorts, Asterisk};
-use peers::{Agent, Caller, Run, RtpCount};
+use peers::{transferor, wait, Agent, Caller, RtpCount, Run};
 use support::{root, Emonav};
 
 /// emonav with sip-profiles/asterisk.toml, registering to `asterisk` as
@@ -35,7 +35,10 @@ fn emonav(asterisk: &Asterisk, name: &str) -> Emonav {
             .replace("username = \"emonav\"", &format!("username = \"{name}\""))
             .replace("sip:emonav@", &format!("sip:{name}@"));
     }
-    assert!(!profile.contains("[media]"), "the profile got a [media] block");
+    assert!(
+        !profile.contains("[media]"),
+        "the profile got a [media] block"
+    );
     let base = 20_000 + 2 * fastrand::u16(0..10_000);
     profile.push_str(&format!(
         "\n[media]\nrtp_port_min = {base}\nrtp_port_max = {}\n",
@@ -45,7 +48,8 @@ fn emonav(asterisk: &Asterisk, name: &str) -> Emonav {
     std::fs::write(&path, profile).unwrap();
     let e = Emonav::start_with_profile(&path);
     assert!(
-        e.wait_log(": registered", Duration::from_secs(10)).is_some(),
+        e.wait_log(": registered", Duration::from_secs(10))
+            .is_some(),
         "{name} did not register to Asterisk:\n{}",
         asterisk.log()
     );
@@ -84,7 +88,11 @@ fn assert_reached_agent(r: &Routed, queue: &str, emotion: &str, asterisk: &Aster
     assert_eq!(ev["refer_attempts"][0]["response"], 200, "{context}");
     assert_eq!(r.agent.logged("AGENT-EMOTION"), [emotion], "{context}");
     let arousal = format!("{:.2}", ev["arousal"].as_f64().unwrap());
-    assert_eq!(r.agent.logged("AGENT-AROUSAL"), [arousal.clone()], "{context}");
+    assert_eq!(
+        r.agent.logged("AGENT-AROUSAL"),
+        [arousal.clone()],
+        "{context}"
+    );
     // The queue's dialplan read the values from TRANSFER_DATA.
     let noop = format!("emonav: queue {queue} emotion={emotion} arousal={arousal}");
     assert!(asterisk.log().contains(&noop), "no {noop:?}\n{context}");
@@ -111,7 +119,12 @@ fn find<'a>(events: &'a [serde_json::Value], queue: &str) -> &'a serde_json::Val
 fn report(what: &str, ev: &serde_json::Value) {
     println!(
         "through Asterisk: {what}: anger {} arousal {} confidence {} emotion {} codec {} reason {}",
-        ev["anger"], ev["arousal"], ev["confidence"], ev["emotion"], ev["codec"], ev["decision_reason"]
+        ev["anger"],
+        ev["arousal"],
+        ev["confidence"],
+        ev["emotion"],
+        ev["codec"],
+        ev["decision_reason"]
     );
 }
 
@@ -122,6 +135,7 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         standard: free_port(),
         operator: free_port(),
         default: free_port(),
+        transferor: free_port(),
     };
     let asterisk = Asterisk::start(&ports);
     // Every SIP message in Asterisk's log, to check what it sent and got.
@@ -132,7 +146,10 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
     let mut direct = emonav(&asterisk, "emonav-dm");
     let log = asterisk.log();
     assert!(log.contains("SIP/2.0 401 Unauthorized"), "{log}");
-    assert!(log.contains("Authorization: Digest username=\"emonav\""), "{log}");
+    assert!(
+        log.contains("Authorization: Digest username=\"emonav\""),
+        "{log}"
+    );
     let contacts = asterisk.cli("pjsip show contacts");
     for (name, e) in [("emonav", &plain), ("emonav-dm", &direct)] {
         let binding = format!("{name}/sip:{name}@{}", e.sip);
@@ -140,12 +157,15 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
     }
 
     // Three callers at once: agitated (μ-law), calm on an A-law-only trunk,
-    // and one who presses 0 and then talks.
+    // and one who presses 0 and then talks. A fourth, meanwhile, is
+    // transferred by a SIPp that asks for progress reports, to the default
+    // queue where no agent answers.
     let agents = [
         Agent::start(ports.deescalation),
         Agent::start(ports.standard),
         Agent::start(ports.operator),
     ];
+    let progress = transferor(ports.transferor, "default");
     std::thread::sleep(Duration::from_millis(300));
     let callers = [
         Caller {
@@ -169,10 +189,15 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
             service: "3666",
             user: "caller",
             codecs: "0 8 101",
-            audio: [
-                "/usr/share/sip-tester/dtmf_2833_0.pcap",
-                "calm-pcmu.pcap",
-            ],
+            audio: ["/usr/share/sip-tester/dtmf_2833_0.pcap", "calm-pcmu.pcap"],
+            media_port: Caller::media_port(),
+        },
+        Caller {
+            scenario: "uac_asterisk_caller.xml",
+            service: "3668",
+            user: "caller",
+            codecs: "0 8 101",
+            audio: ["calm-pcmu.pcap"; 2],
             media_port: Caller::media_port(),
         },
     ];
@@ -184,7 +209,19 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let heard: Vec<(Run, RtpCount)> = agents.into_iter().map(Agent::finish).collect();
+    // refer_blind_progress = no (the sample): NOTIFY 100 and 200 within 2 s
+    // of the REFER, though no agent ever answers. Asterisk's default would
+    // send nothing until the caller leaves the queue.
+    let progress = wait(progress);
+    assert!(
+        progress.status.success(),
+        "no prompt NOTIFY 200 with refer_blind_progress = no:\n{}\n{}",
+        progress.errors,
+        asterisk.log()
+    );
+    assert_eq!(progress.logged("NOTIFY"), ["SIP/2.0 100", "SIP/2.0 200"]);
     let events = events_by_queue(&plain, 3);
+    assert!(runs[3].status.success(), "{}", runs[3].errors);
     let mut routed = runs
         .into_iter()
         .zip(heard)
@@ -214,7 +251,10 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
     let log = asterisk.log();
     assert!(log.contains("Supported: 100rel, timer, replaces, norefersub"));
     assert!(log.contains("Refer-Sub: false"));
-    assert!(!log.contains("NOTIFY sip:emonav"), "Asterisk sent a NOTIFY:\n{log}");
+    assert!(
+        !log.contains("NOTIFY sip:emonav"),
+        "Asterisk sent emonav a NOTIFY:\n{log}"
+    );
     assert!(!log.contains("No application"), "{log}");
 
     // direct_media = yes: Asterisk sends the caller's audio straight to
@@ -238,6 +278,7 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         caller: caller_run,
     };
     assert_reached_agent(&dm, "deescalation", "agitated", &asterisk);
+    report("agitated fixture, direct media", &dm.event);
     let latched = direct.drain_log();
     let from_caller = format!("source=127.0.0.1:{}", caller.media_port);
     assert!(
@@ -248,13 +289,18 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         latched.join("\n")
     );
     // The re-INVITE taking the media back may cross emonav's BYE: 481.
-    if latched.iter().any(|l| l.contains("after the session ended: 481")) {
+    if latched
+        .iter()
+        .any(|l| l.contains("after the session ended: 481"))
+    {
         println!("direct media: Asterisk's re-INVITE crossed emonav's BYE and got 481");
     }
 
     // SIGTERM: both un-REGISTER, and Asterisk drops their bindings.
     for e in [&mut plain, &mut direct] {
-        let status = e.terminate(Duration::from_secs(5)).expect("exit on SIGTERM");
+        let status = e
+            .terminate(Duration::from_secs(5))
+            .expect("exit on SIGTERM");
         assert!(status.success(), "{status:?}");
     }
     let contacts = asterisk.cli("pjsip show contacts");

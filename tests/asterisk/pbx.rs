@@ -44,6 +44,8 @@ pub(crate) struct AgentPorts {
     pub(crate) standard: u16,
     pub(crate) operator: u16,
     pub(crate) default: u16,
+    /// The transferor asking for REFER progress (extension 3668).
+    pub(crate) transferor: u16,
 }
 
 /// A running Asterisk; stopped (`core stop now`, then SIGKILL) on drop.
@@ -82,6 +84,7 @@ impl Asterisk {
             ("@AGENT_STANDARD@", agents.standard.to_string()),
             ("@AGENT_OPERATOR@", agents.operator.to_string()),
             ("@AGENT_DEFAULT@", agents.default.to_string()),
+            ("@TRANSFEROR@", agents.transferor.to_string()),
         ];
         let templates = root().join("tests/asterisk");
         for name in [

@@ -154,6 +154,34 @@ fn count_rtp(sock: &UdpSocket, stop: &AtomicBool) -> RtpCount {
     count
 }
 
+/// tests/sipp/uas_asterisk_transferor.xml on `port`: takes one call and
+/// REFERs it to `queue` asking for progress; runs in the background.
+pub(crate) fn transferor(port: u16, queue: &str) -> (Child, PathBuf) {
+    let dir = temp_dir("transferor");
+    let scenario = root().join("tests/sipp/uas_asterisk_transferor.xml");
+    let args = [
+        "-p".to_string(),
+        port.to_string(),
+        "-key".into(),
+        "transfer_to".into(),
+        queue.into(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        Caller::media_port().to_string(),
+    ];
+    let child = sipp(&dir, &scenario, &args)
+        .spawn()
+        .expect("sipp is installed (Debian package sip-tester; scripts/test.sh installs it)");
+    (child, dir)
+}
+
+/// Wait for a background SIPp run to end.
+pub(crate) fn wait((mut child, dir): (Child, PathBuf)) -> Run {
+    let status = child.wait().unwrap();
+    finish(&dir, status)
+}
+
 /// One caller through Asterisk.
 pub(crate) struct Caller<'a> {
     /// Scenario file in tests/sipp/.
