@@ -90,7 +90,7 @@ fn assert_reached_agent(r: &Routed, queue: &str, emotion: &str, asterisk: &Aster
     let arousal = format!("{:.2}", ev["arousal"].as_f64().unwrap());
     assert_eq!(
         r.agent.logged("AGENT-AROUSAL"),
-        [arousal.clone()],
+        [arousal.as_str()],
         "{context}"
     );
     // The queue's dialplan read the values from TRANSFER_DATA.
