@@ -4,8 +4,11 @@
 //! templates in tests/asterisk/, which add only the test's callers, agents
 //! and ports) and emonav running sip-profiles/asterisk.toml (its addresses
 //! moved to the test's ports). SIPp callers dial the sample's entry extension;
-//! SIPp agents answer the sample queues' members. One Asterisk serves every
-//! call; the calls that can run at once do.
+//! SIPp agents answer the sample queues' members. Besides the sample's
+//! emonav, a second instance sits behind a `direct_media = yes` copy of its
+//! endpoint and a third behind one that allows Opus. One Asterisk serves
+//! every call; the calls that can run at once do. The scores each fixture
+//! got through Asterisk are printed (`-- --nocapture`).
 //!
 //! Asterisk is the shared prebuilt tree (../shared/tools/asterisk, installed
 //! to /opt/asterisk-emonav by scripts/test.sh); without it this test fails
@@ -25,7 +28,7 @@ use peers::{transferor, wait, Agent, Caller, RtpCount, Run};
 use support::{root, Emonav};
 
 /// emonav with sip-profiles/asterisk.toml, registering to `asterisk` as
-/// `name` (the sample's endpoint `emonav`, or the test's `emonav-dm`).
+/// `name` (the sample's endpoint `emonav`, or the test's copies of it).
 fn emonav(asterisk: &Asterisk, name: &str) -> Emonav {
     let mut profile = std::fs::read_to_string(root().join("sip-profiles/asterisk.toml")).unwrap();
     profile = profile.replace("127.0.0.1:5070", &asterisk.sip.to_string());
@@ -144,6 +147,7 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
     // Registration with digest: Asterisk challenged, emonav answered.
     let mut plain = emonav(&asterisk, "emonav");
     let mut direct = emonav(&asterisk, "emonav-dm");
+    let mut opus = emonav(&asterisk, "emonav-opus");
     let log = asterisk.log();
     assert!(log.contains("SIP/2.0 401 Unauthorized"), "{log}");
     assert!(
@@ -151,7 +155,11 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         "{log}"
     );
     let contacts = asterisk.cli("pjsip show contacts");
-    for (name, e) in [("emonav", &plain), ("emonav-dm", &direct)] {
+    for (name, e) in [
+        ("emonav", &plain),
+        ("emonav-dm", &direct),
+        ("emonav-opus", &opus),
+    ] {
         let binding = format!("{name}/sip:{name}@{}", e.sip);
         assert!(contacts.contains(&binding), "no {binding}:\n{contacts}");
     }
@@ -269,7 +277,20 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         audio: ["agitated-pcmu.pcap"; 2],
         media_port: Caller::media_port(),
     };
-    let caller_run = caller.run(asterisk.sip);
+    // Meanwhile an Opus-only caller through the Opus-capable instance.
+    let opus_agent = Agent::start(ports.standard);
+    let opus_caller = Caller {
+        scenario: "uac_asterisk_caller.xml",
+        service: "3669",
+        user: "caller-opus",
+        codecs: "96",
+        audio: ["calm-opus.pcap"; 2],
+        media_port: Caller::media_port(),
+    };
+    let (caller_run, opus_run) = std::thread::scope(|s| {
+        let opus = s.spawn(|| opus_caller.run(asterisk.sip));
+        (caller.run(asterisk.sip), opus.join().unwrap())
+    });
     let (agent_run, rtp) = agent.finish();
     let dm = Routed {
         event: direct.next_event(Duration::from_secs(30)),
@@ -296,8 +317,32 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
         println!("direct media: Asterisk's re-INVITE crossed emonav's BYE and got 481");
     }
 
-    // SIGTERM: both un-REGISTER, and Asterisk drops their bindings.
-    for e in [&mut plain, &mut direct] {
+    // Opus without codec_opus (docs/pbx.md, step 3): Asterisk offers emonav
+    // the caller's Opus first and emonav answers Opus, so the call is
+    // analysed; the G.711 agent then gets the call but Asterisk cannot
+    // translate, and drops the caller.
+    let ev = opus.next_event(Duration::from_secs(30));
+    report("calm fixture, Opus through Asterisk", &ev);
+    assert_eq!(
+        (
+            ev["codec"].as_str(),
+            ev["emotion"].as_str(),
+            ev["outcome"].as_str()
+        ),
+        (Some("opus"), Some("calm"), Some("transferred")),
+        "{ev}"
+    );
+    let (opus_agent, _) = opus_agent.finish();
+    assert!(opus_agent.status.success(), "{}", opus_agent.errors);
+    let log = asterisk.log();
+    assert!(
+        log.contains("couldn't make PJSIP/caller-opus"),
+        "Asterisk bridged Opus to G.711 after all:\n{log}"
+    );
+    assert!(!opus_run.status.success() && opus_run.errors.contains("unexpected BYE"));
+
+    // SIGTERM: all un-REGISTER, and Asterisk drops their bindings.
+    for e in [&mut plain, &mut direct, &mut opus] {
         let status = e
             .terminate(Duration::from_secs(5))
             .expect("exit on SIGTERM");
@@ -305,7 +350,9 @@ fn asterisk_with_the_shipped_samples_queues_callers_by_emotion() {
     }
     let contacts = asterisk.cli("pjsip show contacts");
     assert!(
-        !contacts.contains("emonav/") && !contacts.contains("emonav-dm/"),
+        !contacts.contains("emonav/")
+            && !contacts.contains("emonav-dm/")
+            && !contacts.contains("emonav-opus/"),
         "bindings left after SIGTERM:\n{contacts}"
     );
 }
