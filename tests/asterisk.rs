@@ -101,9 +101,10 @@ fn assert_reached_agent(r: &Routed, queue: &str, emotion: &str, asterisk: &Aster
     assert!(asterisk.log().contains(&noop), "no {noop:?}\n{context}");
     // At least 2 s of the caller talking to the agent (50 packets a second).
     assert!(r.rtp.voiced >= 100, "agent heard {:?}\n{context}", r.rtp);
+    println!("{queue} agent heard the caller: {:?}", r.rtp);
 }
 
-/// The four callers' event lines arrive in any order: by queue.
+/// The calls' event lines, in the order they ended.
 fn events_by_queue(emonav: &Emonav, n: usize) -> Vec<serde_json::Value> {
     (0..n)
         .map(|_| emonav.next_event(Duration::from_secs(30)))
@@ -117,7 +118,7 @@ fn find<'a>(events: &'a [serde_json::Value], queue: &str) -> &'a serde_json::Val
         .unwrap_or_else(|| panic!("no call went to {queue}: {events:?}"))
 }
 
-/// The scores the two fixtures' calls reported through Asterisk, for the
+/// The scores a fixture's call reported through Asterisk, for the
 /// test output (`cargo test --test asterisk -- --nocapture`).
 fn report(what: &str, ev: &serde_json::Value) {
     println!(
