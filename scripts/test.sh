@@ -4,7 +4,9 @@
 # tests/kamailio.rs runs as proxy and registrar; espeak-ng, which
 # tests/signal_path.rs speaks its recording with) and the libopus the build
 # links (libopus-dev, found through pkg-config) with apt-get when they are
-# missing; run as root or with sudo on a fresh Debian/Ubuntu machine.
+# missing, and Asterisk 22 for tests/asterisk.rs (the prebuilt tree in
+# ../shared/tools/asterisk, extracted to /opt/asterisk-emonav by its
+# install.sh); run as root or with sudo on a fresh Debian/Ubuntu machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,18 @@ if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ ! -x /opt/asterisk-emonav/sbin/asterisk ]; then
+  installer=../shared/tools/asterisk/install.sh
+  if [ -f "$installer" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing: Asterisk ($installer)"
+    $SUDO bash "$installer"
+  else
+    echo "warning: no /opt/asterisk-emonav and no $installer: tests/asterisk.rs will fail" >&2
+  fi
 fi
 
 cargo test --workspace --locked "$@"

@@ -261,7 +261,7 @@ pub struct MediaConfig {
     pub rtp_port_min: u16,
     /// Highest RTP port.
     pub rtp_port_max: u16,
-    /// Codecs we accept, in our order of preference.
+    /// Codecs we accept; the offer's order picks among them (`sdp::negotiate`).
     pub codecs: Vec<CodecName>,
     /// End the call when no RTP has arrived for this long after the first
     /// packet, in ms (0 = never).

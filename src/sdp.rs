@@ -346,11 +346,27 @@ impl CodecName {
     }
 }
 
-/// Pick the first codec of `prefs` the offer contains (our preference order wins),
-/// accept telephone-event if offered.
+/// Pick the offerer's preferred codec among those we accept (`accepted`; its
+/// order does not matter), accept telephone-event if offered.
+///
+/// The offerer's order wins (RFC 3264 §6.1 lets the answerer choose, and
+/// §5.1 says the offer's order is its preference): a PBX lists first the
+/// codec it can carry to the caller without transcoding (Asterisk puts the
+/// caller's codec first), so answering with another makes it transcode, or
+/// fail the call when it has no translator (Opus without `codec_opus`).
 pub(crate) fn negotiate(
     offer: &SessionDescription,
-    prefs: &[CodecName],
+    accepted: &[CodecName],
+) -> Result<Negotiated, SdpError> {
+    negotiate_keeping(offer, accepted, None)
+}
+
+/// [`negotiate`], but `keep` wins when the offer still has it: a re-offer
+/// (RFC 3264 §8) that still lists the codec in use does not switch decoders.
+pub(crate) fn negotiate_keeping(
+    offer: &SessionDescription,
+    accepted: &[CodecName],
+    keep: Option<CodecName>,
 ) -> Result<Negotiated, SdpError> {
     let (media_index, m) = offer
         .media
@@ -360,12 +376,16 @@ pub(crate) fn negotiate(
             m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP")
         })
         .ok_or(SdpError::NoAudio)?;
-    let chosen = prefs.iter().find_map(|&c| {
+    let offered = || {
         m.formats
             .iter()
             .filter_map(|pt| m.rtpmaps.iter().find(|r| r.pt == *pt))
-            .find(|r| c.matches(r))
-            .map(|r| (c, r))
+    };
+    let kept = keep
+        .filter(|k| accepted.contains(k))
+        .and_then(|k| offered().find(|r| k.matches(r)).map(|r| (k, r)));
+    let chosen = kept.or_else(|| {
+        offered().find_map(|r| accepted.iter().find(|c| c.matches(r)).map(|&c| (c, r)))
     });
     let Some((codec, map)) = chosen else {
         let offered = m
@@ -571,8 +591,9 @@ mod tests {
     }
 
     #[test]
-    fn asterisk_style_offer_picks_our_preference_and_telephone_event() {
-        // Offerer prefers PCMA; our order (PCMU first) wins, RFC 3264 §6.1 allows it.
+    fn asterisk_style_alaw_offer_is_answered_alaw_with_telephone_event() {
+        // An A-law caller through Asterisk: Asterisk lists PCMA first. Our
+        // profile's order (PCMU first) must not make it transcode.
         let sd = parse(&offer(
             "m=audio 10000 RTP/AVP 8 0 3 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
@@ -581,15 +602,58 @@ mod tests {
         let n = negotiate(&sd, &PREFS).unwrap();
         assert_eq!(
             (n.codec, n.pt, n.telephone_event_pt),
-            (CodecName::Pcmu, 0, Some(101))
+            (CodecName::Pcma, 8, Some(101))
         );
         assert_eq!(n.remote_rtp, "192.0.2.1:10000".parse().unwrap());
         let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
-        assert!(a.contains("m=audio 20000 RTP/AVP 0 101\r\n"), "{a}");
+        assert!(a.contains("m=audio 20000 RTP/AVP 8 101\r\n"), "{a}");
+        assert!(a.contains("a=rtpmap:8 PCMA/8000\r\n"), "{a}");
         assert!(a.contains("a=rtpmap:101 telephone-event/8000\r\n"));
         assert!(a.contains("a=ptime:20\r\n"));
         let back = parse(&a).unwrap();
-        assert_eq!(back.media[0].formats, [0, 101]);
+        assert_eq!(back.media[0].formats, [8, 101]);
+    }
+
+    #[test]
+    fn the_offerers_order_wins_among_the_codecs_we_accept() {
+        let order = |formats: &str, accepted: &[CodecName]| {
+            let sd = parse(&offer(&format!(
+                "m=audio 4000 RTP/AVP {formats}\r\na=rtpmap:96 opus/48000/2\r\n\
+                 a=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+            )))
+            .unwrap();
+            negotiate(&sd, accepted).map(|n| n.codec)
+        };
+        let all = [CodecName::Pcmu, CodecName::Pcma, CodecName::Opus];
+        // μ-law caller: μ-law, whatever our list's order.
+        assert_eq!(order("0 8 101", &all), Ok(CodecName::Pcmu));
+        assert_eq!(
+            order("0 8 101", &[CodecName::Pcma, CodecName::Pcmu]),
+            Ok(CodecName::Pcmu)
+        );
+        // Codecs we do not decode are skipped, not chosen.
+        assert_eq!(order("18 101 8 0", &all), Ok(CodecName::Pcma));
+        // Opus caller through Asterisk without codec_opus: Opus first, and
+        // Opus is what the path can carry.
+        assert_eq!(order("96 0 8 101", &all), Ok(CodecName::Opus));
+        // G.711 first: G.711, even where Opus is accepted.
+        assert_eq!(order("0 96 101", &all), Ok(CodecName::Pcmu));
+        // Opus first but not accepted: the offer's next codec we take.
+        assert_eq!(order("96 8 0", &PREFS), Ok(CodecName::Pcma));
+    }
+
+    #[test]
+    fn a_re_offer_keeps_the_codec_in_use_while_it_is_offered() {
+        let sd = parse(&offer("m=audio 4000 RTP/AVP 0 8\r\n")).unwrap();
+        let kept = negotiate_keeping(&sd, &PREFS, Some(CodecName::Pcma)).unwrap();
+        assert_eq!((kept.codec, kept.pt), (CodecName::Pcma, 8));
+        // Gone from the offer, or no longer accepted: the offerer's first.
+        let sd = parse(&offer("m=audio 4000 RTP/AVP 0\r\n")).unwrap();
+        let n = negotiate_keeping(&sd, &PREFS, Some(CodecName::Pcma)).unwrap();
+        assert_eq!(n.codec, CodecName::Pcmu);
+        let sd = parse(&offer("m=audio 4000 RTP/AVP 8 0\r\n")).unwrap();
+        let n = negotiate_keeping(&sd, &[CodecName::Pcmu], Some(CodecName::Pcma)).unwrap();
+        assert_eq!(n.codec, CodecName::Pcmu);
     }
 
     #[test]
@@ -758,7 +822,7 @@ mod tests {
     }
 
     #[test]
-    fn opus_needs_its_rtpmap_and_our_preference() {
+    fn opus_needs_its_rtpmap_and_to_be_accepted() {
         // Without an rtpmap a dynamic type means nothing.
         let sd = parse(&offer("m=audio 4000 RTP/AVP 96\r\n")).unwrap();
         assert!(matches!(
@@ -771,8 +835,8 @@ mod tests {
         ))
         .unwrap();
         assert!(negotiate(&sd, &OPUS_FIRST).is_err());
-        // A G.711-only profile does not take an Opus offer; an Opus-last one
-        // still prefers G.711 when both are offered.
+        // A G.711-only profile does not take an Opus offer; one that
+        // accepts Opus takes it when the offerer lists it first.
         let both = parse(&offer(
             "m=audio 4000 RTP/AVP 96 0\r\na=rtpmap:96 opus/48000/2\r\n",
         ))
@@ -781,6 +845,14 @@ mod tests {
         assert_eq!(
             negotiate(&both, &OPUS_FIRST).unwrap().codec,
             CodecName::Opus
+        );
+        let g711_first = parse(&offer(
+            "m=audio 4000 RTP/AVP 0 96\r\na=rtpmap:96 opus/48000/2\r\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            negotiate(&g711_first, &OPUS_FIRST).unwrap().codec,
+            CodecName::Pcmu
         );
         let opus_only = parse(&offer(
             "m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 OPUS/48000/2\r\n",

@@ -256,6 +256,19 @@ impl Call {
         }
     }
 
+    /// The session the INVITE set up is over: we sent our BYE (a request
+    /// crossing it is for a dialog that is gone), the caller sent one, or the
+    /// call ended. Its requests (re-INVITE, UPDATE, OPTIONS) get `481`
+    /// (RFC 3261 §12.2.2, §15), not an offer/answer failure; a BYE is still
+    /// answered `200`, and a NOTIFY belongs to the REFER's subscription,
+    /// which outlives the session (RFC 5057 §5.4).
+    pub(super) fn invite_usage_over(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::HangingUp | Phase::Lingering | Phase::Finished
+        ) || self.transfer.caller_hung_up
+    }
+
     /// Answered and not yet hanging up (bridged calls too: their caller
     /// leg's session timer runs on).
     pub(super) fn is_live(&self) -> bool {
@@ -334,6 +347,11 @@ impl Call {
             ));
             return;
         }
+        if self.invite_usage_over() {
+            tracing::info!(%call_id, "re-INVITE after the session ended: 481");
+            let resp = self.dialog_response(req, 481, "Call/Transaction Does Not Exist");
+            return self.send_reinvite_final(req, peer, resp, false, now);
+        }
         if !self.is_live() || self.media.is_none() {
             let resp = self.dialog_response(req, 488, "Not Acceptable Here");
             return self.send_reinvite_final(req, peer, resp, false, now);
@@ -403,6 +421,10 @@ impl Call {
     /// An UPDATE (RFC 3311): an offer is answered like a re-INVITE's, and
     /// with or without one it refreshes the session timer.
     pub(super) fn on_update(&mut self, req: &Request, peer: Peer, now: Instant) {
+        if self.invite_usage_over() {
+            let resp = self.dialog_response(req, 481, "Call/Transaction Does Not Exist");
+            return self.respond(req, peer, resp, now);
+        }
         if !self.is_live() {
             let resp = self.dialog_response(req, 488, "Not Acceptable Here");
             return self.respond(req, peer, resp, now);
@@ -480,22 +502,16 @@ impl Call {
         body
     }
 
-    /// Codecs for a new offer: the current one first (no needless decoder
-    /// switch), then the profile's; an Opus call's wideband analyser only
-    /// takes Opus (the 16 kHz model must not hear 8 kHz G.711), while a G.711
-    /// call may switch to Opus decoded at 8 kHz.
-    fn renegotiation_prefs(&self) -> Vec<CodecName> {
-        let current = self.mid.neg.as_ref().map(|n| n.codec);
+    /// Codecs a new offer may switch to: the profile's, except that an Opus
+    /// call's wideband analyser only takes Opus (the 16 kHz model must not
+    /// hear 8 kHz G.711), while a G.711 call may switch to Opus decoded at
+    /// 8 kHz. The codec in use is kept while offered (`apply_offer`).
+    fn renegotiation_codecs(&self) -> Vec<CodecName> {
         let rate = self.media.as_ref().map_or(8000, |m| m.analysis_rate());
-        current
-            .into_iter()
-            .chain(
-                self.s
-                    .codecs
-                    .iter()
-                    .copied()
-                    .filter(|c| Some(*c) != current),
-            )
+        self.s
+            .codecs
+            .iter()
+            .copied()
             .filter(|c| rate == 8000 || *c == CodecName::Opus)
             .collect()
     }
@@ -506,7 +522,9 @@ impl Call {
         let text = std::str::from_utf8(body)
             .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))?;
         let offer = sdp::parse(text)?;
-        let neg = sdp::negotiate(&offer, &self.renegotiation_prefs())?;
+        // No needless decoder switch: the codec in use wins while offered.
+        let current = self.mid.neg.as_ref().map(|n| n.codec);
+        let neg = sdp::negotiate_keeping(&offer, &self.renegotiation_codecs(), current)?;
         self.apply_negotiated(&neg, now)?;
         Ok(self.versioned(|id, v, local| sdp::answer(&offer, &neg, local, id, v)))
     }

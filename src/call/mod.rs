@@ -619,6 +619,9 @@ impl Call {
                 self.on_caller_bye(now);
             }
             Method::Notify => self.on_notify(req, peer, now),
+            Method::Options if self.invite_usage_over() => {
+                self.reply(req, peer, 481, "Call/Transaction Does Not Exist", now)
+            }
             Method::Options => self.reply(req, peer, 200, "OK", now),
             Method::Invite => self.on_reinvite(req, peer, now),
             Method::Update => self.on_update(req, peer, now),

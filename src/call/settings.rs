@@ -27,7 +27,7 @@ pub struct CallSettings {
     pub timers: Timers,
     /// Delay before answering.
     pub answer_delay: Duration,
-    /// Codec preference.
+    /// Codecs accepted (the offer's order picks among them).
     pub codecs: Vec<CodecName>,
     /// Routing policy (its deadline is a budget of listening time, see [`Decider`](crate::policy::Decider)).
     pub policy: Policy,

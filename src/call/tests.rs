@@ -1805,3 +1805,73 @@ fn b2bua_caller_refusing_the_reinvite_ends_both_legs_with_the_reason() {
     assert_eq!(rec.outcome, Outcome::Failed);
     assert_eq!(rec.bridge_attempts[0].caller_reinvite, Some(488));
 }
+
+#[test]
+fn reinvite_update_and_options_crossing_our_bye_get_481() {
+    // Asterisk with direct_media = yes re-INVITEs to take the media back
+    // when the caller leaves the bridge; that re-INVITE crosses our BYE.
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    call.handle_response(&response_to(&refer, 202), t0 + ms(3100));
+    let notify = in_dialog(
+        &call,
+        "NOTIFY",
+        2,
+        "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n\
+         Content-Type: message/sipfrag;version=2.0\r\n",
+        "SIP/2.0 200 OK\r\n",
+    );
+    call.handle_request(&notify, peer(), t0 + ms(3200));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200", "BYE"]);
+    let bye = out[1].clone();
+    let reinvite = sdp_req(&call, "INVITE", 3, "", &unhold_offer());
+    call.handle_request(&reinvite, peer(), t0 + ms(3210));
+    let resp = only_response(sent(&mut call));
+    assert_eq!((resp.code, resp.cseq().unwrap().seq), (481, 3));
+    // A non-2xx to an INVITE is retransmitted until its ACK (RFC 3261 §17.2.1).
+    // (Our BYE is retransmitted meanwhile: Timer E.)
+    let mut again = vec![];
+    let mut t = t0 + ms(3210);
+    while !again.contains(&"481".to_string()) {
+        t = protocol_timeout(&mut call).unwrap();
+        assert!(t < t0 + ms(4000), "no 481 retransmission: {again:?}");
+        call.handle_timeout(t);
+        again.extend(codes(&sent(&mut call)));
+    }
+    call.handle_request(&in_dialog(&call, "ACK", 3, "", ""), peer(), t + ms(1));
+    assert!(sent(&mut call).is_empty());
+    for (method, cseq) in [("UPDATE", 4), ("OPTIONS", 5)] {
+        let req = sdp_req(&call, method, cseq, "", &unhold_offer());
+        call.handle_request(&req, peer(), t + ms(2));
+        assert_eq!(only_response(sent(&mut call)).code, 481, "{method}");
+    }
+    // Our BYE still completes the call as transferred, and once it is over
+    // (lingering) a late re-INVITE is still 481.
+    call.handle_response(&response_to(&bye, 200), t + ms(10));
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Transferred);
+    let late = sdp_req(&call, "INVITE", 6, "", &unhold_offer());
+    call.handle_request(&late, peer(), t + ms(20));
+    assert_eq!(only_response(sent(&mut call)).code, 481);
+}
+
+#[test]
+fn reinvite_while_live_is_still_answered_and_a_refused_offer_is_488() {
+    // The 481 is only for a session that is over: before the BYE an
+    // offer we cannot take keeps its 488.
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    let g729 = sdp_offer(2, "m=audio 40000 RTP/AVP 18\r\n");
+    call.handle_request(
+        &sdp_req(&call, "INVITE", 2, "", &g729),
+        peer(),
+        t0 + ms(100),
+    );
+    assert_eq!(only_response(sent(&mut call)).code, 488);
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), peer(), t0 + ms(110));
+    let opts = in_dialog(&call, "OPTIONS", 3, "", "");
+    call.handle_request(&opts, peer(), t0 + ms(120));
+    assert_eq!(only_response(sent(&mut call)).code, 200);
+}
