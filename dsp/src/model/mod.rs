@@ -816,6 +816,35 @@ mod tests {
     }
 
     #[test]
+    fn networks_separate_and_are_written_as_format_2() {
+        let data = toy();
+        for family in [Family::Mlp, Family::Ensemble, Family::Bagged] {
+            let m = train_family(&data, 8000, "toy", &["a", "b", "c"], &[1e-2], family).unwrap();
+            assert_eq!(m.format, FORMAT_HIDDEN, "{family:?}");
+            let units = m.arousal.hidden.as_ref().unwrap().outputs.len();
+            let bag = if family == Family::Bagged { BAG } else { 1 };
+            assert_eq!(units, 16 * bag, "{family:?}");
+            let right = data
+                .iter()
+                .filter(|s| (m.scores(&s.x).arousal > 0.5) == s.arousal.unwrap())
+                .count();
+            assert!(right > 360, "{family:?}: {right}/400");
+            assert_eq!(Model::from_json(&m.to_json()).unwrap(), m);
+            // A format-1 file must not carry a hidden layer a format-1 reader
+            // would silently ignore.
+            let mut old = m.clone();
+            old.format = FORMAT.into();
+            assert!(matches!(
+                Model::from_json(&old.to_json()),
+                Err(ModelError::Format { .. })
+            ));
+        }
+        let linear = train(&data, 8000, "toy", &[]).unwrap();
+        assert_eq!(linear.format, FORMAT);
+        assert!(!linear.to_json().contains("hidden"));
+    }
+
+    #[test]
     fn one_class_is_an_error() {
         let mut d = toy();
         d.iter_mut().for_each(|s| s.anger = Some(false));
