@@ -460,6 +460,10 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         &|c, i| eval.contains(&c) || (args.loso && picks(i).contains(&c)),
         d.cache.as_deref(),
     )?;
+    let recipe = multi::Recipe {
+        lambdas: &d.lambda,
+        family: d.family.family(),
+    };
     let (mode, preds) = if args.loso && args.adapt {
         let sim = multi::AdaptSim {
             min_calls: args.adapt_min_calls,
@@ -469,29 +473,12 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         };
         (
             "loso, adapted to the line",
-            multi::loso_adapted(
-                &items,
-                &table,
-                &g,
-                &picks,
-                &eval,
-                &d.lambda,
-                d.family.family(),
-                sim,
-            )?,
+            multi::loso_adapted(&items, &table, &g, &picks, &eval, recipe, sim)?,
         )
     } else if args.loso {
         (
             "loso",
-            multi::loso(
-                &items,
-                &table,
-                &g,
-                &picks,
-                &eval,
-                &d.lambda,
-                d.family.family(),
-            )?,
+            multi::loso(&items, &table, &g, &picks, &eval, recipe)?,
         )
     } else {
         let m = load_model(args, 8000)?;

@@ -291,6 +291,16 @@ pub fn samples(
     out
 }
 
+/// How each fold's model is fitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe<'a> {
+    /// L2 strengths: one is used as is, several are chosen from per task by
+    /// inner leave-one-speaker-out.
+    pub lambdas: &'a [f64],
+    /// The classifier family of every task.
+    pub family: Family,
+}
+
 /// One model per held-out speaker: trained on the other speakers' chosen
 /// renderings (`(speaker, model)` in speaker order), two folds at a time.
 pub fn fold_models(
@@ -298,8 +308,7 @@ pub fn fold_models(
     table: &Table,
     g: &[u32],
     picks: &(dyn Fn(usize) -> Vec<usize> + Sync),
-    lambdas: &[f64],
-    family: Family,
+    recipe: Recipe,
 ) -> Result<Vec<(u32, Model)>, model::TrainError> {
     let mut speakers: Vec<u32> = g.to_vec();
     speakers.sort_unstable();
@@ -311,8 +320,8 @@ pub fn fold_models(
             LINE_RATE,
             "loso fold",
             &category_labels(),
-            lambdas,
-            family,
+            recipe.lambdas,
+            recipe.family,
         )?;
         Ok((held, m))
     };
@@ -350,10 +359,9 @@ pub fn loso(
     g: &[u32],
     picks: &(dyn Fn(usize) -> Vec<usize> + Sync),
     eval: &[usize],
-    lambdas: &[f64],
-    family: Family,
+    recipe: Recipe,
 ) -> Result<Vec<Vec<Prediction>>, model::TrainError> {
-    let models = fold_models(items, table, g, picks, lambdas, family)?;
+    let models = fold_models(items, table, g, picks, recipe)?;
     let mut preds = vec![vec![Prediction::default(); items.len()]; eval.len()];
     for (held, m) in &models {
         for (k, &c) in eval.iter().enumerate() {
@@ -394,11 +402,10 @@ pub fn loso_adapted(
     g: &[u32],
     picks: &(dyn Fn(usize) -> Vec<usize> + Sync),
     eval: &[usize],
-    lambdas: &[f64],
-    family: Family,
+    recipe: Recipe,
     sim: AdaptSim,
 ) -> Result<Vec<Vec<Prediction>>, model::TrainError> {
-    let models = fold_models(items, table, g, picks, lambdas, family)?;
+    let models = fold_models(items, table, g, picks, recipe)?;
     let model_of = |i: usize| {
         &models
             .iter()
