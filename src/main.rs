@@ -93,6 +93,33 @@ struct CorpusArgs {
     /// from per task by inner leave-one-speaker-out.
     #[arg(long, value_delimiter = ',', default_value = "0.01")]
     lambda: Vec<f64>,
+    /// Classifier family of every task: `logistic` (L2 logistic regression),
+    /// `mlp` (16 tanh units, the L2 strength as weight decay), `ensemble`
+    /// (mean of the two scores) or `bagged` (mean of 4 networks from
+    /// different seeds).
+    #[arg(long, value_enum, default_value_t = FamilyArg::Logistic)]
+    family: FamilyArg,
+}
+
+/// `--family`: [`emonav_dsp::model::Family`].
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FamilyArg {
+    Logistic,
+    Mlp,
+    Ensemble,
+    Bagged,
+}
+
+impl FamilyArg {
+    fn family(self) -> emonav_dsp::model::Family {
+        use emonav_dsp::model::Family;
+        match self {
+            FamilyArg::Logistic => Family::Logistic,
+            FamilyArg::Mlp => Family::Mlp,
+            FamilyArg::Ensemble => Family::Ensemble,
+            FamilyArg::Bagged => Family::Bagged,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -424,7 +451,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         multi::samples(&items, &table, &g, &all, &picks, None)
     };
     let description = format!(
-        "trained on {} clips from {} ({} speakers), {}, L2 {:?}, by emonav {}",
+        "trained on {} clips from {} ({} speakers), {}, {:?}, L2 {:?}, by emonav {}",
         items.len(),
         d.corpus.display(),
         speakers.len(),
@@ -437,15 +464,17 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 "8 kHz multi-condition (the reference and {TRAIN_RENDERINGS} more line conditions per clip)"
             )
         },
+        d.family,
         d.lambda,
         env!("CARGO_PKG_VERSION")
     );
-    let model = emonav_dsp::model::train_with(
+    let model = emonav_dsp::model::train_family(
         &samples,
         rate,
         &description,
         &learn::category_labels(),
         &d.lambda,
+        d.family.family(),
     )?;
     std::fs::write(out, model.to_json() + "\n")
         .with_context(|| format!("cannot write {}", out.display()))?;
@@ -505,6 +534,10 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         &|c, i| eval.contains(&c) || (args.loso && picks(i).contains(&c)),
         d.cache.as_deref(),
     )?;
+    let recipe = multi::Recipe {
+        lambdas: &d.lambda,
+        family: d.family.family(),
+    };
     let (mode, preds) = if args.loso && args.adapt {
         let sim = multi::AdaptSim {
             min_calls: args.adapt_min_calls,
@@ -514,12 +547,12 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         };
         (
             "loso, adapted to the line",
-            multi::loso_adapted(&items, &table, &g, &picks, &eval, &d.lambda, sim)?,
+            multi::loso_adapted(&items, &table, &g, &picks, &eval, recipe, sim)?,
         )
     } else if args.loso {
         (
             "loso",
-            multi::loso(&items, &table, &g, &picks, &eval, &d.lambda)?,
+            multi::loso(&items, &table, &g, &picks, &eval, recipe)?,
         )
     } else {
         let m = load_model(args, 8000)?;
@@ -635,12 +668,13 @@ fn training_name(args: &EvalArgs) -> String {
         String::new()
     };
     format!(
-        "{}, L2 {:?}{adapt}",
+        "{}, {:?}, L2 {:?}{adapt}",
         if args.data.clean_only {
             "clean only"
         } else {
             "multi-condition"
         },
+        args.data.family,
         args.data.lambda
     )
 }

@@ -101,6 +101,57 @@ fn a_model_trained_on_some_speakers_recognises_held_out_ones() {
 }
 
 #[test]
+fn a_network_model_is_versioned_and_recognises_held_out_ones() {
+    // `--family mlp`: one hidden layer per task, written as format 2 so that
+    // a build without hidden layers refuses the file instead of ignoring them.
+    let train = csv_for(&["03", "08", "09", "10"], "train-mlp");
+    let test = csv_for(&["11", "13"], "test-mlp");
+    let model = std::env::temp_dir().join(format!("emonav-mlp-{}.json", std::process::id()));
+    let c = corpus();
+    let (ok, _, err) = emonav(&[
+        "train",
+        "--corpus",
+        c.to_str().unwrap(),
+        "--labels",
+        train.to_str().unwrap(),
+        "--clean-only",
+        "--family",
+        "mlp",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let file = json(&std::fs::read_to_string(&model).unwrap());
+    assert_eq!(file["format"], "emonav-model/2");
+    let hidden = &file["arousal"]["hidden"];
+    assert_eq!(hidden["outputs"].as_array().unwrap().len(), 16);
+    assert_eq!(
+        hidden["inputs"].as_array().unwrap().len(),
+        16 * file["features"].as_array().unwrap().len()
+    );
+    let (ok, out, err) = emonav(&[
+        "eval",
+        "--corpus",
+        c.to_str().unwrap(),
+        "--labels",
+        test.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r = json(&out);
+    let arousal = r["arousal"]["uar"].as_f64().unwrap();
+    let anger = r["anger"]["uar"].as_f64().unwrap();
+    // The same bars as the logistic model's above.
+    assert!(arousal >= 0.8, "arousal UAR {arousal}");
+    assert!(anger >= 0.7, "anger UAR {anger}");
+    for p in [train, test, model] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
 fn the_embedded_model_scores_exactly_as_its_file() {
     let clips = csv_for(&["16"], "embedded");
     let c = corpus();

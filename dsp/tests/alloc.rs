@@ -1,5 +1,6 @@
 //! `Analyzer::push` and `estimate` allocate nothing once constructed, with the
-//! heuristic estimator and with a trained model (the embedded defaults).
+//! heuristic estimator and with a trained model (the embedded defaults, and
+//! the same with a hidden layer).
 
 // A counting global allocator is unsafe by its trait; the workspace denies
 // unsafe_code everywhere but here and the one SIMD kernel.
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
+use emonav_dsp::model::{Hidden, FEATURES};
 use emonav_dsp::{Analyzer, EmotionEstimator, HeuristicArousal, Model, ModelEstimator};
 
 struct Counting;
@@ -55,10 +57,21 @@ fn ten_seconds_of_audio_without_an_allocation() {
         } else {
             include_str!("../../models/default-16k.json")
         };
-        let model = Arc::new(Model::from_json(model).unwrap());
-        let estimators: [Box<dyn EmotionEstimator>; 2] = [
+        let model = Model::from_json(model).unwrap();
+        // The same model with a hidden layer in every task (`--family mlp`
+        // and `ensemble` models score through it).
+        let mut network = model.clone();
+        for l in [&mut network.arousal, &mut network.anger] {
+            l.hidden = Some(Hidden {
+                inputs: (0..16 * FEATURES).map(|k| (k % 7) as f32 * 0.01).collect(),
+                biases: vec![0.1; 16],
+                outputs: vec![0.2; 16],
+            });
+        }
+        let estimators: [Box<dyn EmotionEstimator>; 3] = [
             Box::new(HeuristicArousal),
-            Box::new(ModelEstimator::new(model)),
+            Box::new(ModelEstimator::new(Arc::new(model))),
+            Box::new(ModelEstimator::new(Arc::new(network))),
         ];
         for estimator in estimators {
             let mut a = Analyzer::with_estimator(rate, estimator);

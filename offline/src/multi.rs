@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use emonav_dsp::adapt::{LineMap, LineStats};
-use emonav_dsp::model::{self, Sample, FEATURES, FEATURE_NAMES};
+use emonav_dsp::model::{self, Family, Sample, FEATURES, FEATURE_NAMES};
 use emonav_dsp::{telephone, Model};
 
 use crate::analyze::{read_wav, AnalyzeError};
@@ -291,32 +291,62 @@ pub fn samples(
     out
 }
 
+/// How each fold's model is fitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe<'a> {
+    /// L2 strengths: one is used as is, several are chosen from per task by
+    /// inner leave-one-speaker-out.
+    pub lambdas: &'a [f64],
+    /// The classifier family of every task.
+    pub family: Family,
+}
+
 /// One model per held-out speaker: trained on the other speakers' chosen
-/// renderings (`(speaker, model)` in speaker order).
+/// renderings (`(speaker, model)` in speaker order), two folds at a time.
 pub fn fold_models(
     items: &[Item],
     table: &Table,
     g: &[u32],
-    picks: &dyn Fn(usize) -> Vec<usize>,
-    lambdas: &[f64],
+    picks: &(dyn Fn(usize) -> Vec<usize> + Sync),
+    recipe: Recipe,
 ) -> Result<Vec<(u32, Model)>, model::TrainError> {
     let mut speakers: Vec<u32> = g.to_vec();
     speakers.sort_unstable();
     speakers.dedup();
-    speakers
-        .into_iter()
-        .map(|held| {
-            let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
-            let m = model::train_with(
-                &samples(items, table, g, &train_idx, picks, Some(held)),
-                LINE_RATE,
-                "loso fold",
-                &category_labels(),
-                lambdas,
-            )?;
-            Ok((held, m))
-        })
-        .collect()
+    let fold = |held: u32| {
+        let train_idx: Vec<usize> = (0..items.len()).filter(|&i| g[i] != held).collect();
+        let m = model::train_family(
+            &samples(items, table, g, &train_idx, picks, Some(held)),
+            LINE_RATE,
+            "loso fold",
+            &category_labels(),
+            recipe.lambdas,
+            recipe.family,
+        )?;
+        Ok((held, m))
+    };
+    let workers = 2usize;
+    let mut out: Vec<Result<(u32, Model), model::TrainError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (speakers, fold) = (&speakers, &fold);
+                s.spawn(move || {
+                    speakers
+                        .iter()
+                        .skip(w)
+                        .step_by(workers)
+                        .map(|&h| fold(h))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("training thread"))
+            .collect()
+    });
+    out.sort_by_key(|r| r.as_ref().map_or(0, |(s, _)| *s));
+    out.into_iter().collect()
 }
 
 /// Leave-one-speaker-out: for each speaker, train on the others' chosen
@@ -327,11 +357,11 @@ pub fn loso(
     items: &[Item],
     table: &Table,
     g: &[u32],
-    picks: &dyn Fn(usize) -> Vec<usize>,
+    picks: &(dyn Fn(usize) -> Vec<usize> + Sync),
     eval: &[usize],
-    lambdas: &[f64],
+    recipe: Recipe,
 ) -> Result<Vec<Vec<Prediction>>, model::TrainError> {
-    let models = fold_models(items, table, g, picks, lambdas)?;
+    let models = fold_models(items, table, g, picks, recipe)?;
     let mut preds = vec![vec![Prediction::default(); items.len()]; eval.len()];
     for (held, m) in &models {
         for (k, &c) in eval.iter().enumerate() {
@@ -370,12 +400,12 @@ pub fn loso_adapted(
     items: &[Item],
     table: &Table,
     g: &[u32],
-    picks: &dyn Fn(usize) -> Vec<usize>,
+    picks: &(dyn Fn(usize) -> Vec<usize> + Sync),
     eval: &[usize],
-    lambdas: &[f64],
+    recipe: Recipe,
     sim: AdaptSim,
 ) -> Result<Vec<Vec<Prediction>>, model::TrainError> {
-    let models = fold_models(items, table, g, picks, lambdas)?;
+    let models = fold_models(items, table, g, picks, recipe)?;
     let model_of = |i: usize| {
         &models
             .iter()

@@ -1,14 +1,16 @@
 //! Trained emotion models: the feature vector, the model file, training, and
 //! the streaming estimator a call runs.
 //!
-//! A model is two calibrated linear classifiers over the standardised
-//! [`FEATURE_NAMES`] vector: arousal (high vs low) and anger (vs the rest).
+//! A model is two calibrated classifiers over the standardised
+//! [`FEATURE_NAMES`] vector: arousal (high vs low) and anger (vs the rest),
+//! each linear or (see [`Family`]) with a small hidden layer of tanh units.
 //! Each probability is Platt-calibrated on out-of-speaker predictions made
 //! during training, so "0.9" means what it says for a speaker the model has
 //! not heard (under equal class priors; see docs/model.md).
 
 mod embedded;
 mod logistic;
+mod mlp;
 mod vector;
 
 use std::sync::Arc;
@@ -24,6 +26,11 @@ pub use vector::{feature_vector, FEATURES, FEATURE_NAMES};
 
 /// Identifies the file format; bumped on any incompatible change.
 pub const FORMAT: &str = "emonav-model/1";
+
+/// The format of a model with a hidden layer in any classifier: a build that
+/// reads only [`FORMAT`] refuses it rather than ignoring the hidden layer.
+/// Models without one are still written as [`FORMAT`].
+pub const FORMAT_HIDDEN: &str = "emonav-model/2";
 
 /// Standardised values are clipped to this many deviations, so one wild
 /// feature on a strange line cannot swamp the rest.
@@ -68,10 +75,11 @@ pub enum TrainError {
     OneClass(&'static str),
 }
 
-/// One calibrated linear classifier.
+/// One calibrated classifier: a linear score, plus a hidden layer's when it
+/// has one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Linear {
-    /// One weight per standardised feature.
+    /// One weight per standardised feature (all zero for a plain network).
     pub weights: Vec<f32>,
     /// Intercept.
     pub bias: f32,
@@ -79,11 +87,39 @@ pub struct Linear {
     pub calibration: [f32; 2],
     /// L2 strength chosen by cross-validation over speakers.
     pub lambda: f32,
+    /// Tanh units whose weighted outputs add to the score (format
+    /// [`FORMAT_HIDDEN`]); absent in a linear classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Hidden>,
+}
+
+/// A hidden layer: unit `u` computes `tanh(inputs[u]·x + biases[u])` and adds
+/// `outputs[u]` times that to the classifier's score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hidden {
+    /// Input weights, unit-major: `FEATURES` per unit.
+    pub inputs: Vec<f32>,
+    /// One bias per unit.
+    pub biases: Vec<f32>,
+    /// One output weight per unit.
+    pub outputs: Vec<f32>,
 }
 
 impl Linear {
     fn score(&self, x: &[f32; FEATURES]) -> f32 {
-        self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.bias
+        let mut s = self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.bias;
+        if let Some(h) = &self.hidden {
+            for ((w, b), o) in h
+                .inputs
+                .chunks_exact(FEATURES)
+                .zip(&h.biases)
+                .zip(&h.outputs)
+            {
+                let a = w.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b;
+                s += o * a.tanh();
+            }
+        }
+        s
     }
 
     fn probability(&self, x: &[f32; FEATURES]) -> f32 {
@@ -153,8 +189,15 @@ impl Model {
     /// Read and check a model from JSON.
     pub fn from_json(text: &str) -> Result<Model, ModelError> {
         let m: Model = serde_json::from_str(text)?;
-        if m.format != FORMAT {
+        let hidden = m.classifiers().any(|l| l.hidden.is_some());
+        if m.format != FORMAT && m.format != FORMAT_HIDDEN || (hidden && m.format == FORMAT) {
             return Err(ModelError::Format { found: m.format });
+        }
+        for h in m.classifiers().filter_map(|l| l.hidden.as_ref()) {
+            let units = h.outputs.len();
+            if h.biases.len() != units || h.inputs.len() != units * FEATURES {
+                return Err(ModelError::Shape("hidden"));
+            }
         }
         for (index, expected) in FEATURE_NAMES.iter().enumerate() {
             let found = m.features.get(index).map(String::as_str).unwrap_or("");
@@ -190,6 +233,13 @@ impl Model {
             }
         }
         Ok(m)
+    }
+
+    /// Every classifier: arousal, anger, then the categories'.
+    fn classifiers(&self) -> impl Iterator<Item = &Linear> {
+        [&self.arousal, &self.anger]
+            .into_iter()
+            .chain(self.categories.iter().flat_map(|c| c.classifiers.iter()))
     }
 
     /// The model as pretty JSON.
@@ -323,6 +373,44 @@ pub fn train_with(
     category_labels: &[&str],
     lambdas: &[f64],
 ) -> Result<Model, TrainError> {
+    train_family(
+        samples,
+        sample_rate,
+        description,
+        category_labels,
+        lambdas,
+        Family::Logistic,
+    )
+}
+
+/// The classifier family every task is fitted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// L2 logistic regression (Newton).
+    #[default]
+    Logistic,
+    /// One hidden layer of 16 tanh units, the same L2 strength as weight
+    /// decay, 200 L-BFGS iterations from a fixed seed.
+    Mlp,
+    /// The mean of the logistic and the network's scores (logits), then
+    /// calibrated together.
+    Ensemble,
+    /// The mean score of [`BAG`] networks from different seeds.
+    Bagged,
+}
+
+/// Networks averaged by [`Family::Bagged`].
+pub const BAG: usize = 4;
+
+/// [`train_with`] fitting every task with `family`.
+pub fn train_family(
+    samples: &[Sample],
+    sample_rate: u32,
+    description: &str,
+    category_labels: &[&str],
+    lambdas: &[f64],
+    family: Family,
+) -> Result<Model, TrainError> {
     let (mean, scale) = standardisation(samples);
     let mut d: Vec<f32> = samples
         .iter()
@@ -348,6 +436,7 @@ pub fn train_with(
         samples.iter().map(|s| s.arousal),
         "arousal",
         lambdas,
+        family,
     )?;
     let anger = train_task(
         &x,
@@ -355,12 +444,13 @@ pub fn train_with(
         samples.iter().map(|s| s.anger),
         "anger",
         lambdas,
+        family,
     )?;
     let mut labels = Vec::new();
     let mut classifiers = Vec::new();
     for (k, name) in category_labels.iter().enumerate() {
         let one_vs_rest = samples.iter().map(|s| s.category.map(|c| c == k));
-        match train_task(&x, &groups, one_vs_rest, "category", lambdas) {
+        match train_task(&x, &groups, one_vs_rest, "category", lambdas, family) {
             Ok(l) => {
                 labels.push(name.to_string());
                 classifiers.push(l);
@@ -372,8 +462,12 @@ pub fn train_with(
         labels,
         classifiers,
     });
+    let hidden = [&arousal, &anger]
+        .into_iter()
+        .chain(categories.iter().flat_map(|c| c.classifiers.iter()))
+        .any(|l| l.hidden.is_some());
     Ok(Model {
-        format: FORMAT.into(),
+        format: if hidden { FORMAT_HIDDEN } else { FORMAT }.into(),
         description: description.into(),
         sample_rate,
         features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
@@ -412,6 +506,7 @@ fn train_task(
     labels: impl Iterator<Item = Option<bool>>,
     task: &'static str,
     lambdas: &[f64],
+    family: Family,
 ) -> Result<Linear, TrainError> {
     let mut rows = Vec::new();
     let mut g = Vec::new();
@@ -436,7 +531,7 @@ fn train_task(
     } else {
         let mut best = (f64::INFINITY, lambdas[0], Vec::new());
         for &lambda in lambdas {
-            let oof = out_of_group_scores(&rows, &g, &distinct, &y, lambda);
+            let oof = out_of_group_scores(&rows, &g, &distinct, &y, lambda, family);
             let loss = weighted_log_loss(&oof, &y);
             if loss < best.0 {
                 best = (loss, lambda, oof);
@@ -451,32 +546,96 @@ fn train_task(
         );
         (lambda, [platt[0] as f32, platt[1] as f32])
     };
-    let beta = fit(
-        &Design {
-            x: &rows,
-            dims: FEATURES,
-        },
-        &y,
-        &balanced_weights(&y),
-        lambda,
-    );
+    let f = Fitted::fit(&rows, &y, lambda, family);
+    let hidden = f.nets.first().map(|_| {
+        let mut h = Hidden {
+            inputs: Vec::new(),
+            biases: Vec::new(),
+            outputs: Vec::new(),
+        };
+        for (net, share) in f.nets.iter().zip(f.shares.iter()) {
+            for u in 0..net.units {
+                h.inputs
+                    .extend((0..FEATURES).map(|j| net.w1[j * net.units + u] as f32));
+                h.biases.push(net.b1[u] as f32);
+                h.outputs.push((share * net.v[u]) as f32);
+            }
+        }
+        h
+    });
     Ok(Linear {
-        weights: beta[..FEATURES].iter().map(|&w| w as f32).collect(),
-        bias: beta[FEATURES] as f32,
+        weights: f.linear[..FEATURES].iter().map(|&w| w as f32).collect(),
+        bias: f.linear[FEATURES] as f32,
         calibration,
         lambda: lambda as f32,
+        hidden,
     })
 }
 
-/// Each row's linear score from a model that never saw its group.
+/// A fitted score in training precision: a linear part (weights, then the
+/// bias; already scaled by its share) plus networks' logits, each weighted by
+/// its share.
+struct Fitted {
+    linear: Vec<f64>,
+    nets: Vec<mlp::Net>,
+    shares: Vec<f64>,
+}
+
+impl Fitted {
+    fn fit(rows: &[f64], y: &[bool], lambda: f64, family: Family) -> Fitted {
+        let d = Design {
+            x: rows,
+            dims: FEATURES,
+        };
+        let w = balanced_weights(y);
+        let nets = |seeds: std::ops::Range<u64>| -> Vec<mlp::Net> {
+            seeds
+                .map(|seed| mlp::fit(&d, y, &w, lambda, mlp::UNITS, seed))
+                .collect()
+        };
+        let (mut linear, nets, linear_share) = match family {
+            Family::Logistic => (fit(&d, y, &w, lambda), Vec::new(), 1.0),
+            Family::Mlp => (vec![0.0; FEATURES + 1], nets(1..2), 0.0),
+            Family::Ensemble => (fit(&d, y, &w, lambda), nets(1..2), 0.5),
+            Family::Bagged => (vec![0.0; FEATURES + 1], nets(1..1 + BAG as u64), 0.0),
+        };
+        let share = (1.0 - linear_share) / nets.len().max(1) as f64;
+        linear.iter_mut().for_each(|v| *v *= linear_share);
+        // The networks' output biases join the linear bias.
+        linear[FEATURES] += nets.iter().map(|n| share * n.c).sum::<f64>();
+        let shares = vec![share; nets.len()];
+        Fitted {
+            linear,
+            nets,
+            shares,
+        }
+    }
+
+    fn score(&self, row: &[f64], h: &mut [f64]) -> f64 {
+        let mut s = row
+            .iter()
+            .zip(&self.linear)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            + self.linear[FEATURES];
+        for (n, share) in self.nets.iter().zip(&self.shares) {
+            s += share * (n.score(row, h) - n.c);
+        }
+        s
+    }
+}
+
+/// Each row's score from a model that never saw its group.
 fn out_of_group_scores(
     rows: &[f64],
     g: &[u32],
     distinct: &[u32],
     y: &[bool],
     lambda: f64,
+    family: Family,
 ) -> Vec<f64> {
     let mut oof = vec![0.0; y.len()];
+    let mut h = vec![0.0; mlp::UNITS];
     for &held in distinct {
         let mut tx = Vec::new();
         let mut ty = Vec::new();
@@ -489,18 +648,9 @@ fn out_of_group_scores(
         if ty.iter().all(|&v| v) || ty.iter().all(|&v| !v) {
             continue;
         }
-        let beta = fit(
-            &Design {
-                x: &tx,
-                dims: FEATURES,
-            },
-            &ty,
-            &balanced_weights(&ty),
-            lambda,
-        );
+        let f = Fitted::fit(&tx, &ty, lambda, family);
         for i in (0..y.len()).filter(|&i| g[i] == held) {
-            let r = &rows[i * FEATURES..(i + 1) * FEATURES];
-            oof[i] = r.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>() + beta[FEATURES];
+            oof[i] = f.score(&rows[i * FEATURES..(i + 1) * FEATURES], &mut h);
         }
     }
     oof
@@ -663,6 +813,35 @@ mod tests {
             Model::from_json("{\"format\":\"x\"}"),
             Err(ModelError::Json(_))
         ));
+    }
+
+    #[test]
+    fn networks_separate_and_are_written_as_format_2() {
+        let data = toy();
+        for family in [Family::Mlp, Family::Ensemble, Family::Bagged] {
+            let m = train_family(&data, 8000, "toy", &["a", "b", "c"], &[1e-2], family).unwrap();
+            assert_eq!(m.format, FORMAT_HIDDEN, "{family:?}");
+            let units = m.arousal.hidden.as_ref().unwrap().outputs.len();
+            let bag = if family == Family::Bagged { BAG } else { 1 };
+            assert_eq!(units, 16 * bag, "{family:?}");
+            let right = data
+                .iter()
+                .filter(|s| (m.scores(&s.x).arousal > 0.5) == s.arousal.unwrap())
+                .count();
+            assert!(right > 360, "{family:?}: {right}/400");
+            assert_eq!(Model::from_json(&m.to_json()).unwrap(), m);
+            // A format-1 file must not carry a hidden layer a format-1 reader
+            // would silently ignore.
+            let mut old = m.clone();
+            old.format = FORMAT.into();
+            assert!(matches!(
+                Model::from_json(&old.to_json()),
+                Err(ModelError::Format { .. })
+            ));
+        }
+        let linear = train(&data, 8000, "toy", &[]).unwrap();
+        assert_eq!(linear.format, FORMAT);
+        assert!(!linear.to_json().contains("hidden"));
     }
 
     #[test]
