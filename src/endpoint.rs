@@ -18,6 +18,16 @@
 //! - RFC 3261 §17: responses go to their client transaction; here, to the
 //!   registration whose Call-ID they carry, or to their call.
 //!
+//! - Trusted peers (src/trust.rs, `[security]`): a request no call owns
+//!   from a source outside the trusted set is refused with 403 (§21.4.4)
+//!   or dropped unanswered, before any other check, and counted. Every
+//!   method is refused, OPTIONS too: its 200 is what scanners fingerprint
+//!   SIP servers by, and a proxy's keep-alive probe comes from a trusted
+//!   address by definition. Messages routed to a call (by Call-ID) and
+//!   responses are not checked here: the dialog and transaction matching
+//!   (tags, branch) protect them, and in-dialog requests may come straight
+//!   from the caller's Contact when no proxy record-routes.
+//!
 //! Call-IDs route to calls through a table of handles the edge provides
 //! (a channel sender, in practice), so routing is testable without tasks.
 
@@ -29,6 +39,7 @@ use std::time::Instant;
 
 use crate::call::stateless_response;
 use crate::events::Metrics;
+use crate::trust::{TrustPolicy, Untrusted};
 use emonav_sip::dialog::reply_dest;
 use emonav_sip::header;
 use emonav_sip::message::{parse_datagram, Message, Method, ParseError, Request};
@@ -97,6 +108,11 @@ pub(crate) struct Endpoint<H> {
     /// Draining (src/lifecycle.rs): the `Retry-After` seconds of the 503
     /// that new INVITEs and OPTIONS get.
     draining: Option<u32>,
+    /// `[security]`: who may send requests no call owns; `None`: anyone.
+    trust: Option<TrustPolicy>,
+    /// Rate limit of the warnings about untrusted sources (a scan must not
+    /// become a flood of log lines).
+    untrusted_log: DropLog,
 }
 
 impl<H: Clone> Endpoint<H> {
@@ -115,7 +131,42 @@ impl<H: Clone> Endpoint<H> {
             registrations,
             metrics,
             draining: None,
+            trust: None,
+            untrusted_log: DropLog::new(Instant::now()),
         }
+    }
+
+    /// Refuse requests no call owns from sources outside `policy`'s set
+    /// (see the module documentation).
+    pub(crate) fn with_trust(mut self, policy: Option<TrustPolicy>) -> Self {
+        self.trust = policy;
+        self
+    }
+
+    /// Whether a request from `src` that no call owns is taken.
+    fn trusted(&self, src: SocketAddr) -> bool {
+        self.trust.as_ref().is_none_or(|t| {
+            t.sources.contains(src.ip())
+                || (t.registrars && self.registrations.is_registrar(src.ip()))
+        })
+    }
+
+    /// An untrusted request: counted, logged (rate-limited), and answered
+    /// 403 unless the profile says drop. Never an ACK's answer.
+    fn refuse_untrusted(&self, req: &Request, peer: Peer, now: Instant) -> Option<Event<H>> {
+        let src = peer.addr;
+        let drop = self
+            .trust
+            .as_ref()
+            .is_some_and(|t| t.untrusted == Untrusted::Drop);
+        let method = req.method.as_str();
+        if let Some(n) = self.untrusted_log.record(&self.metrics.sip_untrusted, now) {
+            tracing::warn!(%src, %method, refused_since_last = n, drop, "request from an untrusted source refused ([security] trusted_sources)");
+        } else {
+            tracing::debug!(%src, %method, drop, "request from an untrusted source refused");
+        }
+        (!drop && req.method != Method::Ack)
+            .then(|| Event::Respond(self.reply(req, peer, 403, "Forbidden")))
     }
 
     /// Stop taking calls: from now on a new INVITE, and OPTIONS (a proxy's
@@ -164,6 +215,16 @@ impl<H: Clone> Endpoint<H> {
         };
         match parse_datagram(data) {
             Ok(msg) => self.handle(msg, peer, now),
+            Err(ParseError::BadRequest { request, .. })
+                if !self.trusted(src)
+                    && self
+                        .trust
+                        .as_ref()
+                        .is_some_and(|t| t.untrusted == Untrusted::Drop) =>
+            {
+                // Drop mode answers nothing at all to untrusted sources.
+                self.refuse_untrusted(&request, peer, now)
+            }
             Err(ParseError::BadRequest { reason, request }) => {
                 self.metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%src, %reason, "malformed SIP request: 400");
@@ -214,6 +275,9 @@ impl<H: Clone> Endpoint<H> {
                 return None;
             }
         };
+        if !self.trusted(src) {
+            return self.refuse_untrusted(&req, peer, now);
+        }
         let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
         if let Some(secs) = self.draining {
             if matches!(req.method, Method::Invite | Method::Options) && !has_to_tag {

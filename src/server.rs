@@ -98,6 +98,8 @@ pub struct Server {
     accounts: Vec<(Account, String)>,
     reg_settings: registration::Settings,
     control: mpsc::UnboundedReceiver<Control>,
+    /// `[security]`: who may send requests no call owns.
+    trust: Option<crate::trust::TrustPolicy>,
 }
 
 impl Server {
@@ -148,6 +150,7 @@ impl Server {
                 ..registration::Settings::default()
             },
             control,
+            trust: profile.security.policy(),
         })
     }
 
@@ -210,7 +213,8 @@ impl Server {
             self.shared.settings.min_se,
             regs,
             self.shared.metrics.clone(),
-        );
+        )
+        .with_trust(self.trust);
         let shared = self.shared.clone();
         sip_loop(self.shared, endpoint, self.inbound, self.control).await;
         // What the line taught since the last write survives the restart.
