@@ -797,4 +797,29 @@ mod tests {
         let err = Profile::from_toml("[media]\ncodecs = [\"g729\"]\n", "p").unwrap_err();
         assert!(err.to_string().contains("g729"), "{err}");
     }
+
+    #[test]
+    fn security_is_off_by_default_and_on_in_the_carrier_and_pbx_profiles() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-profiles");
+        let p = Profile::load(&dir.join("default.toml")).unwrap();
+        assert!(!p.security.enabled() && !p.media.symmetric_rtp);
+        for (f, untrusted) in [
+            ("carrier-peering.toml", crate::trust::Untrusted::Drop),
+            ("asterisk.toml", crate::trust::Untrusted::Forbidden),
+            ("freeswitch.toml", crate::trust::Untrusted::Forbidden),
+        ] {
+            let p = Profile::load(&dir.join(f)).unwrap();
+            assert!(p.security.enabled(), "{f}");
+            assert_eq!(p.security.untrusted, untrusted, "{f}");
+        }
+        for (text, needle) in [
+            ("trusted_sources = [\"10.0.0.0/40\"]", "security.trusted_sources"),
+            ("trusted_media = [\"sbc.example\"]", "security.trusted_media"),
+            ("trust_registrars = true", "no [[registration]]"),
+            ("untrusted = \"404\"", "404"),
+        ] {
+            let err = Profile::from_toml(&format!("[security]\n{text}\n"), "p").unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+    }
 }
