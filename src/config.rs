@@ -813,8 +813,14 @@ mod tests {
             assert_eq!(p.security.untrusted, untrusted, "{f}");
         }
         for (text, needle) in [
-            ("trusted_sources = [\"10.0.0.0/40\"]", "security.trusted_sources"),
-            ("trusted_media = [\"sbc.example\"]", "security.trusted_media"),
+            (
+                "trusted_sources = [\"10.0.0.0/40\"]",
+                "security.trusted_sources",
+            ),
+            (
+                "trusted_media = [\"sbc.example\"]",
+                "security.trusted_media",
+            ),
             ("trust_registrars = true", "no [[registration]]"),
             ("untrusted = \"404\"", "404"),
         ] {
