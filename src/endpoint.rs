@@ -28,6 +28,14 @@
 //!   (tags, branch) protect them, and in-dialog requests may come straight
 //!   from the caller's Contact when no proxy record-routes.
 //!
+//! - RFC 4475 §3.1.2.11, §3.3.8: a request with headers in its
+//!   Request-URI (§19.1.1), or two of a header that takes one value
+//!   (Call-ID, From, To, CSeq, Max-Forwards; §20), is 400 with the reason.
+//! - RFC 3261 §8.2.2.3: a request no call owns that requires an extension
+//!   we do not support is 420 with `Unsupported`; an INVITE whose body is
+//!   not SDP is 415 with `Accept` (§8.2.3, §21.4.13), one whose `Accept`
+//!   excludes SDP, 406 (§21.4.7): its answer could not be understood.
+//!
 //! Call-IDs route to calls through a table of handles the edge provides
 //! (a channel sender, in practice), so routing is testable without tasks.
 
@@ -143,6 +151,13 @@ impl<H: Clone> Endpoint<H> {
         self
     }
 
+    /// Untrusted sources get no answer at all.
+    fn drops_untrusted(&self) -> bool {
+        self.trust
+            .as_ref()
+            .is_some_and(|t| t.untrusted == Untrusted::Drop)
+    }
+
     /// Whether a request from `src` that no call owns is taken.
     fn trusted(&self, src: SocketAddr) -> bool {
         self.trust.as_ref().is_none_or(|t| {
@@ -216,11 +231,7 @@ impl<H: Clone> Endpoint<H> {
         match parse_datagram(data) {
             Ok(msg) => self.handle(msg, peer, now),
             Err(ParseError::BadRequest { request, .. })
-                if !self.trusted(src)
-                    && self
-                        .trust
-                        .as_ref()
-                        .is_some_and(|t| t.untrusted == Untrusted::Drop) =>
+                if !self.trusted(src) && self.drops_untrusted() =>
             {
                 // Drop mode answers nothing at all to untrusted sources.
                 self.refuse_untrusted(&request, peer, now)
@@ -252,6 +263,18 @@ impl<H: Clone> Endpoint<H> {
         if let Message::Response(r) = &msg {
             if self.registrations.handle_response(r, now) {
                 return None;
+            }
+        }
+        if let Message::Request(req) = &msg {
+            if let Some(reason) = malformed(req) {
+                if !self.trusted(src) && self.drops_untrusted() {
+                    return self.refuse_untrusted(req, peer, now);
+                }
+                self.metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%src, %reason, "malformed SIP request: 400");
+                return (req.method != Method::Ack).then(|| {
+                    Event::Respond(self.reply(req, peer, 400, &format!("Bad Request ({reason})")))
+                });
             }
         }
         let call_id = match &msg {
@@ -287,6 +310,10 @@ impl<H: Clone> Endpoint<H> {
                 tracing::info!(%src, method = %req.method.as_str(), "draining: 503");
                 return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
             }
+        }
+        if let Some(resp) = self.unacceptable(&req) {
+            tracing::info!(%src, code = resp.code, method = %req.method.as_str(), "request refused");
+            return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
         }
         let (code, reason) = match &req.method {
             Method::Invite if !has_to_tag => {
@@ -327,6 +354,84 @@ impl<H: Clone> Endpoint<H> {
     fn reply(&self, req: &Request, peer: Peer, code: u16, reason: &str) -> Transmit {
         reply(req, peer, code, reason, &self.user_agent)
     }
+
+    /// The refusal of a request no call owns that asks for what we cannot
+    /// do: an extension (420), a body (415) or an answer type (406).
+    fn unacceptable(&self, req: &Request) -> Option<emonav_sip::message::Response> {
+        if matches!(req.method, Method::Ack | Method::Cancel) {
+            return None;
+        }
+        let unsupported: Vec<&str> = req
+            .headers
+            .get_all(header::REQUIRE)
+            .into_iter()
+            .filter(|t| {
+                !SUPPORTED_EXTENSIONS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(t))
+            })
+            .collect();
+        let refuse = |code, reason| stateless_response(req, code, reason, &self.user_agent);
+        if !unsupported.is_empty() {
+            let mut resp = refuse(420, "Bad Extension");
+            resp.headers
+                .push(header::UNSUPPORTED, unsupported.join(", "));
+            return Some(resp);
+        }
+        if req.method != Method::Invite {
+            return None;
+        }
+        let media_type = |v: &str| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        };
+        let content_type = req.headers.get(header::CONTENT_TYPE).map(media_type);
+        if !req.body.is_empty() && content_type.is_some_and(|t| t != "application/sdp") {
+            let mut resp = refuse(415, "Unsupported Media Type");
+            resp.headers.push(header::ACCEPT, "application/sdp");
+            return Some(resp);
+        }
+        let accept = req.headers.get_all(header::ACCEPT);
+        if !accept.is_empty()
+            && !accept.iter().any(|a| {
+                matches!(
+                    media_type(a).as_str(),
+                    "application/sdp" | "application/*" | "*/*"
+                )
+            })
+        {
+            return Some(refuse(406, "Not Acceptable"));
+        }
+        None
+    }
+}
+
+/// Option tags (RFC 3261 §19.2) a request may require of us: session
+/// timers (RFC 4028).
+const SUPPORTED_EXTENSIONS: &[&str] = &["timer"];
+
+/// Headers that take exactly one value (RFC 3261 §20; RFC 4475 §3.3.8).
+const SINGLE_VALUED: &[&str] = &[
+    header::CALL_ID,
+    header::FROM,
+    header::TO,
+    header::CSEQ,
+    header::MAX_FORWARDS,
+];
+
+/// Why a parsed request is still malformed, if it is: headers in the
+/// Request-URI (§19.1.1), or a single-valued header given twice.
+fn malformed(req: &Request) -> Option<String> {
+    if !req.uri.headers.is_empty() {
+        return Some("headers in the Request-URI".into());
+    }
+    SINGLE_VALUED
+        .iter()
+        .find(|h| req.headers.get_all(h).len() > 1)
+        .map(|h| format!("more than one {h}"))
 }
 
 /// A stateless response to `req`, on the transport (and connection) it

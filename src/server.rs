@@ -581,6 +581,7 @@ async fn call_task(
             503,
             "Service Unavailable (no media port)",
         );
+        shared.metrics.calls_ended.fetch_add(1, Ordering::Relaxed);
         let _ = ended.ended.send(call_id);
         return;
     };
@@ -600,6 +601,9 @@ async fn call_task(
         Ok(c) => c,
         Err(e) => {
             reply(&shared, &invite, peer, 400, &format!("Bad Request ({e})"));
+            // Counted as started by the endpoint: without this the
+            // emonav_calls_active gauge kept every such INVITE forever.
+            shared.metrics.calls_ended.fetch_add(1, Ordering::Relaxed);
             let _ = ended.ended.send(call_id);
             return;
         }

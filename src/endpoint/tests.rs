@@ -586,3 +586,64 @@ fn trust_registrars_trusts_the_address_registers_go_to() {
         Some(Event::NewCall { .. })
     ));
 }
+
+#[test]
+fn what_we_cannot_honour_is_refused_before_a_call_starts() {
+    let mut ep = endpoint();
+    let refused = |ep: &mut Endpoint<u32>, extra: &str| {
+        let (r, _) = respond(ep, &text("INVITE", UDP_RPORT, None, extra), udp());
+        r
+    };
+    // RFC 3261 §8.2.2.3: an extension we lack is 420 naming it; "timer" is ours.
+    let r = refused(
+        &mut ep,
+        "Require: timer, foo-bar\r\nSession-Expires: 1800\r\n",
+    );
+    assert_eq!(
+        (r.code, r.headers.get("Unsupported")),
+        (420, Some("foo-bar"))
+    );
+    // §8.2.3: a body we cannot read is 415 with what we accept.
+    let with_body = text(
+        "INVITE",
+        UDP_RPORT,
+        None,
+        "Content-Type: application/x-unknown\r\n",
+    )
+    .replace("Content-Length: 0\r\n\r\n", "Content-Length: 4\r\n\r\nabcd");
+    let (r, _) = respond(&mut ep, &with_body, udp());
+    assert_eq!(
+        (r.code, r.headers.get("Accept")),
+        (415, Some("application/sdp"))
+    );
+    // §21.4.7: an Accept without SDP is 406.
+    assert_eq!(refused(&mut ep, "Accept: text/plain\r\n").code, 406);
+    // RFC 4475 §3.3.8 and §3.1.2.11: 400 with the reason.
+    let (r, _) = respond(
+        &mut ep,
+        &text("INVITE", UDP_RPORT, None, "Call-ID: other@test\r\n"),
+        udp(),
+    );
+    assert_eq!(r.code, 400);
+    assert!(r.reason.contains("more than one Call-ID"), "{}", r.reason);
+    let uri_headers = text("OPTIONS", UDP_RPORT, None, "").replace(
+        "sip:emonav@198.51.100.1 SIP/2.0",
+        "sip:emonav@198.51.100.1?Route=%3Csip:x%3E SIP/2.0",
+    );
+    let (r, _) = respond(&mut ep, &uri_headers, udp());
+    assert!(
+        r.code == 400 && r.reason.contains("Request-URI"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 0);
+    // Still a call when nothing is asked that we lack.
+    assert!(matches!(
+        handle(
+            &mut ep,
+            &text("INVITE", UDP_RPORT, None, "Accept: application/sdp\r\n"),
+            udp()
+        ),
+        Some(Event::NewCall { .. })
+    ));
+}
