@@ -69,6 +69,8 @@ pub struct Profile {
     pub adapt: AdaptConfig,
     /// `[shutdown]`
     pub shutdown: ShutdownConfig,
+    /// `[security]`: trusted peers (src/trust.rs).
+    pub security: crate::trust::SecurityConfig,
     /// `[[registration]]`: accounts to keep registered (none by default).
     #[serde(rename = "registration")]
     pub registrations: Vec<RegistrationConfig>,
@@ -272,6 +274,9 @@ pub struct MediaConfig {
     /// Send 20 ms RTP packets of silence back to the caller, so that
     /// RTP-inactivity timers of PBXs do not end the call.
     pub send_silence: bool,
+    /// Symmetric RTP (RFC 4961, "comedia"): our RTP goes only where the
+    /// caller's RTP comes from, so nothing is sent before it has arrived.
+    pub symmetric_rtp: bool,
 }
 
 impl Default for MediaConfig {
@@ -284,6 +289,7 @@ impl Default for MediaConfig {
             rtp_timeout_ms: 30_000,
             jitter_ms: 60,
             send_silence: true,
+            symmetric_rtp: false,
         }
     }
 }
@@ -566,6 +572,7 @@ impl Profile {
                 }
             }
         }
+        self.security.validate(self.registrations.len())?;
         if let Some(p) = &self.transfer.outbound_proxy {
             let uri = Uri::parse(p).map_err(|e| format!("transfer.outbound_proxy {p:?}: {e}"))?;
             if emonav_sip::dialog::uri_socket_addr(&uri).is_none() {
@@ -789,5 +796,36 @@ mod tests {
         assert_eq!(p.media.codecs, [CodecName::Opus, CodecName::Pcmu]);
         let err = Profile::from_toml("[media]\ncodecs = [\"g729\"]\n", "p").unwrap_err();
         assert!(err.to_string().contains("g729"), "{err}");
+    }
+
+    #[test]
+    fn security_is_off_by_default_and_on_in_the_carrier_and_pbx_profiles() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-profiles");
+        let p = Profile::load(&dir.join("default.toml")).unwrap();
+        assert!(!p.security.enabled() && !p.media.symmetric_rtp);
+        for (f, untrusted) in [
+            ("carrier-peering.toml", crate::trust::Untrusted::Drop),
+            ("asterisk.toml", crate::trust::Untrusted::Forbidden),
+            ("freeswitch.toml", crate::trust::Untrusted::Forbidden),
+        ] {
+            let p = Profile::load(&dir.join(f)).unwrap();
+            assert!(p.security.enabled(), "{f}");
+            assert_eq!(p.security.untrusted, untrusted, "{f}");
+        }
+        for (text, needle) in [
+            (
+                "trusted_sources = [\"10.0.0.0/40\"]",
+                "security.trusted_sources",
+            ),
+            (
+                "trusted_media = [\"sbc.example\"]",
+                "security.trusted_media",
+            ),
+            ("trust_registrars = true", "no [[registration]]"),
+            ("untrusted = \"404\"", "404"),
+        ] {
+            let err = Profile::from_toml(&format!("[security]\n{text}\n"), "p").unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 }

@@ -18,6 +18,24 @@
 //! - RFC 3261 §17: responses go to their client transaction; here, to the
 //!   registration whose Call-ID they carry, or to their call.
 //!
+//! - Trusted peers (src/trust.rs, `[security]`): a request no call owns
+//!   from a source outside the trusted set is refused with 403 (§21.4.4)
+//!   or dropped unanswered, before any other check, and counted. Every
+//!   method is refused, OPTIONS too: its 200 is what scanners fingerprint
+//!   SIP servers by, and a proxy's keep-alive probe comes from a trusted
+//!   address by definition. Messages routed to a call (by Call-ID) and
+//!   responses are not checked here: the dialog and transaction matching
+//!   (tags, branch) protect them, and in-dialog requests may come straight
+//!   from the caller's Contact when no proxy record-routes.
+//!
+//! - RFC 4475 §3.1.2.11, §3.3.8: a request with headers in its
+//!   Request-URI (§19.1.1), or two of a header that takes one value
+//!   (Call-ID, From, To, CSeq, Max-Forwards; §20), is 400 with the reason.
+//! - RFC 3261 §8.2.2.3: a request no call owns that requires an extension
+//!   we do not support is 420 with `Unsupported`; an INVITE whose body is
+//!   not SDP is 415 with `Accept` (§8.2.3, §21.4.13), one whose `Accept`
+//!   excludes SDP, 406 (§21.4.7): its answer could not be understood.
+//!
 //! Call-IDs route to calls through a table of handles the edge provides
 //! (a channel sender, in practice), so routing is testable without tasks.
 
@@ -29,6 +47,7 @@ use std::time::Instant;
 
 use crate::call::stateless_response;
 use crate::events::Metrics;
+use crate::trust::{TrustPolicy, Untrusted};
 use emonav_sip::dialog::reply_dest;
 use emonav_sip::header;
 use emonav_sip::message::{parse_datagram, Message, Method, ParseError, Request};
@@ -97,6 +116,11 @@ pub(crate) struct Endpoint<H> {
     /// Draining (src/lifecycle.rs): the `Retry-After` seconds of the 503
     /// that new INVITEs and OPTIONS get.
     draining: Option<u32>,
+    /// `[security]`: who may send requests no call owns; `None`: anyone.
+    trust: Option<TrustPolicy>,
+    /// Rate limit of the warnings about untrusted sources (a scan must not
+    /// become a flood of log lines).
+    untrusted_log: DropLog,
 }
 
 impl<H: Clone> Endpoint<H> {
@@ -115,7 +139,49 @@ impl<H: Clone> Endpoint<H> {
             registrations,
             metrics,
             draining: None,
+            trust: None,
+            untrusted_log: DropLog::new(Instant::now()),
         }
+    }
+
+    /// Refuse requests no call owns from sources outside `policy`'s set
+    /// (see the module documentation).
+    pub(crate) fn with_trust(mut self, policy: Option<TrustPolicy>) -> Self {
+        self.trust = policy;
+        self
+    }
+
+    /// Untrusted sources get no answer at all.
+    fn drops_untrusted(&self) -> bool {
+        self.trust
+            .as_ref()
+            .is_some_and(|t| t.untrusted == Untrusted::Drop)
+    }
+
+    /// Whether a request from `src` that no call owns is taken.
+    fn trusted(&self, src: SocketAddr) -> bool {
+        self.trust.as_ref().is_none_or(|t| {
+            t.sources.contains(src.ip())
+                || (t.registrars && self.registrations.is_registrar(src.ip()))
+        })
+    }
+
+    /// An untrusted request: counted, logged (rate-limited), and answered
+    /// 403 unless the profile says drop. Never an ACK's answer.
+    fn refuse_untrusted(&self, req: &Request, peer: Peer, now: Instant) -> Option<Event<H>> {
+        let src = peer.addr;
+        let drop = self
+            .trust
+            .as_ref()
+            .is_some_and(|t| t.untrusted == Untrusted::Drop);
+        let method = req.method.as_str();
+        if let Some(n) = self.untrusted_log.record(&self.metrics.sip_untrusted, now) {
+            tracing::warn!(%src, %method, refused_since_last = n, drop, "request from an untrusted source refused ([security] trusted_sources)");
+        } else {
+            tracing::debug!(%src, %method, drop, "request from an untrusted source refused");
+        }
+        (!drop && req.method != Method::Ack)
+            .then(|| Event::Respond(self.reply(req, peer, 403, "Forbidden")))
     }
 
     /// Stop taking calls: from now on a new INVITE, and OPTIONS (a proxy's
@@ -164,6 +230,12 @@ impl<H: Clone> Endpoint<H> {
         };
         match parse_datagram(data) {
             Ok(msg) => self.handle(msg, peer, now),
+            Err(ParseError::BadRequest { request, .. })
+                if !self.trusted(src) && self.drops_untrusted() =>
+            {
+                // Drop mode answers nothing at all to untrusted sources.
+                self.refuse_untrusted(&request, peer, now)
+            }
             Err(ParseError::BadRequest { reason, request }) => {
                 self.metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%src, %reason, "malformed SIP request: 400");
@@ -193,6 +265,18 @@ impl<H: Clone> Endpoint<H> {
                 return None;
             }
         }
+        if let Message::Request(req) = &msg {
+            if let Some(reason) = malformed(req) {
+                if !self.trusted(src) && self.drops_untrusted() {
+                    return self.refuse_untrusted(req, peer, now);
+                }
+                self.metrics.sip_bad_request.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%src, %reason, "malformed SIP request: 400");
+                return (req.method != Method::Ack).then(|| {
+                    Event::Respond(self.reply(req, peer, 400, &format!("Bad Request ({reason})")))
+                });
+            }
+        }
         let call_id = match &msg {
             Message::Request(r) => r.call_id(),
             Message::Response(r) => r.call_id(),
@@ -214,6 +298,9 @@ impl<H: Clone> Endpoint<H> {
                 return None;
             }
         };
+        if !self.trusted(src) {
+            return self.refuse_untrusted(&req, peer, now);
+        }
         let has_to_tag = req.to().is_some_and(|t| t.tag().is_some());
         if let Some(secs) = self.draining {
             if matches!(req.method, Method::Invite | Method::Options) && !has_to_tag {
@@ -223,6 +310,10 @@ impl<H: Clone> Endpoint<H> {
                 tracing::info!(%src, method = %req.method.as_str(), "draining: 503");
                 return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
             }
+        }
+        if let Some(resp) = self.unacceptable(&req) {
+            tracing::info!(%src, code = resp.code, method = %req.method.as_str(), "request refused");
+            return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
         }
         let (code, reason) = match &req.method {
             Method::Invite if !has_to_tag => {
@@ -263,6 +354,84 @@ impl<H: Clone> Endpoint<H> {
     fn reply(&self, req: &Request, peer: Peer, code: u16, reason: &str) -> Transmit {
         reply(req, peer, code, reason, &self.user_agent)
     }
+
+    /// The refusal of a request no call owns that asks for what we cannot
+    /// do: an extension (420), a body (415) or an answer type (406).
+    fn unacceptable(&self, req: &Request) -> Option<emonav_sip::message::Response> {
+        if matches!(req.method, Method::Ack | Method::Cancel) {
+            return None;
+        }
+        let unsupported: Vec<&str> = req
+            .headers
+            .get_all(header::REQUIRE)
+            .into_iter()
+            .filter(|t| {
+                !SUPPORTED_EXTENSIONS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(t))
+            })
+            .collect();
+        let refuse = |code, reason| stateless_response(req, code, reason, &self.user_agent);
+        if !unsupported.is_empty() {
+            let mut resp = refuse(420, "Bad Extension");
+            resp.headers
+                .push(header::UNSUPPORTED, unsupported.join(", "));
+            return Some(resp);
+        }
+        if req.method != Method::Invite {
+            return None;
+        }
+        let media_type = |v: &str| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        };
+        let content_type = req.headers.get(header::CONTENT_TYPE).map(media_type);
+        if !req.body.is_empty() && content_type.is_some_and(|t| t != "application/sdp") {
+            let mut resp = refuse(415, "Unsupported Media Type");
+            resp.headers.push(header::ACCEPT, "application/sdp");
+            return Some(resp);
+        }
+        let accept = req.headers.get_all(header::ACCEPT);
+        if !accept.is_empty()
+            && !accept.iter().any(|a| {
+                matches!(
+                    media_type(a).as_str(),
+                    "application/sdp" | "application/*" | "*/*"
+                )
+            })
+        {
+            return Some(refuse(406, "Not Acceptable"));
+        }
+        None
+    }
+}
+
+/// Option tags (RFC 3261 §19.2) a request may require of us: session
+/// timers (RFC 4028).
+const SUPPORTED_EXTENSIONS: &[&str] = &["timer"];
+
+/// Headers that take exactly one value (RFC 3261 §20; RFC 4475 §3.3.8).
+const SINGLE_VALUED: &[&str] = &[
+    header::CALL_ID,
+    header::FROM,
+    header::TO,
+    header::CSEQ,
+    header::MAX_FORWARDS,
+];
+
+/// Why a parsed request is still malformed, if it is: headers in the
+/// Request-URI (§19.1.1), or a single-valued header given twice.
+fn malformed(req: &Request) -> Option<String> {
+    if !req.uri.headers.is_empty() {
+        return Some("headers in the Request-URI".into());
+    }
+    SINGLE_VALUED
+        .iter()
+        .find(|h| req.headers.get_all(h).len() > 1)
+        .map(|h| format!("more than one {h}"))
 }
 
 /// A stateless response to `req`, on the transport (and connection) it

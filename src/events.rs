@@ -211,6 +211,8 @@ pub(crate) struct Metrics {
     pub sip_unparseable: AtomicU64,
     /// SIP requests answered with 400.
     pub sip_bad_request: AtomicU64,
+    /// SIP requests from untrusted sources refused (403) or dropped.
+    pub sip_untrusted: AtomicU64,
     /// SIP messages for a call dropped because its queue was full (a flood
     /// on one Call-ID, or a call task that stopped reading).
     pub sip_call_queue_dropped: AtomicU64,
@@ -277,7 +279,7 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let started = self.calls_started.load(Ordering::Relaxed);
         let ended = self.calls_ended.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 15] = [
+        let rows: [(&str, &str, &str, u64); 16] = [
             (
                 "emonav_calls_started_total",
                 "counter",
@@ -320,6 +322,12 @@ impl Metrics {
                 "counter",
                 "SIP requests answered 400",
                 self.sip_bad_request.load(Ordering::Relaxed),
+            ),
+            (
+                "emonav_sip_untrusted_total",
+                "counter",
+                "SIP requests from untrusted sources refused or dropped ([security])",
+                self.sip_untrusted.load(Ordering::Relaxed),
             ),
             (
                 "emonav_sip_call_queue_dropped_total",

@@ -37,6 +37,7 @@ mod media;
 mod policy;
 mod sdp;
 mod server;
+mod trust;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::{ConfigError, Profile};

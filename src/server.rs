@@ -98,6 +98,8 @@ pub struct Server {
     accounts: Vec<(Account, String)>,
     reg_settings: registration::Settings,
     control: mpsc::UnboundedReceiver<Control>,
+    /// `[security]`: who may send requests no call owns.
+    trust: Option<crate::trust::TrustPolicy>,
 }
 
 impl Server {
@@ -148,6 +150,7 @@ impl Server {
                 ..registration::Settings::default()
             },
             control,
+            trust: profile.security.policy(),
         })
     }
 
@@ -210,7 +213,8 @@ impl Server {
             self.shared.settings.min_se,
             regs,
             self.shared.metrics.clone(),
-        );
+        )
+        .with_trust(self.trust);
         let shared = self.shared.clone();
         sip_loop(self.shared, endpoint, self.inbound, self.control).await;
         // What the line taught since the last write survives the restart.
@@ -577,6 +581,7 @@ async fn call_task(
             503,
             "Service Unavailable (no media port)",
         );
+        shared.metrics.calls_ended.fetch_add(1, Ordering::Relaxed);
         let _ = ended.ended.send(call_id);
         return;
     };
@@ -596,6 +601,9 @@ async fn call_task(
         Ok(c) => c,
         Err(e) => {
             reply(&shared, &invite, peer, 400, &format!("Bad Request ({e})"));
+            // Counted as started by the endpoint: without this the
+            // emonav_calls_active gauge kept every such INVITE forever.
+            shared.metrics.calls_ended.fetch_add(1, Ordering::Relaxed);
             let _ = ended.ended.send(call_id);
             return;
         }

@@ -229,9 +229,14 @@ fn freeswitch_invite_with_record_route_list() {
 #[test]
 fn random_and_mutated_input_never_panics() {
     let mut rng = fastrand::Rng::with_seed(4475);
-    let seeds: Vec<Vec<u8>> = std::fs::read_dir(support::root().join("tests/conformance"))
+    // tests/conformance/*.sip and the RFC 4475 cases in its rfc4475/ folder.
+    let dir = support::root().join("tests/conformance");
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .chain(std::fs::read_dir(dir.join("rfc4475")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read(p).unwrap())
         .collect();
     for i in 0..20_000 {
         let mut b = seeds[i % seeds.len()].clone();

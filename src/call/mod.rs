@@ -172,6 +172,8 @@ struct Clock {
     /// Wall-clock time at `started`, for RTCP's NTP timestamps.
     started_wall: SystemTime,
     answered_at: Option<Instant>,
+    /// When the ACK confirmed the dialog: our media starts then.
+    confirmed_at: Option<Instant>,
 }
 
 /// A call.
@@ -301,6 +303,7 @@ impl Call {
                 started: now,
                 started_wall,
                 answered_at: None,
+                confirmed_at: None,
             },
             timers,
             out: Outbox {
@@ -365,6 +368,13 @@ impl Call {
         let cfg = MediaConfig {
             jitter_delay: self.s.jitter_delay,
             send_silence: self.s.send_silence,
+            symmetric: self.s.symmetric_rtp,
+            // The call's own signalling source passed the trusted-set check.
+            trusted: self
+                .s
+                .media_trust
+                .clone()
+                .map(|set| (set, self.invite.source.ip())),
             models: &self.s.models,
             lines: &self.s.lines,
         };
@@ -399,12 +409,15 @@ impl Call {
         ) && self.media.is_some()
     }
 
-    /// Answered and not yet past the transfer: our RTP and RTCP flow.
+    /// Answered, confirmed by the ACK and not yet past the transfer: our
+    /// RTP and RTCP flow. Nothing before the ACK: a spoofed INVITE's 200
+    /// goes to the spoofed source, which never ACKs, so our media never
+    /// starts toward the address its SDP names (a reflection otherwise).
     fn sends_media(&self) -> bool {
         matches!(
             self.phase,
             Phase::Listening | Phase::Transferring | Phase::Bridging
-        )
+        ) && !self.invite.awaiting_ack()
     }
 
     /// The next thing to do at the instant of the last input: SIP messages
@@ -435,7 +448,7 @@ impl Call {
         if !self.sends_media() {
             return None;
         }
-        let start = self.clock.answered_at.unwrap_or(self.clock.started);
+        let start = self.clock.confirmed_at.unwrap_or(self.clock.started);
         self.media.as_ref()?.send_due(start)
     }
 
@@ -595,6 +608,7 @@ impl Call {
             Method::Ack => {
                 if self.route_ack(req, same_tx, now) {
                     tracing::debug!(call_id = %self.dialog.call_id, "ACK");
+                    self.clock.confirmed_at = Some(now);
                     self.maybe_refer_after_ack(now);
                 }
             }

@@ -13,6 +13,7 @@ use crate::adapt::LineAdapter;
 use crate::config::{DialogCredential, Fallback, Profile, TransferMode};
 use crate::policy::Policy;
 use crate::sdp::CodecName;
+use crate::trust::TrustedSet;
 use emonav_sip::dialog::uri_socket_addr;
 use emonav_sip::message::{Uri, Via};
 use emonav_sip::transaction::Timers;
@@ -41,6 +42,11 @@ pub struct CallSettings {
     pub jitter_delay: Duration,
     /// Send 20 ms silence packets to the caller (RTP keepalive).
     pub send_silence: bool,
+    /// Send RTP only where the caller's RTP comes from (`[media] symmetric_rtp`).
+    pub symmetric_rtp: bool,
+    /// `[security]` on: the only addresses our media may go to, besides
+    /// the call's own signalling source (`trusted_sources`, `trusted_media`).
+    pub(crate) media_trust: Option<Arc<TrustedSet>>,
     /// Our sent-by for Via (advertised address and SIP port).
     pub sip_addr: SocketAddr,
     /// Our Contact URI (for UDP; see [`CallSettings::contact_uri`]).
@@ -102,6 +108,8 @@ impl CallSettings {
                 .then(|| Duration::from_millis(p.media.rtp_timeout_ms)),
             jitter_delay: Duration::from_millis(p.media.jitter_ms),
             send_silence: p.media.send_silence,
+            symmetric_rtp: p.media.symmetric_rtp,
+            media_trust: p.security.media_set().map(Arc::new),
             sip_addr,
             contact,
             user_agent: p.sip.user_agent.clone(),

@@ -1464,10 +1464,12 @@ fn arbitrary_in_dialog_traffic_never_panics() {
 fn one_clock_and_one_output_pace_our_silence_stream() {
     let t0 = Instant::now();
     let mut call = answered(t0);
-    // The first silence packet went with the 200 OK; the next is due 20 ms
-    // later, before any protocol timer.
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(20)));
-    call.handle_timeout(t0 + ms(20));
+    // The first silence packet is due with the ACK (t0 + 10 ms), none
+    // before; the next 20 ms later, before any protocol timer.
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(10)));
+    assert_eq!(media_sent(&mut call).len(), 1, "the first, at the ACK");
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(30)));
+    call.handle_timeout(t0 + ms(30));
     let media = media_sent(&mut call);
     let dest: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     assert_eq!(media.len(), 1, "one packet per 20 ms");
@@ -1475,7 +1477,7 @@ fn one_clock_and_one_output_pace_our_silence_stream() {
         (media[0].0, media[0].1, media[0].2.len()),
         (Socket::Rtp, dest, 172)
     );
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(40)));
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(50)));
     assert_eq!(
         protocol_timeout(&mut call),
         Some(t0 + Duration::from_secs(3))
@@ -1874,4 +1876,129 @@ fn reinvite_while_live_is_still_answered_and_a_refused_offer_is_488() {
     let opts = in_dialog(&call, "OPTIONS", 3, "", "");
     call.handle_request(&opts, peer(), t0 + ms(120));
     assert_eq!(only_response(sent(&mut call)).code, 200);
+}
+
+/// An INVITE whose SDP puts the caller's media at `media` (from CALLER).
+fn invite_media_at(media: SocketAddr) -> Request {
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\n",
+        ip = media.ip(),
+        port = media.port()
+    );
+    request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv1;rport\r\n\
+         From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\n\
+         Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ))
+}
+
+/// A call of `profile` offering media at `media`, answered at t0, its 100
+/// and 200 taken; every media packet until `until` (20 ms steps) dropped
+/// into the returned list.
+fn media_call(profile: &str, media: SocketAddr, t0: Instant) -> Call {
+    let p = Profile::from_toml(profile, "p").unwrap();
+    let s = Arc::new(CallSettings::from_profile(&p, 5060));
+    let mut call = Call::new(
+        s,
+        invite_media_at(media),
+        src(),
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(codes(&sent(&mut call)), ["100", "200"]);
+    call
+}
+
+/// Step the call's clock in 20 ms steps from `from` to `to`, collecting
+/// every media packet's (socket, destination).
+fn media_between(call: &mut Call, from: Instant, to: Instant) -> Vec<(Socket, SocketAddr)> {
+    let mut out = vec![];
+    let mut t = from;
+    while t <= to {
+        call.handle_timeout(t);
+        out.extend(media_sent(call).into_iter().map(|(s, d, _)| (s, d)));
+        t += ms(20);
+    }
+    out
+}
+
+#[test]
+fn no_media_before_the_ack_and_none_at_all_when_none_comes() {
+    let t0 = Instant::now();
+    let sdp_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut call = media_call("", sdp_addr, t0);
+    // A spoofed INVITE's 200 goes to the spoofed source, which never ACKs:
+    // the 200 is retransmitted but no RTP or RTCP goes to the SDP's address.
+    assert_eq!(media_between(&mut call, t0, t0 + ms(1000)), []);
+    call.handle_request(&ack(&call), peer(), t0 + ms(1010));
+    let after = media_between(&mut call, t0 + ms(1010), t0 + ms(1090));
+    assert_eq!(after.len(), 5, "one RTP packet per 20 ms from the ACK on");
+    assert!(after
+        .iter()
+        .all(|&(s, d)| s == Socket::Rtp && d == sdp_addr));
+
+    // With no ACK at all: nothing until Timer H ends the call (64*T1).
+    let mut spoofed = media_call("", sdp_addr, t0);
+    let sent = media_between(&mut spoofed, t0, t0 + Duration::from_secs(33));
+    assert_eq!(sent, [], "no media toward a never-confirmed dialog");
+    assert_eq!(ended(&mut spoofed).map(|r| r.outcome), None);
+}
+
+#[test]
+fn symmetric_rtp_sends_only_to_where_the_callers_rtp_comes_from() {
+    let t0 = Instant::now();
+    let sdp_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let real: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+    let mut call = media_call("[media]\nsymmetric_rtp = true\n", sdp_addr, t0);
+    call.handle_request(&ack(&call), peer(), t0 + ms(10));
+    assert_eq!(
+        media_between(&mut call, t0 + ms(10), t0 + ms(500)),
+        [],
+        "nothing to the SDP's address before RTP arrived"
+    );
+    call.handle_rtp_from(&pcmu_packet(1), Some(real), t0 + ms(510));
+    let sent = media_between(&mut call, t0 + ms(510), t0 + ms(590));
+    assert!(!sent.is_empty(), "our silence starts once RTP came");
+    assert!(sent.iter().all(|&(_, d)| d.ip() == real.ip()), "{sent:?}");
+    assert!(sent.contains(&(Socket::Rtp, real)), "to the latched source");
+    assert!(!sent.iter().any(|&(_, d)| d == sdp_addr));
+}
+
+#[test]
+fn a_trusted_set_keeps_our_media_away_from_other_addresses() {
+    let t0 = Instant::now();
+    let outside: SocketAddr = "192.0.2.50:40000".parse().unwrap();
+    let trusted = "[security]\ntrusted_sources = [\"127.0.0.1/32\"]\n";
+    let mut call = media_call(trusted, outside, t0);
+    call.handle_request(&ack(&call), peer(), t0 + ms(10));
+    assert_eq!(
+        media_between(&mut call, t0 + ms(10), t0 + ms(500)),
+        [],
+        "the SDP names an address outside the set"
+    );
+    // Even RTP from there (spoofable) does not make it a destination.
+    call.handle_rtp_from(&pcmu_packet(1), Some(outside), t0 + ms(510));
+    assert_eq!(media_between(&mut call, t0 + ms(510), t0 + ms(6000)), []);
+    assert!(
+        call.media.as_ref().unwrap().rtp_stats().received > 0,
+        "still analysed"
+    );
+
+    // A media gateway listed in trusted_media is sent to; the call's own
+    // signalling source is trusted without being listed.
+    let gw = format!("{trusted}trusted_media = [\"192.0.2.0/24\"]\n");
+    let mut call = media_call(&gw, outside, t0);
+    call.handle_request(&ack(&call), peer(), t0 + ms(10));
+    let sent = media_between(&mut call, t0 + ms(10), t0 + ms(90));
+    assert!(sent.contains(&(Socket::Rtp, outside)), "{sent:?}");
+    let own = "[security]\ntrusted_sources = [\"10.0.0.0/8\"]\n";
+    let sdp_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut call = media_call(own, sdp_addr, t0);
+    call.handle_request(&ack(&call), peer(), t0 + ms(10));
+    let sent = media_between(&mut call, t0 + ms(10), t0 + ms(90));
+    assert!(sent.contains(&(Socket::Rtp, sdp_addr)), "{sent:?}");
 }

@@ -68,6 +68,15 @@ impl Registrations {
         }
     }
 
+    /// Whether `ip` is where a registrar's REGISTERs go (`[security]
+    /// trust_registrars`).
+    pub(crate) fn is_registrar(&self, ip: std::net::IpAddr) -> bool {
+        self.slots
+            .iter()
+            .filter_map(|s| s.dest)
+            .any(|d| d.ip() == ip)
+    }
+
     /// No accounts configured.
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.is_empty()

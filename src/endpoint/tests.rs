@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::*;
+use crate::trust::{TrustPolicy, Untrusted};
 use emonav_sip::message::{parse_datagram, Response, Uri};
 use emonav_sip::registration::{Account, Registration, Settings, State};
 
@@ -427,4 +428,222 @@ fn draining_refuses_new_calls_and_options_with_503_and_retry_after_but_routes_ca
     ep.remove_call("cid-1@test");
     let (r, _) = respond(&mut ep, &text("OPTIONS", UDP_RPORT, Some("x"), ""), udp());
     assert_eq!(r.code, 481);
+}
+
+fn trusting(sources: &[&str], untrusted: Untrusted) -> Endpoint<u32> {
+    endpoint().with_trust(Some(TrustPolicy {
+        sources: crate::trust::TrustedSet::parse(sources).unwrap(),
+        registrars: false,
+        untrusted,
+    }))
+}
+
+fn from(addr: &str) -> Peer {
+    Peer {
+        addr: addr.parse().unwrap(),
+        transport: Transport::Udp,
+    }
+}
+
+#[test]
+fn untrusted_sources_get_403_for_every_out_of_dialog_request_and_are_counted() {
+    let mut ep = trusting(&["127.0.0.1/32", "10.0.0.0/8"], Untrusted::Forbidden);
+    // 192.0.2.7 (SRC) is outside the set: INVITE, OPTIONS, REGISTER, an
+    // in-dialog BYE of no call and an unknown method all get 403, no call.
+    for method in ["INVITE", "OPTIONS", "REGISTER", "FOO"] {
+        let (r, t) = respond(&mut ep, &text(method, UDP_RPORT, None, ""), udp());
+        assert_eq!((r.code, r.reason.as_str()), (403, "Forbidden"), "{method}");
+        assert_eq!(t.dest, src(), "back to the source, as any response");
+    }
+    let (r, _) = respond(&mut ep, &text("BYE", UDP_RPORT, Some("x"), ""), udp());
+    assert_eq!(r.code, 403);
+    assert!(handle(&mut ep, &text("ACK", UDP_RPORT, Some("x"), ""), udp()).is_none());
+    assert_eq!(ep.metrics.sip_untrusted.load(Ordering::Relaxed), 6);
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 0);
+    assert_eq!(ep.calls(), 0);
+    // Trusted sources, including an IPv4-mapped one over TCP, start calls.
+    for peer in [
+        from("127.0.0.1:5070"),
+        Peer {
+            addr: "[::ffff:10.9.8.7]:5070".parse().unwrap(),
+            transport: Transport::Tcp,
+        },
+    ] {
+        assert!(
+            matches!(
+                handle(&mut ep, &text("INVITE", UDP_RPORT, None, ""), peer),
+                Some(Event::NewCall { .. })
+            ),
+            "{peer:?}"
+        );
+    }
+    // 127.0.0.2 is loopback but outside 127.0.0.1/32.
+    let (r, _) = respond(
+        &mut ep,
+        &text("INVITE", UDP_RPORT, None, ""),
+        from("127.0.0.2:5060"),
+    );
+    assert_eq!(r.code, 403);
+    assert_eq!(ep.metrics.sip_untrusted.load(Ordering::Relaxed), 7);
+    let metrics = ep.metrics.render();
+    assert!(
+        metrics.contains("emonav_sip_untrusted_total 7\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn drop_mode_answers_untrusted_sources_nothing_not_even_400() {
+    let mut ep = trusting(&["127.0.0.1"], Untrusted::Drop);
+    for m in [
+        text("INVITE", UDP_RPORT, None, ""),
+        text("OPTIONS", UDP_RPORT, None, ""),
+    ] {
+        assert!(handle(&mut ep, &m, udp()).is_none(), "{m}");
+    }
+    let malformed = text("INVITE", UDP_RPORT, None, "").replace("CSeq: 1 INVITE", "CSeq: x INVITE");
+    assert!(ep
+        .handle_datagram(malformed.as_bytes(), src(), Instant::now())
+        .is_none());
+    assert_eq!(ep.metrics.sip_untrusted.load(Ordering::Relaxed), 3);
+    assert_eq!(ep.metrics.sip_bad_request.load(Ordering::Relaxed), 0);
+    // The trusted source's malformed request still gets its 400.
+    let t = match ep.handle_datagram(
+        malformed.as_bytes(),
+        "127.0.0.1:5062".parse().unwrap(),
+        Instant::now(),
+    ) {
+        Some(Event::Respond(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(String::from_utf8_lossy(&t.data).starts_with("SIP/2.0 400"));
+}
+
+#[test]
+fn calls_in_progress_and_responses_pass_the_trust_check() {
+    let mut ep = trusting(&["127.0.0.1"], Untrusted::Drop);
+    ep.insert_call("cid-1@test".into(), 7);
+    // The caller's in-dialog requests may come from its Contact, not the
+    // proxy: routed by Call-ID, the call's dialog matching decides.
+    assert!(matches!(
+        handle(&mut ep, &text("BYE", UDP_RPORT, Some("ours"), ""), udp()),
+        Some(Event::ToCall { handle: 7, .. })
+    ));
+    let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKx\r\n\
+                From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: cid-1@test\r\n\
+                CSeq: 2 REFER\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(
+        handle(&mut ep, resp, udp()),
+        Some(Event::ToCall { handle: 7, .. })
+    ));
+    assert_eq!(ep.metrics.sip_untrusted.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn trust_registrars_trusts_the_address_registers_go_to() {
+    let now = Instant::now();
+    let account = Account {
+        registrar: Uri::parse("sip:192.0.2.50").unwrap(),
+        aor: Uri::parse("sip:emonav@example.com").unwrap(),
+        username: "emonav".into(),
+        password: "secret".into(),
+        contact: Uri::parse("sip:emonav@198.51.100.1:5060").unwrap(),
+        expires: 600,
+    };
+    let reg = Registration::with_settings(account.clone(), Settings::default(), now);
+    let unresolved = Registration::with_settings(account, Settings::default(), now);
+    let mut ep = endpoint_with(Registrations::new(vec![
+        (reg, "192.0.2.50:5060".into()),
+        (unresolved, "pbx.example.com:5060".into()),
+    ]))
+    .with_trust(Some(TrustPolicy {
+        sources: Default::default(),
+        registrars: true,
+        untrusted: Untrusted::Forbidden,
+    }));
+    // Any port of the registrar's address (a PBX sends from its SIP port,
+    // not necessarily the one it registers on).
+    assert!(matches!(
+        handle(
+            &mut ep,
+            &text("INVITE", UDP_RPORT, None, ""),
+            from("192.0.2.50:5080")
+        ),
+        Some(Event::NewCall { .. })
+    ));
+    let (r, _) = respond(
+        &mut ep,
+        &text("INVITE", UDP_RPORT, None, ""),
+        from("192.0.2.51:5060"),
+    );
+    assert_eq!(r.code, 403);
+    // The name, once resolved, is trusted too.
+    ep.registrations()
+        .resolved(1, Some("203.0.113.9:5060".parse().unwrap()));
+    let other = text("INVITE", UDP_RPORT, None, "").replace("cid-1@test", "cid-9@test");
+    assert!(matches!(
+        handle(&mut ep, &other, from("203.0.113.9:5060")),
+        Some(Event::NewCall { .. })
+    ));
+}
+
+#[test]
+fn what_we_cannot_honour_is_refused_before_a_call_starts() {
+    let mut ep = endpoint();
+    let refused = |ep: &mut Endpoint<u32>, extra: &str| {
+        let (r, _) = respond(ep, &text("INVITE", UDP_RPORT, None, extra), udp());
+        r
+    };
+    // RFC 3261 §8.2.2.3: an extension we lack is 420 naming it; "timer" is ours.
+    let r = refused(
+        &mut ep,
+        "Require: timer, foo-bar\r\nSession-Expires: 1800\r\n",
+    );
+    assert_eq!(
+        (r.code, r.headers.get("Unsupported")),
+        (420, Some("foo-bar"))
+    );
+    // §8.2.3: a body we cannot read is 415 with what we accept.
+    let with_body = text(
+        "INVITE",
+        UDP_RPORT,
+        None,
+        "Content-Type: application/x-unknown\r\n",
+    )
+    .replace("Content-Length: 0\r\n\r\n", "Content-Length: 4\r\n\r\nabcd");
+    let (r, _) = respond(&mut ep, &with_body, udp());
+    assert_eq!(
+        (r.code, r.headers.get("Accept")),
+        (415, Some("application/sdp"))
+    );
+    // §21.4.7: an Accept without SDP is 406.
+    assert_eq!(refused(&mut ep, "Accept: text/plain\r\n").code, 406);
+    // RFC 4475 §3.3.8 and §3.1.2.11: 400 with the reason.
+    let (r, _) = respond(
+        &mut ep,
+        &text("INVITE", UDP_RPORT, None, "Call-ID: other@test\r\n"),
+        udp(),
+    );
+    assert_eq!(r.code, 400);
+    assert!(r.reason.contains("more than one Call-ID"), "{}", r.reason);
+    let uri_headers = text("OPTIONS", UDP_RPORT, None, "").replace(
+        "sip:emonav@198.51.100.1 SIP/2.0",
+        "sip:emonav@198.51.100.1?Route=%3Csip:x%3E SIP/2.0",
+    );
+    let (r, _) = respond(&mut ep, &uri_headers, udp());
+    assert!(
+        r.code == 400 && r.reason.contains("Request-URI"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 0);
+    // Still a call when nothing is asked that we lack.
+    assert!(matches!(
+        handle(
+            &mut ep,
+            &text("INVITE", UDP_RPORT, None, "Accept: application/sdp\r\n"),
+            udp()
+        ),
+        Some(Event::NewCall { .. })
+    ));
 }

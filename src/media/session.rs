@@ -8,7 +8,7 @@
 //! The per-packet path allocates nothing: every buffer is allocated when the
 //! session starts, and packets to send are lent out of them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +25,7 @@ use crate::media::rtcp::{self, Reporter, SenderInfo};
 use crate::media::rtp::{self as rtp, Ignored, RtpEvent, RtpReceiver};
 use crate::media::sender::SilenceSender;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
+use crate::trust::TrustedSet;
 
 /// Largest RTP payload decoded per packet (G.711 at 120 ms ptime is 960 bytes;
 /// a 120 ms Opus packet decodes to at most 1920 samples).
@@ -151,8 +152,14 @@ pub(crate) struct MediaSession {
     /// Whether we send at all: sendrecv/sendonly answer, send_silence on.
     send: bool,
     send_silence: bool,
-    /// The SDP's RTP address, used until the latch knows better.
+    /// The SDP's RTP address, used until the latch knows better (never
+    /// with `symmetric`).
     sdp_rtp: Option<SocketAddr>,
+    /// `[media] symmetric_rtp`: send only to the latched source.
+    symmetric: bool,
+    /// `[security]` on: the trusted set and the call's signalling source,
+    /// the only addresses we send to.
+    trusted: Option<(Arc<TrustedSet>, IpAddr)>,
     /// Our SSRC: the silence stream's and the RTCP reports'.
     ssrc: u32,
     /// Our RTCP reports (RFC 3550 §6.4).
@@ -171,12 +178,17 @@ pub(crate) struct MediaSession {
 }
 
 /// How a [`MediaSession`] is set up, from the call's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct MediaConfig<'a> {
     /// Jitter-buffer playout delay.
     pub jitter_delay: Duration,
     /// Send 20 ms silence packets to the caller.
     pub send_silence: bool,
+    /// Send only to where the caller's RTP comes from (RFC 4961).
+    pub symmetric: bool,
+    /// When `[security]` is on: the set our media may go to, and the
+    /// call's signalling source (trusted too).
+    pub trusted: Option<(Arc<TrustedSet>, IpAddr)>,
     /// The G.711 (8 kHz) and Opus (16 kHz) models.
     pub models: &'a [Arc<Model>; 2],
     /// Their line adaptation: the map in force when the call starts is the
@@ -230,6 +242,8 @@ impl MediaSession {
             send: false,
             send_silence: cfg.send_silence,
             sdp_rtp: None,
+            symmetric: cfg.symmetric,
+            trusted: cfg.trusted.clone(),
             analyzer: Analyzer::with_estimator(
                 rate,
                 Box::new(ModelEstimator::with_line(
@@ -329,9 +343,25 @@ impl MediaSession {
         self.dec.refused = 0;
     }
 
-    /// Where our RTP goes: the latched source, else the SDP's address.
+    /// Where our RTP goes: the latched source, else (unless symmetric)
+    /// the SDP's address; never outside the trusted set.
     pub(crate) fn rtp_dest(&self) -> Option<SocketAddr> {
-        self.latch.address().or(self.sdp_rtp)
+        let sdp = self.sdp_rtp.filter(|_| !self.symmetric);
+        self.latch
+            .address()
+            .or(sdp)
+            .filter(|a| self.may_send_to(a.ip()))
+    }
+
+    /// Whether our media may go to `ip`: in the trusted set (when on) and,
+    /// when symmetric, the host whose RTP we latched.
+    fn may_send_to(&self, ip: IpAddr) -> bool {
+        let trusted = self
+            .trusted
+            .as_ref()
+            .is_none_or(|(set, signalling)| ip == *signalling || set.contains(ip));
+        let symmetric = !self.symmetric || self.latch.address().is_some_and(|a| a.ip() == ip);
+        trusted && symmetric
     }
 
     /// Where our RTCP goes, and whether on the RTP port: with rtcp-mux the
@@ -342,10 +372,13 @@ impl MediaSession {
         if self.rtcp_mux {
             return rtp;
         }
-        self.rtcp_source.or(self.sdp_rtcp).or_else(|| {
-            let a = rtp?;
-            Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?))
-        })
+        self.rtcp_source
+            .or(self.sdp_rtcp)
+            .or_else(|| {
+                let a = rtp?;
+                Some(SocketAddr::new(a.ip(), a.port().checked_add(1)?))
+            })
+            .filter(|a| self.may_send_to(a.ip()))
     }
 
     /// Statistics into the call's record.

@@ -372,6 +372,7 @@ enum StartLine {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
+    let raw = line;
     let line = line.trim();
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.trim_start().split_once(' ').unwrap_or((rest, ""));
@@ -381,6 +382,13 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
             .filter(|c| (100..700).contains(c))
             .ok_or_else(|| unparseable(format!("bad status line {line:?}")))?;
         return Ok(StartLine::Response(code, reason.trim().to_string()));
+    }
+    // RFC 3261 §25.1: Request-Line = Method SP Request-URI SP SIP-Version;
+    // extra or trailing white space is malformed (RFC 4475 §3.1.2.9-10).
+    if raw != line || line.contains("  ") || line.contains('\t') {
+        return Err(unparseable(format!(
+            "bad start line {line:?} (white space)"
+        )));
     }
     let mut parts = line.split_ascii_whitespace();
     let (Some(method), Some(uri), Some(version), None) =
