@@ -127,6 +127,13 @@ async fn reload(
         }
     };
     let mut resp = (code, [(header::CONTENT_TYPE, TEXT)], body).into_response();
+    if code == StatusCode::UNPROCESSABLE_ENTITY {
+        // RFC 9110 §15.5.21's name; the http crate still has RFC 4918's.
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                b"Unprocessable Content",
+            ));
+    }
     if code == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
