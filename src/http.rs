@@ -1,7 +1,9 @@
 //! The operator's HTTP API (HTTP/1.1, RFC 9110/9112) on axum + hyper, a task
 //! of the tokio runtime the SIP edge runs on, never on the packet path:
 //! `/healthz`, `/readyz`, `/metrics`, `POST /reload`, `/decisions/{key}`
-//! (src/decisions.rs), `/calls` and `/events` (src/live.rs).
+//! (src/decisions.rs), `/calls` and `/events` (src/live.rs), and `/`, the
+//! dashboard: one static page (src/dashboard.html, compiled in; no build
+//! step) that reads `/calls` and `/events`.
 //!
 //! Every response carries `Connection: close`: scrapers and probes make one
 //! request per connection, and a connection left open by an idle client
@@ -48,6 +50,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Http) {
         .route("/readyz", any(readyz))
         .route("/metrics", any(metrics))
         .route("/reload", any(reload))
+        .route("/", get(dashboard))
         .route("/calls", get(calls))
         .route("/events", get(events))
         .fallback(fallback)
@@ -139,6 +142,16 @@ async fn reload(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
     resp
+}
+
+/// `/`: the dashboard page.
+async fn dashboard() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 /// `/calls`: the calls in progress with their latest scores.

@@ -97,6 +97,7 @@ struct End<'a> {
     queue: Option<&'a str>,
     failure_cause: Option<&'a str>,
     flagged: bool,
+    answer_to_refer_ms: Option<u64>,
 }
 
 impl Live {
@@ -198,6 +199,7 @@ impl Live {
                 queue: r.queue.as_deref(),
                 failure_cause: r.failure_cause.as_deref(),
                 flagged: r.flagged,
+                answer_to_refer_ms: r.answer_to_refer_ms,
             },
         );
     }

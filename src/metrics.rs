@@ -58,6 +58,8 @@ pub(crate) struct Metrics {
     pub sip_tcp_send_dropped: AtomicU64,
     /// INVITEs and OPTIONS answered 503 while draining (src/lifecycle.rs).
     pub sip_drain_rejected: AtomicU64,
+    /// INVITEs answered 503 for want of a free RTP port (overload).
+    pub sip_no_media_port: AtomicU64,
     /// RTP packets accepted (summed at call end).
     pub rtp_packets: AtomicU64,
     /// RTP datagrams ignored as malformed, unknown PT or RTCP (summed at call end).
@@ -122,6 +124,7 @@ impl Default for Metrics {
             sip_call_queue_dropped: z(),
             sip_tcp_send_dropped: z(),
             sip_drain_rejected: z(),
+            sip_no_media_port: z(),
             rtp_packets: z(),
             rtp_ignored: z(),
             rtp_lost: z(),
@@ -312,7 +315,7 @@ impl Metrics {
         let started = load(&self.calls_started);
         let ended = load(&self.calls_ended);
         // Counter names without `_total`: the encoder appends it.
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 14] = [
             ("emonav_calls_started", "Calls answered or refused", started),
             ("emonav_calls_ended", "Calls ended", ended),
             (
@@ -349,11 +352,6 @@ impl Metrics {
                 "emonav_sip_tcp_send_dropped",
                 "SIP messages dropped because a TCP connection's send queue was full",
                 load(&self.sip_tcp_send_dropped),
-            ),
-            (
-                "emonav_sip_drain_rejected",
-                "INVITEs and OPTIONS answered 503 while draining",
-                load(&self.sip_drain_rejected),
             ),
             (
                 "emonav_rtp_packets",
@@ -477,6 +475,20 @@ impl Metrics {
             "emonav_calls_route_failed",
             "Calls that reached no queue, by the last mode tried",
             failed_by,
+        );
+        let rejected = Family::<Labels, Counter>::default();
+        for (reason, v) in [
+            ("draining", load(&self.sip_drain_rejected)),
+            ("no_media_port", load(&self.sip_no_media_port)),
+        ] {
+            rejected
+                .get_or_create(&vec![("reason", reason.into())])
+                .inc_by(v);
+        }
+        reg.register(
+            "emonav_sip_rejected",
+            "INVITEs and OPTIONS answered 503: draining, or overloaded (no free RTP port)",
+            rejected,
         );
     }
 }

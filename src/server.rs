@@ -584,6 +584,10 @@ async fn call_task(
     };
     let Some((rtp, rtcp)) = bind_rtp(&shared).await else {
         tracing::error!(%call_id, "no free RTP port in the profile's range");
+        shared
+            .metrics
+            .sip_no_media_port
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         reply(
             &shared,
             &invite,
