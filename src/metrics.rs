@@ -9,6 +9,7 @@
 //! per SIP message at the edge, and by the registration task.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -77,6 +78,8 @@ pub(crate) struct Metrics {
     /// Calls failed after third-party call control was tried.
     pub calls_bridge_failed: AtomicU64,
     labelled: Labelled,
+    /// Each registration's state as last written to its gauge.
+    registrations_seen: Mutex<Vec<bool>>,
 }
 
 /// The families and histograms, shared (by `Arc` inside) with each scrape's
@@ -134,6 +137,7 @@ impl Default for Metrics {
             calls_decided: z(),
             calls_bridge_failed: z(),
             labelled: Labelled::default(),
+            registrations_seen: Mutex::new(Vec::new()),
         }
     }
 }
@@ -300,12 +304,30 @@ impl Metrics {
         }
     }
 
-    /// Whether `[[registration]]` account `account` is registered.
-    pub(crate) fn registration(&self, account: &str, up: bool) {
-        self.labelled
-            .registration_up
-            .get_or_create(&vec![("account", account.to_string())])
-            .set(i64::from(up));
+    /// Whether each `[[registration]]` account is registered. Called by the
+    /// SIP task after every message it handles: the gauges are written only
+    /// when a state changed.
+    pub(crate) fn registrations<'a>(
+        &self,
+        accounts: impl Iterator<Item = (&'a emonav_sip::message::Uri, bool)>,
+    ) {
+        let mut last = self
+            .registrations_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (i, (aor, up)) in accounts.enumerate() {
+            if last.get(i) == Some(&up) {
+                continue;
+            }
+            if i >= last.len() {
+                last.resize(i + 1, !up);
+            }
+            last[i] = up;
+            self.labelled
+                .registration_up
+                .get_or_create(&vec![("account", aor.to_string())])
+                .set(i64::from(up));
+        }
     }
 
     /// The exposition (OpenMetrics text).
@@ -490,5 +512,60 @@ impl Metrics {
             "INVITEs and OPTIONS answered 503: draining, or overloaded (no free RTP port)",
             rejected,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_labels_are_bounded_whatever_the_peer_sends() {
+        let m = Metrics::default();
+        m.sip_message(Direction::Received, b"INVITE sip:a@b SIP/2.0\r\n");
+        m.sip_message(Direction::Received, b"XYZZY sip:a@b SIP/2.0\r\n");
+        m.sip_message(Direction::Received, b"\xff\xfe garbage");
+        m.sip_message(Direction::Sent, b"SIP/2.0 486 Busy Here\r\n");
+        m.sip_message(Direction::Received, b"SIP/2.0 9999 What\r\n");
+        m.sip_message(Direction::Received, b"");
+        let text = m.render();
+        for line in [
+            "emonav_sip_requests_total{direction=\"received\",method=\"INVITE\"} 1\n",
+            "emonav_sip_requests_total{direction=\"received\",method=\"other\"} 3\n",
+            "emonav_sip_responses_total{direction=\"sent\",code=\"486\"} 1\n",
+            "emonav_sip_responses_total{direction=\"received\",code=\"other\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn registration_gauges_follow_state_changes() {
+        let m = Metrics::default();
+        let a = emonav_sip::message::Uri::parse("sip:a@example.com").unwrap();
+        let b = emonav_sip::message::Uri::parse("sip:b@example.com").unwrap();
+        m.registrations([(&a, false), (&b, true)].into_iter());
+        m.registrations([(&a, true), (&b, true)].into_iter());
+        let text = m.render();
+        assert!(
+            text.contains("emonav_registration_up{account=\"sip:a@example.com\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("emonav_registration_up{account=\"sip:b@example.com\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exposition_is_openmetrics_with_units_and_totals() {
+        let text = Metrics::default().render();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("# UNIT emonav_answer_to_refer_seconds seconds\n"),
+            "{text}"
+        );
+        assert!(text.contains("emonav_calls_started_total 0\n"), "{text}");
+        assert!(text.contains("emonav_calls_active 0\n"), "{text}");
     }
 }

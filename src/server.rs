@@ -418,9 +418,9 @@ fn flush_registrations(
     shared
         .life
         .set_registered(endpoint.registrations().all_registered());
-    for (account, up) in endpoint.registrations().each() {
-        shared.metrics.registration(&account, up);
-    }
+    shared
+        .metrics
+        .registrations(endpoint.registrations().each());
 }
 
 /// Carry out what the endpoint decided.

@@ -129,10 +129,10 @@ impl Registrations {
     }
 
     /// Each account's address of record and whether it is registered.
-    pub(crate) fn each(&self) -> impl Iterator<Item = (String, bool)> + '_ {
+    pub(crate) fn each(&self) -> impl Iterator<Item = (&emonav_sip::message::Uri, bool)> + '_ {
         self.slots.iter().map(|s| {
             (
-                s.reg.account().aor.to_string(),
+                &s.reg.account().aor,
                 matches!(s.reg.state(), State::Registered { .. }),
             )
         })
