@@ -250,6 +250,13 @@ fn metrics_calls_and_events_follow_sipp_calls() {
         ],
         "{got:?}"
     );
+    // The agitated caller is flagged (default flag_arousal 0.8): a flag
+    // event for it, as many as /metrics counts.
+    let flagged = decisions.iter().filter(|d| d["flagged"] == true).count();
+    assert_eq!(flagged, 1, "{got:?}");
+    assert_eq!(of("flag").len(), 1, "{got:?}");
+    assert_eq!(of("flag")[0]["queue"], "sip:deescalation@127.0.0.1:5070");
+    assert_eq!(delta("emonav_calls_flagged_total", &[]), 1.0, "{text}");
     assert!(
         of("score")
             .iter()
