@@ -308,6 +308,9 @@ impl<H: Clone> Endpoint<H> {
                     stateless_response(&req, 503, "Service Unavailable", &self.user_agent);
                 resp.headers.push(header::RETRY_AFTER, secs.to_string());
                 tracing::info!(%src, method = %req.method.as_str(), "draining: 503");
+                self.metrics
+                    .sip_drain_rejected
+                    .fetch_add(1, Ordering::Relaxed);
                 return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
             }
         }

@@ -38,6 +38,8 @@ use crate::endpoint::{
 };
 use crate::events::{EventSink, Metrics};
 use crate::lifecycle::{ActiveCall, Control, Lifecycle, ServerHandle};
+use crate::live::Live;
+use crate::metrics::Direction;
 use emonav_sip::message::{parse_datagram, Message, Request};
 use emonav_sip::registration::{self, Account, Registration};
 use emonav_sip::transaction::Timers;
@@ -83,6 +85,8 @@ struct Shared {
     call_drops: DropLog,
     /// Published routing decisions (`GET /decisions/{key}`).
     decisions: Arc<Decisions>,
+    /// Calls in progress and their events (`/calls`, `/events`).
+    live: Arc<Live>,
     rtp_ip: std::net::IpAddr,
     rtp_advertised: std::net::IpAddr,
     rtp_range: (u16, u16),
@@ -129,6 +133,7 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             call_drops: DropLog::new(now),
             decisions: Arc::new(Decisions::default()),
+            live: Arc::new(Live::default()),
             rtp_ip: profile.sip.listen.ip(),
             rtp_advertised: profile.advertised_ip(),
             rtp_range: (lo, hi),
@@ -190,9 +195,12 @@ impl Server {
         if let Some(listener) = self.http {
             tokio::spawn(crate::http::serve(
                 listener,
-                self.shared.metrics.clone(),
-                self.shared.life.clone(),
-                self.shared.decisions.clone(),
+                crate::http::Http {
+                    metrics: self.shared.metrics.clone(),
+                    life: self.shared.life.clone(),
+                    decisions: self.shared.decisions.clone(),
+                    live: self.shared.live.clone(),
+                },
             ));
         }
         if let Some(listener) = self.tcp {
@@ -295,6 +303,7 @@ async fn sip_loop(
         tokio::select! {
             r = shared.sip.recv_from(&mut buf) => match r {
                 Ok((n, src)) => {
+                    shared.metrics.sip_message(Direction::Received, &buf[..n]);
                     add_aliases(&mut endpoint, &mut alias_rx);
                     let event = endpoint.handle_datagram(&buf[..n], src, Instant::now().into_std());
                     execute(&shared, &mut endpoint, &ended, event);
@@ -302,6 +311,7 @@ async fn sip_loop(
                 Err(e) => tracing::warn!(error = %e, "SIP socket receive error"),
             },
             Some((msg, peer)) = inbound.recv() => {
+                shared.metrics.sip_parsed(&msg);
                 add_aliases(&mut endpoint, &mut alias_rx);
                 let event = endpoint.handle(msg, peer, Instant::now().into_std());
                 execute(&shared, &mut endpoint, &ended, event);
@@ -412,6 +422,9 @@ fn flush_registrations(
     shared
         .life
         .set_registered(endpoint.registrations().all_registered());
+    shared
+        .metrics
+        .registrations(endpoint.registrations().each());
 }
 
 /// Carry out what the endpoint decided.
@@ -498,6 +511,7 @@ fn send_on(
     connection: Option<SocketAddr>,
     data: Vec<u8>,
 ) {
+    shared.metrics.sip_message(Direction::Sent, &data);
     match transport {
         Transport::Udp => send(&shared.sip, dest, &data),
         Transport::Tcp => tcp::send(shared, dest, connection, data),
@@ -574,6 +588,10 @@ async fn call_task(
     };
     let Some((rtp, rtcp)) = bind_rtp(&shared).await else {
         tracing::error!(%call_id, "no free RTP port in the profile's range");
+        shared
+            .metrics
+            .sip_no_media_port
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         reply(
             &shared,
             &invite,
@@ -608,8 +626,19 @@ async fn call_task(
             return;
         }
     };
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    shared.live.started(
+        &call_id,
+        invite.headers.get("From").unwrap_or(""),
+        started_unix_ms,
+    );
     drop(invite);
     tracing::info!(%call_id, %src, transport = %peer.transport, rtp = %local_rtp, "call started");
+    // The live view's snapshot of this call's scores, a few times a second.
+    let mut snapshot = tokio::time::interval(crate::live::SNAPSHOT_EVERY);
+    snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rtp = Some(rtp);
     let mut rtcp = rtcp;
     let mut buf = [0u8; 2048];
@@ -645,6 +674,7 @@ async fn call_task(
                         }
                     }
                     shared.metrics.call_ended(&record);
+                    shared.live.ended(&record);
                     shared.events.write(&record);
                     active.done();
                 }
@@ -655,6 +685,9 @@ async fn call_task(
                     }
                 }
                 Output::Decision(note) => {
+                    if let crate::decisions::DecisionNote::Decided(_, d) = &note {
+                        shared.live.decided(d);
+                    }
                     shared.decisions.note(note, Instant::now().into_std());
                 }
             }
@@ -686,6 +719,7 @@ async fn call_task(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                 call.handle_timeout(Instant::now().into_std());
             }
+            _ = snapshot.tick() => shared.live.score(&call_id, &call.estimate()),
         }
     }
     for id in aliases.into_iter().chain([call_id]) {

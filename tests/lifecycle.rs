@@ -93,6 +93,14 @@ fn sigterm_lets_the_call_in_progress_be_transferred_refuses_new_ones_then_unregi
         (probe.code, probe.headers.get("Retry-After")),
         (503, Some("20"))
     );
+    // Both refusals counted; the account stays registered while draining.
+    let (_, metrics) = emonav.http("GET", "/metrics");
+    for line in [
+        "emonav_sip_rejected_total{reason=\"draining\"} 2\n",
+        "emonav_registration_up{account=\"sip:emonav@127.0.0.1\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line}not in:\n{metrics}");
+    }
 
     // The call in progress reaches its decision and transfer.
     let (status, log) = caller.finish(30 * S);

@@ -137,6 +137,16 @@ impl Registrations {
             .all(|s| matches!(s.reg.state(), State::Registered { .. }))
     }
 
+    /// Each account's address of record and whether it is registered.
+    pub(crate) fn each(&self) -> impl Iterator<Item = (&emonav_sip::message::Uri, bool)> + '_ {
+        self.slots.iter().map(|s| {
+            (
+                &s.reg.account().aor,
+                matches!(s.reg.state(), State::Registered { .. }),
+            )
+        })
+    }
+
     /// What the registrations have to send or resolve; logs state changes.
     pub(crate) fn drain_output(&mut self) -> Vec<RegOutput> {
         let mut out = Vec::new();
