@@ -49,6 +49,24 @@ pub struct Dialog {
     pub remote_cseq: u32,
 }
 
+/// The URI of a message's Contact, the dialog's remote target (§12.1).
+fn contact_uri(headers: &Headers) -> Option<Uri> {
+    headers
+        .get(header::CONTACT)
+        .and_then(|c| NameAddr::parse(c).ok())
+        .map(|c| c.uri)
+}
+
+/// A message's Record-Route entries in their order (§12.1.1, §12.1.2).
+fn record_route(headers: &Headers) -> Result<Vec<NameAddr>, DialogError> {
+    headers
+        .get_all(header::RECORD_ROUTE)
+        .into_iter()
+        .map(NameAddr::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| DialogError::Malformed(header::RECORD_ROUTE))
+}
+
 impl Dialog {
     /// Create the dialog from the INVITE we are answering (§12.1.1).
     pub fn from_invite(invite: &Request, local_tag: &str) -> Result<Dialog, DialogError> {
@@ -65,19 +83,8 @@ impl Dialog {
         local.params.set("tag", Some(local_tag));
         let cseq = invite.cseq().ok_or(DialogError::Malformed(header::CSEQ))?;
         // A caller without a Contact breaks §8.1.1.8; the From URI is the best guess.
-        let remote_target = invite
-            .headers
-            .get(header::CONTACT)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .map(|c| c.uri)
-            .unwrap_or_else(|| remote.uri.clone());
-        let route_set = invite
-            .headers
-            .get_all(header::RECORD_ROUTE)
-            .into_iter()
-            .map(NameAddr::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| DialogError::Malformed(header::RECORD_ROUTE))?;
+        let remote_target = contact_uri(&invite.headers).unwrap_or_else(|| remote.uri.clone());
+        let route_set = record_route(&invite.headers)?;
         Ok(Dialog {
             call_id,
             local_tag: local_tag.to_string(),
@@ -110,19 +117,9 @@ impl Dialog {
             .ok_or(DialogError::Malformed("To tag"))?
             .to_string();
         let cseq = invite.cseq().ok_or(DialogError::Malformed(header::CSEQ))?;
-        let remote_target = resp
-            .headers
-            .get(header::CONTACT)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .map(|c| c.uri)
-            .ok_or(DialogError::Malformed(header::CONTACT))?;
-        let mut route_set = resp
-            .headers
-            .get_all(header::RECORD_ROUTE)
-            .into_iter()
-            .map(NameAddr::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| DialogError::Malformed(header::RECORD_ROUTE))?;
+        let remote_target =
+            contact_uri(&resp.headers).ok_or(DialogError::Malformed(header::CONTACT))?;
+        let mut route_set = record_route(&resp.headers)?;
         route_set.reverse();
         Ok(Dialog {
             call_id,
