@@ -243,6 +243,11 @@ impl Emonav {
         (head.lines().next().unwrap().to_string(), body.to_string())
     }
 
+    /// Its process id (for /proc checks).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Log lines so far.
     pub(crate) fn drain_log(&self) -> Vec<String> {
         self.log.try_iter().collect()
