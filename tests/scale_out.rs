@@ -493,3 +493,67 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
         record_lost_with_process.len(),
     );
 }
+
+#[test]
+fn with_every_instance_down_the_proxy_sends_the_caller_to_the_default_queue() {
+    // No caller stranded: the instances of dispatcher.list are not running
+    // (ports nobody listens on), the probes take them out, and the call goes
+    // to the default queue without analysis.
+    let kam_port = free_port();
+    let kam_addr = SocketAddr::from(([127, 0, 0, 1], kam_port));
+    let queue_port = free_port();
+    let queue_addr = SocketAddr::from(([127, 0, 0, 1], queue_port));
+    let mut queue = Sipp::spawn("uas_queue.xml", &["-p".into(), queue_port.to_string()]);
+    let dead: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let list = dispatcher_list(&dead, queue_addr);
+    let kamailio = Kamailio::start_cfg(
+        &root().join("sip-profiles/kamailio/kamailio.cfg"),
+        kam_port,
+        &[format!("DS_LIST=\"{}\"", list.display())],
+    );
+    let downs = |log: &str| {
+        kamailio_lines(log, "destination down")
+            .into_iter()
+            .map(|(d, _, _)| d)
+            .collect::<HashSet<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while downs(&kamailio.log_text()).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = kamailio.log_text();
+    assert_eq!(
+        downs(&log).len(),
+        3,
+        "the probes took every instance out\n{log}"
+    );
+
+    let mut caller = Sipp::spawn(
+        "uac_transferee.xml",
+        &[
+            kam_addr.to_string(),
+            "-s".into(),
+            "emonav".into(),
+            "-p".into(),
+            free_port().to_string(),
+            "-m".into(),
+            "1".into(),
+            "-timeout".into(),
+            "20".into(),
+        ],
+    );
+    let code = caller.wait(Duration::from_secs(25));
+    let log = kamailio.log_text();
+    assert_eq!(code, Some(0), "{}\n{log}", caller.errors());
+    assert!(log.contains("no emonav instance up"), "{log}");
+    assert!(log.contains("bypasses emonav to default"), "{log}");
+    let _ = queue.wait(Duration::from_millis(100));
+    let qlog = queue.log();
+    assert_eq!(
+        logged(&qlog, "QUEUE-RURI"),
+        [format!("sip:default@{queue_addr}")],
+        "{qlog}"
+    );
+}
