@@ -115,6 +115,8 @@ impl Sipp {
             .arg(dir.join("actions.log"))
             .args(["-trace_err", "-error_file"])
             .arg(dir.join("errors.log"))
+            .args(["-trace_stat", "-fd", "1", "-stf"])
+            .arg(dir.join("stats.csv"))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -138,6 +140,16 @@ impl Sipp {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A cumulative counter of SIPp's own statistics (`-trace_stat`), as
+    /// of its last dump (at exit).
+    fn stat(&self, column: &str) -> Option<u64> {
+        let csv = std::fs::read_to_string(self.dir.join("stats.csv")).ok()?;
+        let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<&str> = lines.next()?.split(';').collect();
+        let i = header.iter().position(|h| *h == column)?;
+        lines.last()?.split(';').nth(i)?.trim().parse().ok()
     }
 
     fn log(&self) -> String {
@@ -346,6 +358,17 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
         assert_eq!(ev["refer_attempts"][0]["response"], 202, "{ev}");
     }
     assert_eq!(done.len() + lost.len(), CALLS, "{context}");
+    // SIPp's own count agrees: the lost calls are the calls it failed.
+    assert_eq!(
+        callers.stat("SuccessfulCall(C)"),
+        Some(done.len() as u64),
+        "{context}"
+    );
+    assert_eq!(
+        callers.stat("FailedCall(C)"),
+        Some(lost.len() as u64),
+        "{context}"
+    );
 
     // Out of rotation: no dispatch to the killed instance after one probe
     // interval and one probe timeout (plus scheduling slack).
