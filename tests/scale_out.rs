@@ -149,7 +149,7 @@ impl Sipp {
         let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
         let header: Vec<&str> = lines.next()?.split(';').collect();
         let i = header.iter().position(|h| *h == column)?;
-        lines.last()?.split(';').nth(i)?.trim().parse().ok()
+        lines.next_back()?.split(';').nth(i)?.trim().parse().ok()
     }
 
     fn log(&self) -> String {
