@@ -404,6 +404,16 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
     let drained_exit = drained_exit.expect("the drained instance did not exit within 30 s");
     assert!(drained_exit.success(), "{drained_exit:?}");
     let drain_seen = drained_at + drained_down;
+    // The drain had calls to finish (and they completed: checked above).
+    let finished_in_drain = per_instance[1]
+        .iter()
+        .filter(|ev| {
+            let start = ev["started_unix_ms"].as_u64().unwrap();
+            let end = start + ev["duration_ms"].as_u64().unwrap();
+            end as f64 / 1000.0 > drained_at
+        })
+        .count();
+    assert!(finished_in_drain > 0, "no call in progress at the SIGTERM");
     for ev in &per_instance[1] {
         let started = ev["started_unix_ms"].as_u64().unwrap() as f64 / 1000.0;
         assert!(
@@ -514,7 +524,8 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
          instance {} (in flight at the kill), of which the caller finished but the record died \
          with the process {}; split killed/drained/survivor {split:?}; failed over {failovers} \
          ({failed_over_from_drained} refused by the draining one); killed instance out of \
-         rotation {killed_down:.2} s after SIGKILL, drained one {drained_down:.2} s after SIGTERM",
+         rotation {killed_down:.2} s after SIGKILL, drained one {drained_down:.2} s after SIGTERM \
+         ({finished_in_drain} calls finished during its drain)",
         done.len(),
         lost.len(),
         record_lost_with_process.len(),
