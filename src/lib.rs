@@ -37,6 +37,7 @@ mod live;
 mod media;
 mod metrics;
 mod policy;
+mod sdes;
 mod sdp;
 mod server;
 mod trust;
