@@ -74,10 +74,17 @@ fn policies(suite: Suite) -> (CryptoPolicy, CryptoPolicy, usize) {
 }
 
 fn refused(e: srtp::Error) -> SrtpError {
+    tracing::trace!(error = %e, "libsrtp2");
     SrtpError::Refused(match e {
         srtp::Error::AUTH_FAIL => "authentication failed",
         srtp::Error::REPLAY_FAIL | srtp::Error::REPLAY_OLD => "replayed or too old",
         srtp::Error::KEY_EXPIRED => "key expired",
+        srtp::Error::NO_CTX => "no stream for the SSRC",
+        srtp::Error::BAD_PARAM => "bad parameter",
+        srtp::Error::CIPHER_FAIL => "cipher failed",
+        srtp::Error::PARSE_ERR => "unparseable packet",
+        // libsrtp2: an SRTCP packet without the E flag where the suite encrypts.
+        srtp::Error::CANT_CHECK => "SRTCP not encrypted",
         _ => "other error",
     })
 }
