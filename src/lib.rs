@@ -43,7 +43,7 @@ mod server;
 mod trust;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
-pub use config::{ConfigError, Profile};
+pub use config::{ConfigError, Profile, SrtpMode};
 pub use decisions::{DecisionNote, PublishedDecision};
 pub use events::EventSink;
 pub use lifecycle::ServerHandle;
