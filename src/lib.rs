@@ -31,6 +31,8 @@ mod config;
 mod decisions;
 mod endpoint;
 mod events;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod lifecycle;
 mod live;

@@ -61,8 +61,7 @@ impl MasterKey {
         Ok(MasterKey(k))
     }
 
-    /// A key from its bytes (tests, benches).
-    #[cfg(test)]
+    /// A key from its bytes (tests, fuzzing).
     pub(crate) fn from_bytes(k: [u8; MASTER_LEN]) -> Self {
         MasterKey(k)
     }
