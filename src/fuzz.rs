@@ -16,7 +16,7 @@ use emonav_sip::digest::{self, AuthKind, Authenticator};
 use emonav_sip::message::{parse_datagram, Message};
 use emonav_sip::transport::{Peer, StreamFramer, Transport};
 
-use crate::call::{Call, CallSettings};
+use crate::call::{Call, CallSettings, Output, Socket, Transmit};
 use crate::config::{Profile, SrtpMode};
 use crate::endpoint::{Endpoint, Event, Registrations};
 use crate::media::rtcp::Reporter;
@@ -130,10 +130,20 @@ pub const STEP: &[u8] = b"\n--step--\n";
 
 /// The sans-IO endpoint and the calls it starts, fed a sequence of steps
 /// separated by [`STEP`]: `RTP:`/`RTCP:` + bytes to the first call's media,
-/// `WAIT:<ms>` to let time pass (timers fire), anything else a SIP datagram
-/// from the caller's address. Calls run with SRTP optional and a short
+/// `WAIT:<ms>` to let time pass (timers fire), `ACK` (the first call's
+/// last 2xx acknowledged), `REPLY:<code>` (its last request answered),
+/// `NOTIFY:<sipfrag status line>` (a NOTIFY in its dialog), anything else
+/// a SIP datagram from the caller's address. The three built steps carry
+/// the dialog's tags, which a fuzzer cannot guess. Calls run with SRTP optional and a short
 /// decision deadline, so that REFERs, transfers and BYEs happen too.
 pub fn endpoint(data: &[u8]) {
+    let _ = run_endpoint(data);
+}
+
+/// [`endpoint`], returning how many calls started and how many outputs
+/// they gave (to check that the seeds reach the calls at all).
+fn run_endpoint(data: &[u8]) -> (usize, usize) {
+    let mut outputs = 0;
     // Tags, branches and SSRCs from a fixed seed: an input replays alike.
     fastrand::seed(0x656d_6f6e_6176);
     let mut profile = Profile::default();
@@ -156,8 +166,21 @@ pub fn endpoint(data: &[u8]) {
     };
     let media_src: Option<SocketAddr> = "127.0.0.1:40000".parse().ok();
     let local_rtp: SocketAddr = "127.0.0.1:20000".parse().expect("static address");
+    let mut seen = Seen::default();
+    let mut notify_cseq = 10;
     for step in split(data, STEP) {
         now += Duration::from_millis(20);
+        let built = if step == b"ACK" {
+            seen.ack()
+        } else if let Some(code) = step.strip_prefix(b"REPLY:") {
+            seen.reply(code)
+        } else if let Some(frag) = step.strip_prefix(b"NOTIFY:") {
+            notify_cseq += 1;
+            seen.notify(frag, notify_cseq)
+        } else {
+            None
+        };
+        let step = built.as_deref().unwrap_or(step);
         if let Some(p) = step.strip_prefix(b"RTP:") {
             if let Some(c) = calls.first_mut() {
                 c.handle_rtp_from(p, media_src, now);
@@ -203,22 +226,96 @@ pub fn endpoint(data: &[u8]) {
                     break;
                 }
                 c.handle_timeout(now);
-                drain(c);
+                outputs += drain(c, &mut seen);
             }
-            drain(c);
+            outputs += drain(c, &mut seen);
             let _ = (c.is_finished(), c.wants_media(), c.estimate());
+        }
+    }
+    (calls.len(), outputs)
+}
+
+/// What the calls sent, for the built steps.
+#[derive(Default)]
+struct Seen {
+    /// Call-ID and To of the last 2xx to an INVITE.
+    ok: Option<(String, String)>,
+    /// The last request a call sent.
+    request: Option<emonav_sip::message::Request>,
+}
+
+impl Seen {
+    fn ack(&self) -> Option<Vec<u8>> {
+        let (call_id, to) = self.ok.as_ref()?;
+        Some(
+            format!(
+                "ACK sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfuzzack\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c1\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+                 CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes(),
+        )
+    }
+
+    fn reply(&self, code: &[u8]) -> Option<Vec<u8>> {
+        let req = self.request.as_ref()?;
+        let code: u16 = std::str::from_utf8(code).ok()?.trim().parse().ok()?;
+        let mut resp = req.make_response(code.clamp(100, 699), "Fuzz");
+        if resp.to().is_some_and(|t| t.tag().is_none()) {
+            let to = resp.headers.get("To").unwrap_or_default().to_string();
+            resp.headers.set("To", format!("{to};tag=fz"));
+        }
+        Some(resp.to_bytes())
+    }
+
+    fn notify(&self, frag: &[u8], cseq: u32) -> Option<Vec<u8>> {
+        let (call_id, to) = self.ok.as_ref()?;
+        let frag = String::from_utf8_lossy(frag);
+        // The caller's NOTIFY: its From is the dialog's remote end (our To).
+        Some(
+            format!(
+                "NOTIFY sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfuzzn{cseq}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c1\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+                 CSeq: {cseq} NOTIFY\r\nEvent: refer\r\nSubscription-State: active\r\n\
+                 Content-Type: message/sipfrag;version=2.0\r\nContent-Length: {}\r\n\r\n{frag}",
+                frag.len()
+            )
+            .into_bytes(),
+        )
+    }
+
+    fn saw(&mut self, payload: &[u8]) {
+        match parse_datagram(payload) {
+            Ok(Message::Response(r)) if (200..300).contains(&r.code) => {
+                if r.cseq().is_some_and(|c| c.method.as_str() == "INVITE") {
+                    let to = r.headers.get("To").unwrap_or_default().to_string();
+                    let call_id = r.call_id().unwrap_or_default().to_string();
+                    self.ok = Some((call_id, to));
+                }
+            }
+            Ok(Message::Request(r)) => self.request = Some(r),
+            _ => {}
         }
     }
 }
 
-fn drain(c: &mut Call) {
+fn drain(c: &mut Call, seen: &mut Seen) -> usize {
     let mut n = 0;
     // A call that never stops producing output at one instant is a bug;
     // the bound keeps the harness from hanging on it.
-    while c.poll_output().is_some() {
+    while let Some(o) = c.poll_output() {
+        if let Output::Transmit(Transmit {
+            socket: Socket::Sip { .. },
+            payload,
+            ..
+        }) = o
+        {
+            seen.saw(&payload);
+        }
         n += 1;
         assert!(n < 10_000, "a call produces output without end");
     }
+    n
 }
 
 fn split<'a>(data: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
@@ -236,4 +333,22 @@ fn split<'a>(data: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The endpoint seeds start calls that answer, send media and end.
+    #[test]
+    fn endpoint_seeds_reach_the_calls() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/endpoint");
+        for name in ["call_rtp_wait_bye", "savp_call", "reinvite_refer_declined"] {
+            let seed = std::fs::read(dir.join(name)).unwrap();
+            let (calls, outputs) = run_endpoint(&seed);
+            assert_eq!(calls, 1, "{name}");
+            // 100, 200, our RTP and RTCP, REFER, BYE…
+            assert!(outputs > 10, "{name}: {outputs} outputs");
+        }
+    }
 }
