@@ -26,8 +26,11 @@ use crate::metrics::Metrics;
 use crate::sdes::{MasterKey, Suite};
 use crate::sdp::{self, CodecName};
 
+/// A fuzz target: any bytes, never a panic.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz/fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("sip_datagram", sip_datagram),
     ("sip_stream", sip_stream),
     ("sdp", sdp),
@@ -222,7 +225,7 @@ fn run_endpoint(data: &[u8]) -> (usize, usize) {
         }
         for c in &mut calls {
             for _ in 0..1000 {
-                if !c.poll_timeout().is_some_and(|t| t <= now) {
+                if c.poll_timeout().is_none_or(|t| t > now) {
                     break;
                 }
                 c.handle_timeout(now);
@@ -286,12 +289,13 @@ impl Seen {
 
     fn saw(&mut self, payload: &[u8]) {
         match parse_datagram(payload) {
-            Ok(Message::Response(r)) if (200..300).contains(&r.code) => {
-                if r.cseq().is_some_and(|c| c.method.as_str() == "INVITE") {
-                    let to = r.headers.get("To").unwrap_or_default().to_string();
-                    let call_id = r.call_id().unwrap_or_default().to_string();
-                    self.ok = Some((call_id, to));
-                }
+            Ok(Message::Response(r))
+                if (200..300).contains(&r.code)
+                    && r.cseq().is_some_and(|c| c.method.as_str() == "INVITE") =>
+            {
+                let to = r.headers.get("To").unwrap_or_default().to_string();
+                let call_id = r.call_id().unwrap_or_default().to_string();
+                self.ok = Some((call_id, to));
             }
             Ok(Message::Request(r)) => self.request = Some(r),
             _ => {}
