@@ -400,35 +400,32 @@ pub(crate) fn negotiate_keeping(
     keep: Option<CodecName>,
     srtp: SrtpMode,
 ) -> Result<Negotiated, SdpError> {
-    let audio = |m: &&Media| m.kind == "audio" && m.port != 0;
-    let (media_index, m) = offer
+    let audio = |m: &Media| m.kind == "audio" && m.port != 0;
+    // RTP/AVP(F) streams, and the secure profile (RFC 3711 §3) when we do
+    // SRTP; of those, with SRTP on, the first that carries a usable key
+    // (an offer of one stream per profile gets its secure one).
+    let candidates: Vec<(usize, &Media)> = offer
         .media
         .iter()
         .enumerate()
-        .find(|(_, m)| audio(m) && is_rtp_avp(&m.proto))
-        .or_else(|| {
-            // RFC 3711 §3: the secure profile, when we do SRTP.
-            (srtp != SrtpMode::Off)
-                .then(|| {
-                    offer
-                        .media
-                        .iter()
-                        .enumerate()
-                        .find(|(_, m)| audio(m) && is_rtp_savp(&m.proto))
-                })
-                .flatten()
+        .filter(|(_, m)| {
+            audio(m) && (is_rtp_avp(&m.proto) || (srtp != SrtpMode::Off && is_rtp_savp(&m.proto)))
         })
-        .ok_or_else(|| {
-            if offer
-                .media
-                .iter()
-                .any(|m| audio(&m) && is_rtp_savp(&m.proto))
-            {
-                SdpError::Srtp("SRTP (RTP/SAVP) is off here")
-            } else {
-                SdpError::NoAudio
-            }
-        })?;
+        .collect();
+    let keyed = candidates
+        .iter()
+        .find(|(_, m)| srtp != SrtpMode::Off && !m.crypto.is_empty());
+    let (media_index, m) = *keyed.or(candidates.first()).ok_or_else(|| {
+        if offer
+            .media
+            .iter()
+            .any(|m| audio(m) && is_rtp_savp(&m.proto))
+        {
+            SdpError::Srtp("SRTP (RTP/SAVP) is off here")
+        } else {
+            SdpError::NoAudio
+        }
+    })?;
     let srtp = srtp_keys(m, srtp)?;
     let offered = || {
         m.formats
@@ -1098,6 +1095,23 @@ mod tests {
         .unwrap();
         let n = negotiate(&both, &PREFS, SrtpMode::Off).unwrap();
         assert_eq!((n.media_index, n.srtp), (1, None));
+        // With SRTP on, the secure one, whichever comes first.
+        for mode in [SrtpMode::Optional, SrtpMode::Required] {
+            let n = negotiate(&both, &PREFS, mode).unwrap();
+            assert_eq!(n.media_index, 0, "{mode:?}");
+            assert!(n.srtp.is_some());
+        }
+        let plain_first = parse(&offer(&format!(
+            "m=audio 4002 RTP/AVP 0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
+        )))
+        .unwrap();
+        let n = negotiate(&plain_first, &PREFS, SrtpMode::Required).unwrap();
+        assert_eq!(n.media_index, 1);
+        let a = answer(&plain_first, &n, "192.0.2.1:20000".parse().unwrap(), 1, 1);
+        assert!(
+            a.contains("m=audio 0 RTP/AVP 0\r\nm=audio 20000 RTP/SAVP 0\r\n"),
+            "{a}"
+        );
     }
 
     #[test]
