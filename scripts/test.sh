@@ -6,7 +6,8 @@
 # links (libopus-dev, found through pkg-config) with apt-get when they are
 # missing, and Asterisk 22 for tests/asterisk.rs (the prebuilt tree in
 # ../shared/tools/asterisk, extracted to /opt/asterisk-emonav by its
-# install.sh); run as root or with sudo on a fresh Debian/Ubuntu machine.
+# install.sh); the SRTP build's libssl-dev, libclang-dev and make, and
+# baresip-core for tests/srtp.rs; run as root or with sudo on a fresh Debian/Ubuntu machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,14 @@ command -v espeak-ng >/dev/null || need+=(espeak-ng)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
 # Debian puts kamailio in /usr/sbin, which is not on every user's PATH.
 command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+# SRTP: the srtp crate builds libsrtp2 from source (make, a C compiler) with
+# OpenSSL's AES (libssl-dev) and generates its bindings with bindgen (libclang);
+# tests/srtp.rs calls with baresip and its srtp module (baresip-core).
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev pkg-config)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v make >/dev/null || need+=(make)
+command -v cc >/dev/null || need+=(gcc)
+{ command -v baresip >/dev/null && [ -f /usr/lib/baresip/modules/srtp.so ]; } || need+=(baresip-core)
 
 if ((${#need[@]})); then
   SUDO=""

@@ -277,6 +277,22 @@ pub struct MediaConfig {
     /// Symmetric RTP (RFC 4961, "comedia"): our RTP goes only where the
     /// caller's RTP comes from, so nothing is sent before it has arrived.
     pub symmetric_rtp: bool,
+    /// SRTP (RFC 3711) with SDES keys (RFC 4568): off, optional or required.
+    pub srtp: SrtpMode,
+}
+
+/// `[media] srtp`: whether calls' media is encrypted (RFC 3711, keys by
+/// RFC 4568 `a=crypto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SrtpMode {
+    /// Plain RTP only: `RTP/SAVP` offers get 488, `a=crypto` is ignored.
+    #[default]
+    Off,
+    /// SRTP when the offer has a usable `a=crypto`, plain RTP otherwise.
+    Optional,
+    /// SRTP only: an offer without a usable `a=crypto` gets 488.
+    Required,
 }
 
 impl Default for MediaConfig {
@@ -290,6 +306,7 @@ impl Default for MediaConfig {
             jitter_ms: 60,
             send_silence: true,
             symmetric_rtp: false,
+            srtp: SrtpMode::Off,
         }
     }
 }

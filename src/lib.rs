@@ -31,18 +31,21 @@ mod config;
 mod decisions;
 mod endpoint;
 mod events;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod lifecycle;
 mod live;
 mod media;
 mod metrics;
 mod policy;
+mod sdes;
 mod sdp;
 mod server;
 mod trust;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
-pub use config::{ConfigError, Profile};
+pub use config::{ConfigError, Profile, SrtpMode};
 pub use decisions::{DecisionNote, PublishedDecision};
 pub use events::EventSink;
 pub use lifecycle::ServerHandle;

@@ -7,6 +7,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::config::SrtpMode;
+use crate::sdes::{self, Crypto, MasterKey, Suite};
+
 /// Why an SDP body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -16,6 +19,9 @@ pub enum SdpError {
     /// No audio stream in the offer.
     #[error("no audio stream offered")]
     NoAudio,
+    /// SRTP refused or required and not offered (`[media] srtp`; → 488).
+    #[error("{0}")]
+    Srtp(&'static str),
     /// None of our codecs was offered (→ 488 Not Acceptable Here).
     #[error("no common codec (offered: {offered})")]
     NoCommonCodec {
@@ -87,6 +93,8 @@ pub struct Media {
     pub rtcp_mux: bool,
     /// `a=rtcp:<port> [IN IP4|IP6 <addr>]` (RFC 3605).
     pub rtcp: Option<(u16, Option<IpAddr>)>,
+    /// Usable `a=crypto` lines (RFC 4568), in the offer's order.
+    pub crypto: Vec<Crypto>,
 }
 
 /// A parsed session description.
@@ -184,6 +192,7 @@ pub fn parse(body: &str) -> Result<SessionDescription, SdpError> {
                     ptime: None,
                     rtcp_mux: false,
                     rtcp: None,
+                    crypto: Vec::new(),
                 });
             }
             b'a' => {
@@ -213,6 +222,8 @@ pub fn parse(body: &str) -> Result<SessionDescription, SdpError> {
                     "rtcp-mux" => m.rtcp_mux = true,
                     // Unreadable: ignored (RTP port + 1 then), as RFC 3605 §2.1 allows.
                     "rtcp" => m.rtcp = parse_rtcp(val),
+                    // Lines we cannot honour are skipped (RFC 4568 §6.3.2).
+                    "crypto" => m.crypto.extend(sdes::parse(val)),
                     _ => {}
                 }
             }
@@ -333,6 +344,21 @@ pub(crate) struct Negotiated {
     pub rtcp_mux: bool,
     /// Where the offerer wants RTCP when it said so (`a=rtcp`, RFC 3605).
     pub remote_rtcp: Option<SocketAddr>,
+    /// The SRTP keys when the media is encrypted (RFC 3711 with RFC 4568).
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// The keys of an SRTP session negotiated by SDES (RFC 4568).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SrtpKeys {
+    /// The accepted `a=crypto` line's tag, echoed in the answer.
+    pub tag: u32,
+    /// The crypto suite.
+    pub suite: Suite,
+    /// The offerer's key: what it sends with.
+    pub remote: MasterKey,
+    /// Ours, fresh for the call: what we send with.
+    pub local: MasterKey,
 }
 
 impl CodecName {
@@ -354,11 +380,16 @@ impl CodecName {
 /// codec it can carry to the caller without transcoding (Asterisk puts the
 /// caller's codec first), so answering with another makes it transcode, or
 /// fail the call when it has no translator (Opus without `codec_opus`).
+///
+/// `srtp` says whether `RTP/SAVP` and `a=crypto` (RFC 4568) are taken:
+/// with `optional` or `required` the first usable crypto line of the
+/// stream makes it SRTP, keyed with a fresh key of ours.
 pub(crate) fn negotiate(
     offer: &SessionDescription,
     accepted: &[CodecName],
+    srtp: SrtpMode,
 ) -> Result<Negotiated, SdpError> {
-    negotiate_keeping(offer, accepted, None)
+    negotiate_keeping(offer, accepted, None, srtp)
 }
 
 /// [`negotiate`], but `keep` wins when the offer still has it: a re-offer
@@ -367,15 +398,35 @@ pub(crate) fn negotiate_keeping(
     offer: &SessionDescription,
     accepted: &[CodecName],
     keep: Option<CodecName>,
+    srtp: SrtpMode,
 ) -> Result<Negotiated, SdpError> {
-    let (media_index, m) = offer
+    let audio = |m: &Media| m.kind == "audio" && m.port != 0;
+    // RTP/AVP(F) streams, and the secure profile (RFC 3711 §3) when we do
+    // SRTP; of those, with SRTP on, the first that carries a usable key
+    // (an offer of one stream per profile gets its secure one).
+    let candidates: Vec<(usize, &Media)> = offer
         .media
         .iter()
         .enumerate()
-        .find(|(_, m)| {
-            m.kind == "audio" && m.port != 0 && m.proto.to_ascii_uppercase().starts_with("RTP/AVP")
+        .filter(|(_, m)| {
+            audio(m) && (is_rtp_avp(&m.proto) || (srtp != SrtpMode::Off && is_rtp_savp(&m.proto)))
         })
-        .ok_or(SdpError::NoAudio)?;
+        .collect();
+    let keyed = candidates
+        .iter()
+        .find(|(_, m)| srtp != SrtpMode::Off && !m.crypto.is_empty());
+    let (media_index, m) = *keyed.or(candidates.first()).ok_or_else(|| {
+        if offer
+            .media
+            .iter()
+            .any(|m| audio(m) && is_rtp_savp(&m.proto))
+        {
+            SdpError::Srtp("SRTP (RTP/SAVP) is off here")
+        } else {
+            SdpError::NoAudio
+        }
+    })?;
+    let srtp = srtp_keys(m, srtp)?;
     let offered = || {
         m.formats
             .iter()
@@ -447,7 +498,45 @@ pub(crate) fn negotiate_keeping(
         remote_rtcp: m
             .rtcp
             .map(|(port, addr)| SocketAddr::new(addr.unwrap_or(ip), port)),
+        srtp,
     })
+}
+
+fn is_rtp_avp(proto: &str) -> bool {
+    // RTP/AVP and RTP/AVPF (RFC 4585).
+    proto.to_ascii_uppercase().starts_with("RTP/AVP")
+}
+
+fn is_rtp_savp(proto: &str) -> bool {
+    // RTP/SAVP (RFC 3711 §12) and RTP/SAVPF (RFC 5124).
+    proto.to_ascii_uppercase().starts_with("RTP/SAVP")
+}
+
+/// The SRTP keys of the chosen stream under `mode`. A `RTP/SAVP` stream
+/// must have a usable `a=crypto`; an `RTP/AVP` one with `a=crypto` is
+/// "best effort" SRTP (what baresip's `srtp` media encryption offers) and
+/// is taken too; `required` refuses plain RTP.
+fn srtp_keys(m: &Media, mode: SrtpMode) -> Result<Option<SrtpKeys>, SdpError> {
+    if mode == SrtpMode::Off {
+        return Ok(None);
+    }
+    let Some(c) = m.crypto.first() else {
+        return match mode {
+            _ if is_rtp_savp(&m.proto) => Err(SdpError::Srtp(
+                "RTP/SAVP without a usable a=crypto (AES_CM_128_HMAC_SHA1_80/32, one inline key)",
+            )),
+            SrtpMode::Required => Err(SdpError::Srtp("SRTP required: plain RTP refused")),
+            _ => Ok(None),
+        };
+    };
+    let local =
+        MasterKey::random().map_err(|_| SdpError::Srtp("no random source for an SRTP key"))?;
+    Ok(Some(SrtpKeys {
+        tag: c.tag,
+        suite: c.suite,
+        remote: c.key.clone(),
+        local,
+    }))
 }
 
 impl Negotiated {
@@ -471,7 +560,13 @@ pub(crate) fn offer(
     let audio = Media {
         kind: "audio".into(),
         port: neg.remote_rtp.port(),
-        proto: "RTP/AVP".into(),
+        // Our re-offer keeps the session's key and so its profile.
+        proto: if neg.srtp.is_some() {
+            "RTP/SAVP"
+        } else {
+            "RTP/AVP"
+        }
+        .into(),
         formats: std::iter::once(neg.pt)
             .chain(neg.telephone_event_pt)
             .collect(),
@@ -482,6 +577,7 @@ pub(crate) fn offer(
         ptime: neg.ptime,
         rtcp_mux: neg.rtcp_mux,
         rtcp: None,
+        crypto: Vec::new(),
     };
     let sd = SessionDescription {
         session_id,
@@ -576,6 +672,14 @@ pub(crate) fn answer(
         if neg.rtcp_mux {
             s.push_str("a=rtcp-mux\r\n");
         }
+        if let Some(k) = &neg.srtp {
+            let ours = Crypto {
+                tag: k.tag,
+                suite: k.suite,
+                key: k.local.clone(),
+            };
+            let _ = write!(s, "a={}\r\n", sdes::format(&ours));
+        }
     }
     s
 }
@@ -599,7 +703,7 @@ mod tests {
              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
         ))
         .unwrap();
-        let n = negotiate(&sd, &PREFS).unwrap();
+        let n = negotiate(&sd, &PREFS, SrtpMode::Off).unwrap();
         assert_eq!(
             (n.codec, n.pt, n.telephone_event_pt),
             (CodecName::Pcma, 8, Some(101))
@@ -622,7 +726,7 @@ mod tests {
                  a=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
             )))
             .unwrap();
-            negotiate(&sd, accepted).map(|n| n.codec)
+            negotiate(&sd, accepted, SrtpMode::Off).map(|n| n.codec)
         };
         let all = [CodecName::Pcmu, CodecName::Pcma, CodecName::Opus];
         // μ-law caller: μ-law, whatever our list's order.
@@ -645,14 +749,20 @@ mod tests {
     #[test]
     fn a_re_offer_keeps_the_codec_in_use_while_it_is_offered() {
         let sd = parse(&offer("m=audio 4000 RTP/AVP 0 8\r\n")).unwrap();
-        let kept = negotiate_keeping(&sd, &PREFS, Some(CodecName::Pcma)).unwrap();
+        let kept = negotiate_keeping(&sd, &PREFS, Some(CodecName::Pcma), SrtpMode::Off).unwrap();
         assert_eq!((kept.codec, kept.pt), (CodecName::Pcma, 8));
         // Gone from the offer, or no longer accepted: the offerer's first.
         let sd = parse(&offer("m=audio 4000 RTP/AVP 0\r\n")).unwrap();
-        let n = negotiate_keeping(&sd, &PREFS, Some(CodecName::Pcma)).unwrap();
+        let n = negotiate_keeping(&sd, &PREFS, Some(CodecName::Pcma), SrtpMode::Off).unwrap();
         assert_eq!(n.codec, CodecName::Pcmu);
         let sd = parse(&offer("m=audio 4000 RTP/AVP 8 0\r\n")).unwrap();
-        let n = negotiate_keeping(&sd, &[CodecName::Pcmu], Some(CodecName::Pcma)).unwrap();
+        let n = negotiate_keeping(
+            &sd,
+            &[CodecName::Pcmu],
+            Some(CodecName::Pcma),
+            SrtpMode::Off,
+        )
+        .unwrap();
         assert_eq!(n.codec, CodecName::Pcmu);
     }
 
@@ -662,7 +772,7 @@ mod tests {
             "m=audio 10000 RTP/AVP 0\r\na=rtcp:10001 IN IP4 192.0.2.9\r\na=rtcp-mux\r\n",
         ))
         .unwrap();
-        let n = negotiate(&sd, &PREFS).unwrap();
+        let n = negotiate(&sd, &PREFS, SrtpMode::Off).unwrap();
         assert!(n.rtcp_mux);
         assert_eq!(n.remote_rtcp, Some("192.0.2.9:10001".parse().unwrap()));
         let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
@@ -670,12 +780,15 @@ mod tests {
         assert!(parse(&a).unwrap().media[0].rtcp_mux);
         // Port only: the connection address; garbage: ignored; no mux, none answered.
         let sd = parse(&offer("m=audio 10000 RTP/AVP 0\r\na=rtcp:10007\r\n")).unwrap();
-        let n = negotiate(&sd, &PREFS).unwrap();
+        let n = negotiate(&sd, &PREFS, SrtpMode::Off).unwrap();
         assert_eq!(n.remote_rtcp, Some("192.0.2.1:10007".parse().unwrap()));
         assert!(!n.rtcp_mux);
         assert!(!answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1).contains("rtcp"));
         let sd = parse(&offer("m=audio 10000 RTP/AVP 0\r\na=rtcp:x IN\r\n")).unwrap();
-        assert_eq!(negotiate(&sd, &PREFS).unwrap().remote_rtcp, None);
+        assert_eq!(
+            negotiate(&sd, &PREFS, SrtpMode::Off).unwrap().remote_rtcp,
+            None
+        );
     }
 
     #[test]
@@ -684,7 +797,10 @@ mod tests {
             "v=0\no=- 1 1 IN IP4 10.0.0.1\ns=-\nc=IN IP4 10.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP 8\n",
         )
         .unwrap();
-        assert_eq!(negotiate(&sd, &PREFS).unwrap().codec, CodecName::Pcma);
+        assert_eq!(
+            negotiate(&sd, &PREFS, SrtpMode::Off).unwrap().codec,
+            CodecName::Pcma
+        );
     }
 
     #[test]
@@ -693,7 +809,7 @@ mod tests {
             "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5002 RTP/AVP 0\r\nc=IN IP6 2001:db8::5\r\n",
         ))
         .unwrap();
-        let n = negotiate(&sd, &PREFS).unwrap();
+        let n = negotiate(&sd, &PREFS, SrtpMode::Off).unwrap();
         assert_eq!(n.media_index, 1);
         assert_eq!(n.remote_rtp, "[2001:db8::5]:5002".parse().unwrap());
         let a = answer(&sd, &n, "127.0.0.1:20000".parse().unwrap(), 1, 1);
@@ -707,7 +823,7 @@ mod tests {
             "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
         )
         .unwrap();
-        let n = negotiate(&o, &[CodecName::Pcmu]).unwrap();
+        let n = negotiate(&o, &[CodecName::Pcmu], SrtpMode::Off).unwrap();
         assert_eq!(n.direction, Direction::RecvOnly);
         assert!(n.is_hold());
         let o = parse(
@@ -715,7 +831,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            negotiate(&o, &[CodecName::Pcmu]).unwrap().direction,
+            negotiate(&o, &[CodecName::Pcmu], SrtpMode::Off)
+                .unwrap()
+                .direction,
             Direction::Inactive
         );
     }
@@ -726,7 +844,7 @@ mod tests {
             "m=audio 4000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n",
         ))
         .unwrap();
-        let n = negotiate(&o, &[CodecName::Pcma]).unwrap();
+        let n = negotiate(&o, &[CodecName::Pcma], SrtpMode::Off).unwrap();
         let text = super::offer(&n, "127.0.0.1:20000".parse().unwrap(), 7, 9);
         let back = parse(&text).unwrap();
         assert_eq!(back.session_version, 9);
@@ -740,7 +858,7 @@ mod tests {
     fn hold_offer_is_answered_recvonly() {
         let sd = parse(&offer("m=audio 4000 RTP/AVP 0\r\na=sendonly\r\n")).unwrap();
         assert_eq!(
-            negotiate(&sd, &PREFS).unwrap().direction,
+            negotiate(&sd, &PREFS, SrtpMode::Off).unwrap().direction,
             Direction::RecvOnly
         );
     }
@@ -751,7 +869,7 @@ mod tests {
             "m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n",
         ))
         .unwrap();
-        match negotiate(&sd, &PREFS) {
+        match negotiate(&sd, &PREFS, SrtpMode::Off) {
             Err(SdpError::NoCommonCodec { offered }) => assert_eq!(offered, "G729/8000"),
             other => panic!("{other:?}"),
         }
@@ -760,9 +878,15 @@ mod tests {
     #[test]
     fn no_audio_and_disabled_audio() {
         let sd = parse(&offer("m=video 4000 RTP/AVP 96\r\n")).unwrap();
-        assert_eq!(negotiate(&sd, &PREFS), Err(SdpError::NoAudio));
+        assert_eq!(
+            negotiate(&sd, &PREFS, SrtpMode::Off),
+            Err(SdpError::NoAudio)
+        );
         let sd = parse(&offer("m=audio 0 RTP/AVP 0\r\n")).unwrap();
-        assert_eq!(negotiate(&sd, &PREFS), Err(SdpError::NoAudio));
+        assert_eq!(
+            negotiate(&sd, &PREFS, SrtpMode::Off),
+            Err(SdpError::NoAudio)
+        );
     }
 
     #[test]
@@ -795,7 +919,7 @@ mod tests {
                  a=rtpmap:0 PCMU/8000\r\n"
             )))
             .unwrap();
-            let n = negotiate(&sd, &OPUS_FIRST).unwrap();
+            let n = negotiate(&sd, &OPUS_FIRST, SrtpMode::Off).unwrap();
             assert_eq!(
                 (n.codec, n.pt, n.clock_rate, n.channels),
                 (CodecName::Opus, pt, 48000, 2)
@@ -817,7 +941,7 @@ mod tests {
             );
             assert!(OPUS_ANSWER_FMTP.contains("useinbandfec=1"));
             let back = parse(&a).unwrap();
-            assert_eq!(negotiate(&back, &OPUS_FIRST).unwrap().pt, pt);
+            assert_eq!(negotiate(&back, &OPUS_FIRST, SrtpMode::Off).unwrap().pt, pt);
         }
     }
 
@@ -826,7 +950,7 @@ mod tests {
         // Without an rtpmap a dynamic type means nothing.
         let sd = parse(&offer("m=audio 4000 RTP/AVP 96\r\n")).unwrap();
         assert!(matches!(
-            negotiate(&sd, &OPUS_FIRST),
+            negotiate(&sd, &OPUS_FIRST, SrtpMode::Off),
             Err(SdpError::NoCommonCodec { .. })
         ));
         // Opus at another clock rate is not RFC 7587 Opus.
@@ -834,16 +958,19 @@ mod tests {
             "m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 opus/16000\r\n",
         ))
         .unwrap();
-        assert!(negotiate(&sd, &OPUS_FIRST).is_err());
+        assert!(negotiate(&sd, &OPUS_FIRST, SrtpMode::Off).is_err());
         // A G.711-only profile does not take an Opus offer; one that
         // accepts Opus takes it when the offerer lists it first.
         let both = parse(&offer(
             "m=audio 4000 RTP/AVP 96 0\r\na=rtpmap:96 opus/48000/2\r\n",
         ))
         .unwrap();
-        assert_eq!(negotiate(&both, &PREFS).unwrap().codec, CodecName::Pcmu);
         assert_eq!(
-            negotiate(&both, &OPUS_FIRST).unwrap().codec,
+            negotiate(&both, &PREFS, SrtpMode::Off).unwrap().codec,
+            CodecName::Pcmu
+        );
+        assert_eq!(
+            negotiate(&both, &OPUS_FIRST, SrtpMode::Off).unwrap().codec,
             CodecName::Opus
         );
         let g711_first = parse(&offer(
@@ -851,15 +978,17 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            negotiate(&g711_first, &OPUS_FIRST).unwrap().codec,
+            negotiate(&g711_first, &OPUS_FIRST, SrtpMode::Off)
+                .unwrap()
+                .codec,
             CodecName::Pcmu
         );
         let opus_only = parse(&offer(
             "m=audio 4000 RTP/AVP 96\r\na=rtpmap:96 OPUS/48000/2\r\n",
         ))
         .unwrap();
-        assert!(negotiate(&opus_only, &PREFS).is_err());
-        let n = negotiate(&opus_only, &OPUS_FIRST).unwrap();
+        assert!(negotiate(&opus_only, &PREFS, SrtpMode::Off).is_err());
+        let n = negotiate(&opus_only, &OPUS_FIRST, SrtpMode::Off).unwrap();
         assert_eq!((n.pt, n.fmtp), (96, None), "no fmtp offered, none invented");
     }
 
@@ -877,9 +1006,127 @@ mod tests {
             b.truncate(rng.usize(..=b.len()));
             if let Ok(s) = std::str::from_utf8(&b) {
                 if let Ok(sd) = parse(s) {
-                    let _ = negotiate(&sd, &PREFS);
+                    let _ = negotiate(&sd, &PREFS, SrtpMode::Off);
                 }
             }
         }
+    }
+
+    const KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+
+    fn savp(proto: &str, crypto: &str) -> SessionDescription {
+        parse(&offer(&format!("m=audio 4000 {proto} 0\r\n{crypto}"))).unwrap()
+    }
+
+    #[test]
+    fn srtp_offers_follow_the_profile() {
+        let crypto = format!(
+            "a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{KEY}{KEY}\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY}|2^20\r\n\
+             a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
+        );
+        let o = savp("RTP/SAVP", &crypto);
+        // Off: the secure profile is refused (488), its keys never read.
+        assert!(matches!(
+            negotiate(&o, &PREFS, SrtpMode::Off),
+            Err(SdpError::Srtp(_))
+        ));
+        for mode in [SrtpMode::Optional, SrtpMode::Required] {
+            let n = negotiate(&o, &PREFS, mode).unwrap();
+            let k = n.srtp.clone().unwrap();
+            // The first line we can honour, in the offer's order (RFC 4568 §6.3.2).
+            assert_eq!((k.tag, k.suite), (2, Suite::AesCm128HmacSha1_32));
+            assert_ne!(k.local, k.remote);
+            let a = answer(&o, &n, "192.0.2.1:20000".parse().unwrap(), 1, 1);
+            assert!(a.contains("m=audio 20000 RTP/SAVP 0\r\n"), "{a}");
+            let line = a.lines().find(|l| l.starts_with("a=crypto:")).unwrap();
+            let ours = sdes::parse(line.strip_prefix("a=crypto:").unwrap()).unwrap();
+            assert_eq!((ours.tag, ours.suite, &ours.key), (2, k.suite, &k.local));
+            assert_eq!(a.matches("a=crypto").count(), 1, "{a}");
+        }
+        // Two offers get two keys of ours.
+        let (a, b) = (
+            negotiate(&o, &PREFS, SrtpMode::Optional).unwrap(),
+            negotiate(&o, &PREFS, SrtpMode::Optional).unwrap(),
+        );
+        assert_ne!(a.srtp.unwrap().local, b.srtp.unwrap().local);
+    }
+
+    #[test]
+    fn plain_rtp_under_each_mode() {
+        let plain = savp("RTP/AVP", "");
+        assert_eq!(negotiate(&plain, &PREFS, SrtpMode::Off).unwrap().srtp, None);
+        assert_eq!(
+            negotiate(&plain, &PREFS, SrtpMode::Optional).unwrap().srtp,
+            None
+        );
+        assert!(matches!(
+            negotiate(&plain, &PREFS, SrtpMode::Required),
+            Err(SdpError::Srtp(_))
+        ));
+        // RTP/AVP with a=crypto ("best effort", baresip's `srtp`): SRTP when we do it.
+        let best = savp(
+            "RTP/AVP",
+            &format!("a=crypto:5 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"),
+        );
+        assert_eq!(negotiate(&best, &PREFS, SrtpMode::Off).unwrap().srtp, None);
+        let n = negotiate(&best, &PREFS, SrtpMode::Required).unwrap();
+        assert_eq!(n.srtp.as_ref().unwrap().tag, 5);
+        let a = answer(&best, &n, "192.0.2.1:20000".parse().unwrap(), 1, 1);
+        assert!(
+            a.contains("m=audio 20000 RTP/AVP 0\r\n") && a.contains("a=crypto:5 "),
+            "{a}"
+        );
+        // RTP/SAVP with nothing usable: refused whatever the mode.
+        let bad = savp(
+            "RTP/SAVP",
+            &format!("a=crypto:1 F8_128_HMAC_SHA1_80 inline:{KEY}\r\n"),
+        );
+        for mode in [SrtpMode::Off, SrtpMode::Optional, SrtpMode::Required] {
+            assert!(
+                matches!(negotiate(&bad, &PREFS, mode), Err(SdpError::Srtp(_))),
+                "{mode:?}"
+            );
+        }
+        // Both profiles offered as two streams: with SRTP off, the plain one.
+        let both = parse(&offer(&format!(
+            "m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\nm=audio 4002 RTP/AVP 0\r\n"
+        )))
+        .unwrap();
+        let n = negotiate(&both, &PREFS, SrtpMode::Off).unwrap();
+        assert_eq!((n.media_index, n.srtp), (1, None));
+        // With SRTP on, the secure one, whichever comes first.
+        for mode in [SrtpMode::Optional, SrtpMode::Required] {
+            let n = negotiate(&both, &PREFS, mode).unwrap();
+            assert_eq!(n.media_index, 0, "{mode:?}");
+            assert!(n.srtp.is_some());
+        }
+        let plain_first = parse(&offer(&format!(
+            "m=audio 4002 RTP/AVP 0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
+        )))
+        .unwrap();
+        let n = negotiate(&plain_first, &PREFS, SrtpMode::Required).unwrap();
+        assert_eq!(n.media_index, 1);
+        let a = answer(&plain_first, &n, "192.0.2.1:20000".parse().unwrap(), 1, 1);
+        assert!(
+            a.contains("m=audio 0 RTP/AVP 0\r\nm=audio 20000 RTP/SAVP 0\r\n"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn our_re_offer_keeps_the_profile_and_key() {
+        let o = savp(
+            "RTP/SAVP",
+            &format!("a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"),
+        );
+        let n = negotiate(&o, &PREFS, SrtpMode::Optional).unwrap();
+        let ours = super::offer(&n, "192.0.2.1:20000".parse().unwrap(), 1, 2);
+        assert!(ours.contains("RTP/SAVP 0"), "{ours}");
+        let c = ours
+            .lines()
+            .find_map(|l| l.strip_prefix("a=crypto:"))
+            .unwrap();
+        assert_eq!(sdes::parse(c).unwrap().key, n.srtp.unwrap().local);
     }
 }

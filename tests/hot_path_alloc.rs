@@ -286,3 +286,185 @@ fn listening_opus_call_decodes_conceals_and_analyses_without_allocating() {
         call.estimate()
     );
 }
+
+/// The 200 OK's SDP, then ACK it (as [`ack_200`]).
+fn answer_then_ack(call: &mut Call, call_id: &str, now: Instant) -> String {
+    let mut answer = None;
+    let mut to = None;
+    while let Some(o) = call.poll_output() {
+        if let Output::Transmit(Transmit {
+            socket: Socket::Sip { .. },
+            payload,
+            ..
+        }) = o
+        {
+            if let Ok(Message::Response(r)) = parse_datagram(&payload) {
+                if r.code == 200 {
+                    to = r.headers.get("To").map(str::to_owned);
+                    answer = Some(String::from_utf8_lossy(&r.body).into_owned());
+                }
+            }
+        }
+    }
+    let to = to.expect("200 OK sent");
+    let ack = request(&format!(
+        "ACK sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack{call_id}\r\n\
+         From: <sip:c@127.0.0.1>;tag=c1\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n\
+         Content-Length: 0\r\n\r\n"
+    ));
+    let peer = Peer {
+        addr: "127.0.0.1:5070".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    call.handle_request(&ack, peer, now);
+    no_decision(call);
+    answer.unwrap()
+}
+
+/// SRTP (RFC 3711) on the same path: every packet in is authenticated,
+/// replay-checked and decrypted, every packet out (RTP and RTCP) encrypted,
+/// and still nothing allocates; what we send decrypts with the key of our
+/// answer.
+#[test]
+fn srtp_call_decrypts_and_encrypts_without_allocating() {
+    use base64::Engine as _;
+    use srtp::{CryptoPolicy, Session, StreamPolicy};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let caller_key: Vec<u8> = (1..=30).collect();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/SAVP 0\r\n\
+         a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+        b64.encode(&caller_key)
+    );
+    let invite = request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa3\r\n\
+         From: <sip:c@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\nCall-ID: alloc-3\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let mut profile = Profile::default();
+    profile.policy.decision_deadline_ms = 60_000;
+    profile.policy.min_speech_ms = 60_000;
+    profile.media.srtp = emonav::SrtpMode::Required;
+    let settings = Arc::new(CallSettings::from_profile(&profile, 5060));
+    let t0 = Instant::now();
+    let src: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+    let mut call = Call::new(
+        settings,
+        invite,
+        src,
+        "127.0.0.1:20000".parse().unwrap(),
+        t0,
+    )
+    .unwrap();
+    let answer = answer_then_ack(&mut call, "alloc-3", t0);
+    let our_key = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"))
+        .map(|k| b64.decode(k).unwrap())
+        .unwrap_or_else(|| panic!("our key in the answer:\n{answer}"));
+    let policy = |key| StreamPolicy {
+        rtp: CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        rtcp: CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        key,
+        ..Default::default()
+    };
+    // The caller's side: encrypts with its key, decrypts with ours.
+    let mut caller_tx = Session::with_outbound_template(policy(&caller_key)).unwrap();
+    let mut caller_rx = Session::with_inbound_template(policy(&our_key)).unwrap();
+
+    let packets: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| {
+            let mut p = vec![0x80, 0];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i * 160).to_be_bytes());
+            p.extend_from_slice(&7u32.to_be_bytes());
+            let pcm: Vec<i16> = (0..160)
+                .map(|n| {
+                    let t = (i * 160 + n) as f32 / 8000.0;
+                    let w = 2.0 * std::f32::consts::PI * 180.0 * t;
+                    (6000.0 * (w.sin() + 0.5 * (2.0 * w).sin() + 0.3 * (3.0 * w).sin())) as i16
+                })
+                .collect();
+            let mut ulaw = vec![0u8; 160];
+            emonav_dsp::g711::encode_ulaw(&pcm, &mut ulaw);
+            p.extend_from_slice(&ulaw);
+            p.reserve(16);
+            caller_tx.protect(&mut p).unwrap();
+            p
+        })
+        .collect();
+    let at = |i: usize| t0 + Duration::from_millis(20 * i as u64);
+    let caller: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    let from = Some(caller);
+    for (i, p) in packets[..50].iter().enumerate() {
+        call.handle_rtp_from(p, from, at(i));
+        no_decision(&mut call);
+    }
+    // Replays and forgeries, made before counting.
+    let forged: Vec<Vec<u8>> = packets
+        .iter()
+        .map(|p| {
+            let mut f = p.clone();
+            f[30] ^= 0x40;
+            f
+        })
+        .collect();
+    // Copies of what we send, into storage allocated before counting.
+    let mut sent: Vec<[u8; 182]> = Vec::with_capacity(3);
+    let mut reports: Vec<([u8; 512], usize)> = Vec::with_capacity(64);
+    let before = allocs();
+    for (i, p) in packets.iter().enumerate().skip(50) {
+        call.handle_rtp_from(p, from, at(i));
+        if i % 10 == 0 {
+            // A replay and a forgery from the caller's own address: refused.
+            call.handle_rtp_from(&packets[i - 5], from, at(i));
+            call.handle_rtp_from(&forged[i], from, at(i));
+        }
+        call.handle_timeout(at(i) + Duration::from_millis(5));
+        while let Some(o) = call.poll_output() {
+            match o {
+                Output::Transmit(Transmit {
+                    socket: Socket::Rtp,
+                    dest,
+                    payload,
+                }) => {
+                    // 12 + 160 and the 80-bit tag.
+                    assert_eq!((dest, payload.len()), (caller, 182));
+                    if sent.len() < sent.capacity() {
+                        sent.push(payload[..].try_into().unwrap());
+                    }
+                }
+                Output::Transmit(Transmit {
+                    socket: Socket::Rtcp,
+                    dest,
+                    payload,
+                }) => {
+                    assert_eq!(dest.port(), 40003);
+                    let mut r = ([0u8; 512], payload.len());
+                    r.0[..payload.len()].copy_from_slice(&payload);
+                    if reports.len() < reports.capacity() {
+                        reports.push(r);
+                    }
+                }
+                _ => panic!("no decision expected"),
+            }
+        }
+    }
+    let during = allocs() - before;
+    assert_eq!(during, 0, "{during} allocations for 550 SRTP packets");
+    assert!(call.estimate().speech_ms >= 10_000, "{:?}", call.estimate());
+    // Encrypted, and with the key our answer gave.
+    assert_eq!(sent.len(), 3);
+    for p in sent {
+        let mut p = p.to_vec();
+        caller_rx.unprotect(&mut p).unwrap();
+        assert_eq!(p.len(), 172);
+    }
+    assert!(!reports.is_empty());
+    for (r, n) in reports {
+        let mut r = r[..n].to_vec();
+        caller_rx.unprotect_rtcp(&mut r).unwrap();
+        assert_eq!(r[1], 200, "a sender report");
+    }
+}

@@ -524,7 +524,9 @@ impl Call {
         let offer = sdp::parse(text)?;
         // No needless decoder switch: the codec in use wins while offered.
         let current = self.mid.neg.as_ref().map(|n| n.codec);
-        let neg = sdp::negotiate_keeping(&offer, &self.renegotiation_codecs(), current)?;
+        let mut neg =
+            sdp::negotiate_keeping(&offer, &self.renegotiation_codecs(), current, self.s.srtp)?;
+        self.keep_srtp_key(&mut neg);
         self.apply_negotiated(&neg, now)?;
         Ok(self.versioned(|id, v, local| sdp::answer(&offer, &neg, local, id, v)))
     }
@@ -537,15 +539,28 @@ impl Call {
         let result = std::str::from_utf8(&ack.body)
             .map_err(|_| SdpError::Malformed("body is not UTF-8".into()))
             .and_then(sdp::parse)
-            .and_then(|a| sdp::negotiate(&a, &prefs));
+            .and_then(|a| sdp::negotiate(&a, &prefs, self.s.srtp));
         match result {
-            Ok(neg) => {
+            Ok(mut neg) => {
+                // The peer encrypts to what our offer said; we go on sending with it.
+                self.keep_srtp_key(&mut neg);
                 if let Err(e) = self.apply_negotiated(&neg, now) {
                     tracing::warn!(%call_id, error = %e, "answer in ACK unusable; session kept");
                 }
             }
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "no usable answer in the ACK; session kept")
+            }
+        }
+    }
+
+    /// Our SRTP key stays while the suite does (RFC 4568 §7.1.4 lets the
+    /// answerer keep it), so a re-INVITE does not rekey what we send.
+    fn keep_srtp_key(&self, neg: &mut Negotiated) {
+        let old = self.mid.neg.as_ref().and_then(|n| n.srtp.as_ref());
+        if let (Some(new), Some(old)) = (&mut neg.srtp, old) {
+            if new.suite == old.suite {
+                new.local = old.local.clone();
             }
         }
     }

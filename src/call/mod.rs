@@ -360,7 +360,7 @@ impl Call {
             return Err(SdpError::Malformed("INVITE without SDP offer".into()));
         }
         let offer = sdp::parse(body)?;
-        let neg = sdp::negotiate(&offer, &self.s.codecs)?;
+        let neg = sdp::negotiate(&offer, &self.s.codecs, self.s.srtp)?;
         let (id, version) = (self.mid.sdp_id, self.mid.sdp_version);
         let answer = sdp::answer(&offer, &neg, local_rtp, id, version);
         self.invite.answer_sdp = Some(answer.clone());

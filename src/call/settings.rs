@@ -10,7 +10,7 @@ use emonav_dsp::Model;
 
 use super::uri_host;
 use crate::adapt::LineAdapter;
-use crate::config::{DialogCredential, Fallback, Profile, TransferMode};
+use crate::config::{DialogCredential, Fallback, Profile, SrtpMode, TransferMode};
 use crate::policy::Policy;
 use crate::sdp::CodecName;
 use crate::trust::TrustedSet;
@@ -44,6 +44,8 @@ pub struct CallSettings {
     pub send_silence: bool,
     /// Send RTP only where the caller's RTP comes from (`[media] symmetric_rtp`).
     pub symmetric_rtp: bool,
+    /// `[media] srtp`: whether calls' media is SRTP (RFC 3711/4568).
+    pub(crate) srtp: SrtpMode,
     /// `[security]` on: the only addresses our media may go to, besides
     /// the call's own signalling source (`trusted_sources`, `trusted_media`).
     pub(crate) media_trust: Option<Arc<TrustedSet>>,
@@ -109,6 +111,7 @@ impl CallSettings {
             jitter_delay: Duration::from_millis(p.media.jitter_ms),
             send_silence: p.media.send_silence,
             symmetric_rtp: p.media.symmetric_rtp,
+            srtp: p.media.srtp,
             media_trust: p.security.media_set().map(Arc::new),
             sip_addr,
             contact,

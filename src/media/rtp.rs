@@ -69,6 +69,8 @@ pub struct RtpStats {
     pub unknown_pt: u64,
     /// SSRC changes followed.
     pub ssrc_changes: u64,
+    /// Datagrams SRTP/SRTCP refused (RFC 3711: authentication, replay).
+    pub srtp_refused: u64,
 }
 
 /// Payload type and SSRC of a datagram if it is valid RTP (not RTCP), without

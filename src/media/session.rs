@@ -24,6 +24,7 @@ use crate::media::opus::{self, OpusDecoder};
 use crate::media::rtcp::{self, Reporter, SenderInfo};
 use crate::media::rtp::{self as rtp, Ignored, RtpEvent, RtpReceiver};
 use crate::media::sender::SilenceSender;
+use crate::media::srtp::SrtpContext;
 use crate::sdp::{self, CodecName, Negotiated, SdpError};
 use crate::trust::TrustedSet;
 
@@ -175,6 +176,22 @@ pub(crate) struct MediaSession {
     line_adapted: bool,
     /// RTP timestamp of the last telephone-event acted on.
     last_event: Option<u32>,
+    /// SRTP/SRTCP (RFC 3711) when the call negotiated it: every datagram
+    /// in and out passes through it.
+    srtp: Option<SrtpContext>,
+    /// Datagrams SRTP refused (forged, replayed, plain, garbage).
+    srtp_refused: u64,
+}
+
+fn srtp_context(neg: &Negotiated) -> Result<Option<SrtpContext>, SdpError> {
+    neg.srtp
+        .as_ref()
+        .map(|k| SrtpContext::new(k.suite, &k.remote, &k.local))
+        .transpose()
+        .map_err(|e| {
+            tracing::error!(error = %e, "no SRTP context");
+            SdpError::Srtp("SRTP unavailable")
+        })
 }
 
 /// How a [`MediaSession`] is set up, from the call's settings.
@@ -255,6 +272,8 @@ impl MediaSession {
             line_adapted,
             last_packet: None,
             last_event: None,
+            srtp: srtp_context(neg)?,
+            srtp_refused: 0,
         };
         m.set_direction(neg);
         Ok(m)
@@ -332,6 +351,9 @@ impl MediaSession {
             // Our silence follows the new codec.
             self.sender = None;
         }
+        if old.is_none_or(|o| o.srtp != neg.srtp) {
+            self.srtp = srtp_context(neg)?;
+        }
         self.rtp.set_payload_types(neg.pt, neg.telephone_event_pt);
         self.set_direction(neg);
         Ok(())
@@ -395,6 +417,7 @@ impl MediaSession {
         let jitter = self.jitter.stats();
         r.rtp = self.rtp.stats();
         r.rtp.late = jitter.late;
+        r.rtp.srtp_refused = self.srtp_refused;
         r.media = MediaStats {
             jitter,
             latch: self.latch.stats(),
@@ -416,6 +439,26 @@ impl MediaSession {
         dtmf: bool,
         call_id: &str,
     ) -> Heard {
+        // Authenticated and decrypted before anything reads it: a packet
+        // SRTP refuses is not the caller's (it neither latches nor counts).
+        let datagram = match &mut self.srtp {
+            None => datagram,
+            Some(srtp) => {
+                let clear = if rtp::is_rtcp(datagram) {
+                    srtp.unprotect_rtcp(datagram)
+                } else {
+                    srtp.unprotect_rtp(datagram)
+                };
+                match clear {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.srtp_refused += 1;
+                        tracing::trace!(%call_id, error = %e, "SRTP refused a datagram");
+                        return Heard::Stray;
+                    }
+                }
+            }
+        };
         if let Some(src) = source {
             let peeked = rtp::peek(datagram);
             if self.latch.check(src, peeked, now, call_id) == Verdict::Stray {
@@ -481,9 +524,20 @@ impl MediaSession {
         if !rtp::is_rtcp(datagram) {
             return;
         }
+        let media_ip = self.rtp_dest().map(|a| a.ip());
+        let datagram = match &mut self.srtp {
+            None => datagram,
+            Some(srtp) => match srtp.unprotect_rtcp(datagram) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.srtp_refused += 1;
+                    tracing::trace!(error = %e, "SRTCP refused a datagram");
+                    return;
+                }
+            },
+        };
         self.rtcp.on_rtcp(datagram, now);
         if let Some(src) = source {
-            let media_ip = self.rtp_dest().map(|a| a.ip());
             if media_ip.is_none_or(|ip| ip == src.ip()) {
                 self.rtcp_source = Some(src);
             }
@@ -549,6 +603,10 @@ impl MediaSession {
                     .sender
                     .get_or_insert_with(|| SilenceSender::with_ssrc(codec, pt, now, ssrc))
                     .poll(now)?;
+                let packet = match &mut self.srtp {
+                    Some(srtp) => srtp.protect_rtp(packet).ok()?,
+                    None => packet,
+                };
                 return Some((Port::Rtp, dest, packet));
             }
         }
@@ -566,14 +624,24 @@ impl MediaSession {
         });
         // Polled even without a destination, so the schedule moves on.
         let report = self.rtcp.poll(now, rx, sending)?;
-        Some((port, dest?, report))
+        let dest = dest?;
+        let report = match &mut self.srtp {
+            Some(srtp) => srtp.protect_rtcp(report).ok()?,
+            None => report,
+        };
+        Some((port, dest, report))
     }
 
     /// Our RTCP BYE (RFC 3550 §6.3.7), once; `None` when we never sent a report.
     pub(crate) fn bye(&mut self) -> Option<(Port, SocketAddr, &[u8])> {
         let (dest, port) = (self.rtcp_dest(), self.rtcp_port());
         let bye = self.rtcp.bye()?;
-        Some((port, dest?, bye))
+        let dest = dest?;
+        let bye = match &mut self.srtp {
+            Some(srtp) => srtp.protect_rtcp(bye).ok()?,
+            None => bye,
+        };
+        Some((port, dest, bye))
     }
 
     fn rtcp_port(&self) -> Port {
