@@ -16,6 +16,9 @@ command -v espeak-ng >/dev/null || need+=(espeak-ng)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
 # Debian puts kamailio in /usr/sbin, which is not on every user's PATH.
 command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+# tests/history.rs starts a throw-away PostgreSQL cluster; Debian puts initdb
+# under /usr/lib/postgresql/*/bin.
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if ((${#need[@]})); then
   SUDO=""
