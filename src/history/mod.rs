@@ -159,14 +159,6 @@ impl HistoryStore {
             Self::Postgres(p) => p.record(&e, cutoff).await,
         }
     }
-
-    /// The PostgreSQL store, which also shares line-adaptation statistics.
-    pub fn postgres(&self) -> Option<&postgres::PgStore> {
-        match self {
-            Self::Postgres(p) => Some(p),
-            Self::Sqlite(_) => None,
-        }
-    }
 }
 
 /// The key a caller is stored under: the From URI's user part (a `tel:`

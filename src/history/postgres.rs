@@ -13,8 +13,7 @@ use tokio_postgres::NoTls;
 use super::{windows, CallEntry, CallerFacts, HistoryError};
 
 /// Schema steps, applied in order once each.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS emonav_calls (
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS emonav_calls (
         caller  TEXT    NOT NULL,
         at_ms   BIGINT  NOT NULL,
         arousal REAL,
@@ -23,12 +22,7 @@ const MIGRATIONS: &[&str] = &[
         flagged BOOLEAN NOT NULL
     );
     CREATE INDEX IF NOT EXISTS emonav_calls_by_caller ON emonav_calls (caller, at_ms);
-    CREATE INDEX IF NOT EXISTS emonav_calls_by_time ON emonav_calls (at_ms);",
-    "CREATE TABLE IF NOT EXISTS emonav_line_stats (
-        name TEXT PRIMARY KEY,
-        json TEXT NOT NULL
-    );",
-];
+    CREATE INDEX IF NOT EXISTS emonav_calls_by_time ON emonav_calls (at_ms);"];
 
 /// A pooled PostgreSQL caller history.
 #[derive(Clone)]
@@ -127,32 +121,6 @@ impl PgStore {
         )
         .await?;
         c.execute("DELETE FROM emonav_calls WHERE at_ms < $1", &[&cutoff_ms])
-            .await?;
-        Ok(())
-    }
-
-    /// The shared line-adaptation statistics named `name`, if any.
-    pub async fn line_stats(&self, name: &str) -> Result<Option<String>, HistoryError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT json FROM emonav_line_stats WHERE name = $1",
-                &[&name],
-            )
-            .await?;
-        Ok(rows.first().map(|r| r.get(0)))
-    }
-
-    /// Store the line-adaptation statistics named `name`.
-    pub async fn save_line_stats(&self, name: &str, json: &str) -> Result<(), HistoryError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO emonav_line_stats (name, json) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET json = EXCLUDED.json",
-                &[&name, &json],
-            )
             .await?;
         Ok(())
     }
