@@ -25,6 +25,9 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
 { command -v baresip >/dev/null && [ -f /usr/lib/baresip/modules/srtp.so ]; } || need+=(baresip-core)
+# tests/history.rs starts a throw-away PostgreSQL cluster; Debian puts initdb
+# under /usr/lib/postgresql/*/bin.
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if ((${#need[@]})); then
   SUDO=""

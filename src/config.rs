@@ -71,6 +71,8 @@ pub struct Profile {
     pub shutdown: ShutdownConfig,
     /// `[security]`: trusted peers (src/trust.rs).
     pub security: crate::trust::SecurityConfig,
+    /// `[history]`: caller history store (src/history/).
+    pub history: crate::history::HistoryConfig,
     /// `[[registration]]`: accounts to keep registered (none by default).
     #[serde(rename = "registration")]
     pub registrations: Vec<RegistrationConfig>,
@@ -80,6 +82,9 @@ pub struct Profile {
     /// `[adapt] file` resolved against the profile's folder.
     #[serde(skip)]
     adapt_file: Option<std::path::PathBuf>,
+    /// The profile's folder, against which `[history] file` is resolved.
+    #[serde(skip)]
+    base_dir: std::path::PathBuf,
 }
 
 /// `[model]`: which emotion model a call runs.
@@ -483,6 +488,7 @@ impl Profile {
             profile.loaded_models[slot] = Some(Arc::new(model));
         }
         profile.adapt_file = profile.adapt.file.as_ref().map(|f| base.join(f));
+        profile.base_dir = base.to_path_buf();
         // The statistics file is rewritten as calls end: it must not be a
         // file the profile reads or appends to for anything else.
         if let Some(f) = &profile.adapt_file {
@@ -517,6 +523,11 @@ impl Profile {
         Ok(profile)
     }
 
+    /// The profile's folder.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
     /// Where `[adapt] file` points, resolved against the profile's folder.
     pub fn adapt_file(&self) -> Option<&Path> {
         self.adapt_file.as_deref()
@@ -532,6 +543,15 @@ impl Profile {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.history.backend == crate::history::Backend::Postgres
+            && self
+                .history
+                .postgres_url
+                .parse::<tokio_postgres::Config>()
+                .is_err()
+        {
+            return Err("history.postgres_url: not a PostgreSQL URL".into());
+        }
         if self.media.rtp_port_min == 0 || self.media.rtp_port_min > self.media.rtp_port_max {
             return Err(format!(
                 "media.rtp_port_min ({}) must be > 0 and <= media.rtp_port_max ({})",

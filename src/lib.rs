@@ -20,7 +20,8 @@
 //!   [`CallSettings`], and what it emits, [`Output`], [`Transmit`],
 //!   [`Socket`], [`DecisionNote`] and [`PublishedDecision`];
 //! - the pieces benched or checked on their own: [`RtpReceiver`] and
-//!   [`RtpEvent`], [`parse_sdp`] and [`CodecName`].
+//!   [`RtpEvent`], [`parse_sdp`] and [`CodecName`];
+//! - the caller history ([`HistoryStore`], `[history]`), which the tests read.
 //!
 //! Inside the crate, an item not re-exported here is `pub(crate)` (or
 //! narrower); the `unreachable_pub` lint keeps it so.
@@ -33,6 +34,7 @@ mod endpoint;
 mod events;
 #[doc(hidden)]
 pub mod fuzz;
+mod history;
 mod http;
 mod lifecycle;
 mod live;
@@ -48,6 +50,10 @@ pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::{ConfigError, Profile, SrtpMode};
 pub use decisions::{DecisionNote, PublishedDecision};
 pub use events::EventSink;
+pub use history::{
+    caller_key, postgres::PgStore, sqlite::SqliteStore, Backend as HistoryBackend, CallEntry,
+    CallerFacts, HistoryConfig, HistoryError, HistoryStore,
+};
 pub use lifecycle::ServerHandle;
 pub use media::rtp::{RtpEvent, RtpReceiver};
 pub use policy::{Decider, Decision, Policy};

@@ -53,6 +53,9 @@ pub(crate) struct Metrics {
     pub sip_bad_request: AtomicU64,
     /// SIP requests from untrusted sources refused (403) or dropped.
     pub sip_untrusted: AtomicU64,
+    /// Calls routed without their caller's history, by reason:
+    /// `[timeout, error, late]` (src/history/).
+    pub history_misses: [AtomicU64; 3],
     /// SIP messages for a call dropped because its queue was full (a flood
     /// on one Call-ID, or a call task that stopped reading).
     pub sip_call_queue_dropped: AtomicU64,
@@ -127,6 +130,7 @@ impl Default for Metrics {
             sip_unparseable: z(),
             sip_bad_request: z(),
             sip_untrusted: z(),
+            history_misses: [z(), z(), z()],
             sip_call_queue_dropped: z(),
             sip_tcp_send_dropped: z(),
             sip_drain_rejected: z(),
@@ -515,6 +519,17 @@ impl Metrics {
                 .get_or_create(&vec![("reason", reason.into())])
                 .inc_by(v);
         }
+        let misses = Family::<Labels, Counter>::default();
+        for (i, reason) in ["timeout", "error", "late"].into_iter().enumerate() {
+            misses
+                .get_or_create(&vec![("reason", reason.into())])
+                .inc_by(load(&self.history_misses[i]));
+        }
+        reg.register(
+            "emonav_history_misses",
+            "Calls decided without the caller's history: the store too slow (timeout), failing (error), or answering after the decision (late)",
+            misses,
+        );
         reg.register(
             "emonav_sip_rejected",
             "INVITEs and OPTIONS answered 503: draining, or overloaded (no free RTP port)",

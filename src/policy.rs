@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use emonav_dsp::Estimate;
 
+use crate::history::CallerFacts;
+
 /// `[policy]` of a profile.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,12 +52,16 @@ impl Default for Policy {
                     arousal_min: Some(0.5),
                     arousal_max: None,
                     queue: "sip:deescalation@127.0.0.1:5070".into(),
+                    repeat_calls_24h_min: None,
+                    flagged_in_last_30d: None,
                 },
                 Rule {
                     label: "calm".into(),
                     arousal_min: None,
                     arousal_max: Some(0.5),
                     queue: "sip:standard@127.0.0.1:5070".into(),
+                    repeat_calls_24h_min: None,
+                    flagged_in_last_30d: None,
                 },
             ],
             dtmf: Vec::new(),
@@ -77,12 +83,38 @@ pub struct Rule {
     pub arousal_max: Option<f32>,
     /// Refer-To target, any SIP/SIPS/tel URI, used verbatim.
     pub queue: String,
+    /// Caller history (`[history]`): at least this many earlier calls from
+    /// the same caller in the last 24 h (2 = the third call).
+    #[serde(default)]
+    pub repeat_calls_24h_min: Option<u32>,
+    /// Caller history: `true` matches a caller flagged high-risk in the last
+    /// 30 days, `false` one who was not.
+    #[serde(default)]
+    pub flagged_in_last_30d: Option<bool>,
 }
 
 impl Rule {
-    fn matches(&self, arousal: f32) -> bool {
-        self.arousal_min.is_none_or(|m| arousal >= m)
+    /// Every condition the rule sets holds; a history condition never holds
+    /// while the caller's history is unknown (store off, slow or down).
+    fn matches(&self, arousal: f32, history: Option<&CallerFacts>) -> bool {
+        let needs_history =
+            self.repeat_calls_24h_min.is_some() || self.flagged_in_last_30d.is_some();
+        let history_ok = match history {
+            Some(h) => {
+                self.repeat_calls_24h_min
+                    .is_none_or(|n| h.repeat_calls_24h >= n)
+                    && self.flagged_in_last_30d.is_none_or(|f| h.flagged_30d == f)
+            }
+            None => !needs_history,
+        };
+        history_ok
+            && self.arousal_min.is_none_or(|m| arousal >= m)
             && self.arousal_max.is_none_or(|m| arousal < m)
+    }
+
+    /// The rule asks about the caller's history.
+    pub(crate) fn uses_history(&self) -> bool {
+        self.repeat_calls_24h_min.is_some() || self.flagged_in_last_30d.is_some()
     }
 }
 
@@ -184,16 +216,31 @@ impl Policy {
 
     /// An early decision, if the estimate is already good enough.
     pub fn early(&self, e: &Estimate) -> Option<Decision> {
+        self.early_with(e, None)
+    }
+
+    /// [`Policy::early`], the caller's history known or not.
+    pub(crate) fn early_with(&self, e: &Estimate, h: Option<&CallerFacts>) -> Option<Decision> {
         (e.speech_ms >= self.min_speech_ms && e.confidence >= self.confidence_threshold)
-            .then(|| self.route(e, Reason::Confident))
+            .then(|| self.route(e, Reason::Confident, h))
+    }
+
+    /// Some rule asks about the caller's history.
+    pub(crate) fn uses_history(&self) -> bool {
+        self.rules.iter().any(Rule::uses_history)
     }
 
     /// The decision at the deadline, whatever the confidence.
     pub fn at_deadline(&self, e: &Estimate) -> Decision {
+        self.at_deadline_with(e, None)
+    }
+
+    /// [`Policy::at_deadline`], the caller's history known or not.
+    pub(crate) fn at_deadline_with(&self, e: &Estimate, h: Option<&CallerFacts>) -> Decision {
         if e.speech_ms == 0 {
             self.default_decision(e, Reason::NoSpeech)
         } else {
-            self.route(e, Reason::Deadline)
+            self.route(e, Reason::Deadline, h)
         }
     }
 
@@ -226,8 +273,8 @@ impl Policy {
         }
     }
 
-    fn route(&self, e: &Estimate, reason: Reason) -> Decision {
-        match self.rules.iter().find(|r| r.matches(e.arousal)) {
+    fn route(&self, e: &Estimate, reason: Reason, h: Option<&CallerFacts>) -> Decision {
+        match self.rules.iter().find(|r| r.matches(e.arousal, h)) {
             Some(rule) => Decision {
                 queue: rule.queue.clone(),
                 label: rule.label.clone(),
@@ -258,6 +305,8 @@ pub struct Decider {
     paused_since: Option<Instant>,
     pauses: Vec<(Instant, Instant)>,
     decision: Option<Decision>,
+    /// The caller's history, once the store answered.
+    history: Option<CallerFacts>,
 }
 
 impl Decider {
@@ -272,7 +321,14 @@ impl Decider {
             paused_since: None,
             pauses: Vec::new(),
             decision: None,
+            history: None,
         }
+    }
+
+    /// The caller's history arrived: `false` when too late (already decided).
+    pub(crate) fn set_history(&mut self, h: CallerFacts) -> bool {
+        self.history = Some(h);
+        self.decision.is_none()
     }
 
     /// The call was answered: the deadline runs from now until audio comes.
@@ -326,7 +382,7 @@ impl Decider {
     /// After an analysed packet: the early decision, if the estimate is
     /// already good enough.
     pub fn after_packet(&mut self, e: &Estimate) -> Option<&Decision> {
-        let d = self.policy.early(e)?;
+        let d = self.policy.early_with(e, self.history.as_ref())?;
         self.settle(d)
     }
 
@@ -338,7 +394,7 @@ impl Decider {
 
     /// The deadline came: the best estimate decides, whatever its confidence.
     pub fn at_deadline(&mut self, e: &Estimate) -> Option<&Decision> {
-        let d = self.policy.at_deadline(e);
+        let d = self.policy.at_deadline_with(e, self.history.as_ref());
         self.settle(d)
     }
 
@@ -454,11 +510,49 @@ mod tests {
                 arousal_min: Some(0.8),
                 arousal_max: None,
                 queue: "tel:+4930123456".into(),
+                repeat_calls_24h_min: None,
+                flagged_in_last_30d: None,
             }],
             ..Policy::default()
         };
         assert_eq!(p.at_deadline(&est(0.5, 0.1, 900)).queue, p.default_queue);
         assert_eq!(p.at_deadline(&est(0.85, 0.1, 900)).queue, "tel:+4930123456");
+    }
+
+    #[test]
+    fn history_rules_match_only_a_known_history() {
+        let mut p = Policy::default();
+        p.rules.insert(
+            0,
+            Rule {
+                label: "repeat".into(),
+                arousal_min: None,
+                arousal_max: None,
+                queue: "sip:advisor@127.0.0.1:5070".into(),
+                repeat_calls_24h_min: Some(2),
+                flagged_in_last_30d: None,
+            },
+        );
+        let e = est(0.2, 0.9, 1500);
+        let h = |n, f| CallerFacts {
+            repeat_calls_24h: n,
+            flagged_30d: f,
+        };
+        assert_eq!(p.at_deadline_with(&e, Some(&h(2, false))).label, "repeat");
+        assert_eq!(p.at_deadline_with(&e, Some(&h(1, true))).label, "calm");
+        assert_eq!(
+            p.at_deadline_with(&e, None).label,
+            "calm",
+            "history unknown"
+        );
+        p.rules[0].repeat_calls_24h_min = None;
+        p.rules[0].flagged_in_last_30d = Some(true);
+        assert_eq!(p.at_deadline_with(&e, Some(&h(0, true))).label, "repeat");
+        assert_eq!(p.at_deadline_with(&e, Some(&h(5, false))).label, "calm");
+        let mut d = Decider::new(p);
+        assert!(d.set_history(h(0, true)));
+        assert_eq!(d.at_deadline(&e).unwrap().label, "repeat");
+        assert!(!d.set_history(h(0, true)), "after the decision: too late");
     }
 
     #[test]

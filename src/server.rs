@@ -91,6 +91,8 @@ struct Shared {
     rtp_advertised: std::net::IpAddr,
     rtp_range: (u16, u16),
     rtp_cursor: AtomicU16,
+    /// `[history]`: the caller history store, if on, and its settings.
+    history: Option<(crate::history::HistoryStore, crate::history::HistoryConfig)>,
 }
 
 /// A bound, not yet running, endpoint.
@@ -121,7 +123,11 @@ impl Server {
         let now = Instant::now().into_std();
         let settings = Arc::new(CallSettings::from_profile(profile, port));
         let (life, control) = Lifecycle::new(settings.clone(), profile);
+        let history = crate::history::HistoryStore::open(&profile.history, profile.base_dir())
+            .map_err(|e| std::io::Error::other(format!("[history]: {e}")))?
+            .map(|s| (s, profile.history.clone()));
         let shared = Shared {
+            history,
             settings,
             life,
             drain_timeout_s: profile.shutdown.drain_timeout_s,
@@ -634,6 +640,10 @@ async fn call_task(
         invite.headers.get("From").unwrap_or(""),
         started_unix_ms,
     );
+    let caller = shared.history.as_ref().and_then(|(_, cfg)| {
+        crate::history::caller_key(invite.headers.get("From").unwrap_or(""), &cfg.hash_salt)
+    });
+    let mut history = start_lookup(&shared, caller.as_deref());
     drop(invite);
     tracing::info!(%call_id, %src, transport = %peer.transport, rtp = %local_rtp, "call started");
     // The live view's snapshot of this call's scores, a few times a second.
@@ -672,6 +682,9 @@ async fn call_task(
                         if let Some(json) = line.observe(&l.raw, l.speech_ms) {
                             tokio::task::spawn_blocking(move || line.write(&json));
                         }
+                    }
+                    if let (Some(caller), Some((store, cfg))) = (&caller, &shared.history) {
+                        record_call(store.clone(), cfg.retention_days, caller.clone(), &record);
                     }
                     shared.metrics.call_ended(&record);
                     shared.live.ended(&record);
@@ -720,11 +733,78 @@ async fn call_task(
                 call.handle_timeout(Instant::now().into_std());
             }
             _ = snapshot.tick() => shared.live.score(&call_id, &call.estimate()),
+            r = async { history.as_mut().expect("guarded").await }, if history.is_some() => {
+                history = None;
+                let miss = match r {
+                    Ok(Ok(Ok(facts))) => (!call.set_history(facts)).then_some(2),
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(%call_id, error = %e, "caller history lookup failed: routed without it");
+                        Some(1)
+                    }
+                    Ok(Err(_)) => Some(0),
+                    Err(_) => Some(1),
+                };
+                if let Some(i) = miss {
+                    tracing::debug!(%call_id, reason = ["timeout", "error", "late"][i], "call routed without its caller history");
+                    shared.metrics.history_misses[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
     for id in aliases.into_iter().chain([call_id]) {
         let _ = ended.ended.send(id);
     }
+}
+
+/// The caller's history, looked up in its own task, bounded by the
+/// decision deadline: the deadline runs from the answer or the first audio,
+/// both after now, so an answer that comes at all comes before it. `None`
+/// when the store is off, the caller anonymous, or no rule asks.
+type Lookup = tokio::sync::oneshot::Receiver<
+    Result<
+        Result<crate::history::CallerFacts, crate::history::HistoryError>,
+        tokio::time::error::Elapsed,
+    >,
+>;
+
+fn start_lookup(shared: &Arc<Shared>, caller: Option<&str>) -> Option<Lookup> {
+    let (store, _) = shared.history.as_ref()?;
+    let caller = caller?.to_string();
+    let settings = shared.life.settings();
+    let policy = &settings.policy;
+    if !policy.uses_history() {
+        return None;
+    }
+    let budget = std::time::Duration::from_millis(policy.decision_deadline_ms);
+    let store = store.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(budget, store.lookup(&caller, crate::history::now_ms())).await;
+        let _ = tx.send(r);
+    });
+    Some(rx)
+}
+
+/// Keep a finished call in the history, off the call's task.
+fn record_call(
+    store: crate::history::HistoryStore,
+    retention_days: u32,
+    caller: String,
+    record: &crate::events::CallRecord,
+) {
+    let entry = crate::history::CallEntry {
+        caller,
+        at_ms: record.started_unix_ms as i64,
+        arousal: record.arousal,
+        anger: record.anger,
+        queue: record.queue.clone(),
+        flagged: record.flagged,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = store.record(entry, retention_days).await {
+            tracing::warn!(error = %e, "caller history: call not recorded");
+        }
+    });
 }
 
 async fn recv_rtp(

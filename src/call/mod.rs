@@ -594,6 +594,12 @@ impl Call {
         self.timers.set(Timer::Linger, Some(now + LINGER));
     }
 
+    /// The caller's history arrived (src/history/): `false` when too late,
+    /// the decision already taken without it.
+    pub fn set_history(&mut self, h: crate::history::CallerFacts) -> bool {
+        self.decider.set_history(h)
+    }
+
     /// A request from the network whose Call-ID is ours.
     pub fn handle_request(&mut self, req: &Request, peer: Peer, now: Instant) {
         self.out.now = now;
