@@ -36,6 +36,7 @@ mod lifecycle;
 mod live;
 mod media;
 mod metrics;
+mod overload;
 mod policy;
 mod sdp;
 mod server;
