@@ -73,6 +73,8 @@ pub struct Profile {
     pub security: crate::trust::SecurityConfig,
     /// `[history]`: caller history store (src/history/).
     pub history: crate::history::HistoryConfig,
+    /// `[overload]`: admission control (src/overload.rs).
+    pub overload: crate::overload::OverloadConfig,
     /// `[[registration]]`: accounts to keep registered (none by default).
     #[serde(rename = "registration")]
     pub registrations: Vec<RegistrationConfig>,
@@ -610,6 +612,7 @@ impl Profile {
             }
         }
         self.security.validate(self.registrations.len())?;
+        self.overload.validate()?;
         if let Some(p) = &self.transfer.outbound_proxy {
             let uri = Uri::parse(p).map_err(|e| format!("transfer.outbound_proxy {p:?}: {e}"))?;
             if emonav_sip::dialog::uri_socket_addr(&uri).is_none() {

@@ -47,6 +47,7 @@ use std::time::Instant;
 
 use crate::call::stateless_response;
 use crate::events::Metrics;
+use crate::overload::{Kind, Overload, Refusal};
 use crate::trust::{TrustPolicy, Untrusted};
 use emonav_sip::dialog::reply_dest;
 use emonav_sip::header;
@@ -121,6 +122,10 @@ pub(crate) struct Endpoint<H> {
     /// Rate limit of the warnings about untrusted sources (a scan must not
     /// become a flood of log lines).
     untrusted_log: DropLog,
+    /// `[overload]`: admission by load and per-source rates.
+    overload: Option<Overload>,
+    /// Rate limit of the warnings about refusals for load.
+    overload_log: DropLog,
 }
 
 impl<H: Clone> Endpoint<H> {
@@ -141,6 +146,8 @@ impl<H: Clone> Endpoint<H> {
             draining: None,
             trust: None,
             untrusted_log: DropLog::new(Instant::now()),
+            overload: None,
+            overload_log: DropLog::new(Instant::now()),
         }
     }
 
@@ -149,6 +156,51 @@ impl<H: Clone> Endpoint<H> {
     pub(crate) fn with_trust(mut self, policy: Option<TrustPolicy>) -> Self {
         self.trust = policy;
         self
+    }
+
+    /// Admit new calls, OPTIONS and REGISTER by `[overload]`
+    /// (src/overload.rs).
+    pub(crate) fn with_overload(mut self, overload: Overload) -> Self {
+        self.overload = Some(overload);
+        self
+    }
+
+    /// The load the edge measured: calls in progress and the runtime's
+    /// scheduling lag. Returns why new calls are refused now, if they are.
+    pub(crate) fn set_load(&mut self, active: usize, lag: std::time::Duration) -> Option<Refusal> {
+        let o = self.overload.as_mut()?;
+        o.set_load(active, lag);
+        o.overloaded()
+    }
+
+    /// A new INVITE, OPTIONS or REGISTER refused by `[overload]`: `503`
+    /// with `Retry-After` (RFC 3261 §21.5.4), counted by reason.
+    fn refuse_overload(&mut self, req: &Request, peer: Peer, now: Instant) -> Option<Event<H>> {
+        let kind = match req.method {
+            Method::Invite => Kind::Invite,
+            Method::Options => Kind::Options,
+            Method::Register => Kind::Register,
+            _ => return None,
+        };
+        let o = self.overload.as_mut()?;
+        let why = o.admit(kind, peer.addr.ip(), now).err()?;
+        let secs = o.retry_after_s();
+        let counter = match why {
+            Refusal::MaxCalls => &self.metrics.sip_max_calls_rejected,
+            Refusal::Lag => &self.metrics.sip_lag_rejected,
+            Refusal::RateLimited => &self.metrics.sip_rate_limited,
+        };
+        let src = peer.addr;
+        let method = req.method.as_str();
+        let reason = why.as_str();
+        if let Some(n) = self.overload_log.record(counter, now) {
+            tracing::warn!(%src, %method, reason, refused_since_last = n, "overloaded: 503 ([overload])");
+        } else {
+            tracing::debug!(%src, %method, reason, "overloaded: 503");
+        }
+        let mut resp = stateless_response(req, 503, "Service Unavailable", &self.user_agent);
+        resp.headers.push(header::RETRY_AFTER, secs.to_string());
+        Some(Event::Respond(transmit(req, peer, resp.to_bytes())))
     }
 
     /// Untrusted sources get no answer at all.
@@ -312,6 +364,11 @@ impl<H: Clone> Endpoint<H> {
                     .sip_drain_rejected
                     .fetch_add(1, Ordering::Relaxed);
                 return Some(Event::Respond(transmit(&req, peer, resp.to_bytes())));
+            }
+        }
+        if !has_to_tag {
+            if let Some(refusal) = self.refuse_overload(&req, peer, now) {
+                return Some(refusal);
             }
         }
         if let Some(resp) = self.unacceptable(&req) {

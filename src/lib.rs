@@ -40,6 +40,7 @@ mod lifecycle;
 mod live;
 mod media;
 mod metrics;
+mod overload;
 mod policy;
 mod sdes;
 mod sdp;

@@ -52,6 +52,8 @@ pub(crate) struct Lifecycle {
     active: watch::Sender<usize>,
     /// Every `[[registration]]` account is registered (true without any).
     registered: AtomicBool,
+    /// `[overload]` refuses new calls (src/overload.rs).
+    overloaded: AtomicBool,
 }
 
 impl Lifecycle {
@@ -70,6 +72,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             active: watch::Sender::new(0),
             registered: AtomicBool::new(profile.registrations.is_empty()),
+            overloaded: AtomicBool::new(false),
         };
         (Arc::new(life), rx)
     }
@@ -98,6 +101,11 @@ impl Lifecycle {
         self.registered.store(up, Ordering::Relaxed);
     }
 
+    /// The SIP task publishes whether `[overload]` refuses new calls.
+    pub(crate) fn set_overloaded(&self, over: bool) {
+        self.overloaded.store(over, Ordering::Relaxed);
+    }
+
     /// Why the server is not ready to take calls, if it is not (`/readyz`).
     /// The sockets are bound before anything can ask.
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
@@ -105,6 +113,8 @@ impl Lifecycle {
             Some("draining")
         } else if !self.registered.load(Ordering::Relaxed) {
             Some("not registered")
+        } else if self.overloaded.load(Ordering::Relaxed) {
+            Some("overloaded")
         } else {
             None
         }

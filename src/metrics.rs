@@ -66,6 +66,16 @@ pub(crate) struct Metrics {
     pub sip_drain_rejected: AtomicU64,
     /// INVITEs answered 503 for want of a free RTP port (overload).
     pub sip_no_media_port: AtomicU64,
+    /// INVITEs and OPTIONS answered 503: `[overload] max_calls` reached.
+    pub sip_max_calls_rejected: AtomicU64,
+    /// INVITEs and OPTIONS answered 503: scheduling lag over
+    /// `[overload] max_lag_ms`.
+    pub sip_lag_rejected: AtomicU64,
+    /// INVITE, REGISTER, OPTIONS answered 503: their source over its
+    /// `[overload]` rate.
+    pub sip_rate_limited: AtomicU64,
+    /// The runtime's latest scheduling lag, in microseconds (src/server.rs).
+    pub event_loop_lag_us: AtomicU64,
     /// RTP packets accepted (summed at call end).
     pub rtp_packets: AtomicU64,
     /// RTP datagrams ignored as malformed, unknown PT or RTCP (summed at call end).
@@ -83,6 +93,7 @@ pub(crate) struct Metrics {
     /// Calls failed after third-party call control was tried.
     pub calls_bridge_failed: AtomicU64,
     labelled: Labelled,
+    sip: SipCounts,
     /// Each registration's state as last written to its gauge.
     registrations_seen: Mutex<Vec<bool>>,
 }
@@ -97,8 +108,6 @@ struct Labelled {
     audio_to_decision: Histogram,
     arousal: Histogram,
     anger: Histogram,
-    sip_requests: Family<Labels, Counter>,
-    sip_responses: Family<Labels, Counter>,
     registration_up: Family<Labels, Gauge>,
 }
 
@@ -111,8 +120,6 @@ impl Default for Labelled {
             audio_to_decision: Histogram::new(DELAY_BUCKETS),
             arousal: Histogram::new(linear_buckets(0.1, 0.1, 10)),
             anger: Histogram::new(linear_buckets(0.1, 0.1, 10)),
-            sip_requests: Family::default(),
-            sip_responses: Family::default(),
             registration_up: Family::default(),
         }
     }
@@ -135,6 +142,10 @@ impl Default for Metrics {
             sip_tcp_send_dropped: z(),
             sip_drain_rejected: z(),
             sip_no_media_port: z(),
+            sip_max_calls_rejected: z(),
+            sip_lag_rejected: z(),
+            sip_rate_limited: z(),
+            event_loop_lag_us: z(),
             rtp_packets: z(),
             rtp_ignored: z(),
             rtp_lost: z(),
@@ -144,6 +155,7 @@ impl Default for Metrics {
             calls_decided: z(),
             calls_bridge_failed: z(),
             labelled: Labelled::default(),
+            sip: SipCounts::default(),
             registrations_seen: Mutex::new(Vec::new()),
         }
     }
@@ -153,9 +165,70 @@ impl Default for Metrics {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Direction {
     /// From the network.
-    Received,
+    Received = 0,
     /// Written by emonav.
-    Sent,
+    Sent = 1,
+}
+
+/// Direction labels, by [`Direction`] index.
+const DIRECTIONS: [&str; 2] = ["received", "sent"];
+
+/// Status codes 100..=699 counted by value; slot `CODES` is `other`.
+const CODES: usize = 600;
+
+/// SIP messages by direction and method or status code: plain atomics,
+/// so that the per-message count is one add (boxed: ~10 KiB).
+#[derive(Debug)]
+struct SipCounts {
+    requests: [[AtomicU64; METHODS.len() + 1]; 2],
+    responses: Box<[[AtomicU64; CODES + 1]; 2]>,
+}
+
+impl Default for SipCounts {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            responses: Box::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| AtomicU64::new(0))
+            })),
+        }
+    }
+}
+
+impl SipCounts {
+    /// The families a scrape shows: only the slots counted at least once.
+    fn families(&self) -> (Family<Labels, Counter>, Family<Labels, Counter>) {
+        let requests = Family::<Labels, Counter>::default();
+        let responses = Family::<Labels, Counter>::default();
+        for (d, dir) in DIRECTIONS.iter().enumerate() {
+            for (i, c) in self.requests[d].iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let method = METHODS.get(i).copied().unwrap_or("other");
+                    requests
+                        .get_or_create(&vec![
+                            ("direction", (*dir).into()),
+                            ("method", method.into()),
+                        ])
+                        .inc_by(v);
+                }
+            }
+            for (i, c) in self.responses[d].iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let code = if i == CODES {
+                        "other".to_string()
+                    } else {
+                        (i + 100).to_string()
+                    };
+                    responses
+                        .get_or_create(&vec![("direction", (*dir).into()), ("code", code)])
+                        .inc_by(v);
+                }
+            }
+        }
+        (requests, responses)
+    }
 }
 
 /// The SIP methods counted by name; others are `other`, so that a peer
@@ -265,36 +338,26 @@ impl Metrics {
         }
     }
 
-    /// One SIP message at the edge (its first line is enough).
+    /// One SIP message at the edge (its first line is enough). One
+    /// relaxed atomic add into a pre-created slot: no lock, no allocation
+    /// (the labelled families are built from the slots at scrape time).
     pub(crate) fn sip_message(&self, dir: Direction, data: &[u8]) {
-        let direction = match dir {
-            Direction::Received => "received",
-            Direction::Sent => "sent",
-        };
+        let d = dir as usize;
         let head = &data[..data.len().min(16)];
         if let Some(rest) = head.strip_prefix(b"SIP/2.0 ") {
-            let code = std::str::from_utf8(&rest[..rest.len().min(3)])
+            let slot = std::str::from_utf8(&rest[..rest.len().min(3)])
                 .ok()
-                .and_then(|c| c.parse::<u16>().ok())
+                .and_then(|c| c.parse::<usize>().ok())
                 .filter(|c| (100..700).contains(c))
-                .map_or_else(|| "other".to_string(), |c| c.to_string());
-            self.labelled
-                .sip_responses
-                .get_or_create(&vec![("direction", direction.into()), ("code", code)])
-                .inc();
+                .map_or(CODES, |c| c - 100);
+            self.sip.responses[d][slot].fetch_add(1, Ordering::Relaxed);
         } else {
             let word = head.split(|&b| b == b' ').next().unwrap_or_default();
-            let method = METHODS
+            let slot = METHODS
                 .iter()
-                .find(|m| m.as_bytes() == word)
-                .map_or("other", |m| m);
-            self.labelled
-                .sip_requests
-                .get_or_create(&vec![
-                    ("direction", direction.into()),
-                    ("method", method.into()),
-                ])
-                .inc();
+                .position(|m| m.as_bytes() == word)
+                .unwrap_or(METHODS.len());
+            self.sip.requests[d][slot].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -304,10 +367,14 @@ impl Metrics {
             emonav_sip::message::Message::Request(r) => {
                 self.sip_message(Direction::Received, r.method.as_str().as_bytes())
             }
-            emonav_sip::message::Message::Response(r) => self.sip_message(
-                Direction::Received,
-                format!("SIP/2.0 {}", r.code).as_bytes(),
-            ),
+            emonav_sip::message::Message::Response(r) => {
+                let slot = usize::from(r.code)
+                    .checked_sub(100)
+                    .filter(|&c| c < CODES)
+                    .unwrap_or(CODES);
+                self.sip.responses[Direction::Received as usize][slot]
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -455,15 +522,16 @@ impl Metrics {
             "Probability of anger at the decision",
             l.anger,
         );
+        let (sip_requests, sip_responses) = self.sip.families();
         reg.register(
             "emonav_sip_requests",
             "SIP requests at the edge, by direction and method",
-            l.sip_requests,
+            sip_requests,
         );
         reg.register(
             "emonav_sip_responses",
             "SIP responses at the edge, by direction and status code",
-            l.sip_responses,
+            sip_responses,
         );
         reg.register(
             "emonav_registration_up",
@@ -514,6 +582,9 @@ impl Metrics {
         for (reason, v) in [
             ("draining", load(&self.sip_drain_rejected)),
             ("no_media_port", load(&self.sip_no_media_port)),
+            ("max_calls", load(&self.sip_max_calls_rejected)),
+            ("lag", load(&self.sip_lag_rejected)),
+            ("rate_limited", load(&self.sip_rate_limited)),
         ] {
             rejected
                 .get_or_create(&vec![("reason", reason.into())])
@@ -532,8 +603,14 @@ impl Metrics {
         );
         reg.register(
             "emonav_sip_rejected",
-            "INVITEs and OPTIONS answered 503: draining, or overloaded (no free RTP port)",
+            "Requests no call owns answered 503: draining, no free RTP port, [overload] max_calls, scheduling lag, per-source rate",
             rejected,
+        );
+        reg.register_with_unit(
+            "emonav_event_loop_lag",
+            "How late the runtime's periodic probe timer last fired ([overload] max_lag_ms)",
+            Unit::Seconds,
+            ConstGauge::new(load(&self.event_loop_lag_us) as f64 / 1e6),
         );
     }
 }

@@ -106,6 +106,8 @@ pub struct Server {
     control: mpsc::UnboundedReceiver<Control>,
     /// `[security]`: who may send requests no call owns.
     trust: Option<crate::trust::TrustPolicy>,
+    /// `[overload]`: admission control.
+    overload: crate::overload::OverloadConfig,
 }
 
 impl Server {
@@ -162,6 +164,7 @@ impl Server {
             },
             control,
             trust: profile.security.policy(),
+            overload: profile.overload.clone(),
         })
     }
 
@@ -228,7 +231,9 @@ impl Server {
             regs,
             self.shared.metrics.clone(),
         )
-        .with_trust(self.trust);
+        .with_trust(self.trust)
+        .with_overload(crate::overload::Overload::new(self.overload));
+        tokio::spawn(probe_lag(Arc::downgrade(&self.shared.metrics)));
         let shared = self.shared.clone();
         sip_loop(self.shared, endpoint, self.inbound, self.control).await;
         // What the line taught since the last write survives the restart.
@@ -311,6 +316,7 @@ async fn sip_loop(
                 Ok((n, src)) => {
                     shared.metrics.sip_message(Direction::Received, &buf[..n]);
                     add_aliases(&mut endpoint, &mut alias_rx);
+                    set_load(&shared, &mut endpoint, &active);
                     let event = endpoint.handle_datagram(&buf[..n], src, Instant::now().into_std());
                     execute(&shared, &mut endpoint, &ended, event);
                 }
@@ -319,6 +325,7 @@ async fn sip_loop(
             Some((msg, peer)) = inbound.recv() => {
                 shared.metrics.sip_parsed(&msg);
                 add_aliases(&mut endpoint, &mut alias_rx);
+                set_load(&shared, &mut endpoint, &active);
                 let event = endpoint.handle(msg, peer, Instant::now().into_std());
                 execute(&shared, &mut endpoint, &ended, event);
             }
@@ -347,6 +354,8 @@ async fn sip_loop(
             }
         }
         flush_registrations(&shared, &mut endpoint, &resolved_tx);
+        // Calls that ended change /readyz as well as messages do.
+        set_load(&shared, &mut endpoint, &active);
         if drain_until.is_some() && *active.borrow_and_update() == 0 {
             tracing::info!("drained: every call in progress has ended");
             break;
@@ -431,6 +440,46 @@ fn flush_registrations(
     shared
         .metrics
         .registrations(endpoint.registrations().each());
+}
+
+/// How often the scheduling lag is sampled: cheap (one timer wake-up),
+/// and quick enough to refuse calls within a fraction of a second of a
+/// backlog building up.
+const LAG_PROBE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// RFC 6357 §3's headroom measure, as the runtime sees it: how late a
+/// periodic timer fires. Every backlog (RTP, SIP, DSP) delays it. Ends with
+/// the server (its metrics dropped).
+async fn probe_lag(metrics: std::sync::Weak<Metrics>) {
+    let mut due = Instant::now() + LAG_PROBE;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let now = Instant::now();
+        let Some(m) = metrics.upgrade() else { return };
+        let lag = now.saturating_duration_since(due);
+        m.event_loop_lag_us.store(
+            u64::try_from(lag.as_micros()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        due = now + LAG_PROBE;
+    }
+}
+
+/// Give the endpoint the load before it decides on a message, and tell
+/// `/readyz`.
+fn set_load(
+    shared: &Shared,
+    endpoint: &mut Endpoint<CallTx>,
+    active: &tokio::sync::watch::Receiver<usize>,
+) {
+    let lag = std::time::Duration::from_micros(
+        shared
+            .metrics
+            .event_loop_lag_us
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let over = endpoint.set_load(*active.borrow(), lag);
+    shared.life.set_overloaded(over.is_some());
 }
 
 /// Carry out what the endpoint decided.

@@ -647,3 +647,90 @@ fn what_we_cannot_honour_is_refused_before_a_call_starts() {
         Some(Event::NewCall { .. })
     ));
 }
+
+fn overloaded(cfg: crate::overload::OverloadConfig) -> Endpoint<u32> {
+    endpoint().with_overload(Overload::new(cfg))
+}
+
+#[test]
+fn at_max_calls_new_invites_and_options_get_503_with_retry_after_and_calls_go_on() {
+    let mut ep = overloaded(crate::overload::OverloadConfig {
+        max_calls: 1,
+        retry_after_s: 7,
+        ..Default::default()
+    });
+    assert_eq!(ep.set_load(0, std::time::Duration::ZERO), None);
+    assert!(matches!(
+        handle(&mut ep, &text("INVITE", UDP_RPORT, None, ""), udp()),
+        Some(Event::NewCall { .. })
+    ));
+    ep.insert_call("cid-1@test".into(), 7);
+    assert_eq!(
+        ep.set_load(1, std::time::Duration::ZERO),
+        Some(Refusal::MaxCalls)
+    );
+    for m in ["INVITE", "OPTIONS"] {
+        let req = text(m, UDP_RPORT, None, "").replace("cid-1@test", "cid-2@test");
+        let (r, _) = respond(&mut ep, &req, udp());
+        assert_eq!(r.code, 503, "{req}");
+        assert_eq!(r.headers.get("Retry-After"), Some("7"));
+    }
+    // REGISTER is not refused for the count (405 as always here).
+    let reg = text("REGISTER", UDP_RPORT, None, "").replace("cid-1@test", "cid-3@test");
+    assert_eq!(respond(&mut ep, &reg, udp()).0.code, 405);
+    assert_eq!(ep.metrics.sip_max_calls_rejected.load(Ordering::Relaxed), 2);
+    assert_eq!(ep.metrics.calls_started.load(Ordering::Relaxed), 1);
+    // The call up keeps its messages.
+    assert!(matches!(
+        handle(&mut ep, &text("BYE", UDP_RPORT, Some("ours"), ""), udp()),
+        Some(Event::ToCall { handle: 7, .. })
+    ));
+    let text = ep.metrics.render();
+    assert!(
+        text.contains("emonav_sip_rejected_total{reason=\"max_calls\"} 2\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn scheduling_lag_over_the_limit_refuses_new_calls() {
+    let mut ep = overloaded(crate::overload::OverloadConfig {
+        max_lag_ms: 100,
+        ..Default::default()
+    });
+    assert_eq!(
+        ep.set_load(0, std::time::Duration::from_millis(300)),
+        Some(Refusal::Lag)
+    );
+    let (r, _) = respond(&mut ep, &text("INVITE", UDP_RPORT, None, ""), udp());
+    assert_eq!(r.code, 503);
+    assert_eq!(ep.metrics.sip_lag_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(ep.set_load(0, std::time::Duration::from_millis(10)), None);
+    assert!(matches!(
+        handle(&mut ep, &text("INVITE", UDP_RPORT, None, ""), udp()),
+        Some(Event::NewCall { .. })
+    ));
+}
+
+#[test]
+fn a_flooding_source_is_rate_limited_and_another_is_not() {
+    let mut ep = overloaded(crate::overload::OverloadConfig {
+        options_per_source: 5.0,
+        burst_s: 1.0,
+        ..Default::default()
+    });
+    let codes: Vec<u16> = (0..8)
+        .map(|i| {
+            let req = text("OPTIONS", UDP_RPORT, None, "").replace("cid-1@test", &format!("f{i}"));
+            respond(&mut ep, &req, udp()).0.code
+        })
+        .collect();
+    assert_eq!(codes, [200, 200, 200, 200, 200, 503, 503, 503]);
+    assert_eq!(ep.metrics.sip_rate_limited.load(Ordering::Relaxed), 3);
+    let (r, _) = respond(
+        &mut ep,
+        &text("OPTIONS", UDP_RPORT, None, ""),
+        from("192.0.2.8:5060"),
+    );
+    assert_eq!(r.code, 200);
+}
