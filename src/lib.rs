@@ -39,6 +39,7 @@ mod metrics;
 mod policy;
 mod sdp;
 mod server;
+mod tls;
 mod trust;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
