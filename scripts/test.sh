@@ -16,6 +16,9 @@ command -v espeak-ng >/dev/null || need+=(espeak-ng)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
 # Debian puts kamailio in /usr/sbin, which is not on every user's PATH.
 command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+# Kamailio's tls module (tests/kamailio.rs, the SIP over TLS call) is a package of its own.
+dpkg-query -W -f='${Status}' kamailio-tls-modules 2>/dev/null | grep -q "ok installed" \
+  || need+=(kamailio-tls-modules)
 
 if ((${#need[@]})); then
   SUDO=""
