@@ -3,7 +3,7 @@
 //! `sip-profiles/default.toml`; this module only gives them types and defaults.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -143,6 +143,19 @@ pub struct SipConfig {
     /// Address advertised in Contact, Via and SDP when it differs from the
     /// listen address (NAT); defaults to the listen address.
     pub external_address: Option<IpAddr>,
+    /// SIP over TLS (RFC 3261 §26.2.1): address and port to listen on
+    /// (a port of its own, 5061 by convention); `None` = no TLS.
+    pub tls_listen: Option<SocketAddr>,
+    /// Our certificate chain (PEM), shown to peers as server and client.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that peers' certificates must chain to: servers
+    /// we connect to always; clients only with `tls_verify_clients`.
+    /// Without it, no TLS connection is opened by us.
+    pub tls_ca: Option<PathBuf>,
+    /// Require a client certificate chaining to `tls_ca` (mutual TLS peering).
+    pub tls_verify_clients: bool,
     /// User part of our Contact and Referred-By URIs.
     pub user: String,
     /// Delay between `100 Trying` and `200 OK`, in ms (0 = answer at once).
@@ -250,6 +263,11 @@ impl Default for SipConfig {
             listen: "127.0.0.1:5060".parse().expect("static address"),
             transports: vec![Transport::Udp, Transport::Tcp],
             external_address: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_verify_clients: false,
             user: "emonav".into(),
             answer_delay_ms: 0,
             t1_ms: 500,
@@ -465,6 +483,15 @@ impl Profile {
             message,
         };
         profile.validate().map_err(invalid)?;
+        for f in [
+            &mut profile.sip.tls_cert,
+            &mut profile.sip.tls_key,
+            &mut profile.sip.tls_ca,
+        ] {
+            *f = f.as_ref().map(|p| base.join(p));
+        }
+        // Unreadable certificates fail the load (and a reload), not the first call.
+        crate::tls::Tls::from_config(&profile.sip).map_err(|e| invalid(e.to_string()))?;
         let files = [
             ("model.file", profile.model.file.clone(), 8000),
             (
@@ -583,6 +610,19 @@ impl Profile {
             return Err(
                 "sip.transports must include \"udp\" (registrations use the UDP socket)".into(),
             );
+        }
+        if self.sip.transports.contains(&Transport::Tls) {
+            return Err(
+                "sip.transports: TLS has a port of its own, set sip.tls_listen instead".into(),
+            );
+        }
+        if self.sip.tls_listen.is_some()
+            && (self.sip.tls_cert.is_none() || self.sip.tls_key.is_none())
+        {
+            return Err("sip.tls_listen needs sip.tls_cert and sip.tls_key".into());
+        }
+        if self.sip.tls_verify_clients && self.sip.tls_ca.is_none() {
+            return Err("sip.tls_verify_clients needs sip.tls_ca".into());
         }
         if self.sip.min_se_s < 90 {
             return Err("sip.min_se_s must be >= 90 (RFC 4028 §4)".into());
@@ -730,9 +770,11 @@ mod tests {
             ("transports = [\"tcp\"]", "must include \"udp\""),
             (
                 "transports = [\"udp\", \"tls\"]",
-                "\"tls\" is not supported yet",
+                "set sip.tls_listen instead",
             ),
             ("transports = [\"udp\", \"sctpx\"]", "unknown transport"),
+            ("tls_listen = \"127.0.0.1:5061\"", "needs sip.tls_cert"),
+            ("tls_verify_clients = true", "needs sip.tls_ca"),
         ] {
             let err = Profile::from_toml(&format!("[sip]\n{text}\n"), "p").unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");

@@ -45,6 +45,7 @@ mod policy;
 mod sdes;
 mod sdp;
 mod server;
+mod tls;
 mod trust;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};

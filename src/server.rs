@@ -79,6 +79,8 @@ struct Shared {
     sip: Arc<UdpSocket>,
     /// TCP connections; `None` when the profile does not list "tcp".
     tcp: Option<TcpConns>,
+    /// TLS connections; `None` without `[sip] tls_listen`.
+    tls: Option<TcpConns>,
     events: EventSink,
     metrics: Arc<Metrics>,
     /// Messages dropped on full call queues.
@@ -99,6 +101,8 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     tcp: Option<TcpListener>,
+    /// SIP over TLS (`[sip] tls_listen`).
+    tls: Option<TcpListener>,
     inbound: mpsc::Receiver<Inbound>,
     http: Option<TcpListener>,
     accounts: Vec<(Account, String)>,
@@ -116,6 +120,14 @@ impl Server {
         let (sip, tcp) = bind_sip(profile).await?;
         let port = sip.local_addr()?.port();
         let (inbound_tx, inbound) = mpsc::channel(TCP_INBOUND_QUEUE);
+        let tls_config = crate::tls::Tls::from_config(&profile.sip)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = match (profile.sip.tls_listen, &tls_config) {
+            (Some(addr), Some(_)) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot bind tls:{addr}: {e}"))
+            })?),
+            _ => None,
+        };
         let http = match profile.http.listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -136,7 +148,8 @@ impl Server {
             sip: Arc::new(sip),
             tcp: tcp
                 .is_some()
-                .then(|| TcpConns::new(inbound_tx, profile.t1() * 64)),
+                .then(|| TcpConns::new(inbound_tx.clone(), profile.t1() * 64)),
+            tls: tls_config.map(|t| TcpConns::tls(inbound_tx, profile.t1() * 64, t)),
             events,
             metrics: Arc::new(Metrics::default()),
             call_drops: DropLog::new(now),
@@ -150,6 +163,7 @@ impl Server {
         Ok(Server {
             shared: Arc::new(shared),
             tcp,
+            tls,
             inbound,
             http,
             accounts,
@@ -194,6 +208,11 @@ impl Server {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The SIP over TLS address actually bound, if TLS is on.
+    pub fn sip_tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The HTTP address actually bound.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
@@ -213,7 +232,10 @@ impl Server {
             ));
         }
         if let Some(listener) = self.tcp {
-            tokio::spawn(accept_tcp(listener, self.shared.clone()));
+            tokio::spawn(accept_tcp(listener, self.shared.clone(), Transport::Tcp));
+        }
+        if let Some(listener) = self.tls {
+            tokio::spawn(accept_tcp(listener, self.shared.clone(), Transport::Tls));
         }
         let now = Instant::now().into_std();
         let regs = Registrations::new(
@@ -569,7 +591,7 @@ fn send_on(
     shared.metrics.sip_message(Direction::Sent, &data);
     match transport {
         Transport::Udp => send(&shared.sip, dest, &data),
-        Transport::Tcp => tcp::send(shared, dest, connection, data),
+        Transport::Tcp | Transport::Tls => tcp::send(shared, transport, dest, connection, data),
     }
 }
 
@@ -639,6 +661,7 @@ async fn call_task(
     // The connection the dialog came on stays open while the call lasts.
     let _hold = match (&shared.tcp, peer.transport) {
         (Some(tcp), Transport::Tcp) => tcp.hold(src),
+        _ if peer.transport == Transport::Tls => shared.tls.as_ref().and_then(|t| t.hold(src)),
         _ => None,
     };
     let Some((rtp, rtcp)) = bind_rtp(&shared).await else {

@@ -386,3 +386,75 @@ fn kamailio_carries_both_b2bua_legs_when_the_refer_is_refused() {
         "{packets} RTP packets at the queue\n{context}"
     );
 }
+
+/// A TCP port free at the time of asking.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SIP over TLS (RFC 3261 §26.2.1) with Kamailio's tls module as the peer,
+/// both sides verifying the other's certificate against the test CA
+/// (tests/fixtures/tls): SIPp calls Kamailio over UDP, Kamailio relays the
+/// INVITE to emonav's `tls_listen` over TLS, and emonav's REFER and BYE go
+/// back through Kamailio's TLS Record-Route entry on that connection.
+#[test]
+fn a_call_reaches_emonav_over_tls_through_kamailio_and_is_transferred_over_tls() {
+    let certs = root().join("tests/fixtures/tls");
+    let pem = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let emonav_tls = free_tcp_port();
+    let kam_tls = free_tcp_port();
+    let kamailio = Kamailio::start_with(&[
+        "WITH_TLS",
+        &format!("KAM_TLS_PORT={kam_tls}"),
+        &format!("KAM_TLS_CERT=\"{}\"", pem("loopback.pem")),
+        &format!("KAM_TLS_KEY=\"{}\"", pem("loopback.key")),
+        &format!("KAM_TLS_CA=\"{}\"", pem("ca.pem")),
+        &format!("TLS_TARGET=\"sip:127.0.0.1:{emonav_tls};transport=tls\""),
+    ]);
+    let emonav = Emonav::start(&format!(
+        "[sip]\ntls_listen = \"127.0.0.1:{emonav_tls}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+         tls_ca = \"{}\"\ntls_verify_clients = true\n",
+        pem("loopback.pem"),
+        pem("loopback.key"),
+        pem("ca.pem")
+    ));
+    let (run, context) = call_through(&kamailio, "uac_refer_via_proxy.xml");
+    assert!(
+        kamailio.wait_log("initial INVITE relayed over TLS", Duration::from_secs(2)),
+        "{context}"
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1:5070"],
+        "{context}"
+    );
+    // Kamailio record-routed both sides: its TLS entry faces emonav.
+    let rr = logged(&run.log, "INVITE-RR");
+    let kam_tls_rr = format!("sip:127.0.0.1:{kam_tls};transport=tls");
+    assert!(
+        rr.len() == 1 && rr[0].contains(&kam_tls_rr),
+        "{rr:?} lacks {kam_tls_rr}\n{context}"
+    );
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}\n{context}");
+    assert_eq!(ev["refer_attempts"][0]["response"], 202, "{ev}");
+    // emonav's in-dialog requests came to Kamailio over TLS.
+    for method in ["REFER", "BYE"] {
+        let line = format!("in-dialog {method} loose-routed");
+        assert!(
+            kamailio.wait_log(&line, Duration::from_secs(2)),
+            "{line}\n{context}"
+        );
+        let log = kamailio.log_text();
+        let proto: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&line))
+            .filter_map(|l| l.rsplit("came over ").next())
+            .collect();
+        assert_eq!(proto, ["tls"], "{method}\n{context}");
+    }
+}

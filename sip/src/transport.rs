@@ -4,8 +4,9 @@
 //!
 //! The sans-IO cores only name a transport; the tokio edge (`server`) owns the
 //! sockets and connections. TLS (`SIP/2.0/TLS`, `sips:`) is the next variant
-//! to add here: it is reliable and connection-oriented like TCP, so the
-//! connection handling of the edge is shared with it.
+//! TLS (`SIP/2.0/TLS`, `;transport=tls`, §26.2.1) is reliable and
+//! connection-oriented like TCP, so the edge shares its connection handling
+//! and framing; only the stream under it differs.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub enum Transport {
     /// connection; responses go back over the connection the request came on
     /// (§18.2.2).
     Tcp,
+    /// TLS over TCP (§26.2.1, RFC 5630): framed like TCP, on its own port.
+    Tls,
 }
 
 /// Where a message came from: the transport, and the source address (for
@@ -49,13 +52,14 @@ impl Peer {
 
 impl Transport {
     /// Every transport emonav implements, in the order they are listed.
-    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
 
     /// The Via sent-protocol transport token (`UDP`, `TCP`).
     pub fn via_token(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -64,6 +68,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 
@@ -73,6 +78,7 @@ impl Transport {
         match self {
             Transport::Udp => None,
             Transport::Tcp => Some("tcp"),
+            Transport::Tls => Some("tls"),
         }
     }
 
@@ -103,9 +109,10 @@ impl FromStr for Transport {
         match s.to_ascii_lowercase().as_str() {
             "udp" => Ok(Transport::Udp),
             "tcp" => Ok(Transport::Tcp),
-            "tls" | "ws" | "wss" | "sctp" => Err(format!("transport {s:?} is not supported yet")),
+            "tls" => Ok(Transport::Tls),
+            "ws" | "wss" | "sctp" => Err(format!("transport {s:?} is not supported yet")),
             _ => Err(format!(
-                "unknown transport {s:?} (expected \"udp\" or \"tcp\")"
+                "unknown transport {s:?} (expected \"udp\", \"tcp\" or \"tls\")"
             )),
         }
     }
@@ -256,12 +263,15 @@ mod tests {
         assert_eq!(Transport::Tcp.via_token(), "TCP");
         assert_eq!(Transport::from_via_token("tcp"), Some(Transport::Tcp));
         assert_eq!(Transport::from_via_token("UDP"), Some(Transport::Udp));
-        assert_eq!(Transport::from_via_token("TLS"), None);
+        assert_eq!(Transport::from_via_token("tls"), Some(Transport::Tls));
+        assert_eq!(Transport::Tls.uri_param(), Some("tls"));
+        assert!(Transport::Tls.is_reliable());
         assert_eq!(Transport::Udp.uri_param(), None);
         assert_eq!(Transport::Tcp.uri_param(), Some("tcp"));
         assert!(Transport::Tcp.is_reliable() && !Transport::Udp.is_reliable());
         assert_eq!("TCP".parse::<Transport>(), Ok(Transport::Tcp));
-        assert!("tls"
+        assert_eq!("TLS".parse::<Transport>(), Ok(Transport::Tls));
+        assert!("wss"
             .parse::<Transport>()
             .unwrap_err()
             .contains("not supported yet"));

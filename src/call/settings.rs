@@ -53,6 +53,8 @@ pub struct CallSettings {
     pub sip_addr: SocketAddr,
     /// Our Contact URI (for UDP; see [`CallSettings::contact_uri`]).
     pub contact: Uri,
+    /// Our SIP over TLS port (`[sip] tls_listen`), for Via and Contact on TLS.
+    pub tls_port: Option<u16>,
     /// `Server`/`User-Agent` value.
     pub user_agent: String,
     /// The emotion models calls run: G.711 (8 kHz) and Opus (16 kHz).
@@ -115,6 +117,7 @@ impl CallSettings {
             media_trust: p.security.media_set().map(Arc::new),
             sip_addr,
             contact,
+            tls_port: p.sip.tls_listen.map(|a| a.port()),
             user_agent: p.sip.user_agent.clone(),
             models,
             lines,
@@ -133,6 +136,9 @@ impl CallSettings {
     /// TCP, so that the peer's requests come back over TCP (RFC 3261 §18.1.1).
     pub fn contact_uri(&self, transport: Transport) -> Uri {
         let mut uri = self.contact.clone();
+        if transport == Transport::Tls {
+            uri.port = self.tls_port;
+        }
         if let Some(t) = transport.uri_param() {
             uri.params.set("transport", Some(t));
         }
@@ -144,7 +150,10 @@ impl CallSettings {
         let mut via = Via {
             transport: transport.via_token().into(),
             host: uri_host(self.sip_addr.ip()),
-            port: Some(self.sip_addr.port()),
+            port: match transport {
+                Transport::Tls => self.tls_port,
+                _ => Some(self.sip_addr.port()),
+            },
             params: Default::default(),
         };
         via.params.set(

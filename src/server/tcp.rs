@@ -2,13 +2,16 @@
 //! us, each a task that frames what it reads for the SIP task and writes
 //! what is queued for it. Responses reuse the request's connection while it
 //! is open, else a new one is opened to the destination (§18.1.1, §18.2.2).
+//!
+//! SIP over TLS (§26.2.1) is the same with a TLS stream over the TCP one:
+//! a second set of connections, its own listener, the same tasks.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -37,8 +40,10 @@ struct ConnHandle {
     dialogs: Arc<AtomicUsize>,
 }
 
-/// The TCP connections, by remote address.
+/// The TCP (or TLS) connections, by remote address.
 pub(super) struct TcpConns {
+    /// The TLS configurations, for TLS.
+    tls: Option<crate::tls::Tls>,
     conns: Mutex<HashMap<SocketAddr, ConnHandle>>,
     next_id: AtomicU64,
     /// Connection tasks hand what they read to the SIP task here.
@@ -61,11 +66,24 @@ impl Drop for DialogHold {
 impl TcpConns {
     pub(super) fn new(inbound: mpsc::Sender<Inbound>, idle: std::time::Duration) -> Self {
         Self {
+            tls: None,
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             inbound,
             idle,
             send_drops: DropLog::new(Instant::now().into_std()),
+        }
+    }
+
+    /// The connections of SIP over TLS.
+    pub(super) fn tls(
+        inbound: mpsc::Sender<Inbound>,
+        idle: std::time::Duration,
+        tls: crate::tls::Tls,
+    ) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::new(inbound, idle)
         }
     }
 
@@ -126,16 +144,26 @@ impl TcpConns {
     }
 }
 
+/// The connections of `transport`, if it is on.
+fn conns(shared: &Shared, transport: Transport) -> Option<&TcpConns> {
+    match transport {
+        Transport::Tcp => shared.tcp.as_ref(),
+        Transport::Tls => shared.tls.as_ref(),
+        Transport::Udp => None,
+    }
+}
+
 /// Send `data` on the connection to `connection` while it is open, else on
 /// one to `dest`, opened if needed.
 pub(super) fn send(
     shared: &Arc<Shared>,
+    transport: Transport,
     dest: SocketAddr,
     connection: Option<SocketAddr>,
     data: Vec<u8>,
 ) {
-    let Some(tcp) = &shared.tcp else {
-        tracing::warn!(%dest, "TCP is not enabled in the profile: message dropped");
+    let Some(tcp) = conns(shared, transport) else {
+        tracing::warn!(%dest, %transport, "transport is not enabled in the profile: message dropped");
         return;
     };
     let data = match connection {
@@ -149,34 +177,67 @@ pub(super) fn send(
         Ok(()) => return,
         Err(data) => data,
     };
+    // A TLS connection of ours must verify the server (§26.2.1): without CA
+    // certificates to verify it against, none is opened.
+    let connector = match &tcp.tls {
+        Some(tls) => match &tls.connector {
+            Some(c) => Some(c.clone()),
+            None => {
+                tracing::warn!(%dest, "no sip.tls_ca to verify a TLS server with: message dropped");
+                return;
+            }
+        },
+        None => None,
+    };
     // §18.1.1 / §18.2.2: no open connection, open one. Registered at
     // once so that what follows queues behind this message.
     let (id, rx, dialogs) = tcp.register(dest);
     let shared = shared.clone();
     tokio::spawn(async move {
-        let connect =
-            tokio::time::timeout(shared.settings.timers.t1 * 64, TcpStream::connect(dest));
-        match connect.await {
+        let timeout = shared.settings.timers.t1 * 64;
+        match tokio::time::timeout(timeout, TcpStream::connect(dest)).await {
             Ok(Ok(stream)) => {
-                tracing::debug!(%dest, "TCP connection opened");
+                tracing::debug!(%dest, %transport, "connection opened");
                 let _ = stream.set_nodelay(true);
-                let mut stream = stream;
-                if stream.write_all(&data).await.is_ok() {
-                    run_connection(shared, stream, dest, id, rx, dialogs).await;
-                    return;
+                match connector {
+                    None => {
+                        let mut stream = stream;
+                        if stream.write_all(&data).await.is_ok() {
+                            run_connection(shared, transport, stream, dest, id, rx, dialogs).await;
+                            return;
+                        }
+                    }
+                    Some(connector) => {
+                        // The server's certificate must name the address we dialled.
+                        let name = tokio_rustls::rustls::pki_types::ServerName::from(dest.ip());
+                        let handshake = connector.connect(name, stream);
+                        match tokio::time::timeout(timeout, handshake).await {
+                            Ok(Ok(mut stream)) => {
+                                if stream.write_all(&data).await.is_ok() {
+                                    run_connection(
+                                        shared, transport, stream, dest, id, rx, dialogs,
+                                    )
+                                    .await;
+                                    return;
+                                }
+                            }
+                            Ok(Err(e)) => tracing::warn!(%dest, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::warn!(%dest, "TLS handshake timed out"),
+                        }
+                    }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(%dest, error = %e, "cannot open a TCP connection"),
-            Err(_) => tracing::warn!(%dest, "TCP connection timed out"),
+            Ok(Err(e)) => tracing::warn!(%dest, %transport, error = %e, "cannot open a connection"),
+            Err(_) => tracing::warn!(%dest, %transport, "connection attempt timed out"),
         }
-        if let Some(tcp) = &shared.tcp {
+        if let Some(tcp) = conns(&shared, transport) {
             tcp.unregister(dest, id);
         }
     });
 }
 
-/// Accept SIP over TCP connections, one task each.
-pub(super) async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
+/// Accept SIP over TCP (or TLS) connections, one task each.
+pub(super) async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, transport: Transport) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -187,40 +248,71 @@ pub(super) async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Some(tcp) = &shared.tcp else { return };
-        tracing::debug!(%peer, "TCP connection accepted");
+        let Some(tcp) = conns(&shared, transport) else {
+            return;
+        };
+        tracing::debug!(%peer, %transport, "connection accepted");
         let _ = stream.set_nodelay(true);
-        let (id, rx, dialogs) = tcp.register(peer);
-        tokio::spawn(run_connection(
-            shared.clone(),
-            stream,
-            peer,
-            id,
-            rx,
-            dialogs,
-        ));
+        let Some(tls) = &tcp.tls else {
+            let (id, rx, dialogs) = tcp.register(peer);
+            tokio::spawn(run_connection(
+                shared.clone(),
+                transport,
+                stream,
+                peer,
+                id,
+                rx,
+                dialogs,
+            ));
+            continue;
+        };
+        // The handshake in the connection's task: a slow peer holds up no one.
+        let acceptor = tls.acceptor.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let timeout = shared.settings.timers.t1 * 64;
+            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let Some(tcp) = conns(&shared, transport) else {
+                return;
+            };
+            let (id, rx, dialogs) = tcp.register(peer);
+            run_connection(shared, transport, stream, peer, id, rx, dialogs).await;
+        });
     }
 }
 
 /// One TCP connection: frames what it reads for the SIP task, writes what is
 /// queued for it, and closes on a framing error (after a 400 or 513 to a
 /// request), when the peer closes, or when idle with no dialog using it.
-async fn run_connection(
+async fn run_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    transport: Transport,
+    stream: S,
     peer: SocketAddr,
     id: u64,
     mut out: mpsc::Receiver<Vec<u8>>,
     dialogs: Arc<AtomicUsize>,
 ) {
-    let Some(tcp) = &shared.tcp else { return };
-    let (mut rd, mut wr) = stream.into_split();
+    let Some(tcp) = conns(&shared, transport) else {
+        return;
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut framer = StreamFramer::default();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut last = Instant::now();
     let from = Peer {
         addr: peer,
-        transport: Transport::Tcp,
+        transport,
     };
     'conn: loop {
         tokio::select! {
