@@ -6,3 +6,4 @@ pub(crate) mod rtcp;
 pub(crate) mod rtp;
 pub(crate) mod sender;
 pub(crate) mod session;
+pub(crate) mod tone;

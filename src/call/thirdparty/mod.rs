@@ -25,13 +25,16 @@
 //! refuses (486, 480, 404, 503…), does not answer within
 //! `queue_answer_timeout_ms` (CANCEL, RFC 3261 §9.1) or never responds
 //! (Timer B) is followed by the default queue; when no queue can be reached,
-//! or the caller refuses the re-INVITE, our BYE to the caller carries
-//! `Reason: SIP ;cause=…` (RFC 3326) naming why.
+//! or the caller refuses the re-INVITE, the caller hears a congestion tone
+//! ([`failure`]), then our BYE carries `Reason: SIP ;cause=…` (RFC 3326)
+//! naming why.
 //!
 //! Bridged: a BYE from either side is answered 200 and relayed as our BYE
 //! to the other leg. The queue leg has its own Call-ID (§8.1.1.4: a new
 //! request outside a dialog has a new one); the edge routes it here
 //! ([`Output::Alias`]). The queue leg always runs over UDP.
+
+mod failure;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -114,6 +117,8 @@ pub(super) struct ThirdParty {
     /// The SDP the caller last got from us (the queue's, our `o=`).
     caller_sdp: Option<String>,
     answered: Option<BridgedReInvite>,
+    /// No queue took the call: the failure tone plays until the BYE.
+    failing: Option<failure::Failing>,
 }
 
 impl ThirdParty {
@@ -130,6 +135,7 @@ impl ThirdParty {
         legs.chain([
             self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
             self.answered.as_ref().and_then(|a| a.tx.poll_timeout()),
+            self.failing.as_ref().map(|f| f.until),
         ])
         .flatten()
         .min()
@@ -273,9 +279,8 @@ impl Call {
         }
         self.record.failure_cause = Some(format!("b2bua: {cause}"));
         let code = code.filter(|c| *c >= 300).unwrap_or(480);
-        self.hang_up_with_reason(
-            Outcome::Failed,
-            &format!("SIP ;cause={code} ;text=\"no queue reachable: {cause}\""),
+        self.fail_with_tone(
+            format!("SIP ;cause={code} ;text=\"no queue reachable: {cause}\""),
             now,
         );
     }
@@ -610,11 +615,7 @@ impl Call {
         }
         self.record.failure_cause = Some(format!("b2bua: {cause}"));
         let code = code.unwrap_or(488);
-        self.hang_up_with_reason(
-            Outcome::Failed,
-            &format!("SIP ;cause={code} ;text=\"{cause}\""),
-            now,
-        );
+        self.fail_with_tone(format!("SIP ;cause={code} ;text=\"{cause}\""), now);
     }
 
     /// BYE (or, unanswered, CANCEL) on queue leg `i`.
@@ -872,6 +873,7 @@ impl Call {
                 self.out.push(Output::reply(peer, dest, data));
             }
         }
+        self.failure_tone_timeout(now);
     }
 }
 
