@@ -1742,7 +1742,11 @@ fn decision_only_hangs_up_with_the_decision_in_the_bye() {
 
 #[test]
 fn b2bua_answers_the_queues_challenge_once() {
-    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"b2bua\"\n", "p").unwrap();
+    let p = Profile::from_toml(
+        "[transfer]\ntransfer_mode = \"b2bua\"\nfailure_tone_ms = 0\n",
+        "p",
+    )
+    .unwrap();
     let mut s = CallSettings::from_profile(&p, 5060);
     s.credentials = with_credentials(Some("pbx")).credentials.clone();
     let t0 = Instant::now();
