@@ -407,6 +407,9 @@ pub struct TransferConfig {
     pub outbound_proxy: Option<String>,
     /// How long a queue may ring before we CANCEL and try the next (ms).
     pub queue_answer_timeout_ms: u64,
+    /// How long a caller no queue could take hears the congestion tone
+    /// before our BYE (ms); 0: BYE at once.
+    pub failure_tone_ms: u64,
 }
 
 impl Default for TransferConfig {
@@ -417,6 +420,7 @@ impl Default for TransferConfig {
             transfer_mode: TransferMode::Refer,
             outbound_proxy: None,
             queue_answer_timeout_ms: 30_000,
+            failure_tone_ms: 3_000,
         }
     }
 }

@@ -350,3 +350,103 @@ fn decision_only_publishes_the_decision_by_long_poll_and_in_the_bye() {
         "{metrics}"
     );
 }
+
+/// Stands for the caller's phone at its SDP address: sends 20 ms PCMU
+/// packets of quiet noise from `sock` (so emonav latches onto it) and, until
+/// `stop`, notes the level (RMS of the decoded μ-law) of every RTP packet
+/// that comes back.
+fn caller_phone(
+    sock: UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        let mut dest = None;
+        let mut levels = Vec::new();
+        let mut buf = [0u8; 2048];
+        let mut pkt = [0u8; 172];
+        pkt[0] = 0x80;
+        let (mut seq, mut ts) = (1u16, 160u32);
+        let mut next = Instant::now();
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let (Some(d), true) = (dest, Instant::now() >= next) {
+                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                pkt[4..8].copy_from_slice(&ts.to_be_bytes());
+                pkt[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+                for b in &mut pkt[12..] {
+                    // μ-law codes near silence (0xF0..0xFF): quiet noise.
+                    *b = 0xF0 | fastrand::u8(..16);
+                }
+                let _ = sock.send_to(&pkt, d);
+                (seq, ts) = (seq.wrapping_add(1), ts.wrapping_add(160));
+                next += Duration::from_millis(20);
+            }
+            if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                if n > 12 && buf[0] >> 6 == 2 && buf[1] & 0x7f == 0 {
+                    dest.get_or_insert(src);
+                    let mut pcm = vec![0i16; n - 12];
+                    emonav_dsp::g711::decode_ulaw(&buf[12..n], &mut pcm);
+                    let e = pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>();
+                    levels.push((e / pcm.len() as f64).sqrt());
+                }
+            }
+        }
+        levels
+    })
+}
+
+#[test]
+fn when_every_queue_is_busy_the_caller_hears_the_congestion_tone_before_the_bye() {
+    let (q, qd) = (free_port(), free_port());
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = phone.local_addr().unwrap().port();
+    let emonav = Emonav::start(&profile(
+        "refer_then_b2bua",
+        &format!("sip:agents@127.0.0.1:{q}"),
+        &format!("sip:default@127.0.0.1:{qd}"),
+    ));
+    // Quiet noise is no speech: the decision is the default queue, busy.
+    let busy_default = Sipp::start("uas_queue_busy.xml", None, qd, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // emonav's keepalive reaches the phone first; the phone answers from the
+    // same port (symmetric RTP), so the latch keeps it.
+    let phone = caller_phone(phone, stop.clone());
+    let started = Instant::now();
+    let caller = Sipp::start(
+        "uac_b2bua_failure.xml",
+        Some(emonav.sip.to_string()),
+        free_port(),
+        &[("rtp_port", rtp_port.to_string())],
+    );
+    let (status, log) = caller.wait(Duration::from_secs(30));
+    let bye_after = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let levels = phone.join().unwrap();
+    assert!(status.success(), "caller scenario failed");
+    assert!(
+        busy_default.wait(Duration::from_secs(10)).0.success(),
+        "the busy queue got its ACK"
+    );
+    let reason = logged(&log, "BYE-REASON:").unwrap_or_default().to_string();
+    assert!(reason.contains("cause=486"), "{reason}");
+    // Until the decision our silence (level 0); then 3 s of a 425 Hz tone,
+    // 250 ms on / 250 ms off: about 75 loud packets, and nothing after the BYE.
+    let loud = levels.iter().filter(|&&l| l > 1_000.0).count();
+    assert!(
+        (55..=95).contains(&loud),
+        "{loud} loud packets of {} before the BYE (at {bye_after:?})",
+        levels.len()
+    );
+    let first_loud = levels.iter().position(|&l| l > 1_000.0).unwrap();
+    assert!(
+        levels[..first_loud].iter().all(|&l| l < 50.0),
+        "silence before the tone"
+    );
+    let record = emonav.next_event(Duration::from_secs(10));
+    assert_eq!(record["outcome"], "failed", "{record}");
+    let attempts = record["bridge_attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{record}");
+    assert_eq!(attempts[0]["response"], 486, "{record}");
+}

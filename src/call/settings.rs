@@ -73,6 +73,8 @@ pub struct CallSettings {
     pub outbound_proxy: Option<(Uri, SocketAddr)>,
     /// How long a queue may ring before we CANCEL it.
     pub queue_answer_timeout: Duration,
+    /// How long the congestion tone plays before a failed call's BYE.
+    pub failure_tone: Duration,
 }
 
 impl CallSettings {
@@ -129,6 +131,7 @@ impl CallSettings {
                 .outbound_proxy_uri()
                 .and_then(|u| uri_socket_addr(&u).map(|a| (u, a))),
             queue_answer_timeout: Duration::from_millis(p.transfer.queue_answer_timeout_ms),
+            failure_tone: Duration::from_millis(p.transfer.failure_tone_ms),
         }
     }
 

@@ -1485,7 +1485,11 @@ fn one_clock_and_one_output_pace_our_silence_stream() {
 }
 
 fn b2bua_settings() -> Arc<CallSettings> {
-    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"b2bua\"\n", "p").unwrap();
+    let p = Profile::from_toml(
+        "[transfer]\ntransfer_mode = \"b2bua\"\nfailure_tone_ms = 0\n",
+        "p",
+    )
+    .unwrap();
     Arc::new(CallSettings::from_profile(&p, 5060))
 }
 
@@ -1738,7 +1742,11 @@ fn decision_only_hangs_up_with_the_decision_in_the_bye() {
 
 #[test]
 fn b2bua_answers_the_queues_challenge_once() {
-    let p = Profile::from_toml("[transfer]\ntransfer_mode = \"b2bua\"\n", "p").unwrap();
+    let p = Profile::from_toml(
+        "[transfer]\ntransfer_mode = \"b2bua\"\nfailure_tone_ms = 0\n",
+        "p",
+    )
+    .unwrap();
     let mut s = CallSettings::from_profile(&p, 5060);
     s.credentials = with_credentials(Some("pbx")).credentials.clone();
     let t0 = Instant::now();
@@ -2001,4 +2009,59 @@ fn a_trusted_set_keeps_our_media_away_from_other_addresses() {
     call.handle_request(&ack(&call), peer(), t0 + ms(10));
     let sent = media_between(&mut call, t0 + ms(10), t0 + ms(90));
     assert!(sent.contains(&(Socket::Rtp, sdp_addr)), "{sent:?}");
+}
+
+#[test]
+fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
+    let p = Profile::from_toml(
+        "[transfer]\ntransfer_mode = \"b2bua\"\nfailure_tone_ms = 1000\n",
+        "p",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging_with(Arc::new(CallSettings::from_profile(&p, 5060)), t0);
+    let t = t0 + Duration::from_millis(3100);
+    call.handle_response(&queue_response(&inv, 486, "", ""), t);
+    assert_eq!(
+        codes(&sent(&mut call)),
+        ["ACK"],
+        "no BYE yet: the tone first"
+    );
+    let mut loud = 0;
+    for k in 1..50 {
+        call.handle_timeout(t + Duration::from_millis(20 * k));
+        for (socket, _, p) in media_sent(&mut call) {
+            if socket != Socket::Rtp || p.len() != 172 || p[1] & 0x7f > 8 {
+                continue;
+            }
+            let mut pcm = [0i16; 160];
+            match p[1] & 0x7f {
+                0 => emonav_dsp::g711::decode_ulaw(&p[12..], &mut pcm),
+                _ => emonav_dsp::g711::decode_alaw(&p[12..], &mut pcm),
+            }
+            let e = pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / 160.0;
+            if e.sqrt() > 1_000.0 {
+                loud += 1;
+            }
+        }
+    }
+    // 425 Hz, 250 ms on / 250 ms off: about half of ~49 packets.
+    assert!((20..=30).contains(&loud), "{loud} loud packets");
+    let at = t + Duration::from_secs(1);
+    assert_eq!(protocol_timeout(&mut call), Some(at));
+    call.handle_timeout(at);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["BYE"]);
+    let Message::Request(bye) = &out[0] else {
+        unreachable!()
+    };
+    assert!(bye.headers.get("Reason").unwrap().contains("cause=486"));
+    assert!(
+        media_sent(&mut call)
+            .iter()
+            .all(|(s, _, p)| *s != Socket::Rtp || p[1] & 0x7f > 34),
+        "no RTP after the BYE"
+    );
+    call.handle_response(&response_to(&out[0], 200), at);
+    assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Failed);
 }

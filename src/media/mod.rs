@@ -7,3 +7,4 @@ pub(crate) mod rtp;
 pub(crate) mod sender;
 pub(crate) mod session;
 pub(crate) mod srtp;
+pub(crate) mod tone;

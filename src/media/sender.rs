@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::media::tone::Tone;
 use crate::sdp::CodecName;
 
 /// Packet interval.
@@ -32,6 +33,9 @@ pub(crate) struct SilenceSender {
     step: u32,
     next_at: Instant,
     sent: u64,
+    codec: CodecName,
+    /// The failure tone in place of silence, once started.
+    tone: Option<Tone>,
 }
 
 impl SilenceSender {
@@ -62,6 +66,16 @@ impl SilenceSender {
             step,
             next_at: start,
             sent: 0,
+            codec,
+            tone: None,
+        }
+    }
+
+    /// From the next packet on, the congestion tone instead of silence
+    /// (see [`Tone`]); idempotent.
+    pub(crate) fn start_tone(&mut self) {
+        if self.tone.is_none() {
+            self.tone = Tone::new(self.codec);
         }
     }
 
@@ -99,6 +113,11 @@ impl SilenceSender {
             let skip = behind - MAX_BURST + 1;
             self.ts = self.ts.wrapping_add(skip * self.step);
             self.next_at += PTIME * skip;
+        }
+        if let Some(t) = &mut self.tone {
+            if let Some(n) = t.frame(&mut self.buf[12..]) {
+                self.len = 12 + n;
+            }
         }
         self.buf[2..4].copy_from_slice(&self.seq.to_be_bytes());
         self.buf[4..8].copy_from_slice(&self.ts.to_be_bytes());

@@ -153,6 +153,11 @@ pub(crate) struct MediaSession {
     /// Whether we send at all: sendrecv/sendonly answer, send_silence on.
     send: bool,
     send_silence: bool,
+    /// The SDP's direction lets us send (sendrecv/sendonly).
+    may_send: bool,
+    /// The failure tone replaces our silence (sent even without
+    /// `send_silence`: a caller no queue took must hear something).
+    failure_tone: bool,
     /// The SDP's RTP address, used until the latch knows better (never
     /// with `symmetric`).
     sdp_rtp: Option<SocketAddr>,
@@ -258,6 +263,8 @@ impl MediaSession {
             sender: None,
             send: false,
             send_silence: cfg.send_silence,
+            may_send: false,
+            failure_tone: false,
             sdp_rtp: None,
             symmetric: cfg.symmetric,
             trusted: cfg.trusted.clone(),
@@ -312,11 +319,11 @@ impl MediaSession {
 
     /// Whether and where we send, from a (re-)negotiation.
     fn set_direction(&mut self, neg: &Negotiated) {
-        self.send = self.send_silence
-            && matches!(
-                neg.direction,
-                sdp::Direction::SendRecv | sdp::Direction::SendOnly
-            );
+        self.may_send = matches!(
+            neg.direction,
+            sdp::Direction::SendRecv | sdp::Direction::SendOnly
+        );
+        self.send = (self.send_silence || self.failure_tone) && self.may_send;
         self.sdp_rtp = Some(neg.remote_rtp).filter(|a| a.port() != 0 && !a.ip().is_unspecified());
         self.rtcp_mux = neg.rtcp_mux;
         self.sdp_rtcp = neg.remote_rtcp.filter(|a| !a.ip().is_unspecified());
@@ -357,6 +364,16 @@ impl MediaSession {
         self.rtp.set_payload_types(neg.pt, neg.telephone_event_pt);
         self.set_direction(neg);
         Ok(())
+    }
+
+    /// From now on the congestion tone instead of our silence (no queue
+    /// could take the call; [`crate::media::tone`]).
+    pub(crate) fn play_failure_tone(&mut self) {
+        self.failure_tone = true;
+        self.send = self.may_send;
+        if let Some(s) = &mut self.sender {
+            s.start_tone();
+        }
     }
 
     /// Hold or unhold: the gap is not a loss to conceal.
@@ -599,10 +616,13 @@ impl MediaSession {
         if let Some(dest) = rtp_dest {
             if self.sender.as_ref().is_none_or(|s| now >= s.poll_timeout()) {
                 let (codec, pt, ssrc) = (self.dec.codec, self.audio_pt, self.ssrc);
-                let packet = self
+                let sender = self
                     .sender
-                    .get_or_insert_with(|| SilenceSender::with_ssrc(codec, pt, now, ssrc))
-                    .poll(now)?;
+                    .get_or_insert_with(|| SilenceSender::with_ssrc(codec, pt, now, ssrc));
+                if self.failure_tone {
+                    sender.start_tone();
+                }
+                let packet = sender.poll(now)?;
                 let packet = match &mut self.srtp {
                     Some(srtp) => srtp.protect_rtp(packet).ok()?,
                     None => packet,

@@ -25,25 +25,28 @@
 //! refuses (486, 480, 404, 503…), does not answer within
 //! `queue_answer_timeout_ms` (CANCEL, RFC 3261 §9.1) or never responds
 //! (Timer B) is followed by the default queue; when no queue can be reached,
-//! or the caller refuses the re-INVITE, our BYE to the caller carries
-//! `Reason: SIP ;cause=…` (RFC 3326) naming why.
+//! or the caller refuses the re-INVITE, the caller hears a congestion tone
+//! ([`failure`]), then our BYE carries `Reason: SIP ;cause=…` (RFC 3326)
+//! naming why.
 //!
 //! Bridged: a BYE from either side is answered 200 and relayed as our BYE
 //! to the other leg. The queue leg has its own Call-ID (§8.1.1.4: a new
 //! request outside a dialog has a new one); the edge routes it here
 //! ([`Output::Alias`]). The queue leg always runs over UDP.
 
+mod bridged;
+mod failure;
+
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::transfer::decision_headers;
-use super::{stateless_response, Call, Output, Phase, ALLOW};
+use super::{Call, Output, Phase, ALLOW};
 use crate::events::{BridgeAttempt, Outcome};
-use emonav_sip::dialog::{ack_for_failure, cancel_for, reply_dest, uri_socket_addr, Dialog};
+use emonav_sip::dialog::{ack_for_failure, cancel_for, uri_socket_addr, Dialog};
 use emonav_sip::digest::{self, Authenticator};
 use emonav_sip::header;
 use emonav_sip::message::{CSeq, Headers, Method, NameAddr, Request, Response, Uri};
-use emonav_sip::session_timer;
 use emonav_sip::transaction::{
     Action, ClientInvite, ClientNonInvite, InviteResponse, ServerInvite,
 };
@@ -114,6 +117,8 @@ pub(super) struct ThirdParty {
     /// The SDP the caller last got from us (the queue's, our `o=`).
     caller_sdp: Option<String>,
     answered: Option<BridgedReInvite>,
+    /// No queue took the call: the failure tone plays until the BYE.
+    failing: Option<failure::Failing>,
 }
 
 impl ThirdParty {
@@ -130,6 +135,7 @@ impl ThirdParty {
         legs.chain([
             self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
             self.answered.as_ref().and_then(|a| a.tx.poll_timeout()),
+            self.failing.as_ref().map(|f| f.until),
         ])
         .flatten()
         .min()
@@ -273,9 +279,8 @@ impl Call {
         }
         self.record.failure_cause = Some(format!("b2bua: {cause}"));
         let code = code.filter(|c| *c >= 300).unwrap_or(480);
-        self.hang_up_with_reason(
-            Outcome::Failed,
-            &format!("SIP ;cause={code} ;text=\"no queue reachable: {cause}\""),
+        self.fail_with_tone(
+            format!("SIP ;cause={code} ;text=\"no queue reachable: {cause}\""),
             now,
         );
     }
@@ -610,11 +615,7 @@ impl Call {
         }
         self.record.failure_cause = Some(format!("b2bua: {cause}"));
         let code = code.unwrap_or(488);
-        self.hang_up_with_reason(
-            Outcome::Failed,
-            &format!("SIP ;cause={code} ;text=\"{cause}\""),
-            now,
-        );
+        self.fail_with_tone(format!("SIP ;cause={code} ;text=\"{cause}\""), now);
     }
 
     /// BYE (or, unanswered, CANCEL) on queue leg `i`.
@@ -647,169 +648,6 @@ impl Call {
             data,
             dest,
         });
-    }
-
-    /// A request whose Call-ID is one of our queue legs', or one of the
-    /// caller's that bridging changes. True if it was handled here.
-    pub(super) fn queue_leg_request(&mut self, req: &Request, peer: Peer, now: Instant) -> bool {
-        let call_id = req.call_id().unwrap_or("");
-        if call_id == self.dialog.call_id {
-            return self.caller_request_while_bridged(req, peer, now);
-        }
-        let Some(i) = self.b2b.legs.iter().position(|l| l.call_id == call_id) else {
-            return false;
-        };
-        let reply = |call: &mut Call, code: u16, reason: &str| {
-            let resp = stateless_response(req, code, reason, &call.s.user_agent);
-            call.respond(req, peer, resp, now);
-        };
-        let matches = self.b2b.legs[i]
-            .dialog
-            .as_ref()
-            .is_some_and(|d| d.matches(req));
-        match req.method {
-            Method::Ack => {}
-            _ if !matches => reply(self, 481, "Call/Transaction Does Not Exist"),
-            Method::Bye => {
-                reply(self, 200, "OK");
-                let current = i + 1 == self.b2b.legs.len();
-                self.b2b.legs[i].ended = true;
-                self.b2b.legs[i].request = None;
-                if !current {
-                    return true;
-                }
-                match self.phase {
-                    Phase::Bridged => {
-                        tracing::info!(call_id = %self.dialog.call_id, "B2BUA: the queue hung up; BYE to the caller");
-                        self.hang_up(Outcome::Bridged, now);
-                    }
-                    Phase::Bridging => {
-                        self.b2b.reinvite = None;
-                        self.bridge_attempt_failed(None, "queue hung up during set-up", now);
-                    }
-                    _ => {}
-                }
-            }
-            Method::Options => reply(self, 200, "OK"),
-            Method::Update if req.body.iter().all(u8::is_ascii_whitespace) => {
-                reply(self, 200, "OK")
-            }
-            // Media changes are not relayed between the legs (yet).
-            Method::Invite | Method::Update => {
-                reply(self, 488, "Not Acceptable Here (not relayed)")
-            }
-            _ => reply(self, 501, "Not Implemented"),
-        }
-        true
-    }
-
-    /// While bridged, the caller's re-INVITE (a session refresh, usually)
-    /// is answered with the session as it stands (the queue's SDP), and its
-    /// ACK absorbed; our silence keepalive and analysis are over, so our own
-    /// SDP must not be offered again. Media changes are not relayed.
-    fn caller_request_while_bridged(&mut self, req: &Request, peer: Peer, now: Instant) -> bool {
-        if !self.bridging() {
-            return false;
-        }
-        match req.method {
-            Method::Ack => {
-                let seq = req.cseq().map(|c| c.seq);
-                match &mut self.b2b.answered {
-                    Some(a) if Some(a.cseq) == seq => {
-                        a.tx.on_ack(now);
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            Method::Invite if self.dialog.matches(req) => {
-                if let Some(a) = &self.b2b.answered {
-                    if Some(a.cseq) == req.cseq().map(|c| c.seq) {
-                        let (peer, dest, data) = (a.peer, a.dest, a.response.clone());
-                        self.out.push(Output::reply(peer, dest, data));
-                        return true;
-                    }
-                }
-                if self.dialog.accept_remote_cseq(req).is_err() {
-                    return false;
-                }
-                let busy = matches!(self.phase, Phase::Bridging);
-                let (code, reason) = if busy {
-                    (491, "Request Pending")
-                } else {
-                    (200, "OK")
-                };
-                let mut resp = stateless_response(req, code, reason, &self.s.user_agent);
-                if code == 200 {
-                    resp.headers
-                        .push(header::CONTACT, format!("<{}>", self.contact()));
-                    if let Ok(t) = session_timer::negotiate(req, self.s.min_se) {
-                        self.start_session_timer(t, now);
-                        self.add_timer_headers(&mut resp);
-                    }
-                    resp.headers.push(header::CONTENT_TYPE, "application/sdp");
-                    resp.body = self.b2b.caller_sdp.clone().unwrap_or_default().into_bytes();
-                }
-                let dest = reply_dest(req, peer.addr);
-                let data = resp.to_bytes();
-                self.out.push(Output::reply(peer, dest, data.clone()));
-                let mut tx = ServerInvite::new(self.s.timers);
-                tx.on_final_sent(code, now);
-                self.b2b.answered = Some(BridgedReInvite {
-                    tx,
-                    cseq: req.cseq().map_or(0, |c| c.seq),
-                    peer,
-                    dest,
-                    response: data,
-                });
-                true
-            }
-            Method::Update
-                if self.dialog.matches(req) && !req.body.iter().all(u8::is_ascii_whitespace) =>
-            {
-                let resp = stateless_response(
-                    req,
-                    488,
-                    "Not Acceptable Here (not relayed)",
-                    &self.s.user_agent,
-                );
-                self.respond(req, peer, resp, now);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The caller hung up while a queue leg exists: end it too. True when
-    /// bridging was under way (the call is then finished here).
-    pub(super) fn caller_left_bridge(&mut self, now: Instant) -> bool {
-        if !self.bridging() {
-            return false;
-        }
-        if let Some(i) = self.b2b.legs.len().checked_sub(1) {
-            let leg = &mut self.b2b.legs[i];
-            if leg.dialog.is_some() && leg.ack.is_none() {
-                // Bridging: the queue's 2xx is not ACKed yet; ACK before the BYE.
-                let cseq = leg.invite.cseq().map_or(1, |c| c.seq);
-                let via = self.s.via(Transport::Udp);
-                let contact = self.s.contact_uri(Transport::Udp);
-                if let Some(d) = &mut leg.dialog {
-                    let ack = d.ack(cseq, &via, &contact);
-                    let dest = leg.dest;
-                    self.out
-                        .push(Output::sip(Transport::Udp, dest, ack.to_bytes(), dest));
-                }
-            }
-            tracing::info!(call_id = %self.dialog.call_id, "B2BUA: the caller hung up; BYE to the queue");
-            self.bye_queue(i, now);
-        }
-        self.b2b.reinvite = None;
-        if self.record.outcome == Outcome::Pending {
-            self.record.outcome = Outcome::CallerHangup;
-        }
-        self.client.abandon();
-        self.finish(now);
-        true
     }
 
     /// Timers of the queue legs and of our re-INVITE.
@@ -872,6 +710,7 @@ impl Call {
                 self.out.push(Output::reply(peer, dest, data));
             }
         }
+        self.failure_tone_timeout(now);
     }
 }
 
