@@ -650,10 +650,12 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
                 "{:.2}/{:.2}",
                 r.anger_flag.precision_equal_priors, r.anger_flag.recall
             ),
-            r.anger_flag_held_out.as_ref().map_or("-".into(), |h| format!(
-                "{:.2}/{:.2}",
-                h.precision_equal_priors, h.recall
-            )),
+            r.anger_flag_held_out
+                .as_ref()
+                .map_or("-".into(), |h| format!(
+                    "{:.2}/{:.2}",
+                    h.precision_equal_priors, h.recall
+                )),
         );
     }
     println!("\n(worst spk: the lowest per-speaker arousal UAR; anger flg: precision (equal priors) / recall of the anger flag at {}; held-out flg: the same with the threshold chosen per held-out speaker from the others' scores, highest with recall >= {})", learn::ANGER_FLAG, learn::FLAG_RECALL_GOAL);

@@ -478,7 +478,12 @@ fn recall_precision((tp, fnn, fp, tn): (usize, usize, usize, usize)) -> (f64, f6
 }
 
 /// See [`HeldOutFlag`]; `None` with fewer than two speakers.
-fn held_out_flag(g: &[u32], speakers: usize, items: &[Item], preds: &[Prediction]) -> Option<HeldOutFlag> {
+fn held_out_flag(
+    g: &[u32],
+    speakers: usize,
+    items: &[Item],
+    preds: &[Prediction],
+) -> Option<HeldOutFlag> {
     if speakers < 2 {
         return None;
     }
