@@ -617,7 +617,7 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         training_name(args)
     );
     println!(
-        "\n{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "\n{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12}",
         "condition",
         "arousal",
         "at 1 s",
@@ -626,7 +626,8 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
         "7-class",
         "at 1 s",
         "worst spk",
-        "anger flg"
+        "anger flg",
+        "held-out flg"
     );
     for (name, r) in &reports {
         let cat = r.categories.as_ref();
@@ -636,7 +637,7 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
             .map(|s| s.arousal)
             .fold(f64::INFINITY, f64::min);
         println!(
-            "{:<12} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>8} {:>9.3} {:>9}",
+            "{:<12} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>8} {:>9.3} {:>9} {:>12}",
             name,
             r.arousal.uar,
             r.arousal.uar_by_speech_s["1"],
@@ -649,9 +650,15 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
                 "{:.2}/{:.2}",
                 r.anger_flag.precision_equal_priors, r.anger_flag.recall
             ),
+            r.anger_flag_held_out
+                .as_ref()
+                .map_or("-".into(), |h| format!(
+                    "{:.2}/{:.2}",
+                    h.precision_equal_priors, h.recall
+                )),
         );
     }
-    println!("\n(worst spk: the lowest per-speaker arousal UAR; anger flg: precision (equal priors) / recall of the anger flag at {})", learn::ANGER_FLAG);
+    println!("\n(worst spk: the lowest per-speaker arousal UAR; anger flg: precision (equal priors) / recall of the anger flag at {}; held-out flg: the same with the threshold chosen per held-out speaker from the others' scores, highest with recall >= {})", learn::ANGER_FLAG, learn::FLAG_RECALL_GOAL);
     Ok(())
 }
 

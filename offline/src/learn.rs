@@ -15,6 +15,9 @@ use crate::corpus::{extract, CorpusError, Emotion, Features, Item, SNAPSHOTS_MS}
 #[cfg(test)]
 #[path = "confusion_tests.rs"]
 mod confusion_tests;
+#[cfg(test)]
+#[path = "flag_tests.rs"]
+mod flag_tests;
 
 /// The category names a model is trained over, in `Emotion::ALL` order.
 pub fn category_labels() -> Vec<&'static str> {
@@ -427,6 +430,110 @@ pub struct AngerFlag {
     pub precision_equal_priors: f64,
 }
 
+/// The anger flag with its threshold chosen for each speaker from the other
+/// speakers' out-of-fold scores: the highest threshold on a grid whose recall
+/// over the other speakers is at least [`FLAG_RECALL_GOAL`], applied to the
+/// held-out speaker. Counts are pooled over speakers; nothing of a speaker's
+/// own clips chooses its threshold (their scores came from fold models that
+/// did train on that speaker, so it is one level less strict than a fully
+/// nested retraining).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOutFlag {
+    /// Lowest and highest threshold chosen over the speakers.
+    pub thresholds: (f32, f32),
+    /// Share of angry clips flagged, pooled.
+    pub recall: f64,
+    /// Precision under equal priors, pooled.
+    pub precision_equal_priors: f64,
+    /// Lowest per-speaker recall (speakers with angry clips).
+    pub worst_speaker_recall: f64,
+}
+
+/// The recall the held-out threshold choice asks for on the other speakers.
+pub const FLAG_RECALL_GOAL: f64 = 0.85;
+
+/// Pooled (recall, precision under equal priors) of a flag over clips.
+fn flag_counts(clips: impl Iterator<Item = (bool, bool)>) -> (usize, usize, usize, usize) {
+    let (mut tp, mut fnn, mut fp, mut tn) = (0, 0, 0, 0);
+    for (angry, flagged) in clips {
+        match (angry, flagged) {
+            (true, true) => tp += 1,
+            (true, false) => fnn += 1,
+            (false, true) => fp += 1,
+            (false, false) => tn += 1,
+        }
+    }
+    (tp, fnn, fp, tn)
+}
+
+fn recall_precision((tp, fnn, fp, tn): (usize, usize, usize, usize)) -> (f64, f64) {
+    let recall = tp as f64 / (tp + fnn).max(1) as f64;
+    let fpr = fp as f64 / (fp + tn).max(1) as f64;
+    let precision = if recall + fpr > 0.0 {
+        recall / (recall + fpr)
+    } else {
+        0.0
+    };
+    (recall, precision)
+}
+
+/// See [`HeldOutFlag`]; `None` with fewer than two speakers.
+fn held_out_flag(
+    g: &[u32],
+    speakers: usize,
+    items: &[Item],
+    preds: &[Prediction],
+) -> Option<HeldOutFlag> {
+    if speakers < 2 {
+        return None;
+    }
+    let grid: Vec<f32> = (6..=19).map(|k| k as f32 * 0.05).collect();
+    let flagged = |p: &Prediction, t: f32| p.anger >= t && p.arousal >= 0.5;
+    let angry = |i: &Item| i.emotion == Emotion::Anger;
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut total = (0, 0, 0, 0);
+    let mut worst = f64::INFINITY;
+    for s in 0..speakers as u32 {
+        let others = |t: f32| {
+            recall_precision(flag_counts(
+                items
+                    .iter()
+                    .zip(preds)
+                    .zip(g)
+                    .filter(|(_, &k)| k != s)
+                    .map(|((i, p), _)| (angry(i), flagged(p, t))),
+            ))
+            .0
+        };
+        let t = grid
+            .iter()
+            .copied()
+            .filter(|&t| others(t) >= FLAG_RECALL_GOAL)
+            .fold(grid[0], f32::max);
+        lo = lo.min(t);
+        hi = hi.max(t);
+        let c = flag_counts(
+            items
+                .iter()
+                .zip(preds)
+                .zip(g)
+                .filter(|(_, &k)| k == s)
+                .map(|((i, p), _)| (angry(i), flagged(p, t))),
+        );
+        if c.0 + c.1 > 0 {
+            worst = worst.min(recall_precision(c).0);
+        }
+        total = (total.0 + c.0, total.1 + c.1, total.2 + c.2, total.3 + c.3);
+    }
+    let (recall, precision_equal_priors) = recall_precision(total);
+    Some(HeldOutFlag {
+        thresholds: (lo, hi),
+        recall,
+        precision_equal_priors,
+        worst_speaker_recall: worst,
+    })
+}
+
 /// Everything `emonav eval` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -456,6 +563,9 @@ pub struct EvalReport {
     /// The anger flag's (threshold, recall, precision under equal priors) at
     /// other thresholds, for choosing the profile's `flag_anger`.
     pub anger_flag_sweep: Vec<(f32, f64, f64)>,
+    /// The anger flag at a threshold chosen per held-out speaker (LOSO only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anger_flag_held_out: Option<HeldOutFlag>,
     /// Arousal UAR when routing "agitated" at P(high) ≥ threshold:
     /// (threshold, whole clip, after 1 s of speech), for choosing the
     /// profile's `arousal_min`.
@@ -644,6 +754,9 @@ pub fn report(
         gate,
         anger_flag,
         anger_flag_sweep,
+        anger_flag_held_out: (mode == "loso")
+            .then(|| held_out_flag(&g, names.len(), items, preds))
+            .flatten(),
         routing_sweep,
         arousal_reliability: pooled(&arousal_truth, &|p| {
             let mut v = p.arousal_at.to_vec();
@@ -773,6 +886,13 @@ impl std::fmt::Display for EvalReport {
             write!(f, "  {t:.1}: {r:.2}/{p:.2}")?;
         }
         writeln!(f)?;
+        if let Some(h) = &self.anger_flag_held_out {
+            writeln!(
+                f,
+                "  threshold chosen per held-out speaker (highest with recall >= {FLAG_RECALL_GOAL} on the others; {:.2}-{:.2}): recall {:.3}, precision {:.3} (equal priors), worst speaker's recall {:.3}",
+                h.thresholds.0, h.thresholds.1, h.recall, h.precision_equal_priors, h.worst_speaker_recall
+            )?;
+        }
         writeln!(
             f,
             "\narousal UAR routing agitated at P(high) >= t (whole clip, after 1 s):"
