@@ -2,7 +2,8 @@
 # Runs every test of the workspace. Installs the system tools the tests drive
 # (SIPp, from the Debian package sip-tester; Kamailio, package kamailio, which
 # tests/kamailio.rs runs as proxy and registrar; espeak-ng, which
-# tests/signal_path.rs speaks its recording with) and the libopus the build
+# tests/signal_path.rs speaks its recording with; chromium, the headless
+# browser tests/dashboard.rs loads the dashboard in) and the libopus the build
 # links (libopus-dev, found through pkg-config) with apt-get when they are
 # missing, and Asterisk 22 for tests/asterisk.rs (the prebuilt tree in
 # ../shared/tools/asterisk, extracted to /opt/asterisk-emonav by its
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v chromium >/dev/null || need+=(chromium)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
 # Debian puts kamailio in /usr/sbin, which is not on every user's PATH.
 command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || need+=(kamailio)
