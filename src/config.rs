@@ -75,6 +75,8 @@ pub struct Profile {
     pub history: crate::history::HistoryConfig,
     /// `[overload]`: admission control (src/overload.rs).
     pub overload: crate::overload::OverloadConfig,
+    /// `[webhooks]`: alerts and call events POSTed to a receiver (src/webhook/).
+    pub webhooks: crate::webhook::WebhookConfig,
     /// `[[registration]]`: accounts to keep registered (none by default).
     #[serde(rename = "registration")]
     pub registrations: Vec<RegistrationConfig>,
@@ -576,6 +578,7 @@ impl Profile {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.webhooks.validate()?;
         if self.history.backend == crate::history::Backend::Postgres
             && self
                 .history

@@ -47,6 +47,7 @@ mod sdp;
 mod server;
 mod tls;
 mod trust;
+mod webhook;
 
 pub use call::{Call, CallSettings, Output, Socket, Transmit};
 pub use config::{ConfigError, Profile, SrtpMode};

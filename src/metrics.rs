@@ -56,6 +56,18 @@ pub(crate) struct Metrics {
     /// Calls routed without their caller's history, by reason:
     /// `[timeout, error, late]` (src/history/).
     pub history_misses: [AtomicU64; 3],
+    /// Webhook events dropped before the outbox (its channel full).
+    pub webhook_dropped: AtomicU64,
+    /// Webhook events the receiver took (src/webhook/).
+    pub webhook_delivered: AtomicU64,
+    /// Webhook events the receiver refused for good (4xx).
+    pub webhook_refused: AtomicU64,
+    /// Webhook events dropped because the outbox was full.
+    pub webhook_outbox_dropped: AtomicU64,
+    /// Webhook POSTs that failed and were retried.
+    pub webhook_retries: AtomicU64,
+    /// Webhook events waiting.
+    pub webhook_pending: AtomicU64,
     /// SIP messages for a call dropped because its queue was full (a flood
     /// on one Call-ID, or a call task that stopped reading).
     pub sip_call_queue_dropped: AtomicU64,
@@ -138,6 +150,12 @@ impl Default for Metrics {
             sip_bad_request: z(),
             sip_untrusted: z(),
             history_misses: [z(), z(), z()],
+            webhook_dropped: z(),
+            webhook_delivered: z(),
+            webhook_refused: z(),
+            webhook_outbox_dropped: z(),
+            webhook_retries: z(),
+            webhook_pending: z(),
             sip_call_queue_dropped: z(),
             sip_tcp_send_dropped: z(),
             sip_drain_rejected: z(),
@@ -600,6 +618,34 @@ impl Metrics {
             "emonav_history_misses",
             "Calls decided without the caller's history: the store too slow (timeout), failing (error), or answering after the decision (late)",
             misses,
+        );
+        let webhook = Family::<Labels, Counter>::default();
+        for (result, v) in [
+            ("delivered", load(&self.webhook_delivered)),
+            ("refused", load(&self.webhook_refused)),
+            (
+                "dropped",
+                load(&self.webhook_dropped) + load(&self.webhook_outbox_dropped),
+            ),
+        ] {
+            webhook
+                .get_or_create(&vec![("result", result.into())])
+                .inc_by(v);
+        }
+        reg.register(
+            "emonav_webhook_events",
+            "Webhook events ([webhooks]) by what became of them: delivered (2xx), refused for good (4xx), dropped (outbox full)",
+            webhook,
+        );
+        reg.register(
+            "emonav_webhook_retries",
+            "Webhook POSTs that failed (no answer, 5xx, 408, 429) and were retried",
+            ConstCounter::new(load(&self.webhook_retries)),
+        );
+        reg.register(
+            "emonav_webhook_pending",
+            "Webhook events waiting for delivery",
+            ConstGauge::new(i64::try_from(load(&self.webhook_pending)).unwrap_or(i64::MAX)),
         );
         reg.register(
             "emonav_sip_rejected",

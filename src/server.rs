@@ -95,6 +95,8 @@ struct Shared {
     rtp_cursor: AtomicU16,
     /// `[history]`: the caller history store, if on, and its settings.
     history: Option<(crate::history::HistoryStore, crate::history::HistoryConfig)>,
+    /// `[webhooks]`, if a URL is set.
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// A bound, not yet running, endpoint.
@@ -112,6 +114,8 @@ pub struct Server {
     trust: Option<crate::trust::TrustPolicy>,
     /// `[overload]`: admission control.
     overload: crate::overload::OverloadConfig,
+    /// The webhook delivery task, awaited at shutdown (it writes its spool).
+    webhook_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -140,8 +144,13 @@ impl Server {
         let history = crate::history::HistoryStore::open(&profile.history, profile.base_dir())
             .map_err(|e| std::io::Error::other(format!("[history]: {e}")))?
             .map(|s| (s, profile.history.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let (webhooks, webhook_task) =
+            crate::webhook::Webhooks::start(&profile.webhooks, profile.base_dir(), metrics.clone())
+                .unzip();
         let shared = Shared {
             history,
+            webhooks,
             settings,
             life,
             drain_timeout_s: profile.shutdown.drain_timeout_s,
@@ -151,7 +160,7 @@ impl Server {
                 .then(|| TcpConns::new(inbound_tx.clone(), profile.t1() * 64)),
             tls: tls_config.map(|t| TcpConns::tls(inbound_tx, profile.t1() * 64, t)),
             events,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             call_drops: DropLog::new(now),
             decisions: Arc::new(Decisions::default()),
             live: Arc::new(Live::default()),
@@ -179,6 +188,7 @@ impl Server {
             control,
             trust: profile.security.policy(),
             overload: profile.overload.clone(),
+            webhook_task,
         })
     }
 
@@ -258,6 +268,16 @@ impl Server {
         tokio::spawn(probe_lag(Arc::downgrade(&self.shared.metrics)));
         let shared = self.shared.clone();
         sip_loop(self.shared, endpoint, self.inbound, self.control).await;
+        // Undelivered alerts go to the spool rather than away with the process.
+        if let (Some(hooks), Some(task)) = (&shared.webhooks, self.webhook_task) {
+            hooks.stop();
+            if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("webhook delivery did not stop within 5 s");
+            }
+        }
         // What the line taught since the last write survives the restart.
         for line in &shared.settings.lines {
             if let Some(json) = line.unsaved() {
@@ -760,6 +780,9 @@ async fn call_task(
                     }
                     shared.metrics.call_ended(&record);
                     shared.live.ended(&record);
+                    if let Some(hooks) = &shared.webhooks {
+                        hooks.notify("call_end", &record);
+                    }
                     shared.events.write(&record);
                     active.done();
                 }
@@ -772,6 +795,12 @@ async fn call_task(
                 Output::Decision(note) => {
                     if let crate::decisions::DecisionNote::Decided(_, d) = &note {
                         shared.live.decided(d);
+                        if let Some(hooks) = &shared.webhooks {
+                            hooks.notify("decision", d);
+                            if d.flagged {
+                                hooks.notify("flag", d);
+                            }
+                        }
                     }
                     shared.decisions.note(note, Instant::now().into_std());
                 }
