@@ -5,55 +5,18 @@
 //! browser is driven over the Chrome DevTools Protocol (a WebSocket, through
 //! `tungstenite`); a screenshot is left under `target/` as an artefact.
 
+#[path = "support/sipp.rs"]
+mod sipp;
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{root, Emonav};
-
-/// Run `uac_refer.xml` once with `pcap` as the caller's audio; true when
-/// SIPp saw the whole call.
-fn sipp_call(sip: std::net::SocketAddr, pcap: &str) -> bool {
-    let dir = std::env::temp_dir().join(format!(
-        "emonav-dash-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let xml = std::fs::read_to_string(root().join("tests/sipp/uac_refer.xml"))
-        .unwrap()
-        .replace(
-            "../fixtures/agitated-pcmu.pcap",
-            root().join("tests/fixtures").join(pcap).to_str().unwrap(),
-        );
-    let sf = dir.join("uac_refer.xml");
-    std::fs::write(&sf, xml).unwrap();
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let media = 30_000 + 4 * fastrand::u16(0..5_000);
-    Command::new("sipp")
-        .arg(sip.to_string())
-        .arg("-sf")
-        .arg(&sf)
-        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &port.to_string(), "-mp", &media.to_string()])
-        .args(["-timeout", "30", "-timeout_error", "-nostdin"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("sipp is installed (Debian package sip-tester; scripts/test.sh installs it)")
-        .success()
-}
 
 /// Headless Chromium with one page open, and a DevTools session to it.
 struct Browser {
@@ -233,11 +196,11 @@ fn dashboard_in_chromium_shows_each_call_its_queue_and_the_flag() {
     }
 
     assert!(
-        sipp_call(emonav.sip, "agitated-pcmu.pcap"),
+        sipp::Sipp::refer_call(emonav.sip, "agitated-pcmu.pcap"),
         "SIPp call 1 failed"
     );
     assert!(
-        sipp_call(emonav.sip, "calm-pcmu.pcap"),
+        sipp::Sipp::refer_call(emonav.sip, "calm-pcmu.pcap"),
         "SIPp call 2 failed"
     );
     let ids: Vec<String> = (0..2)

@@ -3,55 +3,17 @@
 //! progress with its scores, `/events` streams its start, scores, decision
 //! and end (issue 12).
 
+#[path = "support/sipp.rs"]
+mod sipp;
 mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{root, Emonav};
-
-/// Run `uac_refer.xml` once with `pcap` as the caller's audio; true when
-/// SIPp saw the whole call (REFER accepted, BYE answered).
-fn sipp_call(sip: std::net::SocketAddr, pcap: &str) -> bool {
-    let dir = std::env::temp_dir().join(format!(
-        "emonav-ops-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let xml = std::fs::read_to_string(root().join("tests/sipp/uac_refer.xml"))
-        .unwrap()
-        .replace(
-            "../fixtures/agitated-pcmu.pcap",
-            root().join("tests/fixtures").join(pcap).to_str().unwrap(),
-        );
-    let sf = dir.join("uac_refer.xml");
-    std::fs::write(&sf, xml).unwrap();
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let media = 30_000 + 4 * fastrand::u16(0..5_000);
-    Command::new("sipp")
-        .arg(sip.to_string())
-        .arg("-sf")
-        .arg(&sf)
-        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &port.to_string(), "-mp", &media.to_string()])
-        .args(["-timeout", "30", "-timeout_error", "-nostdin"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("sipp is installed (Debian package sip-tester; scripts/test.sh installs it)")
-        .success()
-}
+use support::Emonav;
 
 /// Sample values of the exposition, by series (`name{labels}`).
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -115,7 +77,7 @@ fn metrics_calls_and_events_follow_sipp_calls() {
 
     // Call 1 (agitated), watched through /calls while it is analysed.
     let sip = emonav.sip;
-    let caller = std::thread::spawn(move || sipp_call(sip, "agitated-pcmu.pcap"));
+    let caller = std::thread::spawn(move || sipp::Sipp::refer_call(sip, "agitated-pcmu.pcap"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
         let (status, body) = emonav.http_get("/calls");
@@ -150,7 +112,10 @@ fn metrics_calls_and_events_follow_sipp_calls() {
         "transferred"
     );
     // Call 2 (calm).
-    assert!(sipp_call(sip, "calm-pcmu.pcap"), "SIPp call 2 failed");
+    assert!(
+        sipp::Sipp::refer_call(sip, "calm-pcmu.pcap"),
+        "SIPp call 2 failed"
+    );
     assert_eq!(
         emonav.next_event(Duration::from_secs(5))["outcome"],
         "transferred"

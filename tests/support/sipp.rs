@@ -90,6 +90,42 @@ impl Sipp {
         Sipp { child, dir }
     }
 
+    /// Run `uac_refer.xml` once to `target` with `pcap` (under
+    /// tests/fixtures/) as the caller's audio, to its end; true when SIPp
+    /// saw the whole call (REFER accepted, BYE answered).
+    pub(crate) fn refer_call(target: SocketAddr, pcap: &str) -> bool {
+        let dir = temp_dir();
+        let root = crate::support::root();
+        let xml = std::fs::read_to_string(root.join("tests/sipp/uac_refer.xml"))
+            .unwrap()
+            .replace(
+                "../fixtures/agitated-pcmu.pcap",
+                root.join("tests/fixtures").join(pcap).to_str().unwrap(),
+            );
+        let sf = dir.join("uac_refer.xml");
+        std::fs::write(&sf, xml).unwrap();
+        let media = 30_000 + 4 * fastrand::u16(0..5_000);
+        let args = [
+            target.to_string(),
+            "-sf".into(),
+            sf.to_string_lossy().into_owned(),
+            "-m".into(),
+            "1".into(),
+            "-l".into(),
+            "1".into(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-mi".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            free_port().to_string(),
+            "-mp".into(),
+            media.to_string(),
+        ];
+        let mut child = spawn(&dir, args.to_vec());
+        child.wait().expect("sipp ran").success()
+    }
+
     /// A SIPp server (no remote host) on `port` running `scenario`.
     pub(crate) fn server(scenario: &str, port: u16) -> Sipp {
         let dir = temp_dir();
