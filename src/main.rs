@@ -66,6 +66,26 @@ enum Command {
         #[arg(long, conflicts_with = "profile")]
         print_default: bool,
     },
+    /// A service report from the per-call event lines: calls per hour and
+    /// queue, emotion mix, flag rate, decision times, failures, repeat callers.
+    Report {
+        /// The `[events]` file a running emonav writes (JSON lines; `-` for standard input).
+        #[arg(long)]
+        events: PathBuf,
+        /// Only calls started at or after this: RFC 3339 (`2026-11-28T08:00:00Z`)
+        /// or an age (`24h`, `7days`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only calls started before this (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// Write the HTML report (charts inline) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the report as one JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The corpus `train` and `eval` read, and the conditions they read it under.
@@ -215,6 +235,19 @@ fn main() -> ExitCode {
         }) => analyze(&file, &ProfileSource::pick(profile), json),
         Some(Command::Train(args)) => train(&args),
         Some(Command::Eval(args)) => eval(&args),
+        Some(Command::Report {
+            events,
+            since,
+            until,
+            out,
+            json,
+        }) => report(
+            &events,
+            since.as_deref(),
+            until.as_deref(),
+            out.as_deref(),
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -818,4 +851,61 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// A `--since`/`--until` value as unix ms: RFC 3339, or an age before now.
+fn parse_instant(s: &str) -> anyhow::Result<u64> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).with_context(|| {
+                format!("{s:?}: neither RFC 3339 (2026-11-28T08:00:00Z) nor an age (24h)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64))
+}
+
+fn report(
+    events: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    out: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use emonav_offline::report;
+    anyhow::ensure!(
+        out.is_some() || json,
+        "say where the report goes: --out report.html and/or --json"
+    );
+    let text = if events == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(events)
+            .with_context(|| format!("cannot read {}", events.display()))?
+    };
+    let window = report::Window {
+        since_ms: since.map(parse_instant).transpose()?,
+        until_ms: until.map(parse_instant).transpose()?,
+    };
+    let r = report::build(&text, window);
+    if r.calls == 0 {
+        eprintln!(
+            "emonav: no call records in {} ({} lines skipped, {} outside the window)",
+            events.display(),
+            r.skipped_lines,
+            r.outside_window
+        );
+    }
+    if let Some(out) = out {
+        std::fs::write(out, report::html(&r))
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("report of {} calls written to {}", r.calls, out.display());
+    }
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
 }

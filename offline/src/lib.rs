@@ -13,6 +13,7 @@ pub mod corpus;
 pub mod learn;
 pub mod multi;
 pub mod plot;
+pub mod report;
 
 /// The WAV reader the tools use, for callers that read WAV files themselves.
 pub use hound;
