@@ -50,6 +50,10 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write loudness, pitch and P(high arousal) over time, with the
+        /// decision instant, to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Train an emotion model on a labelled corpus (features through the in-call pipeline).
     Train(TrainArgs),
@@ -232,7 +236,8 @@ fn main() -> ExitCode {
             file,
             profile,
             json,
-        }) => analyze(&file, &ProfileSource::pick(profile), json),
+            plot,
+        }) => analyze(&file, &ProfileSource::pick(profile), json, plot.as_deref()),
         Some(Command::Train(args)) => train(&args),
         Some(Command::Eval(args)) => eval(&args),
         Some(Command::Report {
@@ -388,9 +393,20 @@ fn check_config(source: &ProfileSource) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn analyze(file: &Path, profile: &ProfileSource, json: bool) -> anyhow::Result<()> {
+fn analyze(
+    file: &Path,
+    profile: &ProfileSource,
+    json: bool,
+    plot: Option<&Path>,
+) -> anyhow::Result<()> {
     let p = load(profile)?;
     let a = emonav_offline::analyze::analyze(file, &mut Routing::new(&p.policy), p.model(8000))?;
+    if let Some(out) = plot {
+        let title = format!("{} -> {}", file.display(), a.decision.0.queue);
+        let svg = emonav_offline::timeline::svg(&title, &a.trace, a.decision_ms)
+            .map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
+        std::fs::write(out, svg).with_context(|| format!("cannot write {}", out.display()))?;
+    }
     if json {
         println!("{}", serde_json::to_string(&a)?);
     } else {

@@ -67,6 +67,33 @@ fn analyze_reports_the_decision_a_call_would_take() {
 }
 
 #[test]
+fn analyze_plots_loudness_pitch_and_arousal_with_the_decision() {
+    let svg = std::env::temp_dir().join(format!("emonav-plot-{}.svg", std::process::id()));
+    let (ok, _, err) = emonav(&[
+        "analyze",
+        "tests/fixtures/agitated.wav",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..100.min(text.len())]);
+    assert!(
+        text.contains("agitated.wav -&gt; sip:deescalation@127.0.0.1:5070")
+            || text.contains("agitated.wav -> sip:deescalation@127.0.0.1:5070")
+    );
+    for axis in ["loudness", "F0 (Hz)", "P(high arousal)", "seconds of audio"] {
+        assert!(text.contains(axis), "{axis}");
+    }
+    // The decision instant the table reports is the one drawn.
+    assert!(
+        text.contains("decision at 1.26 s"),
+        "the fixture decides at 1260 ms"
+    );
+}
+
+#[test]
 fn analyze_refuses_a_file_that_is_not_wav() {
     let (ok, _, err) = emonav(&["analyze", "tests/fixtures/calm.ul"]);
     assert!(!ok);

@@ -209,6 +209,22 @@ pub struct Analysis<D> {
     pub decision: D,
     /// When, in ms after the first audio.
     pub decision_ms: u64,
+    /// Loudness, pitch and arousal every 20 ms packet, for `--plot`.
+    #[serde(skip)]
+    pub trace: Vec<TracePoint>,
+}
+
+/// One packet's worth of what `analyze --plot` draws.
+#[derive(Debug, Clone, Copy)]
+pub struct TracePoint {
+    /// Audio time, ms.
+    pub ms: u32,
+    /// The latest frame's loudness (eGeMAPS-style).
+    pub loudness: f32,
+    /// The latest frame's F0, Hz, when voiced.
+    pub f0_hz: Option<f32>,
+    /// P(high arousal) so far.
+    pub arousal: f32,
 }
 
 /// Run a recording through the call pipeline and the policy.
@@ -221,6 +237,7 @@ pub fn analyze<P: Decide>(
     let pcm = telephone::telephone_8k(&audio, rate)?;
     let mut a = Analyzer::with_estimator(8000, Box::new(ModelEstimator::new(model)));
     let mut timeline = Vec::new();
+    let mut trace = Vec::with_capacity(pcm.len() / 160 + 1);
     let mut decision: Option<(P::Decision, u64)> = None;
     // 20 ms packets, as RTP delivers them.
     for (i, packet) in pcm.chunks(160).enumerate() {
@@ -230,6 +247,13 @@ pub fn analyze<P: Decide>(
         if decision.is_none() {
             decision = policy.after_packet(&e, now_ms);
         }
+        let frame = a.frame();
+        trace.push(TracePoint {
+            ms: now_ms as u32,
+            loudness: frame.spectral.loudness,
+            f0_hz: (frame.voiced && frame.f0_hz > 0.0).then_some(frame.f0_hz),
+            arousal: e.arousal,
+        });
         if now_ms % 500 == 0 {
             timeline.push(point(now_ms as u32, &e));
         }
@@ -277,6 +301,7 @@ pub fn analyze<P: Decide>(
         timeline,
         decision,
         decision_ms,
+        trace,
     })
 }
 

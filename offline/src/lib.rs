@@ -14,6 +14,7 @@ pub mod learn;
 pub mod multi;
 pub mod plot;
 pub mod report;
+pub mod timeline;
 
 /// The WAV reader the tools use, for callers that read WAV files themselves.
 pub use hound;
