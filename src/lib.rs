@@ -42,6 +42,7 @@ mod media;
 mod metrics;
 mod overload;
 mod policy;
+mod replay;
 mod sdes;
 mod sdp;
 mod server;
@@ -60,5 +61,6 @@ pub use history::{
 pub use lifecycle::ServerHandle;
 pub use media::rtp::{RtpEvent, RtpReceiver};
 pub use policy::{Decider, Decision, Policy};
+pub use replay::{replay, ReplayError, Replayed};
 pub use sdp::{parse as parse_sdp, CodecName};
 pub use server::Server;

@@ -41,7 +41,9 @@ enum Command {
     Run(RunArgs),
     /// Run a recording through the in-call pipeline and print what a call would decide.
     Analyze {
-        /// WAV file (any rate, any PCM format; mixed down to mono).
+        /// WAV file (any rate, any PCM format; mixed down to mono), or a
+        /// packet capture (pcap/pcapng) whose RTP streams are each analysed
+        /// as a call would analyse them.
         file: PathBuf,
         /// Profile whose policy decides (default: sip-profiles/default.toml
         /// if present, else the one built into the binary).
@@ -400,6 +402,13 @@ fn analyze(
     plot: Option<&Path>,
 ) -> anyhow::Result<()> {
     let p = load(profile)?;
+    if is_capture(file) {
+        anyhow::ensure!(
+            plot.is_none(),
+            "--plot draws a recording; a capture's streams are reported as text or --json"
+        );
+        return analyze_capture(file, &p, json);
+    }
     let a = emonav_offline::analyze::analyze(file, &mut Routing::new(&p.policy), p.model(8000))?;
     if let Some(out) = plot {
         let title = format!("{} -> {}", file.display(), a.decision.0.queue);
@@ -922,6 +931,80 @@ fn report(
     }
     if json {
         println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
+/// A pcap or pcapng file, by its magic number.
+fn is_capture(file: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && matches!(
+            u32::from_le_bytes(magic),
+            0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 | 0x0a0d_0d0a
+        )
+}
+
+/// Each RTP stream of a capture through a call's media path and policy.
+fn analyze_capture(file: &Path, p: &Profile, json: bool) -> anyhow::Result<()> {
+    use emonav_offline::capture::{self, StreamCodec};
+    let streams = capture::rtp_streams(file)?;
+    anyhow::ensure!(!streams.is_empty(), "no RTP in {}", file.display());
+    let settings = emonav::CallSettings::from_profile(p, p.sip.listen.port());
+    let mut out = Vec::new();
+    for s in &streams {
+        let codec = s.codec.map(|c| match c {
+            StreamCodec::Pcmu => emonav::CodecName::Pcmu,
+            StreamCodec::Pcma => emonav::CodecName::Pcma,
+            StreamCodec::Opus => emonav::CodecName::Opus,
+        });
+        let head = serde_json::json!({
+            "source": s.source.to_string(),
+            "destination": s.destination.to_string(),
+            "ssrc": format!("{:08x}", s.ssrc),
+            "pt": s.pt,
+            "packets": s.packets.len(),
+        });
+        let Some(codec) = codec else {
+            if !json {
+                println!(
+                    "{} -> {} ssrc {:08x}: payload type {} not decoded (not PCMU, PCMA or Opus)",
+                    s.source, s.destination, s.ssrc, s.pt
+                );
+            }
+            out.push(serde_json::json!({ "stream": head, "error": "payload type not decoded" }));
+            continue;
+        };
+        let r = emonav::replay(&settings, codec, s.pt, &s.packets)?;
+        if json {
+            out.push(serde_json::json!({
+                "stream": head,
+                "codec": format!("{codec:?}").to_lowercase(),
+                "decision": r.decision,
+                "decision_ms": r.decision_ms,
+                "audio_ms": r.audio_ms,
+                "lost": r.lost,
+                "ignored": r.ignored,
+            }));
+        } else {
+            println!(
+                "{} -> {} ssrc {:08x} {:?}, {} packets ({} lost, {} ignored), {} ms of audio",
+                s.source,
+                s.destination,
+                s.ssrc,
+                codec,
+                s.packets.len(),
+                r.lost,
+                r.ignored,
+                r.audio_ms
+            );
+            println!("  decision at {} ms {}", r.decision_ms, Routed(r.decision));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&out)?);
     }
     Ok(())
 }

@@ -94,6 +94,45 @@ fn analyze_plots_loudness_pitch_and_arousal_with_the_decision() {
 }
 
 #[test]
+fn analyze_judges_each_rtp_stream_of_a_capture_as_a_call_would() {
+    let decide = |pcap: &str| -> serde_json::Value {
+        let (ok, out, err) = emonav(&["analyze", "--json", pcap]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1, "one stream: {v}");
+        v[0].clone()
+    };
+    let agitated = decide("tests/fixtures/agitated-pcmu.pcap");
+    assert_eq!(agitated["codec"], "pcmu");
+    assert_eq!(agitated["stream"]["packets"], 225);
+    assert_eq!(
+        agitated["decision"]["queue"], "sip:deescalation@127.0.0.1:5070",
+        "{agitated}"
+    );
+    assert_eq!(agitated["decision"]["reason"], "confident");
+    // The same speech as a recording decides after the same audio; the
+    // capture's clock adds the jitter buffer's delay.
+    let (_, out, _) = emonav(&["analyze", "--json", "tests/fixtures/agitated.wav"]);
+    let wav: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (live, offline) = (
+        agitated["decision_ms"].as_i64().unwrap(),
+        wav["decision_ms"].as_i64().unwrap(),
+    );
+    assert!((0..=100).contains(&(live - offline)), "{live} vs {offline}");
+    for (pcap, codec) in [
+        ("tests/fixtures/calm-pcma.pcap", "pcma"),
+        ("tests/fixtures/calm-opus.pcap", "opus"),
+    ] {
+        let calm = decide(pcap);
+        assert_eq!(calm["codec"], codec);
+        assert_eq!(
+            calm["decision"]["queue"], "sip:standard@127.0.0.1:5070",
+            "{calm}"
+        );
+    }
+}
+
+#[test]
 fn analyze_refuses_a_file_that_is_not_wav() {
     let (ok, _, err) = emonav(&["analyze", "tests/fixtures/calm.ul"]);
     assert!(!ok);

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod analyze;
+pub mod capture;
 pub mod conditions;
 pub mod corpus;
 pub mod learn;

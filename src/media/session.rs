@@ -306,7 +306,6 @@ impl MediaSession {
         self.analyzer.audio_ms()
     }
 
-    #[cfg(test)]
     /// Reception statistics so far.
     pub(crate) fn rtp_stats(&self) -> rtp::RtpStats {
         self.rtp.stats()
