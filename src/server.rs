@@ -454,13 +454,17 @@ fn add_aliases(
 
 /// Send what the registrations have to send; resolve registrar names.
 fn flush_registrations(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     endpoint: &mut Endpoint<CallTx>,
     resolved: &mpsc::UnboundedSender<Resolved>,
 ) {
     for out in endpoint.registrations().drain_output() {
         match out {
-            RegOutput::Send { dest, data } => send(&shared.sip, dest, &data),
+            RegOutput::Send {
+                transport,
+                dest,
+                data,
+            } => send_on(shared, transport, dest, None, data),
             RegOutput::Resolve { slot, target } => {
                 let tx = resolved.clone();
                 tokio::spawn(async move {

@@ -458,3 +458,68 @@ fn a_call_reaches_emonav_over_tls_through_kamailio_and_is_transferred_over_tls()
         assert_eq!(proto, ["tls"], "{method}\n{context}");
     }
 }
+
+/// REGISTER over TLS (a `;transport=tls` registrar): emonav opens the TLS
+/// connection itself (presenting its certificate, verifying Kamailio's),
+/// registers a `transport=tls` Contact at its `tls_listen` port, and a call
+/// Kamailio routes by that binding reaches emonav over TLS and is
+/// transferred, its REFER and BYE going back over TLS.
+#[test]
+fn emonav_registers_over_tls_and_the_call_by_that_binding_comes_over_tls() {
+    let certs = root().join("tests/fixtures/tls");
+    let pem = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let emonav_tls = free_tcp_port();
+    let kam_tls = free_tcp_port();
+    let kamailio = Kamailio::start_with(&[
+        "WITH_TLS",
+        &format!("KAM_TLS_PORT={kam_tls}"),
+        &format!("KAM_TLS_CERT=\"{}\"", pem("loopback.pem")),
+        &format!("KAM_TLS_KEY=\"{}\"", pem("loopback.key")),
+        &format!("KAM_TLS_CA=\"{}\"", pem("ca.pem")),
+    ]);
+    let emonav = Emonav::start(&format!(
+        "[sip]\ntls_listen = \"127.0.0.1:{emonav_tls}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+         tls_ca = \"{}\"\n[[registration]]\nregistrar = \"sip:127.0.0.1:{kam_tls};transport=tls\"\n\
+         aor = \"sip:emonav@127.0.0.1\"\nusername = \"emonav\"\npassword = \"secret\"\nexpires = 120\n",
+        pem("loopback.pem"),
+        pem("loopback.key"),
+        pem("ca.pem")
+    ));
+    assert!(
+        emonav
+            .wait_log(": registered", Duration::from_secs(10))
+            .is_some(),
+        "emonav did not register over TLS\n{}",
+        kamailio.log_text()
+    );
+    let binding = format!(
+        "registered sip:emonav@127.0.0.1 at <sip:emonav@127.0.0.1:{emonav_tls};transport=tls> over tls"
+    );
+    assert!(
+        kamailio.wait_log(&binding, Duration::from_secs(2)),
+        "{binding}\n{}",
+        kamailio.log_text()
+    );
+    let (run, context) = call_through(&kamailio, "uac_refer_via_proxy.xml");
+    assert!(
+        kamailio.wait_log("via location", Duration::from_secs(2)),
+        "{context}"
+    );
+    assert_eq!(
+        logged(&run.log, "REFER-TO"),
+        ["sip:deescalation@127.0.0.1:5070"],
+        "{context}"
+    );
+    let ev = emonav.next_event(Duration::from_secs(5));
+    assert_eq!(ev["outcome"], "transferred", "{ev}\n{context}");
+    let log = kamailio.log_text();
+    for method in ["REFER", "BYE"] {
+        let line = format!("in-dialog {method} loose-routed");
+        let proto: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&line))
+            .filter_map(|l| l.rsplit("came over ").next())
+            .collect();
+        assert_eq!(proto, ["tls"], "{method}\n{context}");
+    }
+}

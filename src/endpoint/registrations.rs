@@ -1,8 +1,11 @@
 //! The `[[registration]]` accounts (RFC 3261 §10) the endpoint keeps bound,
 //! sans-IO: each [`Registration`] produces REGISTERs, this set says where
 //! they go, or that the registrar's name must first be resolved (DNS is the
-//! edge's business). Registrations go over UDP only, from the SIP socket,
-//! so that the registrar sees the address it will send INVITEs to.
+//! edge's business). A registration goes over the transport its Contact
+//! names (`;transport=tcp|tls`, from the registrar URI's): UDP from the SIP
+//! socket, or a TCP/TLS connection the edge opens and keeps (RFC 5626 is not
+//! used: the registrar reaches us on our listening port), so that the
+//! registrar sees the address it will send INVITEs to.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -11,12 +14,15 @@ use crate::call::uri_host;
 use crate::config::Profile;
 use emonav_sip::message::{Response, Scheme, Uri};
 use emonav_sip::registration::{Account, Registration, State};
+use emonav_sip::transport::Transport;
 
 /// What the registrations ask the edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RegOutput {
-    /// Send a REGISTER over UDP.
+    /// Send a REGISTER.
     Send {
+        /// Over UDP, TCP or TLS.
+        transport: Transport,
         /// The registrar's address.
         dest: SocketAddr,
         /// Serialised request.
@@ -39,6 +45,8 @@ struct RegSlot {
     /// `host:port` of the registrar URI.
     target: String,
     dest: Option<SocketAddr>,
+    /// The transport the Contact names.
+    transport: Transport,
     resolving: bool,
     /// Last state logged, to log changes only.
     logged: Option<State>,
@@ -59,6 +67,7 @@ impl Registrations {
                 .into_iter()
                 .map(|(reg, target)| RegSlot {
                     dest: target.parse().ok(),
+                    transport: contact_transport(&reg.account().contact),
                     reg,
                     target,
                     resolving: false,
@@ -154,6 +163,7 @@ impl Registrations {
             while let Some(req) = s.reg.poll_output() {
                 match s.dest {
                     Some(dest) => out.push(RegOutput::Send {
+                        transport: s.transport,
                         dest,
                         data: req.to_bytes(),
                     }),
@@ -219,12 +229,30 @@ pub(crate) fn accounts(
     for r in &profile.registrations {
         let registrar = r.registrar_uri().map_err(invalid)?;
         let user = r.contact_user.as_deref().unwrap_or(&profile.sip.user);
+        let (port, param) = match registrar_transport(&registrar) {
+            Transport::Udp => (sip_port, ""),
+            Transport::Tcp if profile.sip.transports.contains(&Transport::Tcp) => {
+                (sip_port, ";transport=tcp")
+            }
+            Transport::Tcp => {
+                return Err(invalid(format!(
+                    "registration to {registrar}: TCP needs \"tcp\" in sip.transports"
+                )))
+            }
+            Transport::Tls => {
+                let tls = profile.sip.tls_listen.ok_or_else(|| {
+                    invalid(format!(
+                        "registration to {registrar}: TLS needs sip.tls_listen"
+                    ))
+                })?;
+                (tls.port(), ";transport=tls")
+            }
+        };
         let contact = Uri::parse(&format!(
-            "sip:{user}@{}:{sip_port}",
+            "sip:{user}@{}:{port}{param}",
             uri_host(profile.advertised_ip())
         ))
         .map_err(|e| invalid(format!("registration contact: {e}")))?;
-        // UDP only: a sips: registrar still gets its port or 5061.
         let port = registrar.port.unwrap_or(match registrar.scheme {
             Scheme::Sips => 5061,
             _ => 5060,
@@ -243,4 +271,20 @@ pub(crate) fn accounts(
         ));
     }
     Ok(out)
+}
+
+/// The transport a registrar URI asks for: its `transport` parameter, TLS
+/// for `sips:` (RFC 3261 §19.1.2), else UDP.
+fn registrar_transport(registrar: &Uri) -> Transport {
+    match registrar.params.get("transport").flatten() {
+        Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        _ if registrar.scheme == Scheme::Sips => Transport::Tls,
+        _ => Transport::Udp,
+    }
+}
+
+/// The transport our Contact names (what [`accounts`] wrote into it).
+fn contact_transport(contact: &Uri) -> Transport {
+    registrar_transport(contact)
 }

@@ -330,7 +330,8 @@ fn a_registrars_response_is_consumed_by_its_registration() {
         (reg("pbx.example.com"), "pbx.example.com:5060".into()),
     ]));
     let out = ep.registrations().drain_output();
-    let [RegOutput::Send { dest, data }, RegOutput::Resolve { slot: 1, target }] = &out[..] else {
+    let [RegOutput::Send { dest, data, .. }, RegOutput::Resolve { slot: 1, target }] = &out[..]
+    else {
         panic!("{out:?}");
     };
     assert_eq!(*dest, "192.0.2.50:5060".parse().unwrap());
