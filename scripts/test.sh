@@ -30,6 +30,8 @@ command -v cc >/dev/null || need+=(gcc)
 # tests/history.rs starts a throw-away PostgreSQL cluster; Debian puts initdb
 # under /usr/lib/postgresql/*/bin.
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# tests/kamailio.rs serves NAPTR/SRV records for RFC 3263 from a throw-away dnsmasq.
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 # Kamailio's tls module (tests/kamailio.rs, the SIP over TLS call) is a package of its own.
 dpkg-query -W -f='${Status}' kamailio-tls-modules 2>/dev/null | grep -q "ok installed" \
   || need+=(kamailio-tls-modules)

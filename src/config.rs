@@ -158,6 +158,12 @@ pub struct SipConfig {
     pub tls_ca: Option<PathBuf>,
     /// Require a client certificate chaining to `tls_ca` (mutual TLS peering).
     pub tls_verify_clients: bool,
+    /// DNS servers (address:port) for locating registrars (RFC 3263);
+    /// empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Where out-of-dialog REGISTERs go instead of the registrar URI's
+    /// host (a SIP URI, located by RFC 3263 like the registrar would be).
+    pub outbound_proxy: Option<String>,
     /// User part of our Contact and Referred-By URIs.
     pub user: String,
     /// Delay between `100 Trying` and `200 OK`, in ms (0 = answer at once).
@@ -270,6 +276,8 @@ impl Default for SipConfig {
             tls_key: None,
             tls_ca: None,
             tls_verify_clients: false,
+            dns_servers: Vec::new(),
+            outbound_proxy: None,
             user: "emonav".into(),
             answer_delay_ms: 0,
             t1_ms: 500,
@@ -579,6 +587,10 @@ impl Profile {
 
     fn validate(&self) -> Result<(), String> {
         self.webhooks.validate()?;
+        if let Some(p) = &self.sip.outbound_proxy {
+            emonav_sip::message::Uri::parse(p)
+                .map_err(|e| format!("sip.outbound_proxy: {p:?} is not a SIP URI: {e}"))?;
+        }
         if self.history.backend == crate::history::Backend::Postgres
             && self
                 .history

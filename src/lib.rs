@@ -38,6 +38,7 @@ mod history;
 mod http;
 mod lifecycle;
 mod live;
+mod locate;
 mod media;
 mod metrics;
 mod overload;

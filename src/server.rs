@@ -97,6 +97,8 @@ struct Shared {
     history: Option<(crate::history::HistoryStore, crate::history::HistoryConfig)>,
     /// `[webhooks]`, if a URL is set.
     webhooks: Option<crate::webhook::Webhooks>,
+    /// DNS for registrars (RFC 3263); `None` if it could not be set up.
+    locator: Option<crate::locate::Locator>,
 }
 
 /// A bound, not yet running, endpoint.
@@ -107,7 +109,7 @@ pub struct Server {
     tls: Option<TcpListener>,
     inbound: mpsc::Receiver<Inbound>,
     http: Option<TcpListener>,
-    accounts: Vec<(Account, String)>,
+    accounts: Vec<(Account, crate::locate::Locate)>,
     reg_settings: registration::Settings,
     control: mpsc::UnboundedReceiver<Control>,
     /// `[security]`: who may send requests no call owns.
@@ -148,9 +150,18 @@ impl Server {
         let (webhooks, webhook_task) =
             crate::webhook::Webhooks::start(&profile.webhooks, profile.base_dir(), metrics.clone())
                 .unzip();
+        let locator = match crate::locate::Locator::new(&profile.sip.dns_servers) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // IP-literal registrars still work; named ones are reported.
+                tracing::warn!(error = %e, "no DNS resolver");
+                None
+            }
+        };
         let shared = Shared {
             history,
             webhooks,
+            locator,
             settings,
             life,
             drain_timeout_s: profile.shutdown.drain_timeout_s,
@@ -323,8 +334,8 @@ async fn bind_sip(profile: &Profile) -> std::io::Result<(UdpSocket, Option<TcpLi
     }
 }
 
-/// A resolved registrar: which registration, and its address if any.
-type Resolved = (usize, Option<SocketAddr>);
+/// A located registrar: which registration, and its addresses in order.
+type Resolved = (usize, Vec<SocketAddr>);
 
 async fn sip_loop(
     shared: Arc<Shared>,
@@ -467,15 +478,16 @@ fn flush_registrations(
             } => send_on(shared, transport, dest, None, data),
             RegOutput::Resolve { slot, target } => {
                 let tx = resolved.clone();
+                let locator = shared.locator.clone();
                 tokio::spawn(async move {
-                    let addr = tokio::net::lookup_host(target.as_str())
-                        .await
-                        .map_err(|e| {
-                            tracing::warn!(registrar = %target, error = %e, "cannot resolve the registrar");
-                        })
-                        .ok()
-                        .and_then(|mut a| a.next());
-                    let _ = tx.send((slot, addr));
+                    let addrs = match &locator {
+                        Some(l) => l.locate(&target).await,
+                        None => Vec::new(),
+                    };
+                    if addrs.is_empty() {
+                        tracing::warn!(registrar = %target, "cannot locate the registrar (RFC 3263: NAPTR, SRV, A/AAAA)");
+                    }
+                    let _ = tx.send((slot, addrs));
                 });
             }
         }

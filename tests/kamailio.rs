@@ -523,3 +523,173 @@ fn emonav_registers_over_tls_and_the_call_by_that_binding_comes_over_tls() {
         assert_eq!(proto, ["tls"], "{method}\n{context}");
     }
 }
+
+/// A throw-away dnsmasq on loopback serving `records` (its command-line
+/// record options), its queries logged; killed on drop.
+struct Dns {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Dns {
+    fn start(records: &[String]) -> Dns {
+        let dir = temp_dir("dnsmasq");
+        let port = free_port();
+        let log = dir.join("dnsmasq.log");
+        let child = std::process::Command::new(
+            ["/usr/sbin/dnsmasq", "dnsmasq"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or("dnsmasq"),
+        )
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--log-queries",
+            "--log-facility=-",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        // As root it would drop to "nobody"; the test's own user is fine.
+        .arg("--user=root")
+        .args(records)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::from(
+            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .expect("dnsmasq is installed (Debian package dnsmasq-base; scripts/test.sh installs it)");
+        let dns = Dns {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dns.log_text().contains("started") {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not start: {}",
+                dns.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dns
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// RFC 3263: a registrar named without a port is located by NAPTR, then
+/// SRV (priority order), then A records, from a real DNS server; the first
+/// target never answers, so after Timer F the REGISTER goes to the second,
+/// Kamailio, and emonav registers there.
+#[test]
+fn a_registrar_is_located_by_naptr_and_srv_and_fails_over_to_the_second_target() {
+    let kamailio = Kamailio::start();
+    // The first target: a socket that takes REGISTERs and never answers.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    dead.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    let dns = Dns::start(&[
+        "--naptr-record=pbx.test,10,10,S,SIP+D2U,,_sip._udp.pbx.test".into(),
+        format!("--srv-host=_sip._udp.pbx.test,alpha.pbx.test,{dead_port},10,0"),
+        format!(
+            "--srv-host=_sip._udp.pbx.test,beta.pbx.test,{},20,0",
+            kamailio.addr.port()
+        ),
+        "--host-record=alpha.pbx.test,127.0.0.1".into(),
+        "--host-record=beta.pbx.test,127.0.0.1".into(),
+    ]);
+    let emonav = Emonav::start(&format!(
+        "[sip]\ndns_servers = [\"{}\"]\n[[registration]]\nregistrar = \"sip:pbx.test\"\n\
+         aor = \"sip:emonav@127.0.0.1\"\nusername = \"emonav\"\npassword = \"secret\"\nexpires = 120\n",
+        dns.addr
+    ));
+    let located = emonav
+        .wait_log("registrar located", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("not located\n{}", dns.log_text()));
+    let (alpha, beta) = (format!("127.0.0.1:{dead_port}"), kamailio.addr.to_string());
+    let order = (located.find(&alpha), located.find(&beta));
+    assert!(
+        matches!(order, (Some(a), Some(b)) if a < b),
+        "SRV priority order: {located}"
+    );
+    let log = dns.log_text();
+    for q in [
+        "query[NAPTR] pbx.test",
+        "query[SRV] _sip._udp.pbx.test",
+        "query[A] alpha.pbx.test",
+    ] {
+        assert!(log.contains(q), "{q}\n{log}");
+    }
+    // The first target got the REGISTER (and its retransmissions).
+    let mut buf = [0u8; 4096];
+    let (n, _) = dead
+        .recv_from(&mut buf)
+        .expect("a REGISTER to the first target");
+    assert!(buf[..n].starts_with(b"REGISTER sip:pbx.test SIP/2.0"));
+    // Timer F (64 × T1, 6.4 s with the test's T1 of 100 ms), then the second.
+    assert!(
+        emonav
+            .wait_log("registrar failing over", Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        kamailio.log_text()
+    );
+    assert!(
+        emonav
+            .wait_log(": registered", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        kamailio.log_text()
+    );
+    assert!(
+        kamailio.wait_log(
+            "registered sip:emonav@127.0.0.1 at ",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        kamailio.log_text()
+    );
+}
+
+/// `[sip] outbound_proxy`: the REGISTER for a registrar emonav cannot reach
+/// itself (its name does not resolve) goes to the proxy, which handles it.
+#[test]
+fn registers_through_the_outbound_proxy() {
+    let kamailio = Kamailio::start();
+    let emonav = Emonav::start(&format!(
+        "[sip]\noutbound_proxy = \"sip:{}\"\n[[registration]]\nregistrar = \"sip:registrar.invalid\"\n\
+         aor = \"sip:emonav@127.0.0.1\"\nusername = \"emonav\"\npassword = \"secret\"\nexpires = 120\n",
+        kamailio.addr
+    ));
+    assert!(
+        emonav
+            .wait_log(": registered", Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        kamailio.log_text()
+    );
+    assert!(
+        kamailio.wait_log(
+            "registered sip:emonav@127.0.0.1 at ",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        kamailio.log_text()
+    );
+}

@@ -291,6 +291,16 @@ impl Registration {
         }
     }
 
+    /// Try again at once after a failed attempt, not after its back-off (the
+    /// next server of the registrar's name, RFC 3263 §4.3): the failure
+    /// does not count towards the back-off.
+    pub fn retry_now(&mut self, now: Instant) {
+        if matches!(self.state, State::Failed { .. }) {
+            self.failures = self.failures.saturating_sub(1);
+            self.next_attempt = Some(now);
+        }
+    }
+
     /// A response whose Call-ID is ours. Responses of other transactions
     /// (an older branch or CSeq) and retransmitted finals are ignored.
     pub fn handle_response(&mut self, resp: &Response, now: Instant) {

@@ -13,7 +13,9 @@ use std::time::Instant;
 use crate::call::uri_host;
 use crate::config::Profile;
 use emonav_sip::message::{Response, Scheme, Uri};
-use emonav_sip::registration::{Account, Registration, State};
+use emonav_sip::registration::{Account, Failure, Registration, State};
+
+use crate::locate::Locate;
 use emonav_sip::transport::Transport;
 
 /// What the registrations ask the edge to do.
@@ -28,23 +30,26 @@ pub(crate) enum RegOutput {
         /// Serialised request.
         data: Vec<u8>,
     },
-    /// Resolve `target` (`host:port`) and hand the result to
+    /// Locate `target` (RFC 3263) and hand the addresses to
     /// [`Registrations::resolved`]. The REGISTER that needed it is dropped:
     /// its transaction retransmits once the address is known.
     Resolve {
         /// Which registration.
         slot: usize,
-        /// `host:port` of the registrar URI.
-        target: String,
+        /// The registrar's (or outbound proxy's) host, port and transport.
+        target: Locate,
     },
 }
 
 /// One registration and where its registrar is.
 struct RegSlot {
     reg: Registration,
-    /// `host:port` of the registrar URI.
-    target: String,
-    dest: Option<SocketAddr>,
+    /// What to locate: the registrar URI's (or the outbound proxy's) host.
+    target: Locate,
+    /// Where it is, in the order to try (RFC 3263 §4.3), and which one is
+    /// in use.
+    dests: Vec<SocketAddr>,
+    at: usize,
     /// The transport the Contact names.
     transport: Transport,
     resolving: bool,
@@ -59,14 +64,15 @@ pub(crate) struct Registrations {
 }
 
 impl Registrations {
-    /// Registrations and the `host:port` of their registrars (an IP literal
-    /// needs no resolving).
-    pub(crate) fn new(regs: Vec<(Registration, String)>) -> Self {
+    /// Registrations and what to locate for each (an IP literal needs no
+    /// lookup).
+    pub(crate) fn new(regs: Vec<(Registration, Locate)>) -> Self {
         Self {
             slots: regs
                 .into_iter()
                 .map(|(reg, target)| RegSlot {
-                    dest: target.parse().ok(),
+                    dests: target.literal().into_iter().collect(),
+                    at: 0,
                     transport: contact_transport(&reg.account().contact),
                     reg,
                     target,
@@ -82,7 +88,7 @@ impl Registrations {
     pub(crate) fn is_registrar(&self, ip: std::net::IpAddr) -> bool {
         self.slots
             .iter()
-            .filter_map(|s| s.dest)
+            .flat_map(|s| &s.dests)
             .any(|d| d.ip() == ip)
     }
 
@@ -104,7 +110,9 @@ impl Registrations {
         };
         match self.slots.iter_mut().find(|s| s.reg.call_id() == call_id) {
             Some(slot) => {
+                let before = failed(&slot.reg);
                 slot.reg.handle_response(resp, now);
+                slot.fail_over(before, now);
                 true
             }
             None => false,
@@ -120,7 +128,9 @@ impl Registrations {
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         for s in &mut self.slots {
             if s.reg.poll_timeout().is_some_and(|t| t <= now) {
+                let before = failed(&s.reg);
                 s.reg.handle_timeout(now);
+                s.fail_over(before, now);
             }
         }
     }
@@ -161,7 +171,7 @@ impl Registrations {
         let mut out = Vec::new();
         for (i, s) in self.slots.iter_mut().enumerate() {
             while let Some(req) = s.reg.poll_output() {
-                match s.dest {
+                match s.dests.get(s.at).copied() {
                     Some(dest) => out.push(RegOutput::Send {
                         transport: s.transport,
                         dest,
@@ -186,11 +196,47 @@ impl Registrations {
         out
     }
 
-    /// The registrar of `slot` resolved to `addr` (`None`: it did not).
-    pub(crate) fn resolved(&mut self, slot: usize, addr: Option<SocketAddr>) {
+    /// The registrar of `slot` is at `addrs`, in the order to try (empty:
+    /// not found; the next attempt locates it again).
+    pub(crate) fn resolved(&mut self, slot: usize, addrs: Vec<SocketAddr>) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.resolving = false;
-            s.dest = addr;
+            if !addrs.is_empty() {
+                tracing::info!(registrar = %s.target, targets = ?addrs, "registrar located");
+            }
+            s.dests = addrs;
+            s.at = 0;
+        }
+    }
+}
+
+/// Whether the registration is in a failed attempt.
+fn failed(reg: &Registration) -> bool {
+    matches!(reg.state(), State::Failed { .. })
+}
+
+impl RegSlot {
+    /// RFC 3263 §4.3: an attempt that just failed by timeout or 503 is
+    /// retried at once on the next address; past the last, the back-off
+    /// retry starts again from the first.
+    fn fail_over(&mut self, was_failed: bool, now: Instant) {
+        let State::Failed { reason, .. } = self.reg.state() else {
+            return;
+        };
+        let server_down = matches!(
+            reason,
+            Failure::TimedOut | Failure::Rejected { code: 503, .. }
+        );
+        if was_failed || !server_down || self.dests.len() < 2 {
+            return;
+        }
+        if self.at + 1 < self.dests.len() {
+            let (from, to) = (self.dests[self.at], self.dests[self.at + 1]);
+            self.at += 1;
+            tracing::warn!(registrar = %self.target, %from, %to, %reason, "registrar failing over");
+            self.reg.retry_now(now);
+        } else {
+            self.at = 0;
         }
     }
 }
@@ -223,7 +269,7 @@ fn log_state(reg: &Registration, state: &State) {
 pub(crate) fn accounts(
     profile: &Profile,
     sip_port: u16,
-) -> std::io::Result<Vec<(Account, String)>> {
+) -> std::io::Result<Vec<(Account, Locate)>> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     let mut out = Vec::new();
     for r in &profile.registrations {
@@ -253,11 +299,14 @@ pub(crate) fn accounts(
             uri_host(profile.advertised_ip())
         ))
         .map_err(|e| invalid(format!("registration contact: {e}")))?;
-        let port = registrar.port.unwrap_or(match registrar.scheme {
-            Scheme::Sips => 5061,
-            _ => 5060,
-        });
-        let target = format!("{}:{port}", registrar.host);
+        let transport = registrar_transport(&registrar);
+        let target = match &profile.sip.outbound_proxy {
+            Some(p) => Locate::of(
+                &Uri::parse(p).map_err(|e| invalid(format!("sip.outbound_proxy: {e}")))?,
+                transport,
+            ),
+            None => Locate::of(&registrar, transport),
+        };
         out.push((
             Account {
                 aor: r.aor_uri().map_err(invalid)?,

@@ -326,8 +326,11 @@ fn a_registrars_response_is_consumed_by_its_registration() {
     };
     let reg = |r: &str| Registration::with_settings(account(r), Settings::default(), now);
     let mut ep = endpoint_with(Registrations::new(vec![
-        (reg("192.0.2.50"), "192.0.2.50:5060".into()),
-        (reg("pbx.example.com"), "pbx.example.com:5060".into()),
+        (reg("192.0.2.50"), udp_target("sip:192.0.2.50:5060")),
+        (
+            reg("pbx.example.com"),
+            udp_target("sip:pbx.example.com:5060"),
+        ),
     ]));
     let out = ep.registrations().drain_output();
     let [RegOutput::Send { dest, data, .. }, RegOutput::Resolve { slot: 1, target }] = &out[..]
@@ -335,7 +338,7 @@ fn a_registrars_response_is_consumed_by_its_registration() {
         panic!("{out:?}");
     };
     assert_eq!(*dest, "192.0.2.50:5060".parse().unwrap());
-    assert_eq!(target, "pbx.example.com:5060");
+    assert_eq!(target.to_string(), "pbx.example.com:5060;transport=udp");
     let Message::Request(register) = parse_datagram(data).unwrap() else {
         panic!("not a request");
     };
@@ -554,8 +557,8 @@ fn trust_registrars_trusts_the_address_registers_go_to() {
     let reg = Registration::with_settings(account.clone(), Settings::default(), now);
     let unresolved = Registration::with_settings(account, Settings::default(), now);
     let mut ep = endpoint_with(Registrations::new(vec![
-        (reg, "192.0.2.50:5060".into()),
-        (unresolved, "pbx.example.com:5060".into()),
+        (reg, udp_target("sip:192.0.2.50:5060")),
+        (unresolved, udp_target("sip:pbx.example.com:5060")),
     ]))
     .with_trust(Some(TrustPolicy {
         sources: Default::default(),
@@ -580,7 +583,7 @@ fn trust_registrars_trusts_the_address_registers_go_to() {
     assert_eq!(r.code, 403);
     // The name, once resolved, is trusted too.
     ep.registrations()
-        .resolved(1, Some("203.0.113.9:5060".parse().unwrap()));
+        .resolved(1, vec!["203.0.113.9:5060".parse().unwrap()]);
     let other = text("INVITE", UDP_RPORT, None, "").replace("cid-1@test", "cid-9@test");
     assert!(matches!(
         handle(&mut ep, &other, from("203.0.113.9:5060")),
@@ -734,4 +737,80 @@ fn a_flooding_source_is_rate_limited_and_another_is_not() {
         from("192.0.2.8:5060"),
     );
     assert_eq!(r.code, 200);
+}
+
+/// What a registration to `uri` over UDP locates.
+fn udp_target(uri: &str) -> crate::locate::Locate {
+    crate::locate::Locate::of(
+        &Uri::parse(uri).unwrap(),
+        emonav_sip::transport::Transport::Udp,
+    )
+}
+
+/// RFC 3263 §4.3: a registrar's second located address is tried at once
+/// when the first times out; a 503 from the last falls back to the back-off.
+#[test]
+fn a_registrar_that_times_out_fails_over_to_its_next_address() {
+    let t0 = Instant::now();
+    let account = Account {
+        registrar: Uri::parse("sip:pbx.example.com").unwrap(),
+        aor: Uri::parse("sip:emonav@pbx.example.com").unwrap(),
+        username: "emonav".into(),
+        password: "secret".into(),
+        contact: Uri::parse("sip:emonav@198.51.100.1:5060").unwrap(),
+        expires: 600,
+    };
+    let mut regs = Registrations::new(vec![(
+        Registration::with_settings(account, Settings::default(), t0),
+        udp_target("sip:pbx.example.com"),
+    )]);
+    let sent_to = |out: Vec<RegOutput>| -> Vec<SocketAddr> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                RegOutput::Send { dest, .. } => Some(dest),
+                RegOutput::Resolve { .. } => None,
+            })
+            .collect()
+    };
+    assert!(matches!(
+        &regs.drain_output()[..],
+        [RegOutput::Resolve { slot: 0, .. }]
+    ));
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "192.0.2.10:5060".parse().unwrap(),
+        "192.0.2.20:5070".parse().unwrap(),
+    );
+    regs.resolved(0, vec![a, b]);
+    // The first retransmission goes to the first address, and so on until Timer F.
+    let mut now = t0;
+    let mut first = Vec::new();
+    while matches!(regs.state(0), Some(State::Registering)) {
+        now = regs.poll_timeout().unwrap();
+        regs.handle_timeout(now);
+        first.extend(sent_to(regs.drain_output()));
+    }
+    assert!(
+        !first.is_empty() && first.iter().all(|d| *d == a),
+        "{first:?}"
+    );
+    // Timed out: retried at once, on the second address.
+    assert!(regs.poll_timeout().unwrap() <= now);
+    regs.handle_timeout(now);
+    let out = regs.drain_output();
+    let [RegOutput::Send { dest, data, .. }] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(*dest, b);
+    // The second answers 503: no third address, so the back-off applies.
+    let Message::Request(register) = parse_datagram(data).unwrap() else {
+        panic!("not a request");
+    };
+    let busy = register.make_response(503, "Service Unavailable");
+    let Message::Response(busy) = parse_datagram(&busy.to_bytes()).unwrap() else {
+        panic!("not a response");
+    };
+    assert!(regs.handle_response(&busy, now));
+    assert!(matches!(regs.state(0), Some(State::Failed { .. })));
+    assert!(regs.poll_timeout().unwrap() > now + std::time::Duration::from_secs(1));
+    assert!(sent_to(regs.drain_output()).is_empty());
 }
