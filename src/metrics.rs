@@ -56,6 +56,9 @@ pub(crate) struct Metrics {
     /// Calls routed without their caller's history, by reason:
     /// `[timeout, error, late]` (src/history/).
     pub history_misses: [AtomicU64; 3],
+    /// Exchanges of the shared line statistics with PostgreSQL that
+    /// failed: `[save, load]` (src/adapt/shared.rs).
+    pub line_sync_failures: [AtomicU64; 2],
     /// SIP messages for a call dropped because its queue was full (a flood
     /// on one Call-ID, or a call task that stopped reading).
     pub sip_call_queue_dropped: AtomicU64,
@@ -138,6 +141,7 @@ impl Default for Metrics {
             sip_bad_request: z(),
             sip_untrusted: z(),
             history_misses: [z(), z(), z()],
+            line_sync_failures: [z(), z()],
             sip_call_queue_dropped: z(),
             sip_tcp_send_dropped: z(),
             sip_drain_rejected: z(),
@@ -600,6 +604,17 @@ impl Metrics {
             "emonav_history_misses",
             "Calls decided without the caller's history: the store too slow (timeout), failing (error), or answering after the decision (late)",
             misses,
+        );
+        let line_sync = Family::<Labels, Counter>::default();
+        for (i, op) in ["save", "load"].into_iter().enumerate() {
+            line_sync
+                .get_or_create(&vec![("op", op.into())])
+                .inc_by(load(&self.line_sync_failures[i]));
+        }
+        reg.register(
+            "emonav_line_stats_sync_failures",
+            "Exchanges of the shared line-adaptation statistics with PostgreSQL that failed or timed out (calls were scored with what the instance had)",
+            line_sync,
         );
         reg.register(
             "emonav_sip_rejected",
