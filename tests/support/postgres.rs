@@ -6,7 +6,7 @@
 //! installs the Debian package `postgresql` when initdb is missing.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// A throw-away PostgreSQL cluster on a free loopback port, stopped on drop.
@@ -25,7 +25,9 @@ impl Postgres {
         {
             let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if !p.is_empty() {
-                return Path::new(&p).parent().unwrap().to_path_buf();
+                // Through a symlink to the version's folder, where psql is too.
+                let real = std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(&p));
+                return real.parent().unwrap().to_path_buf();
             }
         }
         let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -166,6 +168,11 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Its TCP port on 127.0.0.1.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     pub(crate) fn url(&self) -> String {
