@@ -2,7 +2,8 @@
 //! a third call in 24 h from the same caller goes to the advisor queue, in
 //! the embedded SQLite store (callers hashed, a corrupt file recreated) and
 //! in a throw-away PostgreSQL cluster; a stopped database still lets the
-//! call be routed by emotion within the deadline, the miss counted.
+//! call be routed by emotion within the deadline, the miss counted, and the
+//! line statistics shared through it wait for it to come back.
 
 #[path = "support/postgres.rs"]
 mod postgres;
@@ -153,4 +154,35 @@ fn postgres_third_call_goes_to_advisor_and_a_stopped_database_only_costs_the_his
     let misses = metric(&emonav, "emonav_history_misses_total{reason=\"error\"}").unwrap_or(0.0)
         + metric(&emonav, "emonav_history_misses_total{reason=\"timeout\"}").unwrap_or(0.0);
     assert_eq!(misses, 1.0, "the miss is counted once");
+
+    // The line statistics shared through the same database: while it is
+    // down the exchange fails (counted) and the calls wait; once it is back
+    // every call this instance analysed is a row of the shared window.
+    let failed = |op: &str| {
+        metric(
+            &emonav,
+            &format!("emonav_line_stats_sync_failures_total{{op=\"{op}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + 25 * S;
+    while failed("load") < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(failed("load") >= 1.0, "no failed exchange counted");
+    pg.ctl_start();
+    let rows = || {
+        pg.query("SELECT count(*) FROM emonav_line_calls")
+            .trim()
+            .to_string()
+    };
+    let deadline = Instant::now() + 25 * S;
+    while rows() != "4" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        rows(),
+        "4",
+        "the four calls' vectors, one written after the restart"
+    );
 }
