@@ -7,13 +7,19 @@
 //! under a short lock) when its media starts, and its vector is added when
 //! its record comes out. The statistics are written to `[adapt] file`
 //! every [`PERSIST_EVERY`] calls and at shutdown, so a restart keeps what
-//! the line taught.
+//! the line taught. With `[history] backend = "postgres"` the instances of
+//! a deployment share one window of calls through the database
+//! ([`shared`]): each call's vector also goes to an outbox that the sync
+//! task empties into the database, and the calls the other instances heard
+//! come back into these statistics.
+
+pub(crate) mod shared;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use emonav_dsp::adapt::{LineMap, LineStats};
-use emonav_dsp::model::FEATURES;
+use emonav_dsp::model::{FEATURES, FEATURE_NAMES};
 use emonav_dsp::Model;
 
 use crate::config::AdaptConfig;
@@ -34,7 +40,11 @@ pub struct LineAdapter {
     model_mean: Vec<f32>,
     model_scale: Vec<f32>,
     file: Option<PathBuf>,
+    /// What the vectors are comparable within ([`layout`]).
+    layout: String,
     state: Mutex<State>,
+    /// Woken when [`PERSIST_EVERY`] calls wait in the outbox.
+    due: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -42,6 +52,25 @@ struct State {
     stats: LineStats,
     map: Option<Arc<LineMap>>,
     unsaved: u64,
+    /// Shared through the database: vectors not yet written there.
+    outbox: Option<Vec<[f32; FEATURES]>>,
+}
+
+/// The key under which a model's vectors are shared: its sample rate and
+/// a hash of the feature names, so that instances running different
+/// feature code (a rolling upgrade) never mix incomparable vectors.
+pub(crate) fn layout(sample_rate: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for name in FEATURE_NAMES {
+        h.update(name.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{sample_rate}Hz-{FEATURES}f-{hex}")
 }
 
 impl LineAdapter {
@@ -74,11 +103,14 @@ impl LineAdapter {
             model_mean: model.mean.clone(),
             model_scale: model.scale.clone(),
             file,
+            layout: layout(model.sample_rate),
             state: Mutex::new(State {
                 stats,
                 map: None,
                 unsaved: 0,
+                outbox: None,
             }),
+            due: tokio::sync::Notify::new(),
         };
         {
             let mut st = a.lock();
@@ -129,6 +161,18 @@ impl LineAdapter {
         st.stats.observe(raw);
         st.map = self.build(&st.stats);
         st.unsaved += 1;
+        let cap = st.stats.capacity();
+        if let Some(out) = &mut st.outbox {
+            if out.len() >= cap {
+                out.remove(0);
+            }
+            out.push(*raw);
+            // Only on reaching it: while the database is down the outbox
+            // grows and the periodic retry, not every call, knocks again.
+            if out.len() == PERSIST_EVERY as usize {
+                self.due.notify_one();
+            }
+        }
         if self.file.is_some() && st.unsaved >= PERSIST_EVERY {
             st.unsaved = 0;
             return Some(st.stats.to_json());
@@ -145,6 +189,87 @@ impl LineAdapter {
         })
     }
 
+    /// Adaptation on: there are statistics to share.
+    pub(crate) fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    /// The profile's window, in calls.
+    pub(crate) fn window(&self) -> usize {
+        self.cfg.window
+    }
+
+    /// The feature layout the vectors are shared under.
+    pub(crate) fn layout(&self) -> &str {
+        &self.layout
+    }
+
+    /// Keep every call's vector for the database from now on.
+    pub(crate) fn share(&self) {
+        self.lock().outbox.get_or_insert_with(Vec::new);
+    }
+
+    /// Resolves once [`PERSIST_EVERY`] calls wait to be written.
+    pub(crate) async fn due(&self) {
+        self.due.notified().await;
+    }
+
+    /// The vectors not yet in the database, taken out of the outbox.
+    pub(crate) fn take_outbox(&self) -> Vec<Vec<f32>> {
+        let mut st = self.lock();
+        let out = st.outbox.as_mut().map(std::mem::take).unwrap_or_default();
+        out.into_iter().map(|v| v.to_vec()).collect()
+    }
+
+    /// Put back vectors a failed write took out, before any newer ones;
+    /// the outbox keeps at most a window's worth, newest first.
+    pub(crate) fn restore_outbox(&self, vectors: Vec<Vec<f32>>) {
+        let mut st = self.lock();
+        let cap = st.stats.capacity();
+        let Some(out) = st.outbox.as_mut() else {
+            return;
+        };
+        let mut all: Vec<[f32; FEATURES]> = vectors.iter().filter_map(|v| as_vector(v)).collect();
+        all.append(out);
+        let excess = all.len().saturating_sub(cap);
+        all.drain(..excess);
+        *out = all;
+    }
+
+    /// The database's window (oldest first) replaces what this process
+    /// holds, plus its own calls not yet written there. An empty database
+    /// instead receives what this process holds (from `[adapt] file`), so
+    /// that moving one instance onto the shared store keeps its past.
+    /// Returns the calls now in the statistics.
+    pub(crate) fn load_shared(&self, vectors: &[Vec<f32>]) -> usize {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(out) = st.outbox.as_mut() else {
+            return st.stats.len();
+        };
+        if vectors.is_empty() {
+            *out = st.stats.vectors().filter_map(as_vector).collect();
+            return st.stats.len();
+        }
+        let mut stats = LineStats::new(self.cfg.window);
+        let rows: Vec<[f32; FEATURES]> = vectors.iter().filter_map(|v| as_vector(v)).collect();
+        stats.extend(rows.iter().chain(out.iter()));
+        st.stats = stats;
+        st.map = self.build(&st.stats);
+        st.stats.len()
+    }
+
+    /// Calls other instances heard (oldest first) join the statistics.
+    pub(crate) fn extend_shared(&self, vectors: &[Vec<f32>]) {
+        if vectors.is_empty() {
+            return;
+        }
+        let rows: Vec<[f32; FEATURES]> = vectors.iter().filter_map(|v| as_vector(v)).collect();
+        let mut st = self.lock();
+        st.stats.extend(rows.iter());
+        st.map = self.build(&st.stats);
+    }
+
     /// Write `json` to the statistics file (through a temporary file and a
     /// rename, so a crash mid-write leaves the previous file whole).
     pub fn write(&self, json: &str) {
@@ -158,6 +283,12 @@ impl LineAdapter {
             }
         }
     }
+}
+
+/// A stored vector of the right length (a row of another feature layout
+/// never gets here: rows are selected by layout).
+fn as_vector(v: &[f32]) -> Option<[f32; FEATURES]> {
+    <[f32; FEATURES]>::try_from(v).ok()
 }
 
 #[cfg(test)]
@@ -227,5 +358,46 @@ mod tests {
         std::fs::write(&file, "{ not json").unwrap();
         assert_eq!(LineAdapter::new(&model(), &cfg(10), Some(file)).calls(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shared_outbox_survives_a_failed_write_and_the_database_window_replaces_the_local_one() {
+        let a = LineAdapter::new(&model(), &cfg(10), None);
+        let call = |k: f32| {
+            let mut raw = [0.0; FEATURES];
+            for (j, v) in raw.iter_mut().enumerate() {
+                *v = j as f32 + k;
+            }
+            raw
+        };
+        // Not shared: nothing queued for the database.
+        a.observe(&call(0.0), 1500);
+        assert!(a.take_outbox().is_empty());
+        a.share();
+        // An empty database receives what this process already holds.
+        assert_eq!(a.load_shared(&[]), 1);
+        for k in 1..4 {
+            a.observe(&call(k as f32), 1500);
+        }
+        let out = a.take_outbox();
+        assert_eq!(out.len(), 4);
+        // The write failed: back in, before the calls heard since.
+        a.observe(&call(9.0), 1500);
+        a.restore_outbox(out);
+        let out = a.take_outbox();
+        assert_eq!(out.len(), 5);
+        assert_eq!((out[0][0], out[4][0]), (0.0, 9.0));
+        a.restore_outbox(out);
+        // The database's window (other instances' calls) plus the unwritten
+        // own ones become the statistics; later rows join them.
+        let theirs: Vec<Vec<f32>> = (0..20).map(|k| call(100.0 + k as f32).to_vec()).collect();
+        assert_eq!(a.load_shared(&theirs), 25);
+        assert!(a.current().is_some(), "past min_calls");
+        a.extend_shared(&theirs[..3]);
+        assert_eq!(a.calls(), 28);
+        // A vector of another length is not a call of this layout.
+        a.extend_shared(&[vec![1.0; 3]]);
+        assert_eq!(a.calls(), 28);
+        assert!(a.layout().starts_with("8000Hz-"), "{}", a.layout());
     }
 }

@@ -68,6 +68,9 @@ pub(crate) struct Metrics {
     pub webhook_retries: AtomicU64,
     /// Webhook events waiting.
     pub webhook_pending: AtomicU64,
+    /// Exchanges of the shared line statistics with PostgreSQL that
+    /// failed: `[save, load]` (src/adapt/shared.rs).
+    pub line_sync_failures: [AtomicU64; 2],
     /// SIP messages for a call dropped because its queue was full (a flood
     /// on one Call-ID, or a call task that stopped reading).
     pub sip_call_queue_dropped: AtomicU64,
@@ -156,6 +159,7 @@ impl Default for Metrics {
             webhook_outbox_dropped: z(),
             webhook_retries: z(),
             webhook_pending: z(),
+            line_sync_failures: [z(), z()],
             sip_call_queue_dropped: z(),
             sip_tcp_send_dropped: z(),
             sip_drain_rejected: z(),
@@ -646,6 +650,17 @@ impl Metrics {
             "emonav_webhook_pending",
             "Webhook events waiting for delivery",
             ConstGauge::new(i64::try_from(load(&self.webhook_pending)).unwrap_or(i64::MAX)),
+        );
+        let line_sync = Family::<Labels, Counter>::default();
+        for (i, op) in ["save", "load"].into_iter().enumerate() {
+            line_sync
+                .get_or_create(&vec![("op", op.into())])
+                .inc_by(load(&self.line_sync_failures[i]));
+        }
+        reg.register(
+            "emonav_line_stats_sync_failures",
+            "Exchanges of the shared line-adaptation statistics with PostgreSQL that failed or timed out (calls were scored with what the instance had)",
+            line_sync,
         );
         reg.register(
             "emonav_sip_rejected",

@@ -277,6 +277,7 @@ impl Server {
         .with_trust(self.trust)
         .with_overload(crate::overload::Overload::new(self.overload));
         tokio::spawn(probe_lag(Arc::downgrade(&self.shared.metrics)));
+        let line_sync = line_sync(&self.shared);
         let shared = self.shared.clone();
         sip_loop(self.shared, endpoint, self.inbound, self.control).await;
         // Undelivered alerts go to the spool rather than away with the process.
@@ -295,7 +296,28 @@ impl Server {
                 line.write(&json);
             }
         }
+        if let Some(sync) = line_sync {
+            sync.flush().await;
+        }
     }
+}
+
+/// With the PostgreSQL history, the line statistics are shared through it:
+/// the exchange runs in a task of its own; the handle writes the rest at
+/// shutdown.
+fn line_sync(shared: &Shared) -> Option<Arc<crate::adapt::shared::LineSync>> {
+    let Some((crate::history::HistoryStore::Postgres(store), _)) = &shared.history else {
+        return None;
+    };
+    let sync = crate::adapt::shared::LineSync::new(
+        store.clone(),
+        &shared.settings.lines,
+        shared.settings.sip_addr,
+        shared.metrics.clone(),
+    );
+    let sync = Arc::new(sync);
+    tokio::spawn(sync.clone().run());
+    Some(sync)
 }
 
 /// Bind the UDP socket and, when the profile lists "tcp", a TCP listener on

@@ -2,16 +2,19 @@
 //! a third call in 24 h from the same caller goes to the advisor queue, in
 //! the embedded SQLite store (callers hashed, a corrupt file recreated) and
 //! in a throw-away PostgreSQL cluster; a stopped database still lets the
-//! call be routed by emotion within the deadline, the miss counted.
+//! call be routed by emotion within the deadline, the miss counted, and the
+//! line statistics shared through it wait for it to come back.
 
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/sipp.rs"]
 mod sipp;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use postgres::Postgres;
 use sipp::{refer_targets, Sipp};
 use support::Emonav;
 
@@ -131,148 +134,6 @@ fn sqlite_corrupt_file_is_moved_aside_and_recreated() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A throw-away PostgreSQL cluster on a free loopback port, stopped on drop.
-struct Postgres {
-    dir: PathBuf,
-    bin: PathBuf,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl Postgres {
-    fn bin_dir() -> PathBuf {
-        if let Ok(out) = Command::new("sh")
-            .args(["-c", "command -v initdb"])
-            .output()
-        {
-            let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !p.is_empty() {
-                return Path::new(&p).parent().unwrap().to_path_buf();
-            }
-        }
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL is not installed (scripts/test.sh installs it)")
-            .filter_map(|e| Some(e.ok()?.path().join("bin")))
-            .filter(|p| p.join("initdb").exists())
-            .collect();
-        dirs.sort();
-        dirs.pop()
-            .expect("no initdb under /usr/lib/postgresql/*/bin")
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> std::process::Output {
-        let exe = self.bin.join(prog);
-        let mut cmd = if self.as_postgres {
-            // initdb and postgres refuse to run as root.
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        cmd.args(args).output().expect(prog)
-    }
-
-    fn start() -> Postgres {
-        let dir = std::env::temp_dir().join(format!("emonav-pg-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let as_postgres = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        if as_postgres {
-            assert!(Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap()
-                .success());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Postgres {
-            bin: Self::bin_dir(),
-            dir,
-            port,
-            as_postgres,
-        };
-        let data = pg.dir.join("data");
-        let out = pg.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "emonav",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pg.ctl_start();
-        pg
-    }
-
-    fn ctl_start(&self) {
-        let data = self.dir.join("data");
-        let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("pg.log");
-        let out = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn stop(&self) {
-        let data = self.dir.join("data");
-        let _ = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://emonav@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn postgres_third_call_goes_to_advisor_and_a_stopped_database_only_costs_the_history() {
     let pg = Postgres::start();
@@ -293,4 +154,35 @@ fn postgres_third_call_goes_to_advisor_and_a_stopped_database_only_costs_the_his
     let misses = metric(&emonav, "emonav_history_misses_total{reason=\"error\"}").unwrap_or(0.0)
         + metric(&emonav, "emonav_history_misses_total{reason=\"timeout\"}").unwrap_or(0.0);
     assert_eq!(misses, 1.0, "the miss is counted once");
+
+    // The line statistics shared through the same database: while it is
+    // down the exchange fails (counted) and the calls wait; once it is back
+    // every call this instance analysed is a row of the shared window.
+    let failed = |op: &str| {
+        metric(
+            &emonav,
+            &format!("emonav_line_stats_sync_failures_total{{op=\"{op}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + 25 * S;
+    while failed("load") < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(failed("load") >= 1.0, "no failed exchange counted");
+    pg.ctl_start();
+    let rows = || {
+        pg.query("SELECT count(*) FROM emonav_line_calls")
+            .trim()
+            .to_string()
+    };
+    let deadline = Instant::now() + 25 * S;
+    while rows() != "4" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        rows(),
+        "4",
+        "the four calls' vectors, one written after the restart"
+    );
 }

@@ -9,11 +9,17 @@
 //! transferred, the calls were spread, the killed instance left rotation
 //! within one probe interval plus one probe timeout, the drained one took no
 //! new call and exited 0 after its last one, and nothing leaked. The
-//! figures are printed (`cargo test --test scale_out -- --nocapture`) and
+//! instances share one throw-away PostgreSQL ([history] backend =
+//! "postgres"): a caller's third call goes to a distinct queue whichever
+//! instance took the earlier two, and the line-adaptation window of every
+//! instance is in the database, where an instance started afterwards loads
+//! it. The figures are printed (`cargo test --test scale_out -- --nocapture`) and
 //! quoted in docs/scale-out.md.
 
 #[path = "support/kamailio.rs"]
 mod kamailio_proc;
+#[path = "support/postgres.rs"]
+mod postgres;
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -23,10 +29,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kamailio_proc::{free_port, temp_dir, Kamailio};
+use postgres::Postgres;
 use support::{root, Emonav};
 
+/// Callers, each calling once per round, rounds in turn: a caller's calls
+/// are `CALLERS / RATE` seconds apart.
+const CALLERS: usize = 100;
+const ROUNDS: usize = 3;
 /// Calls placed, and at what rate (calls per second).
-const CALLS: usize = 300;
+const CALLS: usize = CALLERS * ROUNDS;
 const RATE: usize = 10;
 /// When the instances are stopped, seconds into the run.
 const KILL_AT_S: u64 = 10;
@@ -34,6 +45,12 @@ const DRAIN_AT_S: u64 = 17;
 /// The cfg's probe interval (PING_S) and branch timeout (FR_MS), as shipped.
 const PING_S: f64 = 1.0;
 const FR_S: f64 = 2.0;
+/// The queue of the history rule the test adds: a caller's third call in
+/// 24 h (two earlier ones recorded), whatever it sounds like.
+const REPEAT_MIN: usize = 2;
+/// `[history] pool_size` (the default): PostgreSQL connections an instance
+/// may keep open.
+const POOL_SIZE: usize = 4;
 
 /// Seconds since the epoch, as Kamailio's `$TV(Sn)` writes them.
 fn now_s() -> f64 {
@@ -52,8 +69,10 @@ fn fill(text: &str, from: &str, to: &str) -> String {
 
 /// One emonav instance from the shipped profile: queues on the proxy at
 /// `kamailio`, RTP ports `rtp_base`.. (1,000 of them, as the profile
-/// splits them); SIP and HTTP on free ports.
-fn instance(kamailio: SocketAddr, rtp_base: u16) -> Emonav {
+/// splits them); SIP and HTTP on free ports; the caller history (and with
+/// it the line statistics) in the PostgreSQL at `pg_url`, and a first rule
+/// that sends repeat callers to `sip:repeat@<proxy>`.
+fn instance(kamailio: SocketAddr, rtp_base: u16, pg_url: &str) -> Emonav {
     let shipped =
         std::fs::read_to_string(root().join("sip-profiles/kamailio/emonav.toml")).unwrap();
     let mut profile = fill(&shipped, "127.0.0.1:5060", &kamailio.to_string());
@@ -67,6 +86,18 @@ fn instance(kamailio: SocketAddr, rtp_base: u16) -> Emonav {
         "rtp_port_max = 20999",
         &format!("rtp_port_max = {}", rtp_base + 999),
     );
+    profile = fill(
+        &profile,
+        "[[policy.rules]]\nlabel = \"agitated\"",
+        &format!(
+            "[[policy.rules]]\nlabel = \"repeat\"\nrepeat_calls_24h_min = {REPEAT_MIN}\n\
+             queue = \"sip:repeat@{kamailio}\"\n\n[[policy.rules]]\nlabel = \"agitated\""
+        ),
+    );
+    profile.push_str(&format!(
+        "\n[history]\nbackend = \"postgres\"\npostgres_url = \"{pg_url}\"\n\
+         pool_size = {POOL_SIZE}\n"
+    ));
     let path = temp_dir("scale-profile").join("emonav.toml");
     std::fs::write(&path, profile).unwrap();
     Emonav::start_with_profile(&path)
@@ -200,23 +231,62 @@ fn events(e: &Emonav, quiet: Duration) -> Vec<serde_json::Value> {
     std::iter::from_fn(|| e.next_event_opt(quiet)).collect()
 }
 
-/// Open file descriptors of a process.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// Open file descriptors of a process: all of them, and how many are TCP
+/// connections to `port` (its PostgreSQL pool, which keeps up to
+/// [`POOL_SIZE`] connections open between calls by design).
+fn open_fds(pid: u32, port: u16) -> (usize, usize) {
+    let mut to_port = HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let rem_port = cols
+                .get(2)
+                .and_then(|r| r.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if rem_port == Some(port) {
+                if let Some(inode) = cols.get(9) {
+                    to_port.insert(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let pg = links.iter().filter(|l| to_port.contains(*l)).count();
+    (links.len(), pg)
 }
 
-/// Which instances answered each caller (the From URI of its INVITE).
-///
-/// The place for the repeat-caller check over shared caller history: when
-/// the instances share the PostgreSQL `[history]` store (issue 14, item 2,
-/// built separately), a caller's later calls must be recognised as repeats
-/// whichever instance takes them. The test then gives the instances that
-/// store in their profile and asserts here that every call of a caller after
-/// its first carries the history the earlier calls (on other instances)
-/// left. Today this checks the precondition: one caller identity was served
-/// by several instances, so such an assertion has something to test.
+/// The callers' -inf file: every caller once per round, rounds in turn.
+fn callers_file() -> PathBuf {
+    let mut csv = String::from("SEQUENTIAL\n");
+    for round in 1..=ROUNDS {
+        for c in 1..=CALLERS {
+            csv.push_str(&format!("c{c:03};{round}\n"));
+        }
+    }
+    let path = temp_dir("scale-callers").join("callers.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+/// A number after `key=` in a log line.
+fn log_field(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(&format!("{key}="))? + key.len() + 1..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Which instances answered each caller (the From URI of its INVITE): the
+/// precondition of the repeat-caller check, callers served by several
+/// instances.
 fn callers_across_instances(
     per_instance: &[(&str, &[serde_json::Value])],
 ) -> BTreeMap<String, HashSet<String>> {
@@ -239,11 +309,12 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
     let queue_port = free_port();
     let queue_addr = SocketAddr::from(([127, 0, 0, 1], queue_port));
     let mut queue = Sipp::spawn("uas_queue.xml", &["-p".into(), queue_port.to_string()]);
+    let pg = Postgres::start();
 
     // Disjoint RTP ranges, 1,000 ports each, as the profile splits them.
-    let rtp = 20_000 + 3_000 * fastrand::u16(0..8);
+    let rtp = 20_000 + 4_000 * fastrand::u16(0..6);
     let mut inst: Vec<Emonav> = (0..3u16)
-        .map(|i| instance(kam_addr, rtp + 1_000 * i))
+        .map(|i| instance(kam_addr, rtp + 1_000 * i, &pg.url()))
         .collect();
     let names = ["killed", "drained", "survivor"];
     let sips: Vec<SocketAddr> = inst.iter().map(|e| e.sip).collect();
@@ -255,7 +326,8 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
     );
     // The first probe round: every instance answered 2xx.
     std::thread::sleep(Duration::from_millis(1_500));
-    let survivor_fds = open_fds(inst[2].pid());
+    let survivor_fds = open_fds(inst[2].pid(), pg.port());
+    let pids: Vec<u32> = inst.iter().map(|e| e.pid()).collect();
 
     let t0 = Instant::now();
     let mut callers = Sipp::spawn(
@@ -274,6 +346,8 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
             "20000".into(),
             "-timeout".into(),
             "120".into(),
+            "-inf".into(),
+            callers_file().to_string_lossy().into_owned(),
         ],
     );
 
@@ -461,6 +535,83 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
         "no caller reached all three instances: {repeat:?}"
     );
 
+    // Repeat callers, whichever instance answers: a call whose caller has
+    // REPEAT_MIN earlier calls recorded (ended with an event line, hence a
+    // history row) goes to the repeat queue, and no other call does. An
+    // earlier call on the killed instance whose record may or may not have
+    // reached the database as the process died leaves its caller's later
+    // calls unchecked (counted).
+    let repeat_queue = format!("sip:repeat@{kam_addr}");
+    let placed: HashMap<&str, (&str, usize)> = logged(&sipp_log, "CALL")
+        .into_iter()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((*w.first()?, (*w.get(1)?, w.get(2)?.parse().ok()?)))
+        })
+        .collect();
+    assert_eq!(placed.len(), CALLS, "CALL lines in SIPp's log");
+    // Per call: answered by (instance), recorded in the history (None: unknown).
+    let fate = |cid: &str| -> (usize, Option<bool>) {
+        let (dst, _) = dispatches[cid].last().unwrap();
+        let i = index_of(dst).unwrap();
+        let recorded = match transferred[i].get(cid) {
+            Some(ev) if i == 0 => {
+                let end =
+                    ev["started_unix_ms"].as_u64().unwrap() + ev["duration_ms"].as_u64().unwrap();
+                ((end as f64 / 1000.0) < killed_at - 1.0).then_some(true)
+            }
+            Some(_) => Some(true),
+            // Never answered to the end on the killed instance: no record.
+            None if i == 0 && !done.contains(cid) => Some(false),
+            None => None,
+        };
+        (i, recorded)
+    };
+    let mut by_caller: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+    for (cid, (caller, round)) in &placed {
+        by_caller.entry(caller).or_default().push((*round, cid));
+    }
+    let (mut checked, mut unknown, mut recognised, mut across) = (0, 0, 0, 0);
+    let mut wrong = Vec::new();
+    for calls in by_caller.values_mut() {
+        calls.sort();
+        for (k, (_, cid)) in calls.iter().enumerate() {
+            let (i, _) = fate(cid);
+            let Some(ev) = transferred[i].get(*cid) else {
+                continue;
+            };
+            let earlier: Vec<(usize, Option<bool>)> =
+                calls[..k].iter().map(|(_, c)| fate(c)).collect();
+            if earlier.iter().any(|(_, r)| r.is_none()) {
+                unknown += 1;
+                continue;
+            }
+            checked += 1;
+            let expect = earlier.iter().filter(|(_, r)| *r == Some(true)).count() >= REPEAT_MIN;
+            let got = ev["queue"] == repeat_queue.as_str();
+            if got != expect {
+                wrong.push(format!(
+                    "{cid} on {}: {earlier:?} -> {}",
+                    names[i], ev["queue"]
+                ));
+            }
+            if got {
+                recognised += 1;
+                if earlier.iter().all(|(j, _)| *j != i) {
+                    across += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "repeat callers misrouted: {wrong:#?}\n{context}"
+    );
+    assert!(
+        across > 0 && recognised >= CALLERS / 2,
+        "recognised {recognised}, {across} on an instance that took neither earlier call"
+    );
+
     // The REFER's target through the proxy: a transferee INVITEs the
     // Refer-To URI (the proxy), which relays it to the queue platform.
     let target = refer_to.first().expect("a REFER").to_string();
@@ -490,22 +641,83 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
 
     // Nothing leaked: the survivor is back to its idle descriptors, then
     // drains and exits 0; the queue saw the transferee through the proxy.
+    // Its database connections are the pool's, at most POOL_SIZE.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut fds = open_fds(inst[2].pid());
-    while fds > survivor_fds && Instant::now() < deadline {
+    let other = |(all, pg): (usize, usize)| all - pg;
+    let mut fds = open_fds(inst[2].pid(), pg.port());
+    while other(fds) > other(survivor_fds) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        fds = open_fds(inst[2].pid());
+        fds = open_fds(inst[2].pid(), pg.port());
     }
     assert!(
-        fds <= survivor_fds,
-        "survivor holds {fds} descriptors, {survivor_fds} before the run"
+        other(fds) <= other(survivor_fds) && fds.1 <= POOL_SIZE,
+        "survivor holds {fds:?} descriptors (all, PostgreSQL), {survivor_fds:?} before the run"
     );
-    let (_, active) = inst[2].http_get("/metrics");
-    assert!(active.contains("emonav_calls_active 0\n"), "{active}");
+    let (_, metrics) = inst[2].http_get("/metrics");
+    assert!(metrics.contains("emonav_calls_active 0\n"), "{metrics}");
+    for zero in [
+        "emonav_history_misses_total{reason=\"timeout\"} 0\n",
+        "emonav_history_misses_total{reason=\"error\"} 0\n",
+        "emonav_line_stats_sync_failures_total{op=\"save\"} 0\n",
+        "emonav_line_stats_sync_failures_total{op=\"load\"} 0\n",
+    ] {
+        assert!(metrics.contains(zero), "{zero}{metrics}");
+    }
     let status = inst[2]
         .terminate(Duration::from_secs(10))
         .expect("the survivor did not exit within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
+
+    // The line statistics: every call with enough speech that ended on the
+    // drained and the surviving instance (both wrote the rest at their
+    // SIGTERM) is a row of the shared window, under that instance's name.
+    let rows_of: HashMap<u32, u64> = pg
+        .query("SELECT instance, count(*) FROM emonav_line_calls WHERE layout LIKE '8000Hz-%' GROUP BY instance")
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.split_once('|')?;
+            Some((name.rsplit('/').next()?.parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    let mut line_rows = [0u64; 3];
+    for i in 0..3 {
+        line_rows[i] = rows_of.get(&pids[i]).copied().unwrap_or(0);
+        if i == 0 {
+            continue; // what it had not written yet died with it
+        }
+        let speech = per_instance[i]
+            .iter()
+            .filter(|e| e["speech_ms"].as_u64().unwrap_or(0) >= 1_000)
+            .count() as u64;
+        assert!(
+            line_rows[i] >= speech.max(1) && line_rows[i] <= per_instance[i].len() as u64,
+            "{}: {} rows for {} calls, {speech} with 1 s of speech: {rows_of:?}",
+            names[i],
+            line_rows[i],
+            per_instance[i].len()
+        );
+    }
+    let total_rows: u64 = rows_of.values().sum();
+
+    // An instance started now loads them: it scores its first call through
+    // the deployment's statistics, not from nothing.
+    let late = instance(kam_addr, rtp + 3_000, &pg.url());
+    let loaded = (0..2)
+        .filter_map(|_| {
+            late.wait_log(
+                "line statistics loaded from PostgreSQL",
+                Duration::from_secs(10),
+            )
+        })
+        .find(|l| l.contains("8000Hz-"))
+        .expect("the later instance logged no load of the 8 kHz line statistics");
+    assert_eq!(log_field(&loaded, "rows"), Some(total_rows), "{loaded}");
+    assert_eq!(log_field(&loaded, "calls"), Some(total_rows), "{loaded}");
+    let (_, m) = late.http_get("/metrics");
+    assert!(m.contains("emonav_calls_active 0\n"), "{m}");
+    let mut late = late;
+    let status = late.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let _ = queue.wait(Duration::from_millis(100));
     let qlog = queue.log();
     assert!(
@@ -525,7 +737,11 @@ fn dispatcher_spreads_calls_fails_over_a_killed_instance_and_drains_another() {
          with the process {}; split killed/drained/survivor {split:?}; failed over {failovers} \
          ({failed_over_from_drained} refused by the draining one); killed instance out of \
          rotation {killed_down:.2} s after SIGKILL, drained one {drained_down:.2} s after SIGTERM \
-         ({finished_in_drain} calls finished during its drain)",
+         ({finished_in_drain} calls finished during its drain); repeat callers: {recognised} \
+         calls recognised ({across} by an instance that took neither earlier call), {checked} \
+         checked, {unknown} unchecked; line-statistics rows killed/drained/survivor \
+         {line_rows:?}, loaded by a later instance {total_rows}; survivor descriptors \
+         (all, PostgreSQL) {survivor_fds:?} before, {fds:?} after",
         done.len(),
         lost.len(),
         record_lost_with_process.len(),

@@ -81,17 +81,36 @@ impl LineStats {
     /// Add one call's raw feature vector (whole call). Vectors with no
     /// finite value are ignored.
     pub fn observe(&mut self, raw: &[f32; FEATURES]) {
-        if !raw.iter().any(|v| v.is_finite()) {
-            return;
+        self.extend([raw]);
+    }
+
+    /// Add many calls' vectors at once (oldest first), recomputing the
+    /// statistics once rather than per vector: how statistics other
+    /// instances observed join these (the window then holds the newest
+    /// `capacity` of both, exactly as if one process had seen them all).
+    pub fn extend<'a>(&mut self, vectors: impl IntoIterator<Item = &'a [f32; FEATURES]>) {
+        let before = self.seen;
+        for raw in vectors {
+            if !raw.iter().any(|v| v.is_finite()) {
+                continue;
+            }
+            if self.ring.len() < self.capacity {
+                self.ring.push(raw.to_vec());
+            } else {
+                self.ring[self.next].copy_from_slice(raw);
+                self.next = (self.next + 1) % self.capacity;
+            }
+            self.seen += 1;
         }
-        if self.ring.len() < self.capacity {
-            self.ring.push(raw.to_vec());
-        } else {
-            self.ring[self.next].copy_from_slice(raw);
-            self.next = (self.next + 1) % self.capacity;
+        if self.seen != before {
+            self.recompute();
         }
-        self.seen += 1;
-        self.recompute();
+    }
+
+    /// The window's vectors, oldest first.
+    pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
+        let (newer, older) = self.ring.split_at(self.next.min(self.ring.len()));
+        older.iter().chain(newer).map(Vec::as_slice)
     }
 
     /// Per-feature median and robust spread (IQR / 1.349, the standard
@@ -283,6 +302,28 @@ mod tests {
         let seen = line.seen();
         line.observe(&[f32::NAN; FEATURES]);
         assert_eq!(line.seen(), seen);
+    }
+
+    #[test]
+    fn extending_in_one_batch_equals_observing_one_by_one() {
+        let mut rng = fastrand::Rng::with_seed(6);
+        let calls: Vec<[f32; FEATURES]> = (0..90)
+            .map(|i| vector(&mut rng, i as f32 / 20.0, 1.0))
+            .collect();
+        let mut one = LineStats::new(64);
+        for c in &calls {
+            one.observe(c);
+        }
+        let mut batch = LineStats::new(64);
+        batch.extend(&calls[..30]);
+        batch.extend(calls[30..].iter().chain([&[f32::NAN; FEATURES]]));
+        assert_eq!((batch.len(), batch.seen()), (64, 90));
+        assert_eq!(batch.centre_and_spread(), one.centre_and_spread());
+        // Oldest first: the last 64 calls, in order.
+        let kept: Vec<&[f32]> = batch.vectors().collect();
+        assert_eq!(kept.len(), 64);
+        assert_eq!(kept[0], &calls[26][..]);
+        assert_eq!(kept[63], &calls[89][..]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! ([`postgres`]). Lookups are bounded in time by the caller (src/server.rs):
 //! a slow or absent store never holds a decision.
 
+pub(crate) mod line_stats;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 

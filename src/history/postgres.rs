@@ -13,7 +13,8 @@ use tokio_postgres::NoTls;
 use super::{windows, CallEntry, CallerFacts, HistoryError};
 
 /// Schema steps, applied in order once each.
-const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS emonav_calls (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS emonav_calls (
         caller  TEXT    NOT NULL,
         at_ms   BIGINT  NOT NULL,
         arousal REAL,
@@ -22,7 +23,17 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS emonav_calls (
         flagged BOOLEAN NOT NULL
     );
     CREATE INDEX IF NOT EXISTS emonav_calls_by_caller ON emonav_calls (caller, at_ms);
-    CREATE INDEX IF NOT EXISTS emonav_calls_by_time ON emonav_calls (at_ms);"];
+    CREATE INDEX IF NOT EXISTS emonav_calls_by_time ON emonav_calls (at_ms);",
+    // The line-adaptation window shared by the instances (super::line_stats).
+    "CREATE TABLE IF NOT EXISTS emonav_line_calls (
+        id       BIGSERIAL PRIMARY KEY,
+        layout   TEXT     NOT NULL,
+        instance TEXT     NOT NULL,
+        at_ms    BIGINT   NOT NULL,
+        features REAL[]   NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS emonav_line_calls_by_layout ON emonav_line_calls (layout, id);",
+];
 
 /// A pooled PostgreSQL caller history.
 #[derive(Clone)]
@@ -55,7 +66,7 @@ impl PgStore {
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, HistoryError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, HistoryError> {
         let c = self
             .pool
             .get()
