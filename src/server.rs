@@ -494,9 +494,19 @@ fn flush_registrations(
     for out in endpoint.registrations().drain_output() {
         match out {
             RegOutput::Send {
+                transport: Transport::Tls,
+                dest,
+                data,
+                server_name: Some(name),
+            } => {
+                shared.metrics.sip_message(Direction::Sent, &data);
+                tcp::send(shared, Transport::Tls, dest, None, data, Some(&name));
+            }
+            RegOutput::Send {
                 transport,
                 dest,
                 data,
+                ..
             } => send_on(shared, transport, dest, None, data),
             RegOutput::Resolve { slot, target } => {
                 let tx = resolved.clone();
@@ -649,7 +659,9 @@ fn send_on(
     shared.metrics.sip_message(Direction::Sent, &data);
     match transport {
         Transport::Udp => send(&shared.sip, dest, &data),
-        Transport::Tcp | Transport::Tls => tcp::send(shared, transport, dest, connection, data),
+        Transport::Tcp | Transport::Tls => {
+            tcp::send(shared, transport, dest, connection, data, None);
+        }
     }
 }
 

@@ -693,3 +693,58 @@ fn registers_through_the_outbound_proxy() {
         kamailio.log_text()
     );
 }
+
+/// TLS to a registrar located by name (RFC 5922 §4): the server's
+/// certificate must carry the registrar URI's host. Kamailio's certificate
+/// names `pbx.test` (and 127.0.0.1): found as `sip:pbx.test;transport=tls`
+/// through `_sips._tcp` SRV, emonav registers; found as
+/// `sip:other.test;transport=tls` (same server), the handshake is refused
+/// and nothing is sent.
+#[test]
+fn a_tls_registrar_located_by_name_must_present_a_certificate_for_that_name() {
+    let certs = root().join("tests/fixtures/tls");
+    let pem = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let kam_tls = free_tcp_port();
+    let kamailio = Kamailio::start_with(&[
+        "WITH_TLS",
+        &format!("KAM_TLS_PORT={kam_tls}"),
+        &format!("KAM_TLS_CERT=\"{}\"", pem("pbx-test.pem")),
+        &format!("KAM_TLS_KEY=\"{}\"", pem("pbx-test.key")),
+        &format!("KAM_TLS_CA=\"{}\"", pem("ca.pem")),
+    ]);
+    let dns = Dns::start(&[
+        format!("--srv-host=_sips._tcp.pbx.test,sip.pbx.test,{kam_tls},10,0"),
+        format!("--srv-host=_sips._tcp.other.test,sip.pbx.test,{kam_tls},10,0"),
+        "--host-record=sip.pbx.test,127.0.0.1".into(),
+    ]);
+    let start = |registrar: &str| {
+        Emonav::start(&format!(
+            "[sip]\ndns_servers = [\"{}\"]\ntls_listen = \"127.0.0.1:{}\"\ntls_cert = \"{}\"\n\
+             tls_key = \"{}\"\ntls_ca = \"{}\"\n[[registration]]\nregistrar = \"{registrar}\"\n\
+             aor = \"sip:emonav@127.0.0.1\"\nusername = \"emonav\"\npassword = \"secret\"\nexpires = 120\n",
+            dns.addr,
+            free_tcp_port(),
+            pem("loopback.pem"),
+            pem("loopback.key"),
+            pem("ca.pem")
+        ))
+    };
+    let good = start("sip:pbx.test;transport=tls");
+    assert!(
+        good.wait_log(": registered", Duration::from_secs(10))
+            .is_some(),
+        "{}\n{}",
+        kamailio.log_text(),
+        dns.log_text()
+    );
+    let bad = start("sip:other.test;transport=tls");
+    let refused = bad
+        .wait_log("TLS handshake failed", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("handshake not refused\n{}", dns.log_text()));
+    assert!(refused.contains("pbx.test"), "{refused}");
+    assert!(
+        bad.wait_log(": registered", Duration::from_secs(2))
+            .is_none(),
+        "registered to a server whose certificate does not name pbx.test"
+    );
+}

@@ -29,6 +29,9 @@ pub(crate) enum RegOutput {
         dest: SocketAddr,
         /// Serialised request.
         data: Vec<u8>,
+        /// The name a TLS server's certificate must carry (RFC 5922 §4):
+        /// the located URI's host, when it is a name.
+        server_name: Option<String>,
     },
     /// Locate `target` (RFC 3263) and hand the addresses to
     /// [`Registrations::resolved`]. The REGISTER that needed it is dropped:
@@ -174,6 +177,7 @@ impl Registrations {
                 match s.dests.get(s.at).copied() {
                     Some(dest) => out.push(RegOutput::Send {
                         transport: s.transport,
+                        server_name: s.target.literal().is_none().then(|| s.target.host.clone()),
                         dest,
                         data: req.to_bytes(),
                     }),

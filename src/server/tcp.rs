@@ -154,13 +154,16 @@ fn conns(shared: &Shared, transport: Transport) -> Option<&TcpConns> {
 }
 
 /// Send `data` on the connection to `connection` while it is open, else on
-/// one to `dest`, opened if needed.
+/// one to `dest`, opened if needed. A TLS connection we open verifies the
+/// server's certificate against `name` (RFC 5922 §4: the domain of the URI
+/// that was located) when given, else against the address dialled.
 pub(super) fn send(
     shared: &Arc<Shared>,
     transport: Transport,
     dest: SocketAddr,
     connection: Option<SocketAddr>,
     data: Vec<u8>,
+    name: Option<&str>,
 ) {
     let Some(tcp) = conns(shared, transport) else {
         tracing::warn!(%dest, %transport, "transport is not enabled in the profile: message dropped");
@@ -191,6 +194,10 @@ pub(super) fn send(
     };
     // §18.1.1 / §18.2.2: no open connection, open one. Registered at
     // once so that what follows queues behind this message.
+    let name_for_log = name.map(str::to_string);
+    let server_name = name
+        .and_then(|n| tokio_rustls::rustls::pki_types::ServerName::try_from(n.to_string()).ok())
+        .unwrap_or_else(|| tokio_rustls::rustls::pki_types::ServerName::from(dest.ip()));
     let (id, rx, dialogs) = tcp.register(dest);
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -208,9 +215,7 @@ pub(super) fn send(
                         }
                     }
                     Some(connector) => {
-                        // The server's certificate must name the address we dialled.
-                        let name = tokio_rustls::rustls::pki_types::ServerName::from(dest.ip());
-                        let handshake = connector.connect(name, stream);
+                        let handshake = connector.connect(server_name, stream);
                         match tokio::time::timeout(timeout, handshake).await {
                             Ok(Ok(mut stream)) => {
                                 if stream.write_all(&data).await.is_ok() {
@@ -221,7 +226,9 @@ pub(super) fn send(
                                     return;
                                 }
                             }
-                            Ok(Err(e)) => tracing::warn!(%dest, error = %e, "TLS handshake failed"),
+                            Ok(Err(e)) => {
+                                tracing::warn!(%dest, name = ?name_for_log, error = %e, "TLS handshake failed")
+                            }
                             Err(_) => tracing::warn!(%dest, "TLS handshake timed out"),
                         }
                     }
