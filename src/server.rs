@@ -99,6 +99,9 @@ struct Shared {
     webhooks: Option<crate::webhook::Webhooks>,
     /// DNS for registrars (RFC 3263); `None` if it could not be set up.
     locator: Option<crate::locate::Locator>,
+    /// Connections we could not open (or whose TLS handshake failed), for
+    /// the registrations to fail over at once (RFC 3263 §4.3).
+    conn_failed: mpsc::UnboundedSender<SocketAddr>,
 }
 
 /// A bound, not yet running, endpoint.
@@ -118,6 +121,8 @@ pub struct Server {
     overload: crate::overload::OverloadConfig,
     /// The webhook delivery task, awaited at shutdown (it writes its spool).
     webhook_task: Option<tokio::task::JoinHandle<()>>,
+    /// Where [`Shared::conn_failed`] reports arrive.
+    conn_failed: mpsc::UnboundedReceiver<SocketAddr>,
 }
 
 impl Server {
@@ -158,10 +163,14 @@ impl Server {
                 None
             }
         };
+        // Unbounded, yet bounded in practice: one report per failed connection
+        // attempt, and attempts follow our own sends.
+        let (conn_failed_tx, conn_failed) = mpsc::unbounded_channel();
         let shared = Shared {
             history,
             webhooks,
             locator,
+            conn_failed: conn_failed_tx,
             settings,
             life,
             drain_timeout_s: profile.shutdown.drain_timeout_s,
@@ -200,6 +209,7 @@ impl Server {
             trust: profile.security.policy(),
             overload: profile.overload.clone(),
             webhook_task,
+            conn_failed,
         })
     }
 
@@ -279,7 +289,13 @@ impl Server {
         tokio::spawn(probe_lag(Arc::downgrade(&self.shared.metrics)));
         let line_sync = line_sync(&self.shared);
         let shared = self.shared.clone();
-        sip_loop(self.shared, endpoint, self.inbound, self.control).await;
+        sip_loop(
+            self.shared,
+            endpoint,
+            (self.inbound, self.conn_failed),
+            self.control,
+        )
+        .await;
         // Undelivered alerts go to the spool rather than away with the process.
         if let (Some(hooks), Some(task)) = (&shared.webhooks, self.webhook_task) {
             hooks.stop();
@@ -362,7 +378,7 @@ type Resolved = (usize, Vec<SocketAddr>);
 async fn sip_loop(
     shared: Arc<Shared>,
     mut endpoint: Endpoint<CallTx>,
-    mut inbound: mpsc::Receiver<Inbound>,
+    (mut inbound, mut conn_failed): (mpsc::Receiver<Inbound>, mpsc::UnboundedReceiver<SocketAddr>),
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
     let mut active = shared.life.active();
@@ -407,6 +423,7 @@ async fn sip_loop(
             Some(id) = ended_rx.recv() => endpoint.remove_call(&id),
             Some((id, tx)) = alias_rx.recv() => endpoint.insert_call(id, tx),
             Some((i, addr)) = resolved_rx.recv() => endpoint.registrations().resolved(i, addr),
+            Some(addr) = conn_failed.recv() => endpoint.registrations().transport_failed(addr, Instant::now().into_std()),
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                 endpoint.registrations().handle_timeout(Instant::now().into_std());
             }
@@ -459,7 +476,14 @@ async fn sip_loop(
                     }
                 }
             }
+            // Over TCP/TLS the registrar's answer comes on its connection.
+            Some((msg, _)) = inbound.recv() => {
+                if let Message::Response(resp) = msg {
+                    endpoint.registrations().handle_response(&resp, Instant::now().into_std());
+                }
+            }
             Some((i, addr)) = resolved_rx.recv() => endpoint.registrations().resolved(i, addr),
+            Some(addr) = conn_failed.recv() => endpoint.registrations().transport_failed(addr, Instant::now().into_std()),
             _ = tokio::time::sleep_until(wake) => {
                 if Instant::now() >= give_up {
                     tracing::warn!("registrar did not confirm the un-REGISTER in time");

@@ -748,3 +748,50 @@ fn a_tls_registrar_located_by_name_must_present_a_certificate_for_that_name() {
         "registered to a server whose certificate does not name pbx.test"
     );
 }
+
+/// RFC 3263 §4.3 over TLS: the first SRV target refuses the connection, so
+/// the REGISTER fails at once (not at Timer F) and goes to the second.
+#[test]
+fn a_refused_tls_connection_fails_over_to_the_next_srv_target_at_once() {
+    let certs = root().join("tests/fixtures/tls");
+    let pem = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let kam_tls = free_tcp_port();
+    let closed = free_tcp_port();
+    let kamailio = Kamailio::start_with(&[
+        "WITH_TLS",
+        &format!("KAM_TLS_PORT={kam_tls}"),
+        &format!("KAM_TLS_CERT=\"{}\"", pem("pbx-test.pem")),
+        &format!("KAM_TLS_KEY=\"{}\"", pem("pbx-test.key")),
+        &format!("KAM_TLS_CA=\"{}\"", pem("ca.pem")),
+    ]);
+    let dns = Dns::start(&[
+        format!("--srv-host=_sips._tcp.pbx.test,sip.pbx.test,{closed},10,0"),
+        format!("--srv-host=_sips._tcp.pbx.test,sip.pbx.test,{kam_tls},20,0"),
+        "--host-record=sip.pbx.test,127.0.0.1".into(),
+    ]);
+    let started = Instant::now();
+    let emonav = Emonav::start(&format!(
+        "[sip]\ndns_servers = [\"{}\"]\ntls_listen = \"127.0.0.1:{}\"\ntls_cert = \"{}\"\n\
+         tls_key = \"{}\"\ntls_ca = \"{}\"\n[[registration]]\nregistrar = \"sip:pbx.test;transport=tls\"\n\
+         aor = \"sip:emonav@127.0.0.1\"\nusername = \"emonav\"\npassword = \"secret\"\nexpires = 120\n",
+        dns.addr,
+        free_tcp_port(),
+        pem("loopback.pem"),
+        pem("loopback.key"),
+        pem("ca.pem")
+    ));
+    let over = emonav
+        .wait_log("registrar failing over", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no failover\n{}", dns.log_text()));
+    assert!(over.contains("cannot reach the registrar"), "{over}");
+    assert!(
+        emonav
+            .wait_log(": registered", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        kamailio.log_text()
+    );
+    // Timer F with the test's T1 would be 6.4 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "registered after {took:?}");
+}

@@ -125,6 +125,10 @@ pub enum Failure {
     /// No final response before Timer F.
     #[error("no response from the registrar")]
     TimedOut,
+    /// The connection (TCP/TLS) to the registrar could not be opened or
+    /// failed (RFC 3261 §8.1.3.1: as a 503, the transaction is over).
+    #[error("cannot reach the registrar (connection failed)")]
+    Transport,
     /// A 2xx that grants our Contact an expiry of 0.
     #[error("registrar accepted but granted no time")]
     NoBinding,
@@ -288,6 +292,15 @@ impl Registration {
                 self.state = State::Registering;
             }
             self.send_register(now);
+        }
+    }
+
+    /// The transport reported that the REGISTER in flight cannot reach the
+    /// registrar (a refused connection, a failed TLS handshake): the attempt
+    /// fails now rather than at Timer F.
+    pub fn transport_failed(&mut self, now: Instant) {
+        if self.pending.take().is_some() {
+            self.fail(Failure::Transport, None, now);
         }
     }
 

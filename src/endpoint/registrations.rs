@@ -122,6 +122,18 @@ impl Registrations {
         }
     }
 
+    /// A connection to `addr` could not be opened (or broke): registrations
+    /// whose REGISTER went there over TCP/TLS fail now and fail over.
+    pub(crate) fn transport_failed(&mut self, addr: SocketAddr, now: Instant) {
+        for s in &mut self.slots {
+            if s.transport != Transport::Udp && s.dests.get(s.at) == Some(&addr) {
+                let before = failed(&s.reg);
+                s.reg.transport_failed(now);
+                s.fail_over(before, now);
+            }
+        }
+    }
+
     /// The earliest timer of any registration.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.slots.iter().filter_map(|s| s.reg.poll_timeout()).min()
@@ -229,7 +241,7 @@ impl RegSlot {
         };
         let server_down = matches!(
             reason,
-            Failure::TimedOut | Failure::Rejected { code: 503, .. }
+            Failure::TimedOut | Failure::Transport | Failure::Rejected { code: 503, .. }
         );
         if was_failed || !server_down || self.dests.len() < 2 {
             return;

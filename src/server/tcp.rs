@@ -240,6 +240,7 @@ pub(super) fn send(
         if let Some(tcp) = conns(&shared, transport) {
             tcp.unregister(dest, id);
         }
+        let _ = shared.conn_failed.send(dest);
     });
 }
 
