@@ -126,9 +126,12 @@ impl CallSettings {
             credentials: p.dialog_credentials(),
             min_se: p.sip.min_se_s,
             transfer_mode: p.transfer.transfer_mode,
+            // `[sip] outbound_proxy` carries every out-of-dialog request
+            // unless the transfer section names its own.
             outbound_proxy: p
                 .transfer
                 .outbound_proxy_uri()
+                .or_else(|| p.sip.outbound_proxy.as_deref().and_then(|u| Uri::parse(u).ok()))
                 .and_then(|u| uri_socket_addr(&u).map(|a| (u, a))),
             queue_answer_timeout: Duration::from_millis(p.transfer.queue_answer_timeout_ms),
             failure_tone: Duration::from_millis(p.transfer.failure_tone_ms),
