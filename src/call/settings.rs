@@ -131,7 +131,12 @@ impl CallSettings {
             outbound_proxy: p
                 .transfer
                 .outbound_proxy_uri()
-                .or_else(|| p.sip.outbound_proxy.as_deref().and_then(|u| Uri::parse(u).ok()))
+                .or_else(|| {
+                    p.sip
+                        .outbound_proxy
+                        .as_deref()
+                        .and_then(|u| Uri::parse(u).ok())
+                })
                 .and_then(|u| uri_socket_addr(&u).map(|a| (u, a))),
             queue_answer_timeout: Duration::from_millis(p.transfer.queue_answer_timeout_ms),
             failure_tone: Duration::from_millis(p.transfer.failure_tone_ms),
