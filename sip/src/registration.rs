@@ -486,8 +486,10 @@ impl Registration {
         let branch = format!("z9hG4bK{:016x}", fastrand::u64(..));
         let a = &self.account;
 
+        let transport = via_transport(&a.contact);
+        let reliable = transport != "UDP";
         let mut via = Via {
-            transport: via_transport(&a.contact),
+            transport,
             host: a.contact.host.clone(),
             port: a.contact.port,
             params: Default::default(),
@@ -535,7 +537,7 @@ impl Registration {
         };
         self.outbox.push_back(request.clone());
         self.pending = Some(Pending {
-            tx: ClientNonInvite::new(now, self.settings.timers),
+            tx: ClientNonInvite::over(now, self.settings.timers, reliable),
             request,
             branch,
             cseq: self.cseq,

@@ -83,21 +83,30 @@ enum ClientState {
     Terminated,
 }
 
-/// Non-INVITE client transaction (§17.1.2.2), for UDP.
+/// Non-INVITE client transaction (§17.1.2.2).
 #[derive(Debug, Clone)]
 pub struct ClientNonInvite {
     state: ClientState,
     timers: Timers,
     retransmit: Backoff,
+    reliable: bool,
 }
 
 impl ClientNonInvite {
-    /// Start: the request has just been sent once.
+    /// Start over UDP: the request has just been sent once.
     pub fn new(now: Instant, timers: Timers) -> Self {
+        Self::over(now, timers, false)
+    }
+
+    /// Start over a reliable transport (TCP, TLS) or not. Over a reliable
+    /// one Timer E never fires (the transport retransmits, §17.1.2.2) and
+    /// Timer K is zero; Timer F still bounds the wait for a final response.
+    pub fn over(now: Instant, timers: Timers, reliable: bool) -> Self {
         Self {
             state: ClientState::Trying,
             timers,
             retransmit: Backoff::start(now, &timers),
+            reliable,
         }
     }
 
@@ -110,9 +119,12 @@ impl ClientNonInvite {
                 true
             }
             ClientState::Trying | ClientState::Proceeding => {
-                self.state = ClientState::Completed {
-                    until: now + self.timers.t4,
+                let k = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    self.timers.t4
                 };
+                self.state = ClientState::Completed { until: now + k };
                 true
             }
             ClientState::Completed { .. } | ClientState::Terminated => false,
@@ -122,6 +134,9 @@ impl ClientNonInvite {
     /// When to call [`on_timeout`](Self::on_timeout) next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
+            ClientState::Trying | ClientState::Proceeding if self.reliable => {
+                Some(self.retransmit.deadline)
+            }
             ClientState::Trying | ClientState::Proceeding => {
                 Some(self.retransmit.next.min(self.retransmit.deadline))
             }
@@ -137,7 +152,9 @@ impl ClientNonInvite {
                 self.state = ClientState::Terminated;
                 Action::TimedOut
             }
-            ClientState::Trying | ClientState::Proceeding if now >= self.retransmit.next => {
+            ClientState::Trying | ClientState::Proceeding
+                if !self.reliable && now >= self.retransmit.next =>
+            {
                 if self.state == ClientState::Proceeding {
                     // §17.1.2.2: in Proceeding, retransmit every T2.
                     self.retransmit.interval = self.timers.t2;
@@ -501,6 +518,18 @@ mod tests {
         );
         assert!(tx.is_terminated());
         assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn over_a_reliable_transport_timer_e_never_fires_and_timer_k_is_zero() {
+        let t0 = Instant::now();
+        let mut tx = ClientNonInvite::over(t0, Timers::default(), true);
+        assert_eq!(fire_client(&mut tx, t0), (32_000, Action::TimedOut));
+        let mut tx = ClientNonInvite::over(t0, Timers::default(), true);
+        assert!(tx.on_response(200, t0 + ms(40)));
+        assert_eq!(tx.poll_timeout(), Some(t0 + ms(40)));
+        assert_eq!(tx.on_timeout(t0 + ms(40)), Action::None);
+        assert!(tx.is_terminated());
     }
 
     #[test]

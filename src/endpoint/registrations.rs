@@ -34,8 +34,8 @@ pub(crate) enum RegOutput {
         server_name: Option<String>,
     },
     /// Locate `target` (RFC 3263) and hand the addresses to
-    /// [`Registrations::resolved`]. The REGISTER that needed it is dropped:
-    /// its transaction retransmits once the address is known.
+    /// [`Registrations::resolved`]. The REGISTER that needed it is held and
+    /// sent once the address is known (over TCP/TLS nothing retransmits it).
     Resolve {
         /// Which registration.
         slot: usize,
@@ -56,6 +56,9 @@ struct RegSlot {
     /// The transport the Contact names.
     transport: Transport,
     resolving: bool,
+    /// The REGISTER waiting for the registrar's address (the latest only: a
+    /// UDP retransmission replaces it).
+    held: Option<Vec<u8>>,
     /// Last state logged, to log changes only.
     logged: Option<State>,
 }
@@ -80,6 +83,7 @@ impl Registrations {
                     reg,
                     target,
                     resolving: false,
+                    held: None,
                     logged: None,
                 })
                 .collect(),
@@ -185,22 +189,27 @@ impl Registrations {
     pub(crate) fn drain_output(&mut self) -> Vec<RegOutput> {
         let mut out = Vec::new();
         for (i, s) in self.slots.iter_mut().enumerate() {
-            while let Some(req) = s.reg.poll_output() {
+            let held = s.held.take();
+            let fresh = std::iter::from_fn(|| s.reg.poll_output()).map(|r| r.to_bytes());
+            let requests: Vec<Vec<u8>> = held.into_iter().chain(fresh).collect();
+            for data in requests {
                 match s.dests.get(s.at).copied() {
                     Some(dest) => out.push(RegOutput::Send {
                         transport: s.transport,
                         server_name: s.target.literal().is_none().then(|| s.target.host.clone()),
                         dest,
-                        data: req.to_bytes(),
+                        data,
                     }),
-                    None if !s.resolving => {
-                        s.resolving = true;
-                        out.push(RegOutput::Resolve {
-                            slot: i,
-                            target: s.target.clone(),
-                        });
+                    None => {
+                        s.held = Some(data);
+                        if !s.resolving {
+                            s.resolving = true;
+                            out.push(RegOutput::Resolve {
+                                slot: i,
+                                target: s.target.clone(),
+                            });
+                        }
                     }
-                    None => {}
                 }
             }
             let state = s.reg.state();
@@ -219,6 +228,11 @@ impl Registrations {
             s.resolving = false;
             if !addrs.is_empty() {
                 tracing::info!(registrar = %s.target, targets = ?addrs, "registrar located");
+            }
+            if addrs.is_empty() {
+                // Not found: the attempt ends at Timer F and the next one
+                // locates the name again.
+                s.held = None;
             }
             s.dests = addrs;
             s.at = 0;

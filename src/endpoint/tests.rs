@@ -814,3 +814,38 @@ fn a_registrar_that_times_out_fails_over_to_its_next_address() {
     assert!(regs.poll_timeout().unwrap() > now + std::time::Duration::from_secs(1));
     assert!(sent_to(regs.drain_output()).is_empty());
 }
+
+/// Over TCP nothing retransmits a REGISTER, so the one that had to wait
+/// for the registrar's name to resolve is sent as soon as it resolves.
+#[test]
+fn a_register_over_tcp_waiting_for_dns_is_sent_when_the_name_resolves() {
+    let t0 = Instant::now();
+    let account = Account {
+        registrar: Uri::parse("sip:pbx.example.com;transport=tcp").unwrap(),
+        aor: Uri::parse("sip:emonav@pbx.example.com").unwrap(),
+        username: "emonav".into(),
+        password: "secret".into(),
+        contact: Uri::parse("sip:emonav@198.51.100.1:5060;transport=tcp").unwrap(),
+        expires: 600,
+    };
+    let mut regs = Registrations::new(vec![(
+        Registration::with_settings(account, Settings::default(), t0),
+        crate::locate::Locate::of(
+            &Uri::parse("sip:pbx.example.com;transport=tcp").unwrap(),
+            emonav_sip::transport::Transport::Tcp,
+        ),
+    )]);
+    assert!(matches!(
+        &regs.drain_output()[..],
+        [RegOutput::Resolve { slot: 0, .. }]
+    ));
+    let a: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+    regs.resolved(0, vec![a]);
+    let out = regs.drain_output();
+    let [RegOutput::Send { dest, data, .. }] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(*dest, a);
+    assert!(String::from_utf8_lossy(data).starts_with("REGISTER "));
+    assert!(regs.drain_output().is_empty(), "sent once");
+}

@@ -724,3 +724,24 @@ fn arbitrary_responses_never_panic() {
         }
     }
 }
+
+#[test]
+fn over_tcp_the_register_is_not_retransmitted_and_timer_f_still_ends_it() {
+    let t0 = Instant::now();
+    let mut a = account();
+    a.contact = Uri::parse("sip:emonav@192.0.2.9:5060;transport=tcp").unwrap();
+    let mut reg = Registration::with_settings(a, Settings::default(), t0);
+    let first = reg.poll_output().expect("first REGISTER");
+    assert!(header(&first, "Via").unwrap().starts_with("SIP/2.0/TCP"));
+    // Only Timer F (64·T1) is armed: no Timer E retransmission before it.
+    assert_eq!(reg.poll_timeout(), Some(t0 + secs(32)));
+    reg.handle_timeout(t0 + secs(32));
+    assert!(reg.poll_output().is_none(), "nothing resent over TCP");
+    assert!(matches!(
+        reg.state(),
+        State::Failed {
+            reason: Failure::TimedOut,
+            ..
+        }
+    ));
+}
