@@ -309,6 +309,10 @@ pub struct MediaConfig {
     /// Send 20 ms RTP packets of silence back to the caller, so that
     /// RTP-inactivity timers of PBXs do not end the call.
     pub send_silence: bool,
+    /// Time between those silence packets, ms (20 = a continuous stream;
+    /// a multiple of 20, at most 10,000): a PBX's inactivity timer counts
+    /// seconds, so one packet a second keeps it satisfied at 1/50 the cost.
+    pub keepalive_interval_ms: u64,
     /// Symmetric RTP (RFC 4961, "comedia"): our RTP goes only where the
     /// caller's RTP comes from, so nothing is sent before it has arrived.
     pub symmetric_rtp: bool,
@@ -340,6 +344,7 @@ impl Default for MediaConfig {
             rtp_timeout_ms: 30_000,
             jitter_ms: 60,
             send_silence: true,
+            keepalive_interval_ms: 20,
             symmetric_rtp: false,
             srtp: SrtpMode::Off,
         }
@@ -610,6 +615,12 @@ impl Profile {
             return Err(format!(
                 "media.jitter_ms ({}) must be at most 500",
                 self.media.jitter_ms
+            ));
+        }
+        let k = self.media.keepalive_interval_ms;
+        if !(20..=10_000).contains(&k) || k % 20 != 0 {
+            return Err(format!(
+                "media.keepalive_interval_ms ({k}) must be a multiple of 20 from 20 to 10000"
             ));
         }
         if self.media.codecs.is_empty() {

@@ -68,6 +68,7 @@ pub fn replay(
     let cfg = MediaConfig {
         jitter_delay: s.jitter_delay,
         send_silence: false,
+        keepalive_interval: crate::media::sender::PTIME,
         symmetric: false,
         trusted: None,
         models: &s.models,

@@ -500,6 +500,34 @@ fn silence_is_sent_back_every_20_ms_with_contiguous_sequence_and_timestamps() {
     }
 }
 
+/// `[media] keepalive_interval_ms`: one packet per interval, marked, the
+/// timestamp following the clock and the sequence contiguous.
+#[test]
+fn a_sparse_keepalive_sends_one_silence_packet_per_interval() {
+    let emonav = Emonav::start("[media]\nkeepalive_interval_ms = 500\n");
+    let (uac, _) = answered_call(&emonav, "calm.ul");
+    uac.rtp
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut got = vec![];
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(2_100) {
+        if let Ok((n, _)) = uac.rtp.recv_from(&mut buf) {
+            assert_eq!(n, 12 + 160, "20 ms of PCMU");
+            got.push((rtp_header(&buf[..n]), buf[1] & 0x80 != 0));
+        }
+    }
+    // 2.1 s at one packet per 500 ms: 4 or 5 (a 20 ms stream would be ~105).
+    assert!((4..=5).contains(&got.len()), "{} packets", got.len());
+    for w in got.windows(2) {
+        let (((_, seq, ts, _), _), ((_, seq2, ts2, _), marked)) = (w[0], w[1]);
+        assert_eq!(seq2, seq.wrapping_add(1));
+        assert_eq!(ts2.wrapping_sub(ts), 4_000, "500 ms of 8 kHz clock");
+        assert!(marked);
+    }
+}
+
 #[test]
 fn no_silence_when_disabled() {
     let emonav = Emonav::start("[media]\nsend_silence = false\n");

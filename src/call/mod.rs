@@ -368,6 +368,7 @@ impl Call {
         let cfg = MediaConfig {
             jitter_delay: self.s.jitter_delay,
             send_silence: self.s.send_silence,
+            keepalive_interval: self.s.keepalive_interval,
             symmetric: self.s.symmetric_rtp,
             // The call's own signalling source passed the trusted-set check.
             trusted: self

@@ -42,6 +42,8 @@ pub struct CallSettings {
     pub jitter_delay: Duration,
     /// Send 20 ms silence packets to the caller (RTP keepalive).
     pub send_silence: bool,
+    /// Time between keepalive packets (`[media] keepalive_interval_ms`).
+    pub keepalive_interval: Duration,
     /// Send RTP only where the caller's RTP comes from (`[media] symmetric_rtp`).
     pub symmetric_rtp: bool,
     /// `[media] srtp`: whether calls' media is SRTP (RFC 3711/4568).
@@ -114,6 +116,7 @@ impl CallSettings {
                 .then(|| Duration::from_millis(p.media.rtp_timeout_ms)),
             jitter_delay: Duration::from_millis(p.media.jitter_ms),
             send_silence: p.media.send_silence,
+            keepalive_interval: Duration::from_millis(p.media.keepalive_interval_ms),
             symmetric_rtp: p.media.symmetric_rtp,
             srtp: p.media.srtp,
             media_trust: p.security.media_set().map(Arc::new),

@@ -7,6 +7,14 @@
 //! timestamp +1 frame per packet; if the task wakes late the timestamp
 //! follows the wall clock, the sequence stays contiguous.
 //!
+//! A PBX's RTP-inactivity timer counts seconds (Asterisk's `rtptimeout`,
+//! FreeSWITCH's `media_timeout`), so 50 packets a second is far more than it
+//! needs: `[media] keepalive_interval_ms` sends one packet per interval
+//! instead, as a discontinuous-transmission sender does (the timestamp jumps
+//! with the wall clock, the sequence stays contiguous, the marker bit opens
+//! each packet after a gap, RFC 3551 §4.1), at 1/N of the cost. The failure
+//! tone is always a continuous 20 ms stream.
+//!
 //! Sans-IO and allocation-free per packet: [`poll`](SilenceSender::poll)
 //! fills a buffer allocated once.
 
@@ -36,18 +44,28 @@ pub(crate) struct SilenceSender {
     codec: CodecName,
     /// The failure tone in place of silence, once started.
     tone: Option<Tone>,
+    /// Time between silence packets (a multiple of [`PTIME`]).
+    interval: Duration,
 }
 
 impl SilenceSender {
     /// A stream of payload type `pt` for `codec`, first packet at `start`.
     #[cfg(test)]
     pub(crate) fn new(codec: CodecName, pt: u8, start: Instant) -> Self {
-        Self::with_ssrc(codec, pt, start, fastrand::u32(..))
+        Self::with_ssrc(codec, pt, start, fastrand::u32(..), PTIME)
     }
 
     /// [`SilenceSender::new`] with our SSRC chosen by the caller (the one
-    /// our RTCP reports carry too).
-    pub(crate) fn with_ssrc(codec: CodecName, pt: u8, start: Instant, ssrc: u32) -> Self {
+    /// our RTCP reports carry too) and one silence packet per `interval`
+    /// (rounded down to a multiple of 20 ms, at least 20 ms).
+    pub(crate) fn with_ssrc(
+        codec: CodecName,
+        pt: u8,
+        start: Instant,
+        ssrc: u32,
+        interval: Duration,
+    ) -> Self {
+        let frames = (interval.as_millis() / PTIME.as_millis()).max(1) as u32;
         let (payload, step): (&[u8], u32) = match codec {
             CodecName::Pcmu => (&[0xFF; 160], 160),
             CodecName::Pcma => (&[0xD5; 160], 160),
@@ -68,6 +86,7 @@ impl SilenceSender {
             sent: 0,
             codec,
             tone: None,
+            interval: PTIME * frames,
         }
     }
 
@@ -119,13 +138,22 @@ impl SilenceSender {
                 self.len = 12 + n;
             }
         }
+        // A tone is a continuous stream; silence goes once per interval.
+        let interval = if self.tone.is_some() {
+            PTIME
+        } else {
+            self.interval
+        };
         self.buf[2..4].copy_from_slice(&self.seq.to_be_bytes());
         self.buf[4..8].copy_from_slice(&self.ts.to_be_bytes());
-        // Marker on the first packet of the stream (RFC 3551 §4.1).
-        self.buf[1] = (self.buf[1] & 0x7F) | if self.sent == 0 { 0x80 } else { 0 };
+        // Marker on the first packet of the stream and on each one after a
+        // gap in a sparse stream (RFC 3551 §4.1: the start of a talkspurt).
+        let marker = self.sent == 0 || self.interval > PTIME;
+        self.buf[1] = (self.buf[1] & 0x7F) | if marker { 0x80 } else { 0 };
+        let frames = (interval.as_millis() / PTIME.as_millis()) as u32;
         self.seq = self.seq.wrapping_add(1);
-        self.ts = self.ts.wrapping_add(self.step);
-        self.next_at += PTIME;
+        self.ts = self.ts.wrapping_add(self.step * frames);
+        self.next_at += interval;
         self.sent += 1;
         Some(&self.buf[..self.len])
     }
@@ -167,6 +195,38 @@ mod tests {
         assert_eq!(burst[0].1, h2.1.wrapping_add(1));
         assert_eq!(burst.last().unwrap().2, h1.2.wrapping_add(52 * 160));
         assert_eq!(s.sent(), 2 + MAX_BURST as u64);
+    }
+
+    #[test]
+    fn a_sparse_keepalive_sends_one_packet_per_interval_on_the_wall_clock() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut s = SilenceSender::with_ssrc(CodecName::Pcma, 8, t0, 7, second);
+        let mut sent = vec![];
+        let mut now = t0;
+        // Ten seconds polled every 20 ms, as the call's media task wakes.
+        while now < t0 + 10 * second {
+            while let Some(p) = s.poll(now) {
+                sent.push((now, header(p), p[1] & 0x80 != 0));
+            }
+            now += PTIME;
+        }
+        assert_eq!(sent.len(), 10, "one packet a second, not 500");
+        for w in sent.windows(2) {
+            let ((t1, h1, _), (t2, h2, m2)) = (w[0], w[1]);
+            assert_eq!(t2 - t1, second);
+            assert_eq!(h2.1, h1.1.wrapping_add(1), "sequence contiguous");
+            assert_eq!(h2.2, h1.2.wrapping_add(8000), "timestamp follows the clock");
+            assert!(m2, "each packet after a gap is marked");
+        }
+        // The failure tone is continuous whatever the interval.
+        s.start_tone();
+        let (a, b) = (
+            s.poll(now).map(|p| header(p)),
+            s.poll(now + PTIME).map(|p| header(p)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(b.2, a.2.wrapping_add(160));
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub(crate) struct MediaSession {
     /// Whether we send at all: sendrecv/sendonly answer, send_silence on.
     send: bool,
     send_silence: bool,
+    /// `[media] keepalive_interval_ms`.
+    keepalive_interval: Duration,
     /// The SDP's direction lets us send (sendrecv/sendonly).
     may_send: bool,
     /// The failure tone replaces our silence (sent even without
@@ -206,6 +208,8 @@ pub(crate) struct MediaConfig<'a> {
     pub jitter_delay: Duration,
     /// Send 20 ms silence packets to the caller.
     pub send_silence: bool,
+    /// One silence packet per this interval (20 ms: a continuous stream).
+    pub keepalive_interval: Duration,
     /// Send only to where the caller's RTP comes from (RFC 4961).
     pub symmetric: bool,
     /// When `[security]` is on: the set our media may go to, and the
@@ -263,6 +267,7 @@ impl MediaSession {
             sender: None,
             send: false,
             send_silence: cfg.send_silence,
+            keepalive_interval: cfg.keepalive_interval,
             may_send: false,
             failure_tone: false,
             sdp_rtp: None,
@@ -615,9 +620,10 @@ impl MediaSession {
         if let Some(dest) = rtp_dest {
             if self.sender.as_ref().is_none_or(|s| now >= s.poll_timeout()) {
                 let (codec, pt, ssrc) = (self.dec.codec, self.audio_pt, self.ssrc);
-                let sender = self
-                    .sender
-                    .get_or_insert_with(|| SilenceSender::with_ssrc(codec, pt, now, ssrc));
+                let interval = self.keepalive_interval;
+                let sender = self.sender.get_or_insert_with(|| {
+                    SilenceSender::with_ssrc(codec, pt, now, ssrc, interval)
+                });
                 if self.failure_tone {
                     sender.start_tone();
                 }
