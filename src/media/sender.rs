@@ -221,10 +221,7 @@ mod tests {
         }
         // The failure tone is continuous whatever the interval.
         s.start_tone();
-        let (a, b) = (
-            s.poll(now).map(|p| header(p)),
-            s.poll(now + PTIME).map(|p| header(p)),
-        );
+        let (a, b) = (s.poll(now).map(header), s.poll(now + PTIME).map(header));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(b.2, a.2.wrapping_add(160));
     }
