@@ -53,6 +53,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def run_delay_seconds(pid):
+    """Time the process's threads spent runnable but waiting for a CPU
+    (/proc/PID/task/*/schedstat, second field): other work on its core."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return total / 1e9
+
+
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -190,8 +203,8 @@ def sipp_results(d):
                 key = parts[2]
                 if key in timers:
                     timers[key].append(float(parts[1]))
-                    if key == "setup":
-                        stamps.append(float(parts[0]))
+                    if key in ("setup", "refused"):
+                        stamps.append((float(parts[0]), key == "setup"))
     return counters, timers, stamps
 
 
@@ -207,6 +220,7 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
     d = os.path.join(workdir, f"step{index}-{rate:g}")
     os.makedirs(d)
     e_cpu0, t0 = cpu_seconds(emonav.pid), time.monotonic()
+    e_wait0 = run_delay_seconds(emonav.pid)
     decisions0 = emonav.metrics("emonav_decisions_total")
     runs = []
     for i in range(procs):
@@ -215,12 +229,17 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
             runs.append(run_sipp(d, emonav.sip, rate / procs, share, sipp_core, i))
     sipp_cpu = {p.pid: 0.0 for p, _ in runs}
     peak_active, peak_rss = 0.0, 0.0
+    # (time, emonav CPU s, busiest SIPp CPU s) every 0.25 s: the peak share
+    # of a core over 1 s windows says who saturated, which the step's mean
+    # hides when a collapse drags the step out with timeouts.
+    samples = []
     while any(p.poll() is None for p, _ in runs):
         for p, _ in runs:
             try:
                 sipp_cpu[p.pid] = cpu_seconds(p.pid)
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 pass
+        samples.append((time.monotonic(), cpu_seconds(emonav.pid), max(sipp_cpu.values(), default=0.0)))
         try:
             peak_active = max(peak_active, emonav.metric("emonav_calls_active"))
         except OSError:
@@ -229,6 +248,7 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
         time.sleep(0.25)
     wall = time.monotonic() - t0
     e_cpu = cpu_seconds(emonav.pid) - e_cpu0
+    e_wait = run_delay_seconds(emonav.pid) - e_wait0
     setup, refer, refused, rates = [], [], [], []
     failed = retrans = outgoing = ok = 0
     for p, sd in runs:
@@ -236,10 +256,13 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
         setup += timers["setup"]
         refer += timers["refer"]
         refused += timers["refused"]
-        # Answer rate of this process: SIPp's clock starts with the process.
+        # Answer rate of this process over the span of its outcomes (200 or
+        # 503), so that refused calls do not count as achieved; SIPp's clock
+        # starts with the process, hence one rate per process.
         st.sort()
-        if len(st) > 1 and st[-1] > st[0]:
-            rates.append((len(st) - 1) / ((st[-1] - st[0]) / 1000.0))
+        if len(st) > 1 and st[-1][0] > st[0][0]:
+            answered_here = sum(1 for _, ok in st if ok)
+            rates.append(answered_here / ((st[-1][0] - st[0][0]) / 1000.0))
         failed += count(counters, "FailedCall(C)")
         retrans += count(counters, "Retransmissions(C)")
         outgoing += count(counters, "OutgoingCall(C)")
@@ -256,11 +279,25 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
     sipp_share = max((c / wall for c in sipp_cpu.values()), default=0.0)
     place_wall = calls / rate
     emonav_share = e_cpu / wall
+    e_peak = s_peak = 0.0
+    j = 0
+    for i, (t, e, sp) in enumerate(samples):
+        while j + 1 < i and t - samples[j + 1][0] >= 1.0:
+            j += 1
+        t0_, e0_, s0_ = samples[j]
+        if t - t0_ >= 1.0:
+            e_peak = max(e_peak, (e - e0_) / (t - t0_))
+            # A SIPp process that ended meanwhile reads as a drop: ignore.
+            s_peak = max(s_peak, max(sp - s0_, 0.0) / (t - t0_))
     saturated = []
-    if emonav_share >= SATURATED:
+    if e_peak >= SATURATED:
         saturated.append("emonav")
-    if sipp_share >= SATURATED:
+    if s_peak >= SATURATED:
         saturated.append("sipp")
+    # emonav ready to run but kept off its core by other processes for a
+    # tenth of the step or more: the host, not emonav, set the pace.
+    if e_wait / wall >= 0.10:
+        saturated.append("host")
     concurrent = max(peak_active, 1.0)
     return {
         "offered_cps": rate,
@@ -275,6 +312,9 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
         "no_speech": int(no_speech),
         "emonav_cpu_pct": round(100 * emonav_share, 1),
         "sipp_cpu_pct": round(100 * sipp_share, 1),
+        "emonav_peak_cpu_pct": round(100 * e_peak, 1),
+        "emonav_wait_pct": round(100 * e_wait / wall, 1),
+        "sipp_peak_cpu_pct": round(100 * s_peak, 1),
         "cpu_ms_per_call": round(1000 * e_cpu / answered, 2) if answered else None,
         "rss_mb": round(peak_rss, 1),
         "rss_kib_per_call": round(1024 * max(peak_rss - idle_rss, 0.0) / concurrent, 1),
@@ -297,7 +337,8 @@ COLUMNS = [
     ("rss_mb", "peak RSS MB"), ("rss_kib_per_call", "RSS KiB/call"),
     ("refer_p50_ms", "ans->REFER p50"), ("refer_p99_ms", "ans->REFER p99"),
     ("setup_p99_ms", "INV->200 p99"), ("refused_p99_ms", "INV->503 p99"),
-    ("sipp_cpu_pct", "SIPp CPU %"), ("saturated", "saturated"),
+    ("emonav_peak_cpu_pct", "emonav peak CPU %"), ("emonav_wait_pct", "emonav CPU wait %"), ("sipp_cpu_pct", "SIPp CPU %"),
+    ("sipp_peak_cpu_pct", "SIPp peak CPU %"), ("saturated", "saturated"),
 ]
 
 
@@ -343,6 +384,7 @@ def main():
     try:
         time.sleep(1.0)
         idle_rss = rss_mb(emonav.pid)
+        idle_fds = len(os.listdir(f"/proc/{emonav.pid}/fd"))
         if not a.json:
             with open("/proc/loadavg") as f:
                 load = " ".join(f.read().split()[:3])
@@ -362,13 +404,22 @@ def main():
             if a.stop_after_collapse and r["failed"]:
                 break
             time.sleep(a.pause)
+        # Calls whose caller gave up still run their own timers in emonav:
+        # wait (up to a minute) for them to end before calling anything a leak.
+        t_end = time.monotonic()
+        while emonav.metric("emonav_calls_active") > 0 and time.monotonic() - t_end < 60:
+            time.sleep(1.0)
         after = {"idle_rss_mb": round(idle_rss, 1), "rss_after_mb": round(rss_mb(emonav.pid), 1),
-                 "calls_active_after": emonav.metric("emonav_calls_active")}
+                 "calls_active_after": emonav.metric("emonav_calls_active"),
+                 "drain_s": round(time.monotonic() - t_end, 1),
+                 "fds_after": len(os.listdir(f"/proc/{emonav.pid}/fd"))}
         if a.json:
             print(json.dumps(after), file=out)
         else:
-            print(f"# after the ramp: RSS {after['rss_after_mb']} MB (idle {after['idle_rss_mb']} MB), "
-                  f"calls active {after['calls_active_after']:.0f}; work folder {workdir}", file=out)
+            print(f"# after the ramp: calls active {after['calls_active_after']:.0f} after waiting "
+                  f"{after['drain_s']} s; RSS {after['rss_after_mb']} MB (idle {after['idle_rss_mb']} MB); "
+                  f"{after['fds_after']} open descriptors (idle {idle_fds})"
+                  + (f"; work folder {workdir}" if a.keep else ""), file=out)
     finally:
         emonav.stop()
         if not a.keep:
