@@ -396,6 +396,8 @@ def main():
         for i, rate in enumerate(float(r) for r in a.rates.split(",")):
             seconds = a.calls / rate if a.calls else a.seconds
             r = step(emonav, workdir, rate, seconds, a.sipp, s_core, idle_rss, i)
+            if not a.keep:
+                del r["dir"]  # removed with the work folder at exit
             if a.json:
                 print(json.dumps(r), file=out)
             else:
