@@ -32,6 +32,8 @@ command -v cc >/dev/null || need+=(gcc)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # tests/kamailio.rs serves NAPTR/SRV records for RFC 3263 from a throw-away dnsmasq.
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+# tests/load.rs drives benches/load/ramp.py (python3, standard library only).
+command -v python3 >/dev/null || need+=(python3)
 # Kamailio's tls module (tests/kamailio.rs, the SIP over TLS call) is a package of its own.
 dpkg-query -W -f='${Status}' kamailio-tls-modules 2>/dev/null | grep -q "ok installed" \
   || need+=(kamailio-tls-modules)
