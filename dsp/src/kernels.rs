@@ -120,26 +120,6 @@ mod tests {
         );
     }
 
-    /// The dot product as it was before `correlate`: one lag, eight partial sums.
-    fn dot_reference(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0f32; 8];
-        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tail: f32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for i in 0..8 {
-                acc[i] += x[i] * y[i];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
-    }
-
     #[test]
     fn the_avx_path_is_bit_identical_to_the_portable_one() {
         for n in [0, 1, 7, 8, 9, 92, 185, 320] {
@@ -147,7 +127,7 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 1e3).collect();
             assert_eq!(
                 dot(&a, &b).to_bits(),
-                dot_reference(&a, &b).to_bits(),
+                dot_portable(&a, &b).to_bits(),
                 "n={n}"
             );
         }
@@ -170,7 +150,7 @@ mod tests {
             let mut portable = vec![0f32; lags];
             correlate_portable(&x[..span], &x[1..1 + span + lags - 1], &mut portable);
             for k in 0..lags {
-                let want = dot_reference(&x[..span], &x[1 + k..1 + k + span]).to_bits();
+                let want = dot_portable(&x[..span], &x[1 + k..1 + k + span]).to_bits();
                 assert_eq!(out[k].to_bits(), want, "span {span} lag {k}");
                 assert_eq!(portable[k].to_bits(), want, "span {span} lag {k}");
             }
