@@ -99,15 +99,24 @@ impl Analyzer {
     /// Push decoded PCM (any line: full band or band-limited); it is
     /// band-limited to 300–3400 Hz here, then every complete 10 ms frame is
     /// processed and the rest kept.
-    pub fn push(&mut self, pcm: &[i16]) {
+    pub fn push(&mut self, mut pcm: &[i16]) {
         let tail = self.window.len() - self.hop;
-        for &s in pcm {
-            let v = s as f32 / 32768.0;
-            self.window[tail + self.filled] = match &mut self.band {
-                Some(b) => b.process(v),
-                None => v,
-            };
-            self.filled += 1;
+        // Up to the end of the current hop at a time: converted, then
+        // band-limited as one block (per-sample filter calls kept the four
+        // sections' state in memory; the same bits either way).
+        while !pcm.is_empty() {
+            let n = (self.hop - self.filled).min(pcm.len());
+            let (now, rest) = pcm.split_at(n);
+            pcm = rest;
+            let start = tail + self.filled;
+            let block = &mut self.window[start..start + n];
+            for (w, &s) in block.iter_mut().zip(now) {
+                *w = s as f32 / 32768.0;
+            }
+            if let Some(b) = &mut self.band {
+                b.process_block(block);
+            }
+            self.filled += n;
             if self.filled == self.hop {
                 self.process_frame();
                 self.window.copy_within(self.hop.., 0);

@@ -54,6 +54,21 @@ impl Biquad {
         self.y = [y, self.y[0]];
         y
     }
+
+    /// [`Biquad::run`] over a block in place, the state in registers for the
+    /// whole block: the same operations in the same order for every sample,
+    /// so the same bits, at about half the instructions of per-sample calls.
+    fn run_block(&mut self, buf: &mut [f32]) {
+        let ([b0, b1, b2], [a0, a1]) = (self.b, self.a);
+        let ([mut x0, mut x1], [mut y0, mut y1]) = (self.x, self.y);
+        for v in buf.iter_mut() {
+            let x = *v;
+            let y = b0 * x + b1 * x0 + b2 * x1 - a0 * y0 - a1 * y1;
+            (x1, x0, y1, y0) = (x0, x, y0, y);
+            *v = y;
+        }
+        (self.x, self.y) = ([x0, x1], [y0, y1]);
+    }
 }
 
 /// The telephone-band filter: fourth-order high-pass at [`LOW_HZ`] and
@@ -89,6 +104,15 @@ impl TelephoneBand {
         }
         y
     }
+
+    /// Filter a block in place: bit-identical to [`TelephoneBand::process`]
+    /// on each sample in turn (each section runs over the whole block before
+    /// the next, which changes no operation), and what `Analyzer::push` uses.
+    pub fn process_block(&mut self, buf: &mut [f32]) {
+        for s in &mut self.sections {
+            s.run_block(buf);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +138,29 @@ mod tests {
             assert!(gain(rate, 3900.0) < 0.5, "3.9 kHz at {rate}");
         }
         assert!(gain(16000, 6000.0) < 0.05);
+    }
+
+    #[test]
+    fn blocks_give_the_same_bits_as_samples() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let x: Vec<f32> = (0..2000).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        for rate in [8000, 16000] {
+            let mut one = TelephoneBand::new(rate);
+            let want: Vec<u32> = x.iter().map(|&v| one.process(v).to_bits()).collect();
+            let mut blocks = TelephoneBand::new(rate);
+            let mut got = x.clone();
+            // Uneven block lengths, as packets and hops split the stream.
+            let mut at = 0;
+            for len in [1, 7, 80, 160, 3, 333].iter().cycle() {
+                let end = (at + len).min(got.len());
+                blocks.process_block(&mut got[at..end]);
+                at = end;
+                if at == got.len() {
+                    break;
+                }
+            }
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "rate {rate}");
+        }
     }
 }

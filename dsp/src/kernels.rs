@@ -7,6 +7,21 @@
 /// Dot product of the common length of `a` and `b`.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut out = [0f32];
+    correlate(&a[..n], &b[..n], &mut out);
+    out[0]
+}
+
+/// `out[k] = dot(a, &b[k..k + a.len()])` for every `k` of `out`: a
+/// correlation over consecutive lags, bit for bit what separate [`dot`]
+/// calls give (the same kernel), but the CPU check and the call into the
+/// AVX code happen once per scan rather than once per lag.
+///
+/// Panics unless `b.len() >= a.len() + out.len() - 1`.
+#[inline]
+pub(crate) fn correlate(a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(out.is_empty() || b.len() + 1 >= a.len() + out.len());
     // The baseline x86-64 target has 4-lane SSE only; on CPUs with AVX the
     // same eight partial sums fit one 8-lane register. Lane for lane the
     // arithmetic is identical (no FMA is enabled, so nothing is fused), so
@@ -16,15 +31,23 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: the CPU supports AVX, checked just above.
         #[allow(unsafe_code)]
         // the one unsafe block of the workspace (lint: unsafe_code = "deny")
-        return unsafe { dot_avx(a, b) };
+        return unsafe { correlate_avx(a, b, out) };
     }
-    dot_portable(a, b)
+    correlate_portable(a, b, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
+fn correlate_avx(a: &[f32], b: &[f32], out: &mut [f32]) {
+    correlate_portable(a, b, out)
+}
+
+#[inline(always)]
+fn correlate_portable(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let n = a.len();
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = dot_portable(a, &b[k..k + n]);
+    }
 }
 
 #[inline(always)]
@@ -107,6 +130,30 @@ mod tests {
                 dot_portable(&a, &b).to_bits(),
                 "n={n}"
             );
+        }
+    }
+
+    #[test]
+    fn correlation_is_a_dot_product_per_lag_bit_for_bit() {
+        let x: Vec<f32> = (0..400).map(|i| (i as f32 * 0.37).sin() * 1e2).collect();
+        for (span, lags) in [
+            (0, 3),
+            (5, 9),
+            (92, 60),
+            (185, 120),
+            (8, 1),
+            (16, 4),
+            (33, 7),
+        ] {
+            let mut out = vec![0f32; lags];
+            correlate(&x[..span], &x[1..1 + span + lags - 1], &mut out);
+            let mut portable = vec![0f32; lags];
+            correlate_portable(&x[..span], &x[1..1 + span + lags - 1], &mut portable);
+            for k in 0..lags {
+                let want = dot_portable(&x[..span], &x[1 + k..1 + k + span]).to_bits();
+                assert_eq!(out[k].to_bits(), want, "span {span} lag {k}");
+                assert_eq!(portable[k].to_bits(), want, "span {span} lag {k}");
+            }
         }
     }
 }

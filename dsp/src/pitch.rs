@@ -7,7 +7,7 @@
 //! interpolation. Works on telephone audio where the fundamental itself is
 //! filtered out: the period is still in the harmonics.
 
-use crate::kernels::dot;
+use crate::kernels::{correlate, dot};
 
 /// Lowest F0 searched (Hz).
 pub const F0_MIN: f32 = 60.0;
@@ -154,10 +154,7 @@ fn nccf_scan(
     if e0 <= f32::EPSILON {
         return None;
     }
-    for (lag, o) in out[lo..=hi].iter_mut().enumerate() {
-        let lag = lag + lo;
-        *o = dot(&x[..span], &x[lag..lag + span]);
-    }
+    correlate(&x[..span], &x[lo..hi + span], &mut out[lo..=hi]);
     for (lag, o) in out[lo..=hi].iter_mut().enumerate() {
         let at = lag + lo;
         let el = if direct {
@@ -209,10 +206,14 @@ impl PitchTracker {
         // voice are below 2 kHz anyway. Then the best coarse lag is refined at
         // full rate (RAPT's two-pass scheme).
         let half = x.len() / 2;
-        for i in 0..half {
-            let a = if i > 0 { x[2 * i - 1] } else { x[0] };
-            let c = x.get(2 * i + 1).copied().unwrap_or(x[2 * i]);
-            self.dec[i] = 0.25 * a + 0.5 * x[2 * i] + 0.25 * c;
+        // The first output has no left neighbour (the edge sample stands in);
+        // every other one has both, so the loop needs no edge tests.
+        self.dec[0] = 0.25 * x[0] + 0.5 * x[0] + 0.25 * x[1];
+        for (d, w) in self.dec[1..half]
+            .iter_mut()
+            .zip(x[1..2 * half].windows(3).step_by(2))
+        {
+            *d = 0.25 * w[0] + 0.5 * w[1] + 0.25 * w[2];
         }
         let (clo, chi) = ((self.min_lag / 2).max(1), self.max_lag.div_ceil(2));
         let coarse_span = half - chi - 1;
