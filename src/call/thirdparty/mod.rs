@@ -36,6 +36,7 @@
 
 mod bridged;
 mod failure;
+mod relay;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -119,6 +120,12 @@ pub(super) struct ThirdParty {
     answered: Option<BridgedReInvite>,
     /// No queue took the call: the failure tone plays until the BYE.
     failing: Option<failure::Failing>,
+    /// A media change on its way from one leg to the other.
+    relay: Option<relay::Relayed>,
+    /// The caller's last session description (the queue has it as is).
+    caller_remote: Option<String>,
+    /// The queue's last session description (the caller has it with our `o=`).
+    queue_remote: Option<String>,
 }
 
 impl ThirdParty {
@@ -136,6 +143,7 @@ impl ThirdParty {
             self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
             self.answered.as_ref().and_then(|a| a.tx.poll_timeout()),
             self.failing.as_ref().map(|f| f.until),
+            self.relay.as_ref().and_then(relay::Relayed::poll_timeout),
         ])
         .flatten()
         .min()
@@ -291,7 +299,13 @@ impl Call {
             return false;
         };
         if call_id == self.dialog.call_id {
-            return self.caller_reinvite_response(resp, now);
+            return self.relay_response(relay::Side::Caller, resp, now)
+                || self.caller_reinvite_response(resp, now);
+        }
+        if self.b2b.legs.last().is_some_and(|l| l.call_id == call_id)
+            && self.relay_response(relay::Side::Queue, resp, now)
+        {
+            return true;
         }
         let current = self.b2b.legs.len().checked_sub(1);
         let Some(i) = self.b2b.legs.iter().position(|l| l.call_id == call_id) else {
@@ -456,6 +470,7 @@ impl Call {
             return;
         };
         leg.dialog = Some(dialog);
+        self.b2b.queue_remote = Some(offer.clone());
         self.reinvite_caller(&offer, now);
     }
 
@@ -583,6 +598,7 @@ impl Call {
             &self.s.contact_uri(Transport::Udp),
         );
         ack.headers.push(header::CONTENT_TYPE, "application/sdp");
+        self.b2b.caller_remote = Some(String::from_utf8_lossy(&answer).into_owned());
         ack.body = answer;
         let data = ack.to_bytes();
         leg.ack = Some(data.clone());
@@ -710,6 +726,7 @@ impl Call {
                 self.out.push(Output::reply(peer, dest, data));
             }
         }
+        self.relay_timeout(now);
         self.failure_tone_timeout(now);
     }
 }
