@@ -159,6 +159,17 @@ fn bridge_call(
     bye_side: &str,
     busy: bool,
 ) -> (Emonav, Bridged) {
+    bridge_call_to("uas_queue.xml", caller, caller_keys, bye_side, busy)
+}
+
+/// As [`bridge_call`], the answering queue playing `queue_scenario`.
+fn bridge_call_to(
+    queue_scenario: &str,
+    caller: &str,
+    caller_keys: &[(&str, String)],
+    bye_side: &str,
+    busy: bool,
+) -> (Emonav, Bridged) {
     let (q, qd) = (free_port(), free_port());
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rtp_port = rtp.local_addr().unwrap().port();
@@ -169,7 +180,7 @@ fn bridge_call(
         &format!("sip:default@127.0.0.1:{qd}"),
     ));
     let queue = Sipp::start(
-        "uas_queue.xml",
+        queue_scenario,
         None,
         answering,
         &[
@@ -349,6 +360,28 @@ fn the_callers_hold_and_resume_are_relayed_to_the_queue_and_media_flows_after() 
         direct >= 50,
         "{direct} RTP packets from the caller at the queue after the resume (of {})",
         rtp_from.len()
+    );
+}
+
+#[test]
+fn the_queue_leg_runs_a_session_timer_and_the_queues_update_refresh_gets_200() {
+    let (_emonav, b) = bridge_call_to(
+        "uas_queue_timer.xml",
+        "uac_b2bua.xml",
+        &[("refer_code", "405".into())],
+        "caller",
+        false,
+    );
+    assert_bridged(&b, "sip:agents@127.0.0.1:");
+    // emonav's INVITE offered RFC 4028 (1800 s, our Min-SE 90)...
+    assert_eq!(
+        logged(&b.queue_log, "INVITE-TIMER:"),
+        Some("Session-Expires: 1800 Supported: timer")
+    );
+    // ... and its 200 to the queue's refresh names the queue as refresher.
+    assert_eq!(
+        logged(&b.queue_log, "REFRESH-200:"),
+        Some("Session-Expires: 90;refresher=uac")
     );
 }
 

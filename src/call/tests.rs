@@ -2069,13 +2069,18 @@ fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
 /// A `b2bua` call bridged to the queue: the call, our INVITE to the queue
 /// (for the queue's in-dialog requests) and the instant reached.
 fn bridged_call(t0: Instant) -> (Call, Request, Instant) {
+    bridged_call_with(t0, "")
+}
+
+/// As [`bridged_call`], the queue's 2xx with `extra` headers.
+fn bridged_call_with(t0: Instant, extra: &str) -> (Call, Request, Instant) {
     let (mut call, inv) = bridging(t0);
     let t = t0 + Duration::from_millis(3100);
     let queue_sdp = "v=0\r\no=agent 5 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
     let ok = queue_response(
         &inv,
         200,
-        "Contact: <sip:agent@192.0.2.7:5062>\r\nContent-Type: application/sdp",
+        &format!("Contact: <sip:agent@192.0.2.7:5062>\r\nContent-Type: application/sdp\r\n{extra}"),
         queue_sdp,
     );
     call.handle_response(&ok, t);
@@ -2336,4 +2341,105 @@ fn b2bua_relays_the_queues_reinvite_to_the_caller_and_its_refusal_back() {
         .filter(|c| *c != "INVITE")
         .collect();
     assert_eq!(tail, ["408", "BYE", "BYE"], "{seen:?}");
+}
+
+fn header_of<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    match m {
+        Message::Request(r) => r.headers.get(name),
+        Message::Response(r) => r.headers.get(name),
+    }
+}
+
+#[test]
+fn b2bua_queue_leg_offers_a_session_timer_and_honours_422() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    assert_eq!(inv.headers.get("Supported"), Some("timer"));
+    assert_eq!(inv.headers.get("Session-Expires"), Some("1800"));
+    assert_eq!(inv.headers.get("Min-SE"), Some("90"));
+    let t = t0 + ms(3100);
+    call.handle_response(&queue_response(&inv, 422, "Min-SE: 3600", ""), t);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "INVITE"]);
+    assert_eq!(header_of(&out[1], "Session-Expires"), Some("3600"));
+    assert_eq!(header_of(&out[1], "CSeq"), Some("2 INVITE"));
+    // A second 422 is a failure: the next queue (none left here: the end).
+    let Message::Request(again) = &out[1] else {
+        unreachable!()
+    };
+    call.handle_response(&queue_response(again, 422, "Min-SE: 7200", ""), t + ms(50));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "BYE"], "no third INVITE");
+}
+
+#[test]
+fn b2bua_refreshes_the_queue_leg_when_it_is_the_refresher() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call_with(t0, "Session-Expires: 90;refresher=uac\r\n");
+    // Half the interval: our UPDATE without SDP, nothing to the caller.
+    call.handle_timeout(t + Duration::from_secs(44));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t + Duration::from_secs(45));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["UPDATE"]);
+    let Message::Request(update) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(update.call_id(), inv.call_id());
+    assert!(update.body.is_empty(), "no media change");
+    assert_eq!(
+        update.headers.get("Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    // Unanswered, it is retransmitted (Timer E).
+    call.handle_timeout(t + Duration::from_millis(45_500));
+    assert_eq!(codes(&sent(&mut call)), ["UPDATE"]);
+    let mut ok = update.make_response(200, "OK");
+    ok.headers.push("Session-Expires", "120;refresher=uac");
+    call.handle_response(&ok, t + Duration::from_secs(46));
+    assert!(sent(&mut call).is_empty());
+    // The queue's new interval: the next refresh at half of it.
+    call.handle_timeout(t + Duration::from_secs(46 + 59));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t + Duration::from_secs(46 + 60));
+    assert_eq!(codes(&sent(&mut call)), ["UPDATE"]);
+    assert_eq!(call.phase, Phase::Bridged);
+}
+
+#[test]
+fn b2bua_answers_the_queues_refresh_and_ends_both_legs_when_it_stops() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call_with(t0, "Session-Expires: 90;refresher=uas\r\n");
+    // The queue refreshes by UPDATE at 40 s: 200 with the interval, its role.
+    let mut refresh = from_queue(&inv, "UPDATE", 2, "");
+    refresh.headers.push("Session-Expires", "90;refresher=uac");
+    refresh.headers.push("Supported", "timer");
+    call.handle_request(&refresh, queue_peer(), t + Duration::from_secs(40));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200"]);
+    assert_eq!(
+        header_of(&out[0], "Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    // Without the refresh at 40 s the session would be over at 60 s.
+    call.handle_timeout(t + Duration::from_secs(61));
+    assert!(sent(&mut call).is_empty(), "refreshed: still up");
+    // No refresh after that one: at 40 + 60 s both legs get a BYE.
+    call.handle_timeout(t + Duration::from_secs(99));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t + Duration::from_secs(100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["BYE", "BYE"]);
+    let Message::Request(to_caller) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(to_caller.call_id(), Some("unit-1"));
+    assert!(
+        to_caller
+            .headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("session expired")),
+        "{:?}",
+        to_caller.headers.get("Reason")
+    );
 }

@@ -83,11 +83,15 @@ impl Call {
             }
             // A refresh (RFC 4028), or an offerless re-INVITE: the session
             // as it stands, the caller's description as the queue knows it.
-            Method::Update if !is_sdp(&req.body) => reply(self, 200, "OK"),
             Method::Invite | Method::Update => {
                 let mut resp = stateless_response(req, 200, "OK", &self.s.user_agent);
                 let contact = self.s.contact_uri(Transport::Udp);
                 resp.headers.push(header::CONTACT, format!("<{contact}>"));
+                self.queue_refresh_headers(req, &mut resp, now);
+                if req.method == Method::Update && !is_sdp(&req.body) {
+                    self.respond(req, peer, resp, now);
+                    return true;
+                }
                 resp.headers.push(header::CONTENT_TYPE, "application/sdp");
                 resp.body = self
                     .b2b

@@ -37,6 +37,7 @@
 mod bridged;
 mod failure;
 mod relay;
+mod session;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -55,7 +56,7 @@ use emonav_sip::transport::{Peer, Transport};
 
 /// A non-INVITE request of ours on a queue leg (BYE, CANCEL).
 #[derive(Debug)]
-struct LegRequest {
+pub(super) struct LegRequest {
     tx: ClientNonInvite,
     data: Vec<u8>,
     dest: SocketAddr,
@@ -83,6 +84,8 @@ struct QueueLeg {
     request: Option<LegRequest>,
     /// Over: it hung up, or our BYE was answered.
     ended: bool,
+    /// Our INVITE was sent again after a `422` (RFC 4028 §6).
+    session_retried: bool,
 }
 
 /// Our re-INVITE to the caller with the queue's SDP.
@@ -126,6 +129,8 @@ pub(super) struct ThirdParty {
     caller_remote: Option<String>,
     /// The queue's last session description (the caller has it with our `o=`).
     queue_remote: Option<String>,
+    /// The queue leg's session timer (RFC 4028).
+    queue_timer: Option<session::QueueTimer>,
 }
 
 impl ThirdParty {
@@ -144,6 +149,9 @@ impl ThirdParty {
             self.answered.as_ref().and_then(|a| a.tx.poll_timeout()),
             self.failing.as_ref().map(|f| f.until),
             self.relay.as_ref().and_then(relay::Relayed::poll_timeout),
+            self.queue_timer
+                .as_ref()
+                .and_then(session::QueueTimer::poll_timeout),
         ])
         .flatten()
         .min()
@@ -233,12 +241,13 @@ impl Call {
                 headers.push(name, value);
             }
         }
-        let invite = Request {
+        let mut invite = Request {
             method: Method::Invite,
             uri: uri.clone(),
             headers,
             body: Vec::new(),
         };
+        self.add_queue_timer_headers(&mut invite, self.queue_session_interval());
         // No DNS in the core: the proxy, an IP-literal queue, or the
         // caller's previous hop (the PBX or SBC that can route a tel: URI).
         let dest = proxy
@@ -264,6 +273,7 @@ impl Call {
             ack: None,
             request: None,
             ended: false,
+            session_retried: false,
         });
     }
 
@@ -312,6 +322,9 @@ impl Call {
             return false;
         };
         let Some(cseq) = resp.cseq() else { return true };
+        if Some(i) == current && self.queue_refresh_response(resp, now) {
+            return true;
+        }
         let leg = &mut self.b2b.legs[i];
         match cseq.method {
             Method::Invite if cseq.seq == leg.invite.cseq().map_or(0, |c| c.seq) => {}
@@ -365,6 +378,9 @@ impl Call {
                 if matches!(code, 401 | 407) && self.queue_auth(i, resp, now) {
                     return true;
                 }
+                if code == 422 && self.queue_session_too_small(i, resp, now) {
+                    return true;
+                }
                 self.bridge_attempt_failed(Some(code), &format!("queue answered {code}"), now);
             }
         }
@@ -389,6 +405,23 @@ impl Call {
             return false;
         };
         let mut req = leg.invite.clone();
+        let uri = req.uri.to_string();
+        let value = Authenticator::new(kind, challenge).authorization(
+            &cred.username,
+            cred.password.expose(),
+            "INVITE",
+            &uri,
+            &req.body,
+        );
+        req.headers.set(kind.credentials_header(), value);
+        self.resend_queue_invite(i, req, now);
+        self.b2b.legs[i].authenticated = true;
+        true
+    }
+
+    /// Our INVITE to queue `i` again, changed (§8.1.3.5: new Via branch,
+    /// next CSeq), with a new client transaction.
+    fn resend_queue_invite(&mut self, i: usize, mut req: Request, now: Instant) {
         let seq = req.cseq().map_or(1, |c| c.seq) + 1;
         req.headers
             .set(header::VIA, self.s.via(Transport::Udp).to_string());
@@ -400,15 +433,6 @@ impl Call {
             }
             .to_string(),
         );
-        let uri = req.uri.to_string();
-        let value = Authenticator::new(kind, challenge).authorization(
-            &cred.username,
-            cred.password.expose(),
-            "INVITE",
-            &uri,
-            &req.body,
-        );
-        req.headers.set(kind.credentials_header(), value);
         let data = req.to_bytes();
         let leg = &mut self.b2b.legs[i];
         self.out.push(Output::sip(
@@ -421,9 +445,7 @@ impl Call {
         leg.invite = req;
         leg.data = data;
         leg.tx = ClientInvite::new(now, self.s.timers, false);
-        leg.authenticated = true;
         leg.ended = false;
-        true
     }
 
     /// The queue's 2xx: the dialog, then the caller's re-INVITE with its offer.
@@ -471,6 +493,7 @@ impl Call {
         };
         leg.dialog = Some(dialog);
         self.b2b.queue_remote = Some(offer.clone());
+        self.queue_session_refreshed(&resp.headers, now);
         self.reinvite_caller(&offer, now);
     }
 
@@ -727,6 +750,7 @@ impl Call {
             }
         }
         self.relay_timeout(now);
+        self.queue_timer_timeout(now);
         self.failure_tone_timeout(now);
     }
 }
