@@ -196,11 +196,27 @@ fn refer_is_retransmitted_by_timer_e_and_notify_timeout_hangs_up() {
     call.handle_timeout(t);
     assert_eq!(codes(&sent(&mut call)), ["REFER"]);
     call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3600));
-    // The default queue already failed: no second REFER, a polite BYE.
-    call.handle_timeout(t0 + Duration::from_secs(13));
+    // The default queue already failed: no second REFER; the congestion
+    // tone (the profile's 3 s), then a BYE saying why.
+    let failed = t0 + Duration::from_secs(13);
+    call.handle_timeout(failed);
+    assert!(sent(&mut call).is_empty(), "the tone first");
+    let loud = loud_packets(&mut call, failed, 100);
+    assert!((40..=60).contains(&loud), "{loud} loud packets in 2 s");
+    call.handle_timeout(failed + Duration::from_millis(2990));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(failed + Duration::from_secs(3));
     let out = sent(&mut call);
     assert_eq!(codes(&out), ["BYE"]);
-    call.handle_response(&response_to(&out[0], 200), t0 + Duration::from_secs(14));
+    let Message::Request(bye) = &out[0] else {
+        unreachable!()
+    };
+    let reason = bye.headers.get("Reason").unwrap_or_default();
+    assert!(
+        reason.contains("cause=480") && reason.contains("no final NOTIFY"),
+        "{reason}"
+    );
+    call.handle_response(&response_to(&out[0], 200), t0 + Duration::from_secs(17));
     let rec = ended(&mut call).expect("event");
     assert_eq!(rec.outcome, Outcome::Failed);
     assert_eq!(rec.refer_attempts[0].response, Some(202));
@@ -336,6 +352,8 @@ fn bye_before_ack_stops_the_200_retransmissions() {
 
 fn with_credentials(realm: Option<&str>) -> Arc<CallSettings> {
     let mut s = CallSettings::from_profile(&Profile::default(), 5060);
+    // No failure tone: a failed transfer's BYE goes at once.
+    s.failure_tone = Duration::ZERO;
     s.credentials = vec![DialogCredential {
         realm: realm.map(str::to_owned),
         username: "emonav".into(),
@@ -2011,6 +2029,30 @@ fn a_trusted_set_keeps_our_media_away_from_other_addresses() {
     assert!(sent.contains(&(Socket::Rtp, sdp_addr)), "{sent:?}");
 }
 
+/// Our G.711 RTP packets with a level above 1000 (RMS) over `frames`
+/// 20 ms steps after `t`: the congestion tone's.
+fn loud_packets(call: &mut Call, t: Instant, frames: u32) -> usize {
+    let mut loud = 0;
+    for k in 1..frames {
+        call.handle_timeout(t + Duration::from_millis(20 * u64::from(k)));
+        for (socket, _, p) in media_sent(call) {
+            if socket != Socket::Rtp || p.len() != 172 || p[1] & 0x7f > 8 {
+                continue;
+            }
+            let mut pcm = [0i16; 160];
+            match p[1] & 0x7f {
+                0 => emonav_dsp::g711::decode_ulaw(&p[12..], &mut pcm),
+                _ => emonav_dsp::g711::decode_alaw(&p[12..], &mut pcm),
+            }
+            let e = pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / 160.0;
+            if e.sqrt() > 1_000.0 {
+                loud += 1;
+            }
+        }
+    }
+    loud
+}
+
 #[test]
 fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
     let p = Profile::from_toml(
@@ -2027,24 +2069,7 @@ fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
         ["ACK"],
         "no BYE yet: the tone first"
     );
-    let mut loud = 0;
-    for k in 1..50 {
-        call.handle_timeout(t + Duration::from_millis(20 * k));
-        for (socket, _, p) in media_sent(&mut call) {
-            if socket != Socket::Rtp || p.len() != 172 || p[1] & 0x7f > 8 {
-                continue;
-            }
-            let mut pcm = [0i16; 160];
-            match p[1] & 0x7f {
-                0 => emonav_dsp::g711::decode_ulaw(&p[12..], &mut pcm),
-                _ => emonav_dsp::g711::decode_alaw(&p[12..], &mut pcm),
-            }
-            let e = pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / 160.0;
-            if e.sqrt() > 1_000.0 {
-                loud += 1;
-            }
-        }
-    }
+    let loud = loud_packets(&mut call, t, 50);
     // 425 Hz, 250 ms on / 250 ms off: about half of ~49 packets.
     assert!((20..=30).contains(&loud), "{loud} loud packets");
     let at = t + Duration::from_secs(1);
