@@ -159,6 +159,17 @@ fn bridge_call(
     bye_side: &str,
     busy: bool,
 ) -> (Emonav, Bridged) {
+    bridge_call_to("uas_queue.xml", caller, caller_keys, bye_side, busy)
+}
+
+/// As [`bridge_call`], the answering queue playing `queue_scenario`.
+fn bridge_call_to(
+    queue_scenario: &str,
+    caller: &str,
+    caller_keys: &[(&str, String)],
+    bye_side: &str,
+    busy: bool,
+) -> (Emonav, Bridged) {
     let (q, qd) = (free_port(), free_port());
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rtp_port = rtp.local_addr().unwrap().port();
@@ -169,7 +180,7 @@ fn bridge_call(
         &format!("sip:default@127.0.0.1:{qd}"),
     ));
     let queue = Sipp::start(
-        "uas_queue.xml",
+        queue_scenario,
         None,
         answering,
         &[
@@ -286,6 +297,91 @@ fn a_caller_without_refer_in_allow_is_bridged_at_once_and_the_queues_bye_ends_th
         b.record["refer_attempts"].as_array().unwrap().len(),
         0,
         "no REFER to a caller that does not allow it"
+    );
+}
+
+#[test]
+fn the_callers_hold_and_resume_are_relayed_to_the_queue_and_media_flows_after() {
+    // Every route is this queue: no audio before the bridge, so the
+    // decision is the deadline's (the default queue).
+    let q = free_port();
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let emonav = Emonav::start(&profile(
+        "b2bua",
+        &format!("sip:agents@127.0.0.1:{q}"),
+        &format!("sip:default@127.0.0.1:{q}"),
+    ));
+    let queue = Sipp::start(
+        "uas_queue_hold.xml",
+        None,
+        q,
+        &[("rtp_port", rtp_port.to_string())],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let counter = count_rtp(rtp, Duration::from_secs(14));
+    let caller = Sipp::start(
+        "uac_b2bua_hold.xml",
+        Some(emonav.sip.to_string()),
+        free_port(),
+        &[],
+    );
+    let (caller_status, caller_log) = caller.wait(Duration::from_secs(40));
+    let (queue_status, queue_log) = queue.wait(Duration::from_secs(20));
+    assert!(caller_status.success(), "caller scenario failed");
+    assert!(queue_status.success(), "queue scenario failed");
+    let record = emonav.next_event(Duration::from_secs(10));
+    let rtp_from = counter.join().unwrap();
+    assert_eq!(record["outcome"], "bridged", "{record}");
+    // The queue saw the caller's own SDP: hold, then resume, at the
+    // caller's media port (the one in the set-up's ACK).
+    let caller_m = logged(&queue_log, "ACK-SDP:").expect("ACK SDP logged");
+    assert_eq!(
+        logged(&queue_log, "QUEUE-HOLD-OFFER:"),
+        Some(format!("a=sendonly {caller_m}").as_str())
+    );
+    assert_eq!(
+        logged(&queue_log, "QUEUE-RESUME-OFFER:"),
+        Some(format!("a=sendrecv {caller_m}").as_str())
+    );
+    // The caller got the queue's answers, the queue's media port in each.
+    assert_eq!(
+        logged(&caller_log, "HOLD-ANSWER:"),
+        Some(format!("a=recvonly m=audio {rtp_port}").as_str())
+    );
+    assert_eq!(
+        logged(&caller_log, "RESUME-ANSWER:"),
+        Some(format!("a=sendrecv m=audio {rtp_port}").as_str())
+    );
+    // The caller played speech only after the resume: it reached the queue.
+    let caller_port: u16 = caller_m.trim_start_matches("m=audio ").parse().unwrap();
+    let direct = rtp_from.iter().filter(|a| a.port() == caller_port).count();
+    assert!(
+        direct >= 50,
+        "{direct} RTP packets from the caller at the queue after the resume (of {})",
+        rtp_from.len()
+    );
+}
+
+#[test]
+fn the_queue_leg_runs_a_session_timer_and_the_queues_update_refresh_gets_200() {
+    let (_emonav, b) = bridge_call_to(
+        "uas_queue_timer.xml",
+        "uac_b2bua.xml",
+        &[("refer_code", "405".into())],
+        "caller",
+        false,
+    );
+    assert_bridged(&b, "sip:agents@127.0.0.1:");
+    // emonav's INVITE offered RFC 4028 (1800 s, our Min-SE 90)...
+    assert_eq!(
+        logged(&b.queue_log, "INVITE-TIMER:"),
+        Some("Session-Expires: 1800 Supported: timer")
+    );
+    // ... and its 200 to the queue's refresh names the queue as refresher.
+    assert_eq!(
+        logged(&b.queue_log, "REFRESH-200:"),
+        Some("Session-Expires: 90;refresher=uac")
     );
 }
 

@@ -185,9 +185,23 @@ fn failure_notify_then_fallback_failure_hangs_up_politely() {
     let second = uac.expect_request("REFER", 3 * S).expect("fallback REFER");
     uac.respond(&second, 202, "Accepted");
     uac.notify("SIP/2.0 480 Temporarily Unavailable", true);
+    let failed = Instant::now();
     let bye = uac
-        .expect_request("BYE", 3 * S)
+        .expect_request("BYE", 6 * S)
         .expect("BYE after both attempts failed");
+    // The profile's 3 s congestion tone first, then the BYE saying why.
+    assert!(
+        failed.elapsed() >= Duration::from_millis(2_800),
+        "BYE after {:?}: no tone",
+        failed.elapsed()
+    );
+    assert!(
+        bye.headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("cause=480") && r.contains("transfer failed")),
+        "{:?}",
+        bye.headers.get("Reason")
+    );
     uac.respond(&bye, 200, "OK");
     let ev = emonav.next_event(5 * S);
     assert_eq!(ev["outcome"], "failed");

@@ -665,7 +665,7 @@ impl Call {
         match self.phase {
             // A transfer in progress: the transferee often hangs up on us before
             // the final NOTIFY; wait for it to know how the transfer went.
-            Phase::Transferring => {}
+            Phase::Transferring if !self.failure_tone_playing() => {}
             Phase::HangingUp => {
                 self.client.abandon();
                 self.finish(now);

@@ -117,6 +117,7 @@ impl Call {
             408 | 481 => {
                 tracing::warn!(%call_id, code, "session refresh failed; hanging up");
                 self.timers.stop(Timer::SessionRefresh);
+                self.end_queue_leg(now);
                 self.hang_up(Outcome::SessionExpired, now);
             }
             _ => {
@@ -135,6 +136,7 @@ impl Call {
         if self.is_live() {
             tracing::warn!(call_id = %self.dialog.call_id, "session timer expired without a refresh; hanging up");
             self.client.abandon();
+            self.end_queue_leg(now);
             self.hang_up(Outcome::SessionExpired, now);
         }
     }

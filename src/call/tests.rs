@@ -196,11 +196,27 @@ fn refer_is_retransmitted_by_timer_e_and_notify_timeout_hangs_up() {
     call.handle_timeout(t);
     assert_eq!(codes(&sent(&mut call)), ["REFER"]);
     call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3600));
-    // The default queue already failed: no second REFER, a polite BYE.
-    call.handle_timeout(t0 + Duration::from_secs(13));
+    // The default queue already failed: no second REFER; the congestion
+    // tone (the profile's 3 s), then a BYE saying why.
+    let failed = t0 + Duration::from_secs(13);
+    call.handle_timeout(failed);
+    assert!(sent(&mut call).is_empty(), "the tone first");
+    let loud = loud_packets(&mut call, failed, 100);
+    assert!((40..=60).contains(&loud), "{loud} loud packets in 2 s");
+    call.handle_timeout(failed + Duration::from_millis(2990));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(failed + Duration::from_secs(3));
     let out = sent(&mut call);
     assert_eq!(codes(&out), ["BYE"]);
-    call.handle_response(&response_to(&out[0], 200), t0 + Duration::from_secs(14));
+    let Message::Request(bye) = &out[0] else {
+        unreachable!()
+    };
+    let reason = bye.headers.get("Reason").unwrap_or_default();
+    assert!(
+        reason.contains("cause=480") && reason.contains("no final NOTIFY"),
+        "{reason}"
+    );
+    call.handle_response(&response_to(&out[0], 200), t0 + Duration::from_secs(17));
     let rec = ended(&mut call).expect("event");
     assert_eq!(rec.outcome, Outcome::Failed);
     assert_eq!(rec.refer_attempts[0].response, Some(202));
@@ -336,6 +352,8 @@ fn bye_before_ack_stops_the_200_retransmissions() {
 
 fn with_credentials(realm: Option<&str>) -> Arc<CallSettings> {
     let mut s = CallSettings::from_profile(&Profile::default(), 5060);
+    // No failure tone: a failed transfer's BYE goes at once.
+    s.failure_tone = Duration::ZERO;
     s.credentials = vec![DialogCredential {
         realm: realm.map(str::to_owned),
         username: "emonav".into(),
@@ -2011,6 +2029,30 @@ fn a_trusted_set_keeps_our_media_away_from_other_addresses() {
     assert!(sent.contains(&(Socket::Rtp, sdp_addr)), "{sent:?}");
 }
 
+/// Our G.711 RTP packets with a level above 1000 (RMS) over `frames`
+/// 20 ms steps after `t`: the congestion tone's.
+fn loud_packets(call: &mut Call, t: Instant, frames: u32) -> usize {
+    let mut loud = 0;
+    for k in 1..frames {
+        call.handle_timeout(t + Duration::from_millis(20 * u64::from(k)));
+        for (socket, _, p) in media_sent(call) {
+            if socket != Socket::Rtp || p.len() != 172 || p[1] & 0x7f > 8 {
+                continue;
+            }
+            let mut pcm = [0i16; 160];
+            match p[1] & 0x7f {
+                0 => emonav_dsp::g711::decode_ulaw(&p[12..], &mut pcm),
+                _ => emonav_dsp::g711::decode_alaw(&p[12..], &mut pcm),
+            }
+            let e = pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / 160.0;
+            if e.sqrt() > 1_000.0 {
+                loud += 1;
+            }
+        }
+    }
+    loud
+}
+
 #[test]
 fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
     let p = Profile::from_toml(
@@ -2027,24 +2069,7 @@ fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
         ["ACK"],
         "no BYE yet: the tone first"
     );
-    let mut loud = 0;
-    for k in 1..50 {
-        call.handle_timeout(t + Duration::from_millis(20 * k));
-        for (socket, _, p) in media_sent(&mut call) {
-            if socket != Socket::Rtp || p.len() != 172 || p[1] & 0x7f > 8 {
-                continue;
-            }
-            let mut pcm = [0i16; 160];
-            match p[1] & 0x7f {
-                0 => emonav_dsp::g711::decode_ulaw(&p[12..], &mut pcm),
-                _ => emonav_dsp::g711::decode_alaw(&p[12..], &mut pcm),
-            }
-            let e = pcm.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / 160.0;
-            if e.sqrt() > 1_000.0 {
-                loud += 1;
-            }
-        }
-    }
+    let loud = loud_packets(&mut call, t, 50);
     // 425 Hz, 250 ms on / 250 ms off: about half of ~49 packets.
     assert!((20..=30).contains(&loud), "{loud} loud packets");
     let at = t + Duration::from_secs(1);
@@ -2064,4 +2089,382 @@ fn b2bua_no_queue_reachable_plays_the_congestion_tone_then_byes() {
     );
     call.handle_response(&response_to(&out[0], 200), at);
     assert_eq!(ended(&mut call).unwrap().outcome, Outcome::Failed);
+}
+
+/// A `b2bua` call bridged to the queue: the call, our INVITE to the queue
+/// (for the queue's in-dialog requests) and the instant reached.
+fn bridged_call(t0: Instant) -> (Call, Request, Instant) {
+    bridged_call_with(t0, "")
+}
+
+/// As [`bridged_call`], the queue's 2xx with `extra` headers.
+fn bridged_call_with(t0: Instant, extra: &str) -> (Call, Request, Instant) {
+    let (mut call, inv) = bridging(t0);
+    let t = t0 + Duration::from_millis(3100);
+    let queue_sdp = "v=0\r\no=agent 5 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+    let ok = queue_response(
+        &inv,
+        200,
+        &format!("Contact: <sip:agent@192.0.2.7:5062>\r\nContent-Type: application/sdp\r\n{extra}"),
+        queue_sdp,
+    );
+    call.handle_response(&ok, t);
+    let out = sent(&mut call);
+    let answer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let mut caller_ok = response_to(&out[0], 200);
+    caller_ok.body = answer.as_bytes().to_vec();
+    call.handle_response(&caller_ok, t);
+    assert_eq!(codes(&sent(&mut call)), ["ACK", "ACK"]);
+    assert_eq!(call.phase, Phase::Bridged);
+    (call, inv, t)
+}
+
+fn queue_peer() -> Peer {
+    Peer {
+        addr: "192.0.2.7:5062".parse().unwrap(),
+        transport: Transport::Udp,
+    }
+}
+
+/// A request from the queue in its dialog with us.
+fn from_queue(inv: &Request, method: &str, cseq: u32, body: &str) -> Request {
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    request(&format!(
+        "{method} sip:emonav@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKq{method}{cseq}\r\n\
+         From: {};tag=agent1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n\
+         Contact: <sip:agent@192.0.2.7:5062>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        inv.headers.get("To").unwrap(),
+        inv.headers.get("From").unwrap(),
+        inv.call_id().unwrap(),
+        body.len()
+    ))
+}
+
+fn body_of(m: &Message) -> String {
+    match m {
+        Message::Request(r) => String::from_utf8_lossy(&r.body).into_owned(),
+        Message::Response(r) => String::from_utf8_lossy(&r.body).into_owned(),
+    }
+}
+
+#[test]
+fn b2bua_relays_the_callers_hold_and_resume_to_the_queue() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call(t0);
+    let hold = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=sendonly\r\n";
+    let reinvite = in_dialog(
+        &call,
+        "INVITE",
+        2,
+        "Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\n",
+        hold,
+    );
+    call.handle_request(&reinvite, peer(), t + ms(1000));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["INVITE", "100"], "on to the queue at once");
+    let Message::Request(to_queue) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(to_queue.call_id(), inv.call_id());
+    assert_eq!(to_queue.body, hold.as_bytes(), "the caller's SDP as is");
+    // The caller's INVITE again: our 100 again, nothing to the queue.
+    call.handle_request(&reinvite, peer(), t + ms(1100));
+    assert_eq!(codes(&sent(&mut call)), ["100"]);
+    // The queue's request is retransmitted until it answers (Timer A).
+    call.handle_timeout(t + ms(1500));
+    assert_eq!(codes(&sent(&mut call)), ["INVITE"]);
+    // Another offer from the caller meanwhile: glare.
+    let update = in_dialog(
+        &call,
+        "UPDATE",
+        3,
+        "Content-Type: application/sdp\r\n",
+        &hold.replace(" 1 3 ", " 1 4 "),
+    );
+    call.handle_request(&update, peer(), t + ms(1520));
+    assert_eq!(codes(&sent(&mut call)), ["491"]);
+    let held = "v=0\r\no=agent 5 2 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\na=recvonly\r\n";
+    let mut ok = response_to(&out[0], 200);
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = held.as_bytes().to_vec();
+    call.handle_response(&ok, t + ms(1600));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "200"]);
+    let body = body_of(&out[1]);
+    assert!(
+        body.contains("o=emonav ") && body.contains("a=recvonly") && body.contains("m=audio 7000 "),
+        "the queue's answer under our origin: {body}"
+    );
+    let version = |b: &str| -> u64 {
+        let o = b.lines().find(|l| l.starts_with("o=")).unwrap();
+        o.split(' ').nth(2).unwrap().parse().unwrap()
+    };
+    assert!(version(&body) >= 2, "after the set-up's re-INVITE: {body}");
+    // The 2xx is retransmitted until the caller's ACK, then no more.
+    call.handle_timeout(t + ms(2100));
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+    call.handle_request(&in_dialog(&call, "ACK", 2, "", ""), peer(), t + ms(2200));
+    assert!(sent(&mut call).is_empty(), "ACK absorbed, nothing relayed");
+    call.handle_timeout(t + ms(5000));
+    assert!(sent(&mut call).is_empty());
+    // The same session again (a refresh): answered here, the queue undisturbed.
+    let refresh = in_dialog(
+        &call,
+        "INVITE",
+        4,
+        "Content-Type: application/sdp\r\n",
+        hold,
+    );
+    call.handle_request(&refresh, peer(), t + ms(6000));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200"]);
+    assert_eq!(version(&body_of(&out[0])), version(&body));
+    call.handle_request(&in_dialog(&call, "ACK", 4, "", ""), peer(), t + ms(6010));
+    // Resume: the queue refuses (500, Retry-After): the caller hears the same.
+    let resume = in_dialog(
+        &call,
+        "INVITE",
+        5,
+        "Content-Type: application/sdp\r\n",
+        &hold
+            .replace(" 1 3 ", " 1 5 ")
+            .replace("sendonly", "sendrecv"),
+    );
+    call.handle_request(&resume, peer(), t + ms(7000));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["INVITE", "100"]);
+    let mut busy = response_to(&out[0], 500);
+    busy.headers.push("Retry-After", "3");
+    call.handle_response(&busy, t + ms(7100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "500"]);
+    let Message::Response(r) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(r.headers.get("Retry-After"), Some("3"));
+    assert_eq!(call.phase, Phase::Bridged, "the session is kept");
+    call.handle_request(&in_dialog(&call, "ACK", 5, "", ""), peer(), t + ms(7110));
+    // And again by UPDATE (RFC 3311): relayed as an UPDATE, answered.
+    let update = in_dialog(
+        &call,
+        "UPDATE",
+        6,
+        "Content-Type: application/sdp\r\n",
+        &hold
+            .replace(" 1 3 ", " 1 6 ")
+            .replace("sendonly", "sendrecv"),
+    );
+    call.handle_request(&update, peer(), t + ms(8000));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["UPDATE"]);
+    let mut ok = response_to(&out[0], 200);
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = held
+        .replace(" 5 2 ", " 5 3 ")
+        .replace("recvonly", "sendrecv")
+        .into_bytes();
+    call.handle_response(&ok, t + ms(8100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200"], "no ACK for an UPDATE");
+    assert!(body_of(&out[0]).contains("a=sendrecv"));
+    assert!(version(&body_of(&out[0])) > version(&body));
+}
+
+#[test]
+fn b2bua_relays_the_queues_reinvite_to_the_caller_and_its_refusal_back() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call(t0);
+    let moved = "v=0\r\no=agent 5 2 IN IP4 192.0.2.8\r\ns=-\r\nc=IN IP4 192.0.2.8\r\nt=0 0\r\nm=audio 7002 RTP/AVP 0\r\n";
+    let reinvite = from_queue(&inv, "INVITE", 2, moved);
+    call.handle_request(&reinvite, queue_peer(), t + ms(1000));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["INVITE", "100"]);
+    let Message::Request(to_caller) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(to_caller.call_id(), Some("unit-1"));
+    let offer = body_of(&out[0]);
+    assert!(
+        offer.contains("o=emonav ") && offer.contains("c=IN IP4 192.0.2.8"),
+        "{offer}"
+    );
+    // The caller is re-INVITing too (glare): 491 to it.
+    call.handle_request(
+        &in_dialog(
+            &call,
+            "INVITE",
+            2,
+            "Content-Type: application/sdp\r\n",
+            &offer,
+        ),
+        peer(),
+        t + ms(1010),
+    );
+    assert_eq!(codes(&sent(&mut call)), ["491"]);
+    // ... and the caller answers ours 491: the queue hears 491, session kept.
+    call.handle_response(&response_to(&out[0], 491), t + ms(1100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "491"]);
+    let Message::Request(ack) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(ack.call_id(), Some("unit-1"));
+    let Message::Response(r) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(r.call_id(), inv.call_id());
+    call.handle_request(&from_queue(&inv, "ACK", 2, ""), queue_peer(), t + ms(1110));
+    assert!(sent(&mut call).is_empty());
+    // The queue tries again: the caller takes it; its answer goes to the queue.
+    let reinvite = from_queue(&inv, "INVITE", 3, moved);
+    call.handle_request(&reinvite, queue_peer(), t + ms(3000));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["INVITE", "100"]);
+    let answer = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let mut ok = response_to(&out[0], 200);
+    ok.body = answer.as_bytes().to_vec();
+    call.handle_response(&ok, t + ms(3100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "200"]);
+    assert_eq!(body_of(&out[1]), answer, "the caller's answer as is");
+    call.handle_request(&from_queue(&inv, "ACK", 3, ""), queue_peer(), t + ms(3110));
+    call.handle_timeout(t + ms(6000));
+    assert!(sent(&mut call).is_empty(), "ACKed: no 2xx retransmission");
+    // A queue refresh by UPDATE without SDP: 200 here, the caller undisturbed.
+    call.handle_request(
+        &from_queue(&inv, "UPDATE", 4, ""),
+        queue_peer(),
+        t + ms(7000),
+    );
+    assert_eq!(codes(&sent(&mut call)), ["200"]);
+    // The caller vanishes while the queue re-INVITEs: no answer at all
+    // (Timer B) ends both legs.
+    let again = moved.replace(" 5 2 ", " 5 3 ");
+    call.handle_request(
+        &from_queue(&inv, "INVITE", 5, &again),
+        queue_peer(),
+        t + ms(8000),
+    );
+    assert_eq!(codes(&sent(&mut call)), ["INVITE", "100"]);
+    let mut now = t + ms(8000);
+    let mut seen = vec![];
+    while now < t + Duration::from_secs(60) {
+        now += ms(500);
+        call.handle_timeout(now);
+        seen.extend(codes(&sent(&mut call)));
+        if seen.iter().any(|c| c == "408") {
+            break;
+        }
+    }
+    let tail: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|c| *c != "INVITE")
+        .collect();
+    assert_eq!(tail, ["408", "BYE", "BYE"], "{seen:?}");
+}
+
+fn header_of<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    match m {
+        Message::Request(r) => r.headers.get(name),
+        Message::Response(r) => r.headers.get(name),
+    }
+}
+
+#[test]
+fn b2bua_queue_leg_offers_a_session_timer_and_honours_422() {
+    let t0 = Instant::now();
+    let (mut call, inv) = bridging(t0);
+    assert_eq!(inv.headers.get("Supported"), Some("timer"));
+    assert_eq!(inv.headers.get("Session-Expires"), Some("1800"));
+    assert_eq!(inv.headers.get("Min-SE"), Some("90"));
+    let t = t0 + ms(3100);
+    call.handle_response(&queue_response(&inv, 422, "Min-SE: 3600", ""), t);
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "INVITE"]);
+    assert_eq!(header_of(&out[1], "Session-Expires"), Some("3600"));
+    assert_eq!(header_of(&out[1], "CSeq"), Some("2 INVITE"));
+    // A second 422 is a failure: the next queue (none left here: the end).
+    let Message::Request(again) = &out[1] else {
+        unreachable!()
+    };
+    call.handle_response(&queue_response(again, 422, "Min-SE: 7200", ""), t + ms(50));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["ACK", "BYE"], "no third INVITE");
+}
+
+#[test]
+fn b2bua_refreshes_the_queue_leg_when_it_is_the_refresher() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call_with(t0, "Session-Expires: 90;refresher=uac\r\n");
+    // Half the interval: our UPDATE without SDP, nothing to the caller.
+    call.handle_timeout(t + Duration::from_secs(44));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t + Duration::from_secs(45));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["UPDATE"]);
+    let Message::Request(update) = &out[0] else {
+        unreachable!()
+    };
+    assert_eq!(update.call_id(), inv.call_id());
+    assert!(update.body.is_empty(), "no media change");
+    assert_eq!(
+        update.headers.get("Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    // Unanswered, it is retransmitted (Timer E).
+    call.handle_timeout(t + Duration::from_millis(45_500));
+    assert_eq!(codes(&sent(&mut call)), ["UPDATE"]);
+    let mut ok = update.make_response(200, "OK");
+    ok.headers.push("Session-Expires", "120;refresher=uac");
+    call.handle_response(&ok, t + Duration::from_secs(46));
+    assert!(sent(&mut call).is_empty());
+    // The queue's new interval: the next refresh at half of it.
+    call.handle_timeout(t + Duration::from_secs(46 + 59));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t + Duration::from_secs(46 + 60));
+    assert_eq!(codes(&sent(&mut call)), ["UPDATE"]);
+    assert_eq!(call.phase, Phase::Bridged);
+}
+
+#[test]
+fn b2bua_answers_the_queues_refresh_and_ends_both_legs_when_it_stops() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call_with(t0, "Session-Expires: 90;refresher=uas\r\n");
+    // The queue refreshes by UPDATE at 40 s: 200 with the interval, its role.
+    let mut refresh = from_queue(&inv, "UPDATE", 2, "");
+    refresh.headers.push("Session-Expires", "90;refresher=uac");
+    refresh.headers.push("Supported", "timer");
+    call.handle_request(&refresh, queue_peer(), t + Duration::from_secs(40));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200"]);
+    assert_eq!(
+        header_of(&out[0], "Session-Expires"),
+        Some("90;refresher=uac")
+    );
+    // Without the refresh at 40 s the session would be over at 60 s.
+    call.handle_timeout(t + Duration::from_secs(61));
+    assert!(sent(&mut call).is_empty(), "refreshed: still up");
+    // No refresh after that one: at 40 + 60 s both legs get a BYE.
+    call.handle_timeout(t + Duration::from_secs(99));
+    assert!(sent(&mut call).is_empty());
+    call.handle_timeout(t + Duration::from_secs(100));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["BYE", "BYE"]);
+    let Message::Request(to_caller) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(to_caller.call_id(), Some("unit-1"));
+    assert!(
+        to_caller
+            .headers
+            .get("Reason")
+            .is_some_and(|r| r.contains("session expired")),
+        "{:?}",
+        to_caller.headers.get("Reason")
+    );
 }

@@ -299,6 +299,10 @@ impl Call {
     }
 
     pub(super) fn transfer_failed(&mut self, code: Option<u16>, now: Instant) {
+        if self.failure_tone_playing() {
+            // Already failed (a late NOTIFY, or the transfer timer).
+            return;
+        }
         if self.transfer.caller_hung_up {
             self.record.outcome = Outcome::CallerHangup;
             self.finish(now);
@@ -333,11 +337,15 @@ impl Call {
         if retry {
             self.send_refer(&default, now);
         } else {
-            self.record.failure_cause = Some(match code {
+            let cause = match code {
                 Some(c) => format!("refer: {c}"),
                 None => "refer: no final NOTIFY in time".into(),
-            });
-            self.hang_up(Outcome::Failed, now);
+            };
+            // As in b2bua mode: the congestion tone, then the BYE saying why.
+            let status = code.filter(|c| *c >= 300).unwrap_or(480);
+            let reason = format!("SIP ;cause={status} ;text=\"transfer failed: {cause}\"");
+            self.record.failure_cause = Some(cause);
+            self.fail_with_tone(reason, now);
         }
     }
 

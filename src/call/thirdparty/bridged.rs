@@ -1,12 +1,14 @@
 //! Requests while a queue leg exists (RFC 3725 §4.3 after the set-up): a
 //! BYE from either leg is answered and relayed as ours to the other; the
 //! caller's re-INVITE (a session refresh, RFC 4028) is answered with the
-//! session as it stands. Media changes are not relayed between the legs.
+//! session as it stands; a new offer from either leg is relayed to the
+//! other ([`super::relay`]).
 
 use std::time::Instant;
 
 use super::super::{stateless_response, Call, Output, Phase};
-use super::BridgedReInvite;
+use super::relay::{changes_session, Side};
+use super::{is_sdp, BridgedReInvite};
 use crate::events::Outcome;
 use emonav_sip::dialog::reply_dest;
 use emonav_sip::header;
@@ -39,9 +41,20 @@ impl Call {
             .dialog
             .as_ref()
             .is_some_and(|d| d.matches(req));
+        if req.method == Method::Ack {
+            self.relay_ack(Side::Queue, req, now);
+            return true;
+        }
+        if self.relay_retransmission(Side::Queue, req) {
+            return true;
+        }
+        let in_order = self.b2b.legs[i]
+            .dialog
+            .as_mut()
+            .is_some_and(|d| d.accept_remote_cseq(req).is_ok());
         match req.method {
-            Method::Ack => {}
             _ if !matches => reply(self, 481, "Call/Transaction Does Not Exist"),
+            _ if !in_order => reply(self, 500, "Server Internal Error (CSeq out of order)"),
             Method::Bye => {
                 reply(self, 200, "OK");
                 let current = i + 1 == self.b2b.legs.len();
@@ -63,12 +76,30 @@ impl Call {
                 }
             }
             Method::Options => reply(self, 200, "OK"),
-            Method::Update if req.body.iter().all(u8::is_ascii_whitespace) => {
-                reply(self, 200, "OK")
+            Method::Invite | Method::Update
+                if changes_session(&req.body, self.b2b.queue_remote.as_deref()) =>
+            {
+                self.relay_offer(Side::Queue, req, peer, now)
             }
-            // Media changes are not relayed between the legs (yet).
+            // A refresh (RFC 4028), or an offerless re-INVITE: the session
+            // as it stands, the caller's description as the queue knows it.
             Method::Invite | Method::Update => {
-                reply(self, 488, "Not Acceptable Here (not relayed)")
+                let mut resp = stateless_response(req, 200, "OK", &self.s.user_agent);
+                let contact = self.s.contact_uri(Transport::Udp);
+                resp.headers.push(header::CONTACT, format!("<{contact}>"));
+                self.queue_refresh_headers(req, &mut resp, now);
+                if req.method == Method::Update && !is_sdp(&req.body) {
+                    self.respond(req, peer, resp, now);
+                    return true;
+                }
+                resp.headers.push(header::CONTENT_TYPE, "application/sdp");
+                resp.body = self
+                    .b2b
+                    .caller_remote
+                    .clone()
+                    .unwrap_or_default()
+                    .into_bytes();
+                self.respond(req, peer, resp, now);
             }
             _ => reply(self, 501, "Not Implemented"),
         }
@@ -78,12 +109,14 @@ impl Call {
     /// While bridged, the caller's re-INVITE (a session refresh, usually)
     /// is answered with the session as it stands (the queue's SDP), and its
     /// ACK absorbed; our silence keepalive and analysis are over, so our own
-    /// SDP must not be offered again. Media changes are not relayed.
+    /// SDP must not be offered again. A new offer goes to the queue.
     fn caller_request_while_bridged(&mut self, req: &Request, peer: Peer, now: Instant) -> bool {
         if !self.bridging() {
             return false;
         }
         match req.method {
+            Method::Ack if self.relay_ack(Side::Caller, req, now) => true,
+            Method::Invite if self.relay_retransmission(Side::Caller, req) => true,
             Method::Ack => {
                 let seq = req.cseq().map(|c| c.seq);
                 match &mut self.b2b.answered {
@@ -105,7 +138,13 @@ impl Call {
                 if self.dialog.accept_remote_cseq(req).is_err() {
                     return false;
                 }
-                let busy = matches!(self.phase, Phase::Bridging);
+                if matches!(self.phase, Phase::Bridged)
+                    && changes_session(&req.body, self.b2b.caller_remote.as_deref())
+                {
+                    self.relay_offer(Side::Caller, req, peer, now);
+                    return true;
+                }
+                let busy = matches!(self.phase, Phase::Bridging) || self.relay_busy();
                 let (code, reason) = if busy {
                     (491, "Request Pending")
                 } else {
@@ -137,14 +176,29 @@ impl Call {
                 true
             }
             Method::Update
-                if self.dialog.matches(req) && !req.body.iter().all(u8::is_ascii_whitespace) =>
+                if self.dialog.matches(req)
+                    && changes_session(&req.body, self.b2b.caller_remote.as_deref()) =>
             {
-                let resp = stateless_response(
-                    req,
-                    488,
-                    "Not Acceptable Here (not relayed)",
-                    &self.s.user_agent,
-                );
+                if self.dialog.accept_remote_cseq(req).is_err() {
+                    return false;
+                }
+                self.relay_offer(Side::Caller, req, peer, now);
+                true
+            }
+            // The same offer again (a refresh): the session as it stands.
+            Method::Update if self.dialog.matches(req) && is_sdp(&req.body) => {
+                if self.dialog.accept_remote_cseq(req).is_err() {
+                    return false;
+                }
+                let mut resp = stateless_response(req, 200, "OK", &self.s.user_agent);
+                resp.headers
+                    .push(header::CONTACT, format!("<{}>", self.contact()));
+                if let Ok(t) = session_timer::negotiate(req, self.s.min_se) {
+                    self.start_session_timer(t, now);
+                    self.add_timer_headers(&mut resp);
+                }
+                resp.headers.push(header::CONTENT_TYPE, "application/sdp");
+                resp.body = self.b2b.caller_sdp.clone().unwrap_or_default().into_bytes();
                 self.respond(req, peer, resp, now);
                 true
             }

@@ -1,4 +1,5 @@
-//! No queue could take the call: the caller hears the congestion tone
+//! No queue could take the call (no queue leg answered in b2bua mode, or
+//! every REFER failed in refer mode): the caller hears the congestion tone
 //! ([`crate::media::tone`]) for `[transfer] failure_tone_ms`, then our BYE
 //! with `Reason` (RFC 3326) naming why. RFC 3725 §7 leaves the failure
 //! policy to the controller; ours is that a caller is never dropped into
@@ -19,9 +20,15 @@ pub(super) struct Failing {
 }
 
 impl Call {
-    /// Every route failed: congestion tone, then BYE with `reason`. At once
-    /// when the tone is off, or we cannot send media to the caller.
-    pub(super) fn fail_with_tone(&mut self, reason: String, now: Instant) {
+    /// True while the failure tone plays before our BYE.
+    pub(in crate::call) fn failure_tone_playing(&self) -> bool {
+        self.b2b.failing.is_some()
+    }
+
+    /// Every route failed (queue legs in b2bua mode, REFERs in refer mode):
+    /// congestion tone, then BYE with `reason`. At once when the tone is
+    /// off, or we cannot send media to the caller.
+    pub(in crate::call) fn fail_with_tone(&mut self, reason: String, now: Instant) {
         let tone = self.s.failure_tone;
         let playing = !tone.is_zero()
             && self.sends_media()
@@ -49,7 +56,7 @@ impl Call {
         let reason = std::mem::take(&mut self.b2b.failing)
             .map(|f| f.reason)
             .unwrap_or_default();
-        if matches!(self.phase, Phase::Bridging) {
+        if matches!(self.phase, Phase::Bridging | Phase::Transferring) {
             self.hang_up_with_reason(Outcome::Failed, &reason, now);
         }
     }

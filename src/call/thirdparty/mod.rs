@@ -36,6 +36,8 @@
 
 mod bridged;
 mod failure;
+mod relay;
+mod session;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -54,7 +56,7 @@ use emonav_sip::transport::{Peer, Transport};
 
 /// A non-INVITE request of ours on a queue leg (BYE, CANCEL).
 #[derive(Debug)]
-struct LegRequest {
+pub(super) struct LegRequest {
     tx: ClientNonInvite,
     data: Vec<u8>,
     dest: SocketAddr,
@@ -82,6 +84,8 @@ struct QueueLeg {
     request: Option<LegRequest>,
     /// Over: it hung up, or our BYE was answered.
     ended: bool,
+    /// Our INVITE was sent again after a `422` (RFC 4028 §6).
+    session_retried: bool,
 }
 
 /// Our re-INVITE to the caller with the queue's SDP.
@@ -119,6 +123,14 @@ pub(super) struct ThirdParty {
     answered: Option<BridgedReInvite>,
     /// No queue took the call: the failure tone plays until the BYE.
     failing: Option<failure::Failing>,
+    /// A media change on its way from one leg to the other.
+    relay: Option<relay::Relayed>,
+    /// The caller's last session description (the queue has it as is).
+    caller_remote: Option<String>,
+    /// The queue's last session description (the caller has it with our `o=`).
+    queue_remote: Option<String>,
+    /// The queue leg's session timer (RFC 4028).
+    queue_timer: Option<session::QueueTimer>,
 }
 
 impl ThirdParty {
@@ -136,6 +148,10 @@ impl ThirdParty {
             self.reinvite.as_ref().and_then(|r| r.tx.poll_timeout()),
             self.answered.as_ref().and_then(|a| a.tx.poll_timeout()),
             self.failing.as_ref().map(|f| f.until),
+            self.relay.as_ref().and_then(relay::Relayed::poll_timeout),
+            self.queue_timer
+                .as_ref()
+                .and_then(session::QueueTimer::poll_timeout),
         ])
         .flatten()
         .min()
@@ -225,12 +241,13 @@ impl Call {
                 headers.push(name, value);
             }
         }
-        let invite = Request {
+        let mut invite = Request {
             method: Method::Invite,
             uri: uri.clone(),
             headers,
             body: Vec::new(),
         };
+        self.add_queue_timer_headers(&mut invite, self.queue_session_interval());
         // No DNS in the core: the proxy, an IP-literal queue, or the
         // caller's previous hop (the PBX or SBC that can route a tel: URI).
         let dest = proxy
@@ -256,6 +273,7 @@ impl Call {
             ack: None,
             request: None,
             ended: false,
+            session_retried: false,
         });
     }
 
@@ -291,13 +309,22 @@ impl Call {
             return false;
         };
         if call_id == self.dialog.call_id {
-            return self.caller_reinvite_response(resp, now);
+            return self.relay_response(relay::Side::Caller, resp, now)
+                || self.caller_reinvite_response(resp, now);
+        }
+        if self.b2b.legs.last().is_some_and(|l| l.call_id == call_id)
+            && self.relay_response(relay::Side::Queue, resp, now)
+        {
+            return true;
         }
         let current = self.b2b.legs.len().checked_sub(1);
         let Some(i) = self.b2b.legs.iter().position(|l| l.call_id == call_id) else {
             return false;
         };
         let Some(cseq) = resp.cseq() else { return true };
+        if Some(i) == current && self.queue_refresh_response(resp, now) {
+            return true;
+        }
         let leg = &mut self.b2b.legs[i];
         match cseq.method {
             Method::Invite if cseq.seq == leg.invite.cseq().map_or(0, |c| c.seq) => {}
@@ -351,6 +378,9 @@ impl Call {
                 if matches!(code, 401 | 407) && self.queue_auth(i, resp, now) {
                     return true;
                 }
+                if code == 422 && self.queue_session_too_small(i, resp, now) {
+                    return true;
+                }
                 self.bridge_attempt_failed(Some(code), &format!("queue answered {code}"), now);
             }
         }
@@ -375,6 +405,23 @@ impl Call {
             return false;
         };
         let mut req = leg.invite.clone();
+        let uri = req.uri.to_string();
+        let value = Authenticator::new(kind, challenge).authorization(
+            &cred.username,
+            cred.password.expose(),
+            "INVITE",
+            &uri,
+            &req.body,
+        );
+        req.headers.set(kind.credentials_header(), value);
+        self.resend_queue_invite(i, req, now);
+        self.b2b.legs[i].authenticated = true;
+        true
+    }
+
+    /// Our INVITE to queue `i` again, changed (§8.1.3.5: new Via branch,
+    /// next CSeq), with a new client transaction.
+    fn resend_queue_invite(&mut self, i: usize, mut req: Request, now: Instant) {
         let seq = req.cseq().map_or(1, |c| c.seq) + 1;
         req.headers
             .set(header::VIA, self.s.via(Transport::Udp).to_string());
@@ -386,15 +433,6 @@ impl Call {
             }
             .to_string(),
         );
-        let uri = req.uri.to_string();
-        let value = Authenticator::new(kind, challenge).authorization(
-            &cred.username,
-            cred.password.expose(),
-            "INVITE",
-            &uri,
-            &req.body,
-        );
-        req.headers.set(kind.credentials_header(), value);
         let data = req.to_bytes();
         let leg = &mut self.b2b.legs[i];
         self.out.push(Output::sip(
@@ -407,9 +445,7 @@ impl Call {
         leg.invite = req;
         leg.data = data;
         leg.tx = ClientInvite::new(now, self.s.timers, false);
-        leg.authenticated = true;
         leg.ended = false;
-        true
     }
 
     /// The queue's 2xx: the dialog, then the caller's re-INVITE with its offer.
@@ -456,6 +492,8 @@ impl Call {
             return;
         };
         leg.dialog = Some(dialog);
+        self.b2b.queue_remote = Some(offer.clone());
+        self.queue_session_refreshed(&resp.headers, now);
         self.reinvite_caller(&offer, now);
     }
 
@@ -583,6 +621,7 @@ impl Call {
             &self.s.contact_uri(Transport::Udp),
         );
         ack.headers.push(header::CONTENT_TYPE, "application/sdp");
+        self.b2b.caller_remote = Some(String::from_utf8_lossy(&answer).into_owned());
         ack.body = answer;
         let data = ack.to_bytes();
         leg.ack = Some(data.clone());
@@ -710,6 +749,8 @@ impl Call {
                 self.out.push(Output::reply(peer, dest, data));
             }
         }
+        self.relay_timeout(now);
+        self.queue_timer_timeout(now);
         self.failure_tone_timeout(now);
     }
 }
