@@ -115,6 +115,17 @@ struct CorpusArgs {
     /// −20 dBFS) instead of the multi-condition set.
     #[arg(long)]
     clean_only: bool,
+    /// Renderings per clip besides the reference in multi-condition
+    /// training: a number (picked per clip from the evaluated conditions and
+    /// speed-1), or `all` (every training condition, the steep `pcmu-sinc`
+    /// band-pass included).
+    #[arg(long, default_value = "2", conflicts_with = "clean_only")]
+    renderings: String,
+    /// Features to read as unknown (the population mean) in training and
+    /// scoring, comma-separated: compares a smaller feature layout from the
+    /// same cache (model selection only; a trained model keeps every name).
+    #[arg(long, value_delimiter = ',')]
+    mask_features: Vec<String>,
     /// L2 strengths, comma-separated: one is used as is, several are chosen
     /// from per task by inner leave-one-speaker-out.
     #[arg(long, value_delimiter = ',', default_value = "0.01")]
@@ -125,6 +136,31 @@ struct CorpusArgs {
     /// different seeds).
     #[arg(long, value_enum, default_value_t = FamilyArg::Logistic)]
     family: FamilyArg,
+}
+
+impl CorpusArgs {
+    fn renderings(&self) -> anyhow::Result<multi::Renderings> {
+        Ok(if self.clean_only {
+            multi::Renderings::CleanOnly
+        } else if self.renderings == "all" {
+            multi::Renderings::All
+        } else {
+            multi::Renderings::Some(
+                self.renderings.parse().with_context(|| {
+                    format!("--renderings {:?}: a number or all", self.renderings)
+                })?,
+            )
+        })
+    }
+
+    fn rendering_name(&self) -> String {
+        match self.renderings() {
+            Ok(multi::Renderings::CleanOnly) => "clean only".into(),
+            Ok(multi::Renderings::All) => "multi-condition (every training condition)".into(),
+            Ok(multi::Renderings::Some(n)) => format!("multi-condition (reference + {n})"),
+            Err(_) => "?".into(),
+        }
+    }
 }
 
 /// `--family`: [`emonav_dsp::model::Family`].
@@ -497,15 +533,17 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         let feats = learn::extract_all(&items, rate)?;
         learn::samples(&items, &feats, &g, &all)
     } else {
-        let picks = |i: usize| multi::renderings_of(i, d.clean_only, TRAIN_RENDERINGS);
+        let r = d.renderings()?;
+        let picks = |i: usize| multi::renderings_of(i, r);
         let conds = multi::training_conditions();
-        let table = multi::extract(
+        let mut table = multi::extract(
             &items,
             &g,
             &conds,
             &|c, i| picks(i).contains(&c),
             d.cache.as_deref(),
         )?;
+        multi::mask(&mut table, &d.mask_features).map_err(anyhow::Error::msg)?;
         multi::samples(&items, &table, &g, &all, &picks, None)
     };
     let description = format!(
@@ -515,12 +553,17 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         speakers.len(),
         if rate == 16000 {
             "16 kHz clean audio".to_string()
-        } else if d.clean_only {
-            "8 kHz full-band G.711 mu-law only".to_string()
         } else {
-            format!(
-                "8 kHz multi-condition (the reference and {TRAIN_RENDERINGS} more line conditions per clip)"
-            )
+            match d.renderings()? {
+                multi::Renderings::CleanOnly => "8 kHz full-band G.711 mu-law only".to_string(),
+                multi::Renderings::All => {
+                    "8 kHz multi-condition (every clip under every training line condition)"
+                        .to_string()
+                }
+                multi::Renderings::Some(n) => format!(
+                    "8 kHz multi-condition (the reference and {n} more line conditions per clip)"
+                ),
+            }
         },
         d.family,
         d.lambda,
@@ -544,9 +587,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-/// Renderings per clip besides the reference in multi-condition training.
-const TRAIN_RENDERINGS: usize = 2;
 
 fn load_model(args: &EvalArgs, rate: u32) -> anyhow::Result<emonav_dsp::Model> {
     let m = match &args.model {
@@ -572,26 +612,30 @@ fn eval_conditions(args: &EvalArgs) -> anyhow::Result<()> {
     let items = corpus::load(&d.corpus, &d.labels)?;
     let (g, speakers) = learn::groups(&items);
     let conds = multi::training_conditions();
-    let eval: Vec<usize> = if args.condition == "all" {
-        (0..emonav_offline::conditions::ALL.len()).collect()
-    } else {
-        match conds.iter().position(|c| c.name == args.condition) {
-            Some(k) => vec![k],
+    let mut eval: Vec<usize> = Vec::new();
+    for name in args.condition.split(',') {
+        if name == "all" {
+            eval.extend(0..emonav_offline::conditions::ALL.len());
+            continue;
+        }
+        match conds.iter().position(|c| c.name == name) {
+            Some(k) => eval.push(k),
             None => anyhow::bail!(
-                "unknown condition {:?}: one of all, {}",
-                args.condition,
+                "unknown condition {name:?}: one of all, {}",
                 conds.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
             ),
         }
-    };
-    let picks = |i: usize| multi::renderings_of(i, d.clean_only, TRAIN_RENDERINGS);
-    let table = multi::extract(
+    }
+    let r = d.renderings()?;
+    let picks = |i: usize| multi::renderings_of(i, r);
+    let mut table = multi::extract(
         &items,
         &g,
         &conds,
         &|c, i| eval.contains(&c) || (args.loso && picks(i).contains(&c)),
         d.cache.as_deref(),
     )?;
+    multi::mask(&mut table, &d.mask_features).map_err(anyhow::Error::msg)?;
     let recipe = multi::Recipe {
         lambdas: &d.lambda,
         family: d.family.family(),
@@ -732,13 +776,14 @@ fn training_name(args: &EvalArgs) -> String {
     } else {
         String::new()
     };
+    let masked = if args.data.mask_features.is_empty() {
+        String::new()
+    } else {
+        format!("; masked {}", args.data.mask_features.join(","))
+    };
     format!(
-        "{}, {:?}, L2 {:?}{adapt}",
-        if args.data.clean_only {
-            "clean only"
-        } else {
-            "multi-condition"
-        },
+        "{}, {:?}, L2 {:?}{adapt}{masked}",
+        args.data.rendering_name(),
         args.data.family,
         args.data.lambda
     )

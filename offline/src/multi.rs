@@ -233,15 +233,33 @@ pub fn training_conditions() -> Vec<Condition> {
         .collect()
 }
 
-/// Which training renderings (indices into [`training_conditions`]) an item
-/// contributes: the reference and, unless `clean_only`, `extra` others
-/// picked deterministically by the item's index.
-pub fn renderings_of(i: usize, clean_only: bool, extra: usize) -> Vec<usize> {
-    let n = training_conditions().len();
+/// How many of [`training_conditions`] (from the first) the default recipe
+/// draws its renderings from: `ALL` and `speed-1`. Conditions added to
+/// `TRAIN_EXTRA` after those are reachable only by `--renderings all`, so
+/// adding one does not change the default model.
+pub const DEFAULT_POOL: usize = conditions::ALL.len() + 1;
+
+/// How many renderings of each clip training uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Renderings {
+    /// The reference only.
+    CleanOnly,
+    /// The reference and this many others, picked deterministically per clip
+    /// from the first [`DEFAULT_POOL`] training conditions.
+    Some(usize),
+    /// The clip under every training condition.
+    All,
+}
+
+/// Which training renderings (indices into [`training_conditions`]) item `i`
+/// contributes: the reference first, then the others `r` asks for.
+pub fn renderings_of(i: usize, r: Renderings) -> Vec<usize> {
+    let (extra, n) = match r {
+        Renderings::CleanOnly => return vec![0],
+        Renderings::All => return (0..training_conditions().len()).collect(),
+        Renderings::Some(extra) => (extra, DEFAULT_POOL),
+    };
     let mut out = vec![0];
-    if clean_only {
-        return out;
-    }
     let mut k = (i * 7 + 3) % (n - 1);
     while out.len() < 1 + extra.min(n - 1) {
         let c = 1 + k;
@@ -251,6 +269,27 @@ pub fn renderings_of(i: usize, clean_only: bool, extra: usize) -> Vec<usize> {
         k = (k + 5) % (n - 1);
     }
     out
+}
+
+/// Read the features named in `names` as unknown (NaN: the population mean)
+/// in every row of `table`, so that a model trained and scored on it cannot
+/// use them: the feature layout without them, compared from one cache.
+pub fn mask(table: &mut Table, names: &[String]) -> Result<(), String> {
+    let mut cols = Vec::new();
+    for n in names {
+        match FEATURE_NAMES.iter().position(|f| f == n) {
+            Some(k) => cols.push(k),
+            None => return Err(format!("unknown feature {n:?}")),
+        }
+    }
+    for f in table.iter_mut().flatten().flatten() {
+        for x in f.at.iter_mut().chain(std::iter::once(&mut f.whole)) {
+            for &k in &cols {
+                x[k] = f32::NAN;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Training rows: each chosen rendering of each item in `which` at 0.5 s and
@@ -461,13 +500,17 @@ mod tests {
 
     #[test]
     fn renderings_are_the_reference_and_distinct_others() {
-        assert_eq!(renderings_of(5, true, 2), vec![0]);
+        assert_eq!(renderings_of(5, Renderings::CleanOnly), vec![0]);
         for i in 0..50 {
-            let r = renderings_of(i, false, 2);
+            let r = renderings_of(i, Renderings::Some(2));
             assert_eq!(r.len(), 3);
             assert_eq!(r[0], 0);
             assert!(r[1] != r[2] && r[1] != 0 && r[2] != 0);
+            assert!(r.iter().all(|&c| c < DEFAULT_POOL));
         }
+        let all = renderings_of(3, Renderings::All);
+        assert_eq!(all.len(), training_conditions().len());
+        assert_eq!(all[0], 0);
     }
 
     #[test]
