@@ -226,13 +226,12 @@ impl Registrations {
     pub(crate) fn resolved(&mut self, slot: usize, addrs: Vec<SocketAddr>) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.resolving = false;
-            if !addrs.is_empty() {
-                tracing::info!(registrar = %s.target, targets = ?addrs, "registrar located");
-            }
             if addrs.is_empty() {
                 // Not found: the attempt ends at Timer F and the next one
                 // locates the name again.
                 s.held = None;
+            } else {
+                tracing::info!(registrar = %s.target, targets = ?addrs, "registrar located");
             }
             s.dests = addrs;
             s.at = 0;

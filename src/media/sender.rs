@@ -46,6 +46,8 @@ pub(crate) struct SilenceSender {
     tone: Option<Tone>,
     /// Time between silence packets (a multiple of [`PTIME`]).
     interval: Duration,
+    /// The next packet comes after a gap (RFC 3551 §4.1: mark it).
+    after_gap: bool,
 }
 
 impl SilenceSender {
@@ -87,6 +89,7 @@ impl SilenceSender {
             codec,
             tone: None,
             interval: PTIME * frames,
+            after_gap: false,
         }
     }
 
@@ -95,6 +98,15 @@ impl SilenceSender {
     pub(crate) fn start_tone(&mut self) {
         if self.tone.is_none() {
             self.tone = Tone::new(self.codec);
+            if self.tone.is_some() && self.after_gap {
+                // Pull the pending gap in to one frame: the tone follows
+                // the last silence packet at once, not an interval later.
+                let extra = self.interval - PTIME;
+                let frames = (extra.as_millis() / PTIME.as_millis()) as u32;
+                self.next_at -= extra;
+                self.ts = self.ts.wrapping_sub(frames * self.step);
+                self.after_gap = false;
+            }
         }
     }
 
@@ -148,8 +160,9 @@ impl SilenceSender {
         self.buf[4..8].copy_from_slice(&self.ts.to_be_bytes());
         // Marker on the first packet of the stream and on each one after a
         // gap in a sparse stream (RFC 3551 §4.1: the start of a talkspurt).
-        let marker = self.sent == 0 || self.interval > PTIME;
+        let marker = self.sent == 0 || self.after_gap;
         self.buf[1] = (self.buf[1] & 0x7F) | if marker { 0x80 } else { 0 };
+        self.after_gap = interval > PTIME;
         let frames = (interval.as_millis() / PTIME.as_millis()) as u32;
         self.seq = self.seq.wrapping_add(1);
         self.ts = self.ts.wrapping_add(self.step * frames);
@@ -219,11 +232,18 @@ mod tests {
             assert_eq!(h2.2, h1.2.wrapping_add(8000), "timestamp follows the clock");
             assert!(m2, "each packet after a gap is marked");
         }
-        // The failure tone is continuous whatever the interval.
+        // The failure tone follows the last silence packet at once and is
+        // a continuous, unmarked stream whatever the interval.
+        let last = header(s.poll(now).unwrap());
         s.start_tone();
-        let (a, b) = (s.poll(now).map(header), s.poll(now + PTIME).map(header));
-        let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(b.2, a.2.wrapping_add(160));
+        assert_eq!(s.poll_timeout(), now + PTIME);
+        for k in 1..=3u32 {
+            let p = s.poll(now + PTIME * k).unwrap();
+            assert_eq!(p[1] & 0x80, 0, "a continuous tone is not marked");
+            let h = header(p);
+            assert_eq!(h.1, last.1.wrapping_add(k as u16));
+            assert_eq!(h.2, last.2.wrapping_add(160 * k));
+        }
     }
 
     #[test]
