@@ -86,7 +86,7 @@ def percentile(values, p):
 class Emonav:
     """The binary with a generated profile, SIP and HTTP on free loopback ports."""
 
-    def __init__(self, binary, workdir, max_calls, max_lag_ms, rtp_ports, core, extra=""):
+    def __init__(self, binary, workdir, max_calls, max_lag_ms, rtp_ports, core, extra="", media=""):
         base = 20000 + 2 * random.randrange(0, 10000 - rtp_ports // 2)
         profile = os.path.join(workdir, "profile.toml")
         with open(profile, "w") as f:
@@ -95,7 +95,7 @@ class Emonav:
             # overload keys of the run.
             f.write(
                 "[sip]\nlisten = \"127.0.0.1:0\"\n\n"
-                f"[media]\nrtp_port_min = {base}\nrtp_port_max = {base + rtp_ports}\n\n"
+                f"[media]\nrtp_port_min = {base}\nrtp_port_max = {base + rtp_ports}\n{media}\n\n"
                 f"[overload]\nmax_calls = {max_calls}\nmax_lag_ms = {max_lag_ms}\n"
                 # More tables (benches/load/yardstick.py: a policy that never decides).
                 + extra

@@ -199,11 +199,12 @@ def measure_rtpengine(calls, seconds, workdir):
             proc.kill()
 
 
-def measure_emonav(binary, calls, seconds, workdir):
+def measure_emonav(binary, calls, seconds, workdir, media=""):
     # No decision while the calls last (no early one, the deadline past the
     # call): every packet is decoded and analysed, as before a decision.
     extra = "\n[policy]\nmin_speech_ms = 60000\ndecision_deadline_ms = 60000\n"
-    emonav = ramp.Emonav(binary, workdir, 0, 0, 8000, 0, extra)
+
+    emonav = ramp.Emonav(binary, workdir, 0, 0, 8000, 0, extra, media)
     try:
         time.sleep(1)
         with open(os.path.join(ramp.ROOT, "benches", "load", "uac_speech.xml")) as f:
@@ -272,6 +273,8 @@ def main():
     ap.add_argument("--calls", type=int, default=130, help="calls at once, both sides")
     ap.add_argument("--seconds", type=float, default=5, help="measured window")
     ap.add_argument("--repeat", type=int, default=3, help="rounds (medians are printed)")
+    ap.add_argument("--media", default="", help="more [media] keys for emonav, e.g. 'batch_ms = 0'"
+                    " (';' separates keys)")
     a = ap.parse_args()
     for tool in ("rtpengine", "sipp", "taskset"):
         if not shutil.which(tool):
@@ -286,7 +289,7 @@ def main():
         d = os.path.join(workdir, f"round{i}")
         os.makedirs(d)
         rtp.append(measure_rtpengine(a.calls, a.seconds, d))
-        emo.append(measure_emonav(a.binary, a.calls, a.seconds, d))
+        emo.append(measure_emonav(a.binary, a.calls, a.seconds, d, a.media.replace(";", "\n")))
         dsp.append(measure_analyser())
         print(f"# round {i + 1}: rtpengine {rtp[-1]['us_per_packet']:.1f}, emonav "
               f"{emo[-1]['us_per_packet']:.1f}, analyser {dsp[-1]['us_per_packet']:.1f} µs per packet")
