@@ -17,7 +17,7 @@
 //!
 //! The readiness `/readyz` reports is kept here as well.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::{mpsc, watch};
@@ -50,6 +50,8 @@ pub(crate) struct Lifecycle {
     draining: AtomicBool,
     /// Calls whose record is not out yet.
     active: watch::Sender<usize>,
+    /// Calls whose session is not over yet (admission counts these).
+    sessions: AtomicUsize,
     /// Every `[[registration]]` account is registered (true without any).
     registered: AtomicBool,
     /// `[overload]` refuses new calls (src/overload.rs).
@@ -71,6 +73,7 @@ impl Lifecycle {
             control,
             draining: AtomicBool::new(false),
             active: watch::Sender::new(0),
+            sessions: AtomicUsize::new(0),
             registered: AtomicBool::new(profile.registrations.is_empty()),
             overloaded: AtomicBool::new(false),
         };
@@ -88,7 +91,16 @@ impl Lifecycle {
     /// Count a call as in progress until its record is out.
     pub(crate) fn call_started(self: &Arc<Self>) -> ActiveCall {
         self.active.send_modify(|n| *n += 1);
-        ActiveCall(Some(self.clone()))
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        ActiveCall {
+            life: Some(self.clone()),
+            in_session: true,
+        }
+    }
+
+    /// Calls whose session is not over: what `[overload] max_calls` limits.
+    pub(crate) fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// Calls in progress, watched by a draining SIP task.
@@ -201,12 +213,27 @@ fn unapplied_sections(old: &Profile, new: &Profile) -> Vec<&'static str> {
 }
 
 /// A call in progress, until [`ActiveCall::done`] or drop.
-pub(crate) struct ActiveCall(Option<Arc<Lifecycle>>);
+pub(crate) struct ActiveCall {
+    life: Option<Arc<Lifecycle>>,
+    in_session: bool,
+}
 
 impl ActiveCall {
+    /// The session is over (our BYE sent): the call no longer counts
+    /// against `max_calls`, though it holds up a drain until its record is
+    /// out (a BYE to a caller that is gone waits for Timer F).
+    pub(crate) fn session_over(&mut self) {
+        if std::mem::take(&mut self.in_session) {
+            if let Some(life) = &self.life {
+                life.sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The call's record is out: it no longer holds up a drain.
     pub(crate) fn done(&mut self) {
-        if let Some(life) = self.0.take() {
+        self.session_over();
+        if let Some(life) = self.life.take() {
             life.active.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
@@ -300,9 +327,12 @@ mod tests {
         assert_eq!(*life.active().borrow(), 1);
         assert_eq!(life.shutdown_signal(), Control::Drain);
         assert_eq!(life.not_ready(), Some("draining"));
+        call.session_over();
+        assert_eq!((life.sessions(), *life.active().borrow()), (0, 1));
         call.done();
         drop(call);
         assert_eq!(*life.active().borrow(), 0, "counted once");
+        assert_eq!(life.sessions(), 0, "counted once");
         assert_eq!(life.shutdown_signal(), Control::Stop);
     }
 }

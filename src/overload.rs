@@ -24,7 +24,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OverloadConfig {
-    /// Calls in progress above which new INVITEs get 503; 0: no count limit.
+    /// Calls in progress (our BYE not yet sent) above which new INVITEs get
+    /// 503; 0: no count limit.
     pub max_calls: usize,
     /// Runtime scheduling lag, in milliseconds, above which new INVITEs and
     /// OPTIONS get 503 until it is back under half of it; 0: off.

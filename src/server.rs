@@ -407,7 +407,7 @@ async fn sip_loop(
                 Ok((n, src)) => {
                     shared.metrics.sip_message(Direction::Received, &buf[..n]);
                     add_aliases(&mut endpoint, &mut alias_rx);
-                    set_load(&shared, &mut endpoint, &active);
+                    set_load(&shared, &mut endpoint);
                     let event = endpoint.handle_datagram(&buf[..n], src, Instant::now().into_std());
                     execute(&shared, &mut endpoint, &ended, event);
                 }
@@ -416,7 +416,7 @@ async fn sip_loop(
             Some((msg, peer)) = inbound.recv() => {
                 shared.metrics.sip_parsed(&msg);
                 add_aliases(&mut endpoint, &mut alias_rx);
-                set_load(&shared, &mut endpoint, &active);
+                set_load(&shared, &mut endpoint);
                 let event = endpoint.handle(msg, peer, Instant::now().into_std());
                 execute(&shared, &mut endpoint, &ended, event);
             }
@@ -447,7 +447,7 @@ async fn sip_loop(
         }
         flush_registrations(&shared, &mut endpoint, &resolved_tx);
         // Calls that ended change /readyz as well as messages do.
-        set_load(&shared, &mut endpoint, &active);
+        set_load(&shared, &mut endpoint);
         if drain_until.is_some() && *active.borrow_and_update() == 0 {
             tracing::info!("drained: every call in progress has ended");
             break;
@@ -581,18 +581,15 @@ async fn probe_lag(metrics: std::sync::Weak<Metrics>) {
 
 /// Give the endpoint the load before it decides on a message, and tell
 /// `/readyz`.
-fn set_load(
-    shared: &Shared,
-    endpoint: &mut Endpoint<CallTx>,
-    active: &tokio::sync::watch::Receiver<usize>,
-) {
+fn set_load(shared: &Shared, endpoint: &mut Endpoint<CallTx>) {
     let lag = std::time::Duration::from_micros(
         shared
             .metrics
             .event_loop_lag_us
             .load(std::sync::atomic::Ordering::Relaxed),
     );
-    let over = endpoint.set_load(*active.borrow(), lag);
+    // Sessions, not records: a call whose BYE waits for Timer F is over.
+    let over = endpoint.set_load(shared.life.sessions(), lag);
     shared.life.set_overloaded(over.is_some());
 }
 
@@ -882,6 +879,11 @@ async fn call_task(
         }
         if call.is_finished() {
             break;
+        }
+        if call.is_over() {
+            // Admission (`max_calls`) counts sessions: a BYE left unanswered
+            // by a caller that gave up must not hold a slot for Timer F.
+            active.session_over();
         }
         if !call.wants_media() {
             rtp = None;

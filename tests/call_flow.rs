@@ -650,3 +650,38 @@ fn rtcp_reports_go_to_the_rtp_port_plus_one_about_the_callers_stream() {
         ours
     );
 }
+
+#[test]
+fn a_caller_gone_before_our_bye_no_longer_holds_a_max_calls_slot() {
+    // One call at a time; decision_only hangs up itself at the 3 s
+    // deadline (no audio: no early decision).
+    let emonav =
+        Emonav::start("[transfer]\ntransfer_mode = \"decision_only\"\n[overload]\nmax_calls = 1\n");
+    let mut first = Uac::new(emonav.sip);
+    first.send_invite(&first.g711_offer());
+    assert_eq!(first.invite_final(5 * S).code, 200);
+    first.ack(true);
+    // While it is up, a second call is refused.
+    let mut refused = Uac::new(emonav.sip);
+    refused.send_invite(&refused.g711_offer());
+    assert_eq!(refused.invite_final(5 * S).code, 503, "max_calls = 1");
+    refused.ack(false);
+    // Our BYE comes and is never answered: the caller is gone. emonav
+    // retransmits it until Timer F (64·T1 = 6.4 s with the test's 100 ms T1).
+    first
+        .expect_request("BYE", 6 * S)
+        .expect("BYE at the deadline");
+    let sent = Instant::now();
+    // The session is over for emonav: a new call is admitted long before
+    // Timer F ends the BYE transaction.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut next = Uac::new(emonav.sip);
+    next.send_invite(&next.g711_offer());
+    let r = next.invite_final(5 * S);
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "checked within Timer F"
+    );
+    assert_eq!(r.code, 200, "admitted while the old BYE is unanswered");
+    next.ack(true);
+}

@@ -394,6 +394,18 @@ impl Call {
         self.invite.transport
     }
 
+    /// True once our BYE is sent (or the call is over): the session is
+    /// terminated for us (RFC 3261 §15.1.1: the UAC considers it ended when
+    /// the BYE is passed to its client transaction), so the call no longer
+    /// counts against admission, though its BYE may still wait for a
+    /// response (Timer F, 64·T1, from a caller that is gone).
+    pub fn is_over(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::HangingUp | Phase::Lingering | Phase::Finished
+        )
+    }
+
     /// True when nothing is left to do: the edge may drop the call.
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished) && self.out.queue.is_empty()
