@@ -48,6 +48,7 @@ pub(super) fn outputs(call: &mut Call) -> Vec<Output<'static>> {
                 ..t
             })),
             Output::Transmit(_) | Output::Decision(_) => {}
+            Output::RelayPort => out.push(Output::RelayPort),
             Output::Record(r) => out.push(Output::Record(r)),
             Output::Alias(a) => out.push(Output::Alias(a)),
         }
@@ -2468,3 +2469,5 @@ fn b2bua_answers_the_queues_refresh_and_ends_both_legs_when_it_stops() {
         to_caller.headers.get("Reason")
     );
 }
+
+mod relay;
