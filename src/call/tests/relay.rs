@@ -213,3 +213,35 @@ fn auto_relays_when_the_caller_never_answers_but_not_when_its_dialog_is_gone() {
     let out = outputs(&mut call);
     assert!(!asks_for_a_port(&out), "481: the caller's dialog is gone");
 }
+
+#[test]
+fn a_relayed_reinvites_18x_reaches_the_near_leg_and_its_retransmissions() {
+    let t0 = Instant::now();
+    let (mut call, _inv, t) = bridged_call(t0);
+    let (_, reinvite, out) = caller_holds(&mut call, t + ms(1000));
+    // The queue's 100 stays on its hop; its 180 goes on to the caller.
+    call.handle_response(&response_to(&out[0], 100), t + ms(1010));
+    assert!(sent(&mut call).is_empty());
+    let mut ringing = response_to(&out[0], 180);
+    ringing.reason = "Ringing".into();
+    call.handle_response(&ringing, t + ms(1020));
+    let got = sent(&mut call);
+    assert_eq!(codes(&got), ["180"]);
+    let Message::Response(r) = &got[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (r.call_id(), r.reason.as_str()),
+        (Some("unit-1"), "Ringing")
+    );
+    assert_eq!(r.cseq().map(|c| c.seq), Some(2), "the caller's re-INVITE's");
+    // The caller's retransmission gets the 180 now.
+    call.handle_request(&reinvite, peer(), t + ms(1100));
+    assert_eq!(codes(&sent(&mut call)), ["180"]);
+    // The final answer still comes through.
+    let mut ok = response_to(&out[0], 200);
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = QUEUE_SDP.replace(" 5 1 ", " 5 2 ").into_bytes();
+    call.handle_response(&ok, t + ms(1200));
+    assert_eq!(codes(&sent(&mut call)), ["ACK", "200"]);
+}
