@@ -925,6 +925,18 @@ mod tests {
     }
 
     #[test]
+    fn bridge_media_defaults_to_auto_and_takes_the_three_spellings() {
+        let p = Profile::from_toml("", "p").unwrap();
+        assert_eq!(p.transfer.media, BridgeMedia::Auto);
+        for m in [BridgeMedia::Direct, BridgeMedia::Relay, BridgeMedia::Auto] {
+            let text = format!("[transfer]\nmedia = \"{}\"\n", m.name());
+            assert_eq!(Profile::from_toml(&text, "p").unwrap().transfer.media, m);
+        }
+        let err = Profile::from_toml("[transfer]\nmedia = \"proxy\"\n", "p").unwrap_err();
+        assert!(err.to_string().contains("proxy"), "{err}");
+    }
+
+    #[test]
     fn inverted_port_range_is_refused() {
         let err = Profile::from_toml("[media]\nrtp_port_min = 30000\nrtp_port_max = 20000\n", "p")
             .unwrap_err();

@@ -212,7 +212,8 @@ impl Call {
                 // The caller's stream as before the transfer: latched and
                 // counted (RFC 4961); a stray source is not relayed.
                 let m = self.media.as_mut()?;
-                let heard = m.on_rtp(datagram, Some(source), now, false, false, "");
+                let call_id = &self.dialog.call_id;
+                let heard = m.on_rtp(datagram, Some(source), now, false, false, call_id);
                 if matches!(heard, crate::media::session::Heard::Stray) {
                     return None;
                 }
