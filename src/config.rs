@@ -406,6 +406,31 @@ impl TransferMode {
     }
 }
 
+/// Where a B2BUA transfer's media flows (`[transfer] media`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeMedia {
+    /// Re-INVITE the caller with the queue's SDP; a caller that refuses it
+    /// hears the failure tone.
+    Direct,
+    /// Never re-INVITE the caller: emonav relays the RTP between the legs.
+    Relay,
+    /// Direct, and the relay when the caller refuses the re-INVITE (or
+    /// does not answer it, or answers without SDP).
+    Auto,
+}
+
+impl BridgeMedia {
+    /// The profile's spelling, also used in call records.
+    pub fn name(self) -> &'static str {
+        match self {
+            BridgeMedia::Direct => "direct",
+            BridgeMedia::Relay => "relay",
+            BridgeMedia::Auto => "auto",
+        }
+    }
+}
+
 /// `[transfer]`: how a decided call reaches its queue.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -425,6 +450,9 @@ pub struct TransferConfig {
     /// How long a caller no queue could take hears the congestion tone
     /// before our BYE (ms); 0: BYE at once.
     pub failure_tone_ms: u64,
+    /// B2BUA: media caller <-> queue directly, relayed by emonav, or
+    /// directly with the relay as the fallback.
+    pub media: BridgeMedia,
 }
 
 impl Default for TransferConfig {
@@ -436,6 +464,7 @@ impl Default for TransferConfig {
             outbound_proxy: None,
             queue_answer_timeout_ms: 30_000,
             failure_tone_ms: 3_000,
+            media: BridgeMedia::Auto,
         }
     }
 }
@@ -893,6 +922,18 @@ mod tests {
         assert!(err.to_string().contains("IP literal"), "{err}");
         let err = Profile::from_toml("[transfer]\ntransfer_mode = \"bridge\"\n", "p").unwrap_err();
         assert!(err.to_string().contains("bridge"), "{err}");
+    }
+
+    #[test]
+    fn bridge_media_defaults_to_auto_and_takes_the_three_spellings() {
+        let p = Profile::from_toml("", "p").unwrap();
+        assert_eq!(p.transfer.media, BridgeMedia::Auto);
+        for m in [BridgeMedia::Direct, BridgeMedia::Relay, BridgeMedia::Auto] {
+            let text = format!("[transfer]\nmedia = \"{}\"\n", m.name());
+            assert_eq!(Profile::from_toml(&text, "p").unwrap().transfer.media, m);
+        }
+        let err = Profile::from_toml("[transfer]\nmedia = \"proxy\"\n", "p").unwrap_err();
+        assert!(err.to_string().contains("proxy"), "{err}");
     }
 
     #[test]

@@ -67,6 +67,23 @@ pub struct BridgeAttempt {
     pub caller_reinvite: Option<u16>,
 }
 
+/// RTP relayed by emonav between the caller and the queue (`[transfer]
+/// media` = relay, or auto when the caller refused the queue's media).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RelayStats {
+    /// Packets from the caller sent on to the queue.
+    pub to_queue_packets: u64,
+    /// Their bytes (whole RTP datagrams).
+    pub to_queue_bytes: u64,
+    /// Packets from the queue sent on to the caller.
+    pub to_caller_packets: u64,
+    /// Their bytes (whole RTP datagrams).
+    pub to_caller_bytes: u64,
+    /// Datagrams not relayed: from an unexpected host, not RTP, or with a
+    /// payload type the other leg did not negotiate.
+    pub dropped: u64,
+}
+
 /// Media-plane counters beyond the receiver's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct MediaStats {
@@ -135,6 +152,11 @@ pub struct CallRecord {
     pub bridge_attempts: Vec<BridgeAttempt>,
     /// Why the call did not reach a queue, when it did not.
     pub failure_cause: Option<String>,
+    /// A bridged call's media path: `"direct"` (caller <-> queue) or
+    /// `"relay"` (through emonav).
+    pub bridge_media: Option<&'static str>,
+    /// What emonav relayed, when the media went through it.
+    pub relay: RelayStats,
     /// Scored through the line's statistics (`[adapt]`, src/adapt.rs).
     pub line_adapted: bool,
     /// The call's whole-call feature vector, for the line statistics (not

@@ -51,7 +51,7 @@ mod tls;
 mod trust;
 mod webhook;
 
-pub use call::{Call, CallSettings, Output, Socket, Transmit};
+pub use call::{Call, CallSettings, Output, RelaySide, Socket, Transmit};
 pub use config::{ConfigError, Profile, SrtpMode};
 pub use decisions::{DecisionNote, PublishedDecision};
 pub use events::EventSink;

@@ -105,6 +105,12 @@ pub(crate) struct Metrics {
     pub calls_bridged: AtomicU64,
     /// Calls whose decision was published and the PBX left to route.
     pub calls_decided: AtomicU64,
+    /// Bridged calls whose media emonav relayed.
+    pub calls_relayed: AtomicU64,
+    /// RTP packets relayed, to the queue and to the caller (summed at call end).
+    pub relay_packets: [AtomicU64; 2],
+    /// Their bytes, same order.
+    pub relay_bytes: [AtomicU64; 2],
     /// Calls failed after third-party call control was tried.
     pub calls_bridge_failed: AtomicU64,
     labelled: Labelled,
@@ -175,6 +181,9 @@ impl Default for Metrics {
             rtp_stray: z(),
             calls_bridged: z(),
             calls_decided: z(),
+            calls_relayed: z(),
+            relay_packets: [z(), z()],
+            relay_bytes: [z(), z()],
             calls_bridge_failed: z(),
             labelled: Labelled::default(),
             sip: SipCounts::default(),
@@ -304,6 +313,9 @@ impl Metrics {
             }
             Outcome::Bridged => {
                 self.calls_bridged.fetch_add(1, Ordering::Relaxed);
+                if r.bridge_media == Some("relay") {
+                    self.calls_relayed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Outcome::Decided => {
                 self.calls_decided.fetch_add(1, Ordering::Relaxed);
@@ -324,6 +336,17 @@ impl Metrics {
         self.rtp_late.fetch_add(j.late, Ordering::Relaxed);
         self.rtp_stray
             .fetch_add(r.media.latch.stray, Ordering::Relaxed);
+        let relay = &r.relay;
+        for (i, (packets, bytes)) in [
+            (relay.to_queue_packets, relay.to_queue_bytes),
+            (relay.to_caller_packets, relay.to_caller_bytes),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.relay_packets[i].fetch_add(packets, Ordering::Relaxed);
+            self.relay_bytes[i].fetch_add(bytes, Ordering::Relaxed);
+        }
         self.labelled_call_ended(r);
     }
 
@@ -585,6 +608,34 @@ impl Metrics {
             "emonav_calls_routed",
             "Calls that reached a queue, by mode",
             routed,
+        );
+        reg.register(
+            "emonav_calls_bridged_relay",
+            "Bridged calls whose media emonav relayed ([transfer] media)",
+            ConstCounter::new(load(&self.calls_relayed)),
+        );
+        let (packets, bytes) = (
+            Family::<Labels, Counter>::default(),
+            Family::<Labels, Counter>::default(),
+        );
+        for (i, direction) in ["to_queue", "to_caller"].into_iter().enumerate() {
+            let label = vec![("direction", direction.into())];
+            packets
+                .get_or_create(&label)
+                .inc_by(load(&self.relay_packets[i]));
+            bytes
+                .get_or_create(&label)
+                .inc_by(load(&self.relay_bytes[i]));
+        }
+        reg.register(
+            "emonav_relay_packets",
+            "RTP packets relayed between caller and queue, by direction (ended calls)",
+            packets,
+        );
+        reg.register(
+            "emonav_relay_bytes",
+            "RTP bytes relayed between caller and queue, by direction (ended calls)",
+            bytes,
         );
         let failed_by = Family::<Labels, Counter>::default();
         for (mode, v) in [

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::call::{Call, CallSettings, Output};
+use crate::call::{Call, CallSettings, Output, RelaySide};
 use crate::config::Profile;
 use crate::decisions::Decisions;
 use crate::endpoint::registrations::accounts;
@@ -707,6 +707,24 @@ fn send(sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {
     }
 }
 
+/// The media relay's queue-side socket: an RTP port of the range like the
+/// caller's. The RTCP port bound with it is let go: RTCP is not relayed
+/// (src/call/thirdparty/media.rs says why).
+async fn bind_relay(shared: &Shared) -> Option<UdpSocket> {
+    let (rtp, _rtcp) = bind_rtp(shared).await?;
+    // A fresh socket has no cached write readiness (see `bind_sip`).
+    rtp.writable().await.ok()?;
+    Some(rtp)
+}
+
+/// A relayed datagram on its way; a full socket buffer loses it, as the
+/// network would.
+fn forward(sock: Option<&UdpSocket>, dest: Option<SocketAddr>, datagram: &[u8]) {
+    if let (Some(sock), Some(dest)) = (sock, dest) {
+        let _ = sock.try_send_to(datagram, dest);
+    }
+}
+
 /// Bind an RTP socket on an even port of the profile's range (RFC 3550 §11).
 async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, Option<UdpSocket>)> {
     let (lo, hi) = shared.rtp_range;
@@ -814,9 +832,13 @@ async fn call_task(
     snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rtp = Some(rtp);
     let mut rtcp = rtcp;
+    // The media relay's queue-side socket (`[transfer] media`).
+    let mut relay: Option<UdpSocket> = None;
     let mut buf = [0u8; 2048];
     let mut rtcp_buf = [0u8; 1500];
+    let mut relay_buf = [0u8; 2048];
     loop {
+        let mut relay_wanted = false;
         while let Some(out) = call.poll_output() {
             match out {
                 Output::Transmit(Transmit {
@@ -875,7 +897,17 @@ async fn call_task(
                     }
                     shared.decisions.note(note, Instant::now().into_std());
                 }
+                Output::RelayPort => relay_wanted = true,
             }
+        }
+        if relay_wanted {
+            relay = bind_relay(&shared).await;
+            let local = relay
+                .as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map(|a| SocketAddr::new(shared.rtp_advertised, a.port()));
+            call.relay_port(local, Instant::now().into_std());
+            continue;
         }
         if call.is_finished() {
             break;
@@ -889,6 +921,9 @@ async fn call_task(
             rtp = None;
             rtcp = None;
         }
+        if !call.relaying() {
+            relay = None;
+        }
         let wake = call.poll_timeout().map(Instant::from_std);
         tokio::select! {
             input = rx.recv() => match input {
@@ -898,7 +933,20 @@ async fn call_task(
             },
             r = recv_rtp(rtp.as_ref(), &mut buf) => {
                 if let Ok((n, from)) = r {
-                    call.handle_rtp_from(&buf[..n], Some(from), Instant::now().into_std());
+                    let now = Instant::now().into_std();
+                    if call.relaying() {
+                        let dest = call.relay_rtp(RelaySide::Caller, &mut buf[..n], from, now);
+                        forward(relay.as_ref(), dest, &buf[..n]);
+                    } else {
+                        call.handle_rtp_from(&buf[..n], Some(from), now);
+                    }
+                }
+            }
+            r = recv_rtp(relay.as_ref(), &mut relay_buf) => {
+                if let Ok((n, from)) = r {
+                    let now = Instant::now().into_std();
+                    let dest = call.relay_rtp(RelaySide::Queue, &mut relay_buf[..n], from, now);
+                    forward(rtp.as_ref(), dest, &relay_buf[..n]);
                 }
             }
             r = recv_rtp(rtcp.as_ref(), &mut rtcp_buf) => {

@@ -4,7 +4,9 @@
 //! the caller's RTP is counted where the queue's SDP said its media is (a
 //! socket of this test), and a BYE from either side ends both legs. The
 //! decision API is read by long-poll while a `decision_only` call is under
-//! way. Everything on loopback.
+//! way. A caller that refuses the re-INVITE, or any caller with `[transfer]
+//! media = "relay"`, has its RTP relayed by emonav: counted at both ends.
+//! Everything on loopback.
 
 mod support;
 
@@ -233,6 +235,7 @@ fn assert_bridged(b: &Bridged, queue: &str) {
     assert!(last["target"].as_str().unwrap().starts_with(queue), "{r}");
     assert_eq!(last["response"], 200);
     assert_eq!(last["caller_reinvite"], 200);
+    assert_eq!(r["bridge_media"], "direct", "{r}");
     // The caller got the queue's media address, the queue the caller's.
     let reinvite = logged(&b.caller_log, "REINVITE-SDP:").expect("re-INVITE logged");
     let ack = logged(&b.queue_log, "ACK-SDP:").expect("ACK SDP logged");
@@ -545,4 +548,194 @@ fn when_every_queue_is_busy_the_caller_hears_the_congestion_tone_before_the_bye(
     let attempts = record["bridge_attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{record}");
     assert_eq!(attempts[0]["response"], 486, "{record}");
+}
+
+/// The SSRC of the queue's packets (the test's socket standing for the
+/// queue's media), told apart from emonav's own keepalive at the caller.
+const QUEUE_SSRC: u32 = 0x0abc_d001;
+
+/// The queue's media: every PCMU packet that arrives is counted by source
+/// and answered with a packet of ours to that source (what an agent's phone
+/// does with symmetric RTP), until `stop`.
+fn queue_media(
+    sock: UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<std::net::SocketAddr>> {
+    std::thread::spawn(move || {
+        let mut from = Vec::new();
+        let mut buf = [0u8; 2048];
+        let mut pkt = [0u8; 172];
+        pkt[0] = 0x80;
+        pkt[8..12].copy_from_slice(&QUEUE_SSRC.to_be_bytes());
+        let mut seq = 1u16;
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                if n > 12 && buf[0] >> 6 == 2 && buf[1] & 0x7f == 0 {
+                    from.push(src);
+                    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                    pkt[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                    seq = seq.wrapping_add(1);
+                    let _ = sock.send_to(&pkt, src);
+                }
+            }
+        }
+        from
+    })
+}
+
+/// The caller's phone for the relay: once emonav's first packet shows
+/// where to send (symmetric RTP), 20 ms PCMU packets; counts what arrives:
+/// (the queue's packets, everything else).
+fn relay_phone(
+    sock: UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize)> {
+    std::thread::spawn(move || {
+        let (mut dest, mut next) = (None, Instant::now());
+        let (mut queue, mut other) = (0, 0);
+        let mut buf = [0u8; 2048];
+        let mut pkt = [0xffu8; 172];
+        pkt[..2].copy_from_slice(&[0x80, 0]);
+        pkt[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        let mut seq = 1u16;
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let (Some(d), true) = (dest, Instant::now() >= next) {
+                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                pkt[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                let _ = sock.send_to(&pkt, d);
+                seq = seq.wrapping_add(1);
+                next += Duration::from_millis(20);
+            }
+            if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                if n > 12 && buf[0] >> 6 == 2 && buf[1] & 0x7f == 0 {
+                    dest.get_or_insert(src);
+                    if buf[8..12] == QUEUE_SSRC.to_be_bytes() {
+                        queue += 1;
+                    } else {
+                        other += 1;
+                    }
+                }
+            }
+        }
+        (queue, other)
+    })
+}
+
+/// One call whose media emonav relays: `media` in the profile, the caller
+/// playing `caller` (keys added to its `rtp_port`), the queue hanging up
+/// by `bye_side`. Asserts what every relayed call shows; the record.
+fn relayed_call(
+    media: &str,
+    caller: &str,
+    caller_keys: &[(&str, String)],
+    bye_side: &str,
+) -> serde_json::Value {
+    let q = free_port();
+    let queue_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let queue_rtp = queue_sock.local_addr().unwrap().port();
+    let phone_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone_rtp = phone_sock.local_addr().unwrap().port();
+    let queue_uri = format!("sip:agents@127.0.0.1:{q}");
+    let emonav = Emonav::start(&profile("b2bua", &queue_uri, &queue_uri).replace(
+        "[transfer]\n",
+        &format!("[transfer]\nmedia = \"{media}\"\n"),
+    ));
+    let queue = Sipp::start(
+        "uas_queue.xml",
+        None,
+        q,
+        &[
+            ("rtp_port", queue_rtp.to_string()),
+            ("bye_side", bye_side.to_string()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let at_queue = queue_media(queue_sock, stop.clone());
+    let phone = relay_phone(phone_sock, stop.clone());
+    let mut keys = vec![("rtp_port", phone_rtp.to_string())];
+    keys.extend(caller_keys.iter().map(|(k, v)| (*k, v.clone())));
+    let caller = Sipp::start(caller, Some(emonav.sip.to_string()), free_port(), &keys);
+    let (caller_status, _) = caller.wait(Duration::from_secs(40));
+    let (queue_status, queue_log) = queue.wait(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (from_queue, from_emonav) = phone.join().unwrap();
+    let at_queue = at_queue.join().unwrap();
+    assert!(caller_status.success(), "caller scenario failed");
+    assert!(queue_status.success(), "queue scenario failed");
+    let record = emonav.next_event(Duration::from_secs(10));
+    assert_eq!(record["outcome"], "bridged", "{record}");
+    assert_eq!(record["bridge_media"], "relay", "{record}");
+    // The queue was answered with emonav's relay port, not the caller's.
+    let ack = logged(&queue_log, "ACK-SDP:").expect("ACK SDP logged");
+    let relay_port: u16 = ack.trim_start_matches("m=audio ").parse().unwrap();
+    assert_ne!(relay_port, phone_rtp);
+    let relayed = at_queue.iter().filter(|a| a.port() == relay_port).count();
+    assert!(
+        relayed >= 40 && relayed == at_queue.len(),
+        "{relayed} of {} packets at the queue from emonav's relay port",
+        at_queue.len()
+    );
+    assert!(
+        from_queue >= 40,
+        "{from_queue} of the queue's packets reached the caller ({from_emonav} others)"
+    );
+    // Our keepalive held the line until the queue's media flowed (about the
+    // 2 s decision deadline: 100 packets), not for the whole call.
+    assert!(
+        (50..150).contains(&from_emonav),
+        "{from_emonav} keepalive packets at the caller"
+    );
+    let r = &record["relay"];
+    assert!(
+        r["to_queue_packets"].as_u64().unwrap() >= relayed as u64,
+        "{r}"
+    );
+    assert!(
+        r["to_caller_packets"].as_u64().unwrap() >= from_queue as u64,
+        "{r}"
+    );
+    // Both legs over: no call left in /calls or the active gauge.
+    let (_, calls) = emonav.http_get("/calls");
+    assert_eq!(calls, "[]");
+    let (_, metrics) = emonav.http_get("/metrics");
+    for want in [
+        "emonav_calls_active 0\n",
+        "emonav_calls_bridged_relay_total 1\n",
+        &format!(
+            "emonav_relay_packets_total{{direction=\"to_queue\"}} {}\n",
+            r["to_queue_packets"]
+        ),
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    record
+}
+
+#[test]
+fn a_caller_refusing_the_reinvite_gets_the_media_relayed_and_the_queues_bye_ends_it() {
+    let record = relayed_call("auto", "uac_b2bua_refuse_reinvite.xml", &[], "queue");
+    assert_eq!(
+        record["bridge_attempts"][0]["caller_reinvite"], 488,
+        "{record}"
+    );
+}
+
+#[test]
+fn media_relay_never_reinvites_the_caller_and_the_callers_bye_ends_both_legs() {
+    let record = relayed_call(
+        "relay",
+        "uac_b2bua_relay.xml",
+        &[("hold_ms", "6000".into())],
+        "caller",
+    );
+    assert!(
+        record["bridge_attempts"][0]["caller_reinvite"].is_null(),
+        "{record}"
+    );
 }

@@ -1,5 +1,6 @@
 //! The per-packet path (RTP in → validate → decode → analyse → policy check)
-//! must not allocate in steady state. A counting global allocator watches the
+//! must not allocate in steady state, nor must the media relay's
+//! (`Call::relay_rtp`, both directions). A counting global allocator watches the
 //! real `Call::handle_rtp` while a call is listening. The count is per
 //! thread so that the tests, which the harness runs in parallel, do not see
 //! each other's allocations.
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emonav::{Call, CallSettings, Output, Profile, Socket, Transmit};
+use emonav::{Call, CallSettings, Output, Profile, RelaySide, Socket, Transmit};
 use emonav_sip::message::{parse_datagram, Message};
 use emonav_sip::transport::{Peer, Transport};
 
@@ -467,4 +468,97 @@ fn srtp_call_decrypts_and_encrypts_without_allocating() {
         caller_rx.unprotect_rtcp(&mut r).unwrap();
         assert_eq!(r[1], 200, "a sender report");
     }
+}
+
+/// A `b2bua` call with `[transfer] media = "relay"` brought to the relay:
+/// decided at the deadline, the queue's 2xx answered, the relay port given.
+fn relaying_call(t0: Instant) -> (Call, Instant) {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let invite = request(&format!(
+        "INVITE sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa9\r\n\
+         From: <sip:c@127.0.0.1>;tag=c1\r\nTo: <sip:emonav@127.0.0.1>\r\nCall-ID: alloc-9\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let profile = Profile::from_toml(
+        "[transfer]\ntransfer_mode = \"b2bua\"\nmedia = \"relay\"\n\
+         [policy]\ndecision_deadline_ms = 1000\ndefault_queue = \"sip:q@127.0.0.1:5090\"\n",
+        "relay",
+    )
+    .unwrap();
+    let settings = Arc::new(CallSettings::from_profile(&profile, 5060));
+    let src: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+    let local = "127.0.0.1:20000".parse().unwrap();
+    let mut call = Call::new(settings, invite, src, local, t0).unwrap();
+    ack_200(&mut call, "alloc-9", t0);
+    let t = t0 + Duration::from_millis(1100);
+    call.handle_timeout(t);
+    let mut queue_invite = None;
+    while let Some(o) = call.poll_output() {
+        if let Output::Transmit(Transmit {
+            socket: Socket::Sip { .. },
+            payload,
+            ..
+        }) = o
+        {
+            if let Ok(Message::Request(r)) = parse_datagram(&payload) {
+                queue_invite = Some(r);
+            }
+        }
+    }
+    let inv = queue_invite.expect("our INVITE to the queue");
+    let offer = "v=0\r\no=q 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=audio 7000 RTP/AVP 96\r\na=rtpmap:96 PCMU/8000\r\n";
+    let mut ok = inv.make_response(200, "OK");
+    let to = format!("{};tag=q1", inv.headers.get("To").unwrap());
+    ok.headers.set("To", to);
+    ok.headers.push("Contact", "<sip:q@127.0.0.1:5090>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = offer.as_bytes().to_vec();
+    call.handle_response(&ok, t);
+    let mut asked = false;
+    while let Some(o) = call.poll_output() {
+        asked |= matches!(o, Output::RelayPort);
+    }
+    assert!(asked, "the relay port asked for");
+    call.relay_port(Some("127.0.0.1:20002".parse().unwrap()), t);
+    while call.poll_output().is_some() {}
+    assert!(call.relaying());
+    (call, t)
+}
+
+#[test]
+fn relayed_packets_are_forwarded_without_allocating() {
+    let t0 = Instant::now();
+    let (mut call, t) = relaying_call(t0);
+    let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let queue: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let packet = |pt: u8, i: u32| {
+        let mut p = vec![0x80, pt];
+        p.extend_from_slice(&(i as u16).to_be_bytes());
+        p.extend_from_slice(&(i * 160).to_be_bytes());
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p.extend_from_slice(&[0xd5; 160]);
+        p
+    };
+    let mut up: Vec<Vec<u8>> = (0..600).map(|i| packet(0, i)).collect();
+    let mut down: Vec<Vec<u8>> = (0..600).map(|i| packet(96, i)).collect();
+    let at = |i: usize| t + Duration::from_millis(20 * i as u64);
+    let step = |call: &mut Call, i: usize, up: &mut [u8], down: &mut [u8]| {
+        let to_queue = call.relay_rtp(RelaySide::Caller, up, caller, at(i));
+        let to_caller = call.relay_rtp(RelaySide::Queue, down, queue, at(i));
+        call.handle_timeout(at(i) + Duration::from_millis(5));
+        while call.poll_output().is_some() {}
+        assert_eq!((to_queue, to_caller), (Some(queue), Some(caller)));
+        assert_eq!((up[1], down[1]), (96, 0), "payload types mapped");
+    };
+    for i in 0..50 {
+        step(&mut call, i, &mut up[i], &mut down[i]);
+    }
+    let before = allocs();
+    for i in 50..600 {
+        step(&mut call, i, &mut up[i], &mut down[i]);
+    }
+    let during = allocs() - before;
+    assert_eq!(during, 0, "{during} allocations for 550 packets each way");
 }

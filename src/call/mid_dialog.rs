@@ -87,7 +87,7 @@ pub(super) struct MidDialog {
     pub(super) sdp_id: u64,
     pub(super) sdp_version: u64,
     /// Our last SDP body (answer or offer), to bump the version only on change.
-    last_sdp: Option<String>,
+    pub(super) last_sdp: Option<String>,
     pub(super) timer: Option<SessionTimer>,
     /// When the session was last refreshed (its expiry counts from there).
     pub(super) refreshed_at: Option<Instant>,

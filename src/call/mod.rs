@@ -49,6 +49,7 @@ use emonav_sip::header;
 use invite::InviteServer;
 use mid_dialog::MidDialog;
 pub use settings::CallSettings;
+pub use thirdparty::RelaySide;
 use thirdparty::ThirdParty;
 use timer::{Timer, TimerTable};
 use transfer::Transfer;
@@ -106,6 +107,10 @@ pub enum Output<'a> {
     Alias(String),
     /// For the decision store (`GET /decisions/{key}`).
     Decision(DecisionNote),
+    /// Bind a second RTP port for the media relay (`[transfer] media`) and
+    /// give its advertised address to [`Call::relay_port`] (`None` when no
+    /// port is free); datagrams then go through [`Call::relay_rtp`].
+    RelayPort,
 }
 
 impl Output<'static> {
@@ -261,6 +266,8 @@ impl Call {
             transfer_mode: transfer_mode_name(s.transfer_mode),
             bridge_attempts: Vec::new(),
             failure_cause: None,
+            bridge_media: None,
+            relay: crate::events::RelayStats::default(),
             line_adapted: false,
             line_sample: None,
         };
@@ -416,10 +423,11 @@ impl Call {
     /// [`poll_output`](Self::poll_output) drained (it gives our RTCP BYE),
     /// the edge may close them.
     pub fn wants_media(&self) -> bool {
-        matches!(
+        (matches!(
             self.phase,
             Phase::Offered | Phase::Listening | Phase::Transferring | Phase::Bridging
-        ) && self.media.is_some()
+        ) || self.relaying())
+            && self.media.is_some()
     }
 
     /// Answered, confirmed by the ACK and not yet past the transfer: our
@@ -427,10 +435,11 @@ impl Call {
     /// goes to the spoofed source, which never ACKs, so our media never
     /// starts toward the address its SDP names (a reflection otherwise).
     fn sends_media(&self) -> bool {
-        matches!(
+        (matches!(
             self.phase,
             Phase::Listening | Phase::Transferring | Phase::Bridging
-        ) && !self.invite.awaiting_ack()
+        ) || self.relay_awaits_queue_media())
+            && !self.invite.awaiting_ack()
     }
 
     /// The next thing to do at the instant of the last input: SIP messages

@@ -10,7 +10,7 @@ use emonav_dsp::Model;
 
 use super::uri_host;
 use crate::adapt::LineAdapter;
-use crate::config::{DialogCredential, Fallback, Profile, SrtpMode, TransferMode};
+use crate::config::{BridgeMedia, DialogCredential, Fallback, Profile, SrtpMode, TransferMode};
 use crate::policy::Policy;
 use crate::sdp::CodecName;
 use crate::trust::TrustedSet;
@@ -77,6 +77,8 @@ pub struct CallSettings {
     pub queue_answer_timeout: Duration,
     /// How long the congestion tone plays before a failed call's BYE.
     pub failure_tone: Duration,
+    /// B2BUA media: direct, relayed, or relayed when direct is refused.
+    pub bridge_media: BridgeMedia,
 }
 
 impl CallSettings {
@@ -143,6 +145,7 @@ impl CallSettings {
                 .and_then(|u| uri_socket_addr(&u).map(|a| (u, a))),
             queue_answer_timeout: Duration::from_millis(p.transfer.queue_answer_timeout_ms),
             failure_tone: Duration::from_millis(p.transfer.failure_tone_ms),
+            bridge_media: p.transfer.media,
         }
     }
 

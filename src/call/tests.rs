@@ -48,6 +48,7 @@ pub(super) fn outputs(call: &mut Call) -> Vec<Output<'static>> {
                 ..t
             })),
             Output::Transmit(_) | Output::Decision(_) => {}
+            Output::RelayPort => out.push(Output::RelayPort),
             Output::Record(r) => out.push(Output::Record(r)),
             Output::Alias(a) => out.push(Output::Alias(a)),
         }
@@ -2151,21 +2152,29 @@ fn body_of(m: &Message) -> String {
     }
 }
 
-#[test]
-fn b2bua_relays_the_callers_hold_and_resume_to_the_queue() {
-    let t0 = Instant::now();
-    let (mut call, inv, t) = bridged_call(t0);
+/// The bridged caller puts the queue on hold (`a=sendonly`) by re-INVITE
+/// at `at`: the offer, the re-INVITE, and what went out (the re-INVITE on
+/// to the queue at once, our 100 to the caller).
+fn caller_holds(call: &mut Call, at: Instant) -> (&'static str, Request, Vec<Message>) {
     let hold = "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=sendonly\r\n";
     let reinvite = in_dialog(
-        &call,
+        call,
         "INVITE",
         2,
         "Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\n",
         hold,
     );
-    call.handle_request(&reinvite, peer(), t + ms(1000));
-    let out = sent(&mut call);
+    call.handle_request(&reinvite, peer(), at);
+    let out = sent(call);
     assert_eq!(codes(&out), ["INVITE", "100"], "on to the queue at once");
+    (hold, reinvite, out)
+}
+
+#[test]
+fn b2bua_relays_the_callers_hold_and_resume_to_the_queue() {
+    let t0 = Instant::now();
+    let (mut call, inv, t) = bridged_call(t0);
+    let (hold, reinvite, out) = caller_holds(&mut call, t + ms(1000));
     let Message::Request(to_queue) = &out[0] else {
         unreachable!()
     };
@@ -2468,3 +2477,5 @@ fn b2bua_answers_the_queues_refresh_and_ends_both_legs_when_it_stops() {
         to_caller.headers.get("Reason")
     );
 }
+
+mod relay;

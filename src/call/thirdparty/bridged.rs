@@ -77,7 +77,8 @@ impl Call {
             }
             Method::Options => reply(self, 200, "OK"),
             Method::Invite | Method::Update
-                if changes_session(&req.body, self.b2b.queue_remote.as_deref()) =>
+                if self.b2b.media.is_none()
+                    && changes_session(&req.body, self.b2b.queue_remote.as_deref()) =>
             {
                 self.relay_offer(Side::Queue, req, peer, now)
             }
@@ -139,6 +140,7 @@ impl Call {
                     return false;
                 }
                 if matches!(self.phase, Phase::Bridged)
+                    && self.b2b.media.is_none()
                     && changes_session(&req.body, self.b2b.caller_remote.as_deref())
                 {
                     self.relay_offer(Side::Caller, req, peer, now);
@@ -177,6 +179,7 @@ impl Call {
             }
             Method::Update
                 if self.dialog.matches(req)
+                    && self.b2b.media.is_none()
                     && changes_session(&req.body, self.b2b.caller_remote.as_deref()) =>
             {
                 if self.dialog.accept_remote_cseq(req).is_err() {

@@ -24,10 +24,20 @@
 //! Failures (RFC 3725 §7 leaves policy to the controller): a queue that
 //! refuses (486, 480, 404, 503…), does not answer within
 //! `queue_answer_timeout_ms` (CANCEL, RFC 3261 §9.1) or never responds
-//! (Timer B) is followed by the default queue; when no queue can be reached,
-//! or the caller refuses the re-INVITE, the caller hears a congestion tone
-//! ([`failure`]), then our BYE carries `Reason: SIP ;cause=…` (RFC 3326)
-//! naming why.
+//! (Timer B) is followed by the default queue; when no queue can be reached
+//! the caller hears a congestion tone ([`failure`]), then our BYE carries
+//! `Reason: SIP ;cause=…` (RFC 3326) naming why.
+//!
+//! Media relay (`[transfer] media`, [`media`]): a caller that refuses the
+//! re-INVITE (any failure but `481`), never answers it, or answers without
+//! SDP is not hung up on with `auto` (the default): emonav answers the
+//! queue's offer in step 3 with a second RTP port of its own and relays the
+//! RTP between the legs. With `relay` step 2 is skipped altogether; with
+//! `direct` the refusal ends the call with the tone, as does a relay that
+//! cannot be set up (no codec in common, an SRTP caller leg, no free port).
+//! While relayed, re-offers from either leg are answered with the session
+//! as it stands rather than passed on ([`relay`] passes them on when the
+//! media flows directly).
 //!
 //! Bridged: a BYE from either side is answered 200 and relayed as our BYE
 //! to the other leg. The queue leg has its own Call-ID (§8.1.1.4: a new
@@ -36,6 +46,7 @@
 
 mod bridged;
 mod failure;
+mod media;
 mod relay;
 mod session;
 
@@ -53,6 +64,8 @@ use emonav_sip::transaction::{
     Action, ClientInvite, ClientNonInvite, InviteResponse, ServerInvite,
 };
 use emonav_sip::transport::{Peer, Transport};
+
+pub use media::RelaySide;
 
 /// A non-INVITE request of ours on a queue leg (BYE, CANCEL).
 #[derive(Debug)]
@@ -131,6 +144,8 @@ pub(super) struct ThirdParty {
     queue_remote: Option<String>,
     /// The queue leg's session timer (RFC 4028).
     queue_timer: Option<session::QueueTimer>,
+    /// The media relay, when the media goes through emonav.
+    media: Option<media::MediaRelay>,
 }
 
 impl ThirdParty {
@@ -494,7 +509,11 @@ impl Call {
         leg.dialog = Some(dialog);
         self.b2b.queue_remote = Some(offer.clone());
         self.queue_session_refreshed(&resp.headers, now);
-        self.reinvite_caller(&offer, now);
+        if self.s.bridge_media == crate::config::BridgeMedia::Relay {
+            self.relay_media(now);
+        } else {
+            self.reinvite_caller(&offer, now);
+        }
     }
 
     /// Step 2 of flow III: the caller gets the queue's offer.
@@ -629,13 +648,24 @@ impl Call {
         self.out.push(Output::sip(Transport::Udp, dest, data, dest));
         self.phase = Phase::Bridged;
         self.record.outcome = Outcome::Bridged;
+        self.record.bridge_media = Some("direct");
         tracing::info!(call_id = %self.dialog.call_id, queue_call_id = %leg.call_id, "B2BUA: bridged, media caller <-> queue");
     }
 
-    /// The caller would not take the queue's media: end the queue leg and
-    /// hang up with the reason (a media relay would be the way on; not built).
+    /// The caller would not take the queue's media: with `[transfer] media
+    /// = "auto"` the media is relayed instead ([`media`]); otherwise the
+    /// queue leg ends and the caller hears the failure tone.
     fn caller_refused(&mut self, code: Option<u16>, cause: &str, now: Instant) {
         tracing::warn!(call_id = %self.dialog.call_id, ?code, %cause, "B2BUA: caller refused the queue's media");
+        if self.relay_instead(code) {
+            return self.relay_media(now);
+        }
+        self.bridge_failed(code, cause, now);
+    }
+
+    /// The queue answered but the legs cannot be connected: end the queue
+    /// leg (ACK its 2xx first), failure tone, BYE with the reason.
+    fn bridge_failed(&mut self, code: Option<u16>, cause: &str, now: Instant) {
         if let Some(i) = self.b2b.legs.len().checked_sub(1) {
             let leg = &mut self.b2b.legs[i];
             if leg.ack.is_none() {

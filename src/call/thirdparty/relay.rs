@@ -6,7 +6,8 @@
 //! far leg is returned to the near one with the same status (RFC 3261 §14.1:
 //! `491` makes the near side retry later, `500` keeps its `Retry-After`),
 //! and the session stays as it was on both legs. Only a far leg that is
-//! gone (`481`, `408`, no answer at all) ends the call.
+//! gone (`481`, `408`, no answer at all) ends the call. The far leg's 18x
+//! to a relayed re-INVITE is passed to the near leg (status and reason).
 //!
 //! Which SDP each side sees: the queue sees the caller's session
 //! descriptions unchanged (its `o=` is the caller's); the caller sees the
@@ -259,10 +260,17 @@ impl Call {
         if branch_of_response(resp) != r.far_branch {
             return true;
         }
+        let mut provisional = false;
         let final_response = match &mut r.far_tx {
             FarTx::Invite(tx) => match tx.on_response(code, now) {
                 InviteResponse::Absorb => false,
-                InviteResponse::PassUp => code >= 200,
+                InviteResponse::PassUp if code < 200 => {
+                    // 100 is hop-by-hop (ours went at once); 18x tell the
+                    // near side the far one is working on it.
+                    provisional = code > 100;
+                    false
+                }
+                InviteResponse::PassUp => true,
                 InviteResponse::ResendAck | InviteResponse::AckAndPassUp => {
                     let ack = ack_for_failure(&r.far, resp).to_bytes();
                     let (t, d, c) = (r.far_transport, r.far_dest, r.far_connection);
@@ -274,8 +282,29 @@ impl Call {
         };
         if final_response {
             self.far_final(side, resp, now);
+        } else if provisional {
+            self.near_provisional(resp);
         }
         true
+    }
+
+    /// The far leg's 18x to our re-INVITE, passed to the near leg's
+    /// re-INVITE with its status and reason (RFC 3261 §16.7 step 5 for a
+    /// proxy; a B2BUA does so to keep the near side informed), without its
+    /// body: the media is the near leg's session until the final answer.
+    /// Also what the near side's retransmissions get from then on.
+    fn near_provisional(&mut self, resp: &Response) {
+        let ua = self.s.user_agent.clone();
+        let Some(r) = &mut self.b2b.relay else {
+            return;
+        };
+        if r.near.method != Method::Invite || r.near_tx.is_some() {
+            return;
+        }
+        let ours = stateless_response(&r.near, resp.code, &resp.reason, &ua).to_bytes();
+        r.near_last = ours.clone();
+        let (peer, dest) = (r.near_peer, r.near_dest);
+        self.out.push(Output::reply(peer, dest, ours));
     }
 
     /// The far leg's final response: ACK a 2xx to its re-INVITE, then its
