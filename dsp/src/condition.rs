@@ -29,8 +29,8 @@ impl Biquad {
     /// A second-order Butterworth section (RBJ cookbook), high- or low-pass.
     fn butterworth(rate: u32, cutoff: f32, high: bool) -> Self {
         let w0 = 2.0 * std::f32::consts::PI * cutoff / rate as f32;
-        let alpha = w0.sin() / (2.0 * std::f32::consts::FRAC_1_SQRT_2);
-        let cos = w0.cos();
+        let (sin, cos) = crate::table_math::sin_cos(w0);
+        let alpha = sin / (2.0 * std::f32::consts::FRAC_1_SQRT_2);
         let a0 = 1.0 + alpha;
         let b = if high {
             [(1.0 + cos) / 2.0, -(1.0 + cos), (1.0 + cos) / 2.0]

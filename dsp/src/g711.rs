@@ -114,13 +114,32 @@ pub fn encode_ulaw(input: &[i16], out: &mut [u8]) {
 /// or a long recording spends most of this in the encoder's segment search
 /// otherwise (offline only; a call decodes, it never encodes).
 pub fn ulaw_round_trip(s: i16) -> i16 {
-    static TABLE: std::sync::OnceLock<Box<[i16]>> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        (i16::MIN..=i16::MAX)
-            .map(|v| ULAW[ulaw_encode(v) as usize])
-            .collect()
-    });
-    t[(s as i32 - i16::MIN as i32) as usize]
+    UlawRoundTrip::get().apply(s)
+}
+
+/// [`ulaw_round_trip`] with the table fetched once, for a loop over many
+/// samples (the per-sample first-use check was a third of the loop).
+#[derive(Clone, Copy)]
+pub struct UlawRoundTrip(&'static [i16; 65536]);
+
+impl UlawRoundTrip {
+    /// The table, built on first use.
+    pub fn get() -> Self {
+        static TABLE: std::sync::OnceLock<Box<[i16; 65536]>> = std::sync::OnceLock::new();
+        Self(TABLE.get_or_init(|| {
+            let t: Box<[i16]> = (i16::MIN..=i16::MAX)
+                .map(|v| ULAW[ulaw_encode(v) as usize])
+                .collect();
+            t.try_into().expect("one entry per 16-bit value")
+        }))
+    }
+
+    /// One sample through the encoder and decoder.
+    #[inline]
+    pub fn apply(self, s: i16) -> i16 {
+        // Offset binary: i16::MIN is entry 0.
+        self.0[(s as u16 ^ 0x8000) as usize]
+    }
 }
 
 /// Encode linear PCM to A-law.

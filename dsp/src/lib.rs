@@ -15,6 +15,7 @@ mod kernels;
 pub mod model;
 pub mod pitch;
 pub mod spectral;
+mod table_math;
 pub mod telephone;
 
 pub use analyzer::{analyze_pcm, Analyzer, Report};

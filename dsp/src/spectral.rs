@@ -9,6 +9,8 @@ use std::sync::Arc;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
+use crate::table_math::{cos, exp, ln};
+
 /// Mel filters (as openSMILE's MFCC front end).
 const MEL_BANDS: usize = 26;
 /// Cepstral coefficients kept (eGeMAPS uses 1–4).
@@ -66,16 +68,16 @@ fn equal_loudness(f: f32) -> f32 {
 /// A Hamming window of `len` samples.
 pub(crate) fn hamming(len: usize) -> Vec<f32> {
     (0..len)
-        .map(|i| 0.54 - 0.46 * (2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32).cos())
+        .map(|i| 0.54 - 0.46 * cos(2.0 * std::f32::consts::PI * i as f32 / (len - 1) as f32))
         .collect()
 }
 
 fn hz_to_mel(f: f32) -> f32 {
-    1127.0 * (1.0 + f / 700.0).ln()
+    1127.0 * ln(1.0 + f / 700.0)
 }
 
 fn mel_to_hz(m: f32) -> f32 {
-    700.0 * ((m / 1127.0).exp() - 1.0)
+    700.0 * (exp(m / 1127.0) - 1.0)
 }
 
 impl SpectralAnalyzer {
@@ -133,12 +135,11 @@ impl SpectralAnalyzer {
             dct: std::array::from_fn(|j| {
                 std::array::from_fn(|i| {
                     (2.0 / MEL_BANDS as f32).sqrt()
-                        * (std::f32::consts::PI * (j + 1) as f32 * (i as f32 + 0.5)
+                        * cos(std::f32::consts::PI * (j + 1) as f32 * (i as f32 + 0.5)
                             / MEL_BANDS as f32)
-                            .cos()
                 })
             }),
-            ln_eql: std::array::from_fn(|b| equal_loudness(edges[b + 1]).ln()),
+            ln_eql: std::array::from_fn(|b| ln(equal_loudness(edges[b + 1]))),
             have_previous: false,
         }
     }

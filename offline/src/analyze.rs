@@ -43,14 +43,56 @@ pub enum AnalyzeError {
     Convert(#[from] telephone::ConvertError),
 }
 
+/// A WAV file's samples as read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Samples {
+    /// Mono 16-bit PCM, kept as it is stored: the line conversion takes it
+    /// without a float pass ([`telephone::call_audio_pcm16`]).
+    Pcm16(Vec<i16>),
+    /// Anything else, mixed down to mono, ±1.0 full scale.
+    Float(Vec<f32>),
+}
+
+impl Samples {
+    /// Mono float, ±1.0 full scale (16-bit PCM as `v / 32768`).
+    pub fn into_float(self) -> Vec<f32> {
+        match self {
+            Samples::Pcm16(pcm) => pcm.iter().map(|&v| pcm16_to_float(v)).collect(),
+            Samples::Float(x) => x,
+        }
+    }
+}
+
+fn pcm16_to_float(v: i16) -> f32 {
+    v as f32 * (1.0 / 32768.0)
+}
+
 /// Read a WAV file (any PCM or float format), mixed down to mono ±1.0.
+pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AnalyzeError> {
+    let (samples, rate) = read_wav_samples(path)?;
+    Ok((samples.into_float(), rate))
+}
+
+/// A WAV file as what a call at `analysis_rate` hears
+/// ([`telephone::call_audio`]), and the file's own rate.
+pub fn read_line_audio(path: &Path, analysis_rate: u32) -> Result<(Vec<i16>, u32), AnalyzeError> {
+    let (samples, rate) = read_wav_samples(path)?;
+    let pcm = match samples {
+        Samples::Pcm16(pcm) => telephone::call_audio_pcm16(pcm, rate, analysis_rate)?,
+        Samples::Float(x) => telephone::call_audio(&x, rate, analysis_rate)?,
+    };
+    Ok((pcm, rate))
+}
+
+/// Read a WAV file (any PCM or float format): mono 16-bit PCM as it is,
+/// anything else mixed down to mono float.
 ///
 /// The file is read in one go; 16-bit PCM and 32-bit float data, what
 /// recordings almost always are, is converted in bulk straight from the data
 /// chunk (reading sample by sample through hound's iterator was a fifth of
 /// `emonav analyze`'s instructions on an 8 kHz file; docs/performance.md).
 /// hound validates the header, and decodes the other sample formats.
-pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AnalyzeError> {
+pub fn read_wav_samples(path: &Path) -> Result<(Samples, u32), AnalyzeError> {
     let err = |e: hound::Error| AnalyzeError::Read {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -68,10 +110,19 @@ pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AnalyzeError> {
                 .into_inner()
                 .get(..n * width)
                 .ok_or_else(|| err(hound::Error::FormatError("data chunk is cut short")))?;
-            if width == 2 {
-                data.chunks_exact(2)
-                    .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 * (1.0 / 32768.0))
-                    .collect()
+            let pcm16 = data
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]));
+            if width == 2 && ch == 1 {
+                // Into a zeroed vector rather than collected: this loop
+                // vectorises, the collect did not.
+                let mut pcm = vec![0i16; n];
+                for (v, b) in pcm.iter_mut().zip(data.chunks_exact(2)) {
+                    *v = i16::from_le_bytes([b[0], b[1]]);
+                }
+                return Ok((Samples::Pcm16(pcm), spec.sample_rate));
+            } else if width == 2 {
+                pcm16.map(pcm16_to_float).collect()
             } else {
                 data.chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -96,13 +147,13 @@ pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32), AnalyzeError> {
         }
     };
     if ch == 1 {
-        return Ok((samples, spec.sample_rate));
+        return Ok((Samples::Float(samples), spec.sample_rate));
     }
     let mono = samples
         .chunks_exact(ch)
         .map(|f| f.iter().sum::<f32>() / ch as f32)
         .collect();
-    Ok((mono, spec.sample_rate))
+    Ok((Samples::Float(mono), spec.sample_rate))
 }
 
 /// The `fmt ` chunk's block align (bytes per frame, all channels) of a RIFF
@@ -233,8 +284,7 @@ pub fn analyze<P: Decide>(
     policy: &mut P,
     model: Arc<Model>,
 ) -> Result<Analysis<P::Decision>, AnalyzeError> {
-    let (audio, rate) = read_wav(path)?;
-    let pcm = telephone::telephone_8k(&audio, rate)?;
+    let (pcm, rate) = read_line_audio(path, 8000)?;
     let mut a = Analyzer::with_estimator(8000, Box::new(ModelEstimator::new(model)));
     let mut timeline = Vec::new();
     let mut trace = Vec::with_capacity(pcm.len() / 160 + 1);
@@ -383,6 +433,52 @@ impl<D: std::fmt::Display> std::fmt::Display for Analysis<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `read_line_audio` (mono 16-bit PCM kept as integers) gives what the
+    /// float path gives, for every format and both analysis rates.
+    #[test]
+    fn line_audio_is_call_audio_of_the_float_samples() {
+        let dir = std::env::temp_dir().join(format!("emonav-line-audio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (channels, bits, rate) in [
+            (1, 16, 8000),
+            (1, 16, 16000),
+            (1, 16, 22050),
+            (2, 16, 8000),
+            (1, 24, 8000),
+        ] {
+            let spec = hound::WavSpec {
+                channels,
+                sample_rate: rate,
+                bits_per_sample: bits,
+                sample_format: hound::SampleFormat::Int,
+            };
+            let path = dir.join(format!("{channels}-{bits}-{rate}.wav"));
+            let mut w = hound::WavWriter::create(&path, spec).unwrap();
+            // Every 16-bit value at least once, extremes included.
+            for i in 0..70_000i32 {
+                let v = (i * 7919) % 65_536 - 32_768;
+                w.write_sample(v << (bits - 16)).unwrap();
+            }
+            w.finalize().unwrap();
+            let pcm16 = matches!(read_wav_samples(&path).unwrap().0, Samples::Pcm16(_));
+            assert_eq!(
+                pcm16,
+                channels == 1 && bits == 16,
+                "{channels} ch, {bits} bits"
+            );
+            let (float, _) = read_wav(&path).unwrap();
+            for analysis_rate in [8000, 16000] {
+                let (line, r) = read_line_audio(&path, analysis_rate).unwrap();
+                assert_eq!(r, rate);
+                assert!(
+                    line == telephone::call_audio(&float, rate, analysis_rate).unwrap(),
+                    "{channels} ch, {bits} bits, {rate} Hz at {analysis_rate} Hz"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// `read_wav`'s bulk paths give what hound's sample iterator gives.
     #[test]

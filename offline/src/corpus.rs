@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use emonav_dsp::model::{feature_vector, FEATURES};
-use emonav_dsp::{telephone, Analyzer};
+use emonav_dsp::Analyzer;
 
-use crate::analyze::{read_wav, AnalyzeError};
+use crate::analyze::{read_line_audio, AnalyzeError};
 
 /// The eight labels a corpus may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -256,8 +256,7 @@ pub struct Features {
 /// `analysis_rate`: 8000 is a full-band G.711 line (8 kHz μ-law), 16000
 /// an Opus call (16 kHz wideband); 20 ms packets into the call's analyser.
 pub fn extract(path: &Path, analysis_rate: u32) -> Result<Features, CorpusError> {
-    let (audio, rate) = read_wav(path)?;
-    let pcm = telephone::call_audio(&audio, rate, analysis_rate).map_err(AnalyzeError::from)?;
+    let (pcm, _) = read_line_audio(path, analysis_rate)?;
     Ok(extract_pcm(&pcm, analysis_rate))
 }
 
