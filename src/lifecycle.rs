@@ -50,6 +50,8 @@ pub(crate) struct Lifecycle {
     draining: AtomicBool,
     /// Calls whose record is not out yet.
     active: watch::Sender<usize>,
+    /// The most calls in progress since [`Lifecycle::take_peak`] (src/trim.rs).
+    peak: std::sync::atomic::AtomicUsize,
     /// Every `[[registration]]` account is registered (true without any).
     registered: AtomicBool,
     /// `[overload]` refuses new calls (src/overload.rs).
@@ -71,6 +73,7 @@ impl Lifecycle {
             control,
             draining: AtomicBool::new(false),
             active: watch::Sender::new(0),
+            peak: std::sync::atomic::AtomicUsize::new(0),
             registered: AtomicBool::new(profile.registrations.is_empty()),
             overloaded: AtomicBool::new(false),
         };
@@ -87,8 +90,18 @@ impl Lifecycle {
 
     /// Count a call as in progress until its record is out.
     pub(crate) fn call_started(self: &Arc<Self>) -> ActiveCall {
-        self.active.send_modify(|n| *n += 1);
+        self.active.send_modify(|n| {
+            *n += 1;
+            self.peak.fetch_max(*n, Ordering::Relaxed);
+        });
         ActiveCall(Some(self.clone()))
+    }
+
+    /// The most calls in progress since the last call, and the calls in
+    /// progress now (the next peak starts from them).
+    pub(crate) fn take_peak(&self) -> (usize, usize) {
+        let now = *self.active.borrow();
+        (self.peak.swap(now, Ordering::Relaxed), now)
     }
 
     /// Calls in progress, watched by a draining SIP task.
