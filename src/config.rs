@@ -318,6 +318,9 @@ pub struct MediaConfig {
     pub symmetric_rtp: bool,
     /// SRTP (RFC 3711) with SDES keys (RFC 4568): off, optional or required.
     pub srtp: SrtpMode,
+    /// Single-threaded runtimes the calls' media runs on, each call on one
+    /// for its whole life (0 = one per available core).
+    pub threads: usize,
 }
 
 /// `[media] srtp`: whether calls' media is encrypted (RFC 3711, keys by
@@ -347,6 +350,7 @@ impl Default for MediaConfig {
             keepalive_interval_ms: 20,
             symmetric_rtp: false,
             srtp: SrtpMode::Off,
+            threads: 0,
         }
     }
 }

@@ -3,8 +3,10 @@
 //! One task reads the SIP socket and hands each message to the [`Endpoint`],
 //! which decides (answer statelessly, start a call, route to a call, feed a
 //! registration); this task only executes the decision. Each call task owns
-//! its RTP socket and its [`Call`] state machine; the per-packet path (RTP in
-//! → decode → analyse) runs there without allocating or locking.
+//! its RTP socket and its [`Call`] state machine, and runs on one of the
+//! media shards ([`shards`]: single-threaded runtimes, one per core); the
+//! per-packet path (RTP in → decode → analyse) runs there without
+//! allocating or locking.
 //!
 //! The SIP task also drives the `[[registration]]` accounts, sending over
 //! the same socket (so the registrar sees the address it will send INVITEs
@@ -54,7 +56,9 @@ const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// burst while a flood on one Call-ID holds at most 64 messages.
 const CALL_QUEUE: usize = 64;
 
+mod shards;
 mod tcp;
+use shards::Shards;
 use tcp::{accept_tcp, TcpConns, TCP_INBOUND_QUEUE};
 
 /// A SIP message for a call task, with where it came from: its transport
@@ -93,6 +97,8 @@ struct Shared {
     rtp_advertised: std::net::IpAddr,
     rtp_range: (u16, u16),
     rtp_cursor: AtomicU16,
+    /// The runtimes the call tasks run on (`[media] threads`).
+    shards: Shards,
     /// `[history]`: the caller history store, if on, and its settings.
     history: Option<(crate::history::HistoryStore, crate::history::HistoryConfig)>,
     /// `[webhooks]`, if a URL is set.
@@ -188,6 +194,7 @@ impl Server {
             rtp_advertised: profile.advertised_ip(),
             rtp_range: (lo, hi),
             rtp_cursor: AtomicU16::new(lo + fastrand::u16(..=(hi - lo)) / 2 * 2),
+            shards: Shards::start(profile.media.threads)?,
         };
         Ok(Server {
             shared: Arc::new(shared),
@@ -286,8 +293,9 @@ impl Server {
         )
         .with_trust(self.trust)
         .with_overload(crate::overload::Overload::new(self.overload));
-        tokio::spawn(probe_lag(Arc::downgrade(&self.shared.metrics)));
+        tokio::spawn(probe_lag(Arc::downgrade(&self.shared)));
         crate::trim::spawn(&self.shared.life);
+        tracing::debug!(shards = self.shared.shards.len(), "media runtimes started");
         let line_sync = line_sync(&self.shared);
         let shared = self.shared.clone();
         sip_loop(
@@ -316,6 +324,7 @@ impl Server {
         if let Some(sync) = line_sync {
             sync.flush().await;
         }
+        shared.shards.stop();
     }
 }
 
@@ -562,18 +571,21 @@ fn flush_registrations(
 /// backlog building up.
 const LAG_PROBE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// RFC 6357 §3's headroom measure, as the runtime sees it: how late a
-/// periodic timer fires. Every backlog (RTP, SIP, DSP) delays it. Ends with
-/// the server (its metrics dropped).
-async fn probe_lag(metrics: std::sync::Weak<Metrics>) {
+/// RFC 6357 §3's headroom measure, as the runtimes see it: how late a
+/// periodic timer fires. Every backlog (RTP, SIP, DSP) delays it. The
+/// figure kept is the worst of this (the SIP) runtime's and the media
+/// shards' own probes. Ends with the server.
+async fn probe_lag(shared: std::sync::Weak<Shared>) {
     let mut due = Instant::now() + LAG_PROBE;
     loop {
         tokio::time::sleep_until(due).await;
         let now = Instant::now();
-        let Some(m) = metrics.upgrade() else { return };
-        let lag = now.saturating_duration_since(due);
-        m.event_loop_lag_us.store(
-            u64::try_from(lag.as_micros()).unwrap_or(u64::MAX),
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let lag = u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
+        shared.metrics.event_loop_lag_us.store(
+            lag.max(shared.shards.max_lag_us()),
             std::sync::atomic::Ordering::Relaxed,
         );
         due = now + LAG_PROBE;
@@ -616,7 +628,7 @@ fn execute(
                 let me = tx.downgrade();
                 endpoint.insert_call(call_id, tx);
                 let active = shared.life.call_started();
-                tokio::spawn(call_task(
+                shared.shards.spawn(call_task(
                     shared.clone(),
                     invite,
                     peer,
