@@ -48,6 +48,7 @@ mod sdes;
 mod sdp;
 mod server;
 mod tls;
+mod trim;
 mod trust;
 mod webhook;
 

@@ -52,6 +52,8 @@ pub(crate) struct Lifecycle {
     active: watch::Sender<usize>,
     /// Calls whose session is not over yet (admission counts these).
     sessions: AtomicUsize,
+    /// The most calls in progress since [`Lifecycle::take_peak`] (src/trim.rs).
+    peak: AtomicUsize,
     /// Every `[[registration]]` account is registered (true without any).
     registered: AtomicBool,
     /// `[overload]` refuses new calls (src/overload.rs).
@@ -74,6 +76,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             active: watch::Sender::new(0),
             sessions: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             registered: AtomicBool::new(profile.registrations.is_empty()),
             overloaded: AtomicBool::new(false),
         };
@@ -90,7 +93,10 @@ impl Lifecycle {
 
     /// Count a call as in progress until its record is out.
     pub(crate) fn call_started(self: &Arc<Self>) -> ActiveCall {
-        self.active.send_modify(|n| *n += 1);
+        self.active.send_modify(|n| {
+            *n += 1;
+            self.peak.fetch_max(*n, Ordering::Relaxed);
+        });
         self.sessions.fetch_add(1, Ordering::Relaxed);
         ActiveCall {
             life: Some(self.clone()),
@@ -101,6 +107,13 @@ impl Lifecycle {
     /// Calls whose session is not over: what `[overload] max_calls` limits.
     pub(crate) fn sessions(&self) -> usize {
         self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// The most calls in progress since the last call, and the calls in
+    /// progress now (the next peak starts from them).
+    pub(crate) fn take_peak(&self) -> (usize, usize) {
+        let now = *self.active.borrow();
+        (self.peak.swap(now, Ordering::Relaxed), now)
     }
 
     /// Calls in progress, watched by a draining SIP task.

@@ -23,7 +23,7 @@ fn ramp(args: &[&str]) -> Value {
             "--json",
             "--no-pin",
         ])
-        .args(["--pause", "0"])
+        .args(["--pause", "0", "--settle", "0"])
         .args(args)
         .output()
         .expect("python3 is installed (scripts/test.sh installs it)");

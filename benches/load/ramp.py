@@ -352,9 +352,32 @@ def fmt(v):
     return str(v)
 
 
+def common_args(ap):
+    """The options the ramp and the soak (benches/load/soak.py) share."""
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "emonav"))
+    ap.add_argument("--no-pin", action="store_true", help="do not pin emonav and SIPp to cores")
+    # emonav gives the heap back once the calls have fallen and again 36 s
+    # later, when the SIP transactions of the last calls have expired
+    # (src/trim.rs): the RSS that stays is the one after that.
+    ap.add_argument("--settle", type=float, default=40.0,
+                    help="seconds after the last call ends before the final RSS is read")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (SIPp logs)")
+
+
+def cores_for(a, script):
+    """Check the tools and the binary; (emonav's core, SIPp's core), or Nones."""
+    for tool in ("sipp",) + (() if a.no_pin else ("taskset",)):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (scripts/test.sh installs sip-tester)")
+    if not os.path.exists(a.binary):
+        raise SystemExit(f"{a.binary} does not exist ({script} builds it)")
+    pin = not a.no_pin and (os.cpu_count() or 1) >= 2
+    return (0, 1) if pin else (None, None)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "emonav"))
+    common_args(ap)
     ap.add_argument("--rates", default="50,100,150,200,250,300,350,400",
                     help="offered calls per second, one step each (comma-separated)")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of new calls per step")
@@ -363,22 +386,13 @@ def main():
     ap.add_argument("--max-calls", type=int, default=0, help="[overload] max_calls (0: off)")
     ap.add_argument("--max-lag-ms", type=int, default=0, help="[overload] max_lag_ms (0: off)")
     ap.add_argument("--rtp-ports", type=int, default=8000, help="width of the RTP port range")
-    ap.add_argument("--no-pin", action="store_true", help="do not pin emonav and SIPp to cores")
     ap.add_argument("--pause", type=float, default=3.0, help="seconds of rest between steps")
     ap.add_argument("--stop-after-collapse", action="store_true",
                     help="stop the ramp after the first step with failed calls")
     ap.add_argument("--json", action="store_true", help="one JSON object per step on stdout")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder (SIPp logs)")
     a = ap.parse_args()
-
-    for tool in ("sipp",) + (() if a.no_pin else ("taskset",)):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is not installed (scripts/test.sh installs sip-tester)")
-    if not os.path.exists(a.binary):
-        raise SystemExit(f"{a.binary} does not exist (scripts/load.sh builds it)")
-    cores = os.cpu_count() or 1
-    pin = not a.no_pin and cores >= 2
-    e_core, s_core = (0, 1) if pin else (None, None)
+    e_core, s_core = cores_for(a, "scripts/load.sh")
+    pin = e_core is not None
 
     workdir = tempfile.mkdtemp(prefix="emonav-load-")
     emonav = Emonav(a.binary, workdir, a.max_calls, a.max_lag_ms, a.rtp_ports, e_core)
@@ -413,15 +427,20 @@ def main():
         t_end = time.monotonic()
         while emonav.metric("emonav_calls_active") > 0 and time.monotonic() - t_end < 60:
             time.sleep(1.0)
-        after = {"idle_rss_mb": round(idle_rss, 1), "rss_after_mb": round(rss_mb(emonav.pid), 1),
+        drain_s = round(time.monotonic() - t_end, 1)
+        rss_at_end = rss_mb(emonav.pid)
+        time.sleep(a.settle)
+        after = {"idle_rss_mb": round(idle_rss, 1), "rss_at_end_mb": round(rss_at_end, 1),
+                 "rss_after_mb": round(rss_mb(emonav.pid), 1), "settle_s": a.settle,
                  "calls_active_after": emonav.metric("emonav_calls_active"),
-                 "drain_s": round(time.monotonic() - t_end, 1),
+                 "drain_s": drain_s,
                  "fds_after": len(os.listdir(f"/proc/{emonav.pid}/fd"))}
         if a.json:
             print(json.dumps(after), file=out)
         else:
             print(f"# after the ramp: calls active {after['calls_active_after']:.0f} after waiting "
-                  f"{after['drain_s']} s; RSS {after['rss_after_mb']} MB (idle {after['idle_rss_mb']} MB); "
+                  f"{after['drain_s']} s; RSS {after['rss_at_end_mb']} MB then, {after['rss_after_mb']} MB "
+                  f"{a.settle:g} s later (idle {after['idle_rss_mb']} MB); "
                   f"{after['fds_after']} open descriptors (idle {idle_fds})"
                   + (f"; work folder {workdir}" if a.keep else ""), file=out)
     finally:

@@ -30,7 +30,7 @@ pub(crate) fn correlate(a: &[f32], b: &[f32], out: &mut [f32]) {
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU supports AVX, checked just above.
         #[allow(unsafe_code)]
-        // the one unsafe block of the workspace (lint: unsafe_code = "deny")
+        // one of the two unsafe blocks of the workspace, with src/trim.rs (lint: unsafe_code = "deny")
         return unsafe { correlate_avx(a, b, out) };
     }
     correlate_portable(a, b, out)

@@ -3,8 +3,12 @@
 //! RTP timestamp says they are due, then released in sequence order, so the
 //! analyser sees one continuous, ordered stream.
 //!
-//! * Fixed capacity: [`CAPACITY`] preallocated slots of [`MAX_PAYLOAD`]
-//!   bytes (a ring indexed by sequence number); nothing allocates per packet.
+//! * Fixed capacity: [`CAPACITY`] slots (a ring indexed by sequence number)
+//!   over one contiguous byte area sized for what the call negotiated (160 B
+//!   a slot for G.711 at 20 ms rather than [`MAX_PAYLOAD`]: 5 KiB a call
+//!   instead of 48 KiB). A payload longer than a slot grows the area once, to
+//!   the next power of two (capped at [`MAX_PAYLOAD`]), so a stream's packets
+//!   allocate at most a few times in its life, never in steady state.
 //! * Reordering within the delay is fixed; a packet for a slot already played
 //!   out is *late* and dropped; a packet seen twice is a *duplicate*.
 //! * Gaps are reported with the next released packet (`lost` frames before
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 pub(crate) const CAPACITY: usize = 32;
 /// Largest payload kept (bytes); longer payloads are truncated.
 pub(crate) const MAX_PAYLOAD: usize = 1500;
+/// Smallest slot: an RFC 4733 event or a comfort-noise packet always fits.
+const MIN_SLOT: usize = 16;
 /// The default playout delay.
 #[cfg(test)]
 pub(crate) const DEFAULT_DELAY: Duration = Duration::from_millis(60);
@@ -84,6 +90,8 @@ pub(crate) struct Released<'a> {
     pub payload: &'a [u8],
 }
 
+/// A packet's description; its bytes are in [`Payloads`].
+#[derive(Clone, Copy)]
 struct Slot {
     used: bool,
     seq: u16,
@@ -91,7 +99,6 @@ struct Slot {
     pt: u8,
     len: u16,
     due: Instant,
-    data: [u8; MAX_PAYLOAD],
 }
 
 impl Slot {
@@ -103,19 +110,63 @@ impl Slot {
             pt: 0,
             len: 0,
             due: now,
-            data: [0; MAX_PAYLOAD],
+        }
+    }
+}
+
+/// The bytes of the ring's slots and of the stash (index [`STASH`]), one
+/// contiguous area of equal-sized cells.
+struct Payloads {
+    cell: usize,
+    bytes: Box<[u8]>,
+}
+
+/// The stash's cell, after the ring's.
+const STASH: usize = CAPACITY;
+
+impl Payloads {
+    fn new(cell: usize) -> Self {
+        let cell = cell.clamp(MIN_SLOT, MAX_PAYLOAD);
+        Self {
+            cell,
+            bytes: vec![0; (CAPACITY + 1) * cell].into_boxed_slice(),
         }
     }
 
-    fn fill(&mut self, seq: u16, ts: u32, pt: u8, payload: &[u8], due: Instant) {
+    fn get(&self, i: usize, len: u16) -> &[u8] {
+        &self.bytes[i * self.cell..][..len as usize]
+    }
+
+    /// Store `payload` (truncated to [`MAX_PAYLOAD`]) in cell `i`, growing
+    /// every cell first if it does not fit; returns the length kept.
+    fn put(&mut self, i: usize, payload: &[u8], slots: &[Slot], stash: &Slot) -> u16 {
         let n = payload.len().min(MAX_PAYLOAD);
-        self.data[..n].copy_from_slice(&payload[..n]);
-        self.used = true;
-        self.seq = seq;
-        self.ts = ts;
-        self.pt = pt;
-        self.len = n as u16;
-        self.due = due;
+        if n > self.cell {
+            self.grow(n, slots, stash);
+        }
+        self.bytes[i * self.cell..][..n].copy_from_slice(&payload[..n]);
+        n as u16
+    }
+
+    /// Room for `n`-byte payloads, the held ones kept. Rounding up to a power
+    /// of two bounds the reallocations of one stream to a handful.
+    #[cold]
+    fn grow(&mut self, n: usize, slots: &[Slot], stash: &Slot) {
+        let mut bigger = Self::new(n.next_power_of_two());
+        let held = slots.iter().chain(std::iter::once(stash)).enumerate();
+        for (i, s) in held.filter(|(_, s)| s.used) {
+            let len = usize::from(s.len);
+            bigger.bytes[i * bigger.cell..][..len]
+                .copy_from_slice(&self.bytes[i * self.cell..][..len]);
+        }
+        *self = bigger;
+    }
+
+    /// Move cell `from`'s first `len` bytes to cell `to`.
+    fn copy(&mut self, from: usize, to: usize, len: u16) {
+        let c = self.cell;
+        self.bytes
+            .copy_within(from * c..from * c + usize::from(len), to * c);
     }
 }
 
@@ -135,9 +186,11 @@ enum Pending {
 pub(crate) struct JitterBuffer {
     delay: Duration,
     clock_rate: u32,
-    slots: Box<[Slot]>,
+    slots: [Slot; CAPACITY],
     /// A packet waiting for room (see [`Pending`]).
-    stash: Box<Slot>,
+    stash: Slot,
+    /// The bytes of `slots` and `stash`.
+    data: Payloads,
     pending: Pending,
     ssrc: Option<u32>,
     /// Sequence number of the next packet to release.
@@ -169,13 +222,15 @@ impl std::fmt::Debug for JitterBuffer {
 
 impl JitterBuffer {
     /// A buffer holding packets `delay` beyond their due time, for an RTP
-    /// clock of `clock_rate` Hz. Allocates its ring once, here.
-    pub(crate) fn new(delay: Duration, clock_rate: u32, now: Instant) -> Self {
+    /// clock of `clock_rate` Hz, with room for `payload`-byte packets (longer
+    /// ones grow it once). Allocates its ring here.
+    pub(crate) fn new(delay: Duration, clock_rate: u32, payload: usize, now: Instant) -> Self {
         Self {
             delay,
             clock_rate: clock_rate.max(1),
-            slots: (0..CAPACITY).map(|_| Slot::new(now)).collect(),
-            stash: Box::new(Slot::new(now)),
+            slots: [Slot::new(now); CAPACITY],
+            stash: Slot::new(now),
+            data: Payloads::new(payload),
             pending: Pending::None,
             ssrc: None,
             next: 0,
@@ -306,7 +361,7 @@ impl JitterBuffer {
             }
             // Too far ahead for the ring: the oldest leave early.
             let due = self.due(ts, now);
-            self.stash.fill(seq, ts.unwrap_or(0), pt, payload, due);
+            self.fill(STASH, seq, ts.unwrap_or(0), pt, payload, due);
             self.pending = Pending::Overflow;
             self.stats.received += 1;
             return Pushed::Buffered;
@@ -343,11 +398,29 @@ impl JitterBuffer {
         self.stats.restarts += 1;
         self.stats.received += 1;
         let due = now + self.delay;
-        self.stash.fill(seq, ts.unwrap_or(0), pt, payload, due);
+        self.fill(STASH, seq, ts.unwrap_or(0), pt, payload, due);
         self.pending = Pending::NewStream { ssrc };
         // The new stream's timing starts from this packet.
         self.anchor = ts.map(|ts| (now, ts));
         Pushed::Buffered
+    }
+
+    /// Put a packet in ring slot `i` or, with [`STASH`], in the stash.
+    fn fill(&mut self, i: usize, seq: u16, ts: u32, pt: u8, payload: &[u8], due: Instant) {
+        let len = self.data.put(i, payload, &self.slots, &self.stash);
+        let s = if i == STASH {
+            &mut self.stash
+        } else {
+            &mut self.slots[i]
+        };
+        *s = Slot {
+            used: true,
+            seq,
+            ts,
+            pt,
+            len,
+            due,
+        };
     }
 
     fn store(
@@ -363,7 +436,7 @@ impl JitterBuffer {
             self.stats.reordered += 1;
         }
         let due = self.due(ts, now);
-        self.slots[Self::index(seq)].fill(seq, ts.unwrap_or(0), pt, payload, due);
+        self.fill(Self::index(seq), seq, ts.unwrap_or(0), pt, payload, due);
         self.span = self.span.max(d + 1);
         self.depth += 1;
         self.stats.received += 1;
@@ -411,10 +484,10 @@ impl JitterBuffer {
 
     fn stash_into_ring(&mut self) {
         let d = self.stash.seq.wrapping_sub(self.next);
-        std::mem::swap(
-            &mut self.slots[Self::index(self.stash.seq)],
-            &mut self.stash,
-        );
+        let i = Self::index(self.stash.seq);
+        self.data.copy(STASH, i, self.stash.len);
+        self.slots[i] = self.stash;
+        self.stash.used = false;
         self.span = self.span.max(d + 1);
         self.depth += 1;
         self.stats.max_depth = self.stats.max_depth.max(self.depth as u64);
@@ -441,7 +514,7 @@ impl JitterBuffer {
             seq: s.seq,
             timestamp: s.ts,
             pt: s.pt,
-            payload: &s.data[..s.len as usize],
+            payload: self.data.get(i, s.len),
         })
     }
 
@@ -502,7 +575,7 @@ mod tests {
     /// A buffer with the default delay at 8 kHz, and its clock's zero.
     fn jb() -> (JitterBuffer, Instant) {
         let t0 = Instant::now();
-        (JitterBuffer::new(DEFAULT_DELAY, 8000, t0), t0)
+        (JitterBuffer::new(DEFAULT_DELAY, 8000, 160, t0), t0)
     }
 
     fn push(jb: &mut JitterBuffer, seq: u16, at: Instant) -> Pushed {
@@ -696,6 +769,75 @@ mod tests {
         assert_eq!(jb.depth(), 0);
         push(&mut jb, 500, t0 + 5000 * MS);
         assert_eq!(drain(&mut jb, t0 + 6000 * MS), [(0, 500)]);
+    }
+
+    #[test]
+    fn slots_are_sized_by_the_call_and_grow_once_for_longer_packets() {
+        let (mut jb, t0) = jb();
+        assert_eq!(jb.data.cell, 160);
+        let g711 = |seq: u16| [seq as u8; 160];
+        for seq in 0..3u16 {
+            jb.push(7, seq, Some(seq as u32 * 160), 0, &g711(seq), t0);
+        }
+        // A 30 ms packet amid held 20 ms ones: one growth, the held bytes kept.
+        let long = [9u8; 240];
+        jb.push(7, 3, Some(480), 0, &long, t0);
+        assert_eq!(jb.data.cell, 256);
+        let area = jb.data.bytes.as_ptr();
+        for seq in 4..40u16 {
+            jb.push(
+                7,
+                seq,
+                Some(seq as u32 * 160),
+                0,
+                &long,
+                t0 + 20 * seq as u32 * MS,
+            );
+            while jb.pop(t0 + 20 * seq as u32 * MS).is_some() {}
+        }
+        assert_eq!(
+            jb.data.bytes.as_ptr(),
+            area,
+            "no reallocation in steady state"
+        );
+        let mut jb2 = JitterBuffer::new(DEFAULT_DELAY, 8000, 160, t0);
+        for seq in 0..3u16 {
+            jb2.push(7, seq, Some(seq as u32 * 160), 0, &g711(seq), t0);
+        }
+        jb2.push(7, 3, Some(480), 0, &long, t0);
+        let out: Vec<Vec<u8>> =
+            std::iter::from_fn(|| jb2.pop(t0 + 500 * MS).map(|p| p.payload.to_vec())).collect();
+        assert_eq!(
+            out,
+            [
+                g711(0).to_vec(),
+                g711(1).to_vec(),
+                g711(2).to_vec(),
+                long.to_vec()
+            ]
+        );
+        // Past the cap: truncated to it, as before.
+        jb2.push(7, 4, Some(640), 0, &[1u8; 3000], t0 + 600 * MS);
+        assert_eq!(jb2.data.cell, MAX_PAYLOAD);
+        assert_eq!(
+            jb2.pop(t0 + 2000 * MS).map(|p| p.payload.len()),
+            Some(MAX_PAYLOAD)
+        );
+    }
+
+    #[test]
+    fn a_stashed_packet_survives_growth_and_the_move_into_the_ring() {
+        let (mut jb, t0) = jb();
+        push_ssrc(&mut jb, 1, 100, t0);
+        // New stream, its first packet waiting in the stash, then a longer packet grows the area.
+        jb.push(2, 9000, Some(0), 0, &[5u8; 100], t0 + 10 * MS);
+        assert_eq!(drain(&mut jb, t0 + 10 * MS), [(0, 100)]);
+        jb.push(2, 9001, Some(160), 0, &[6u8; 700], t0 + 20 * MS);
+        assert_eq!(jb.data.cell, 1024);
+        let out: Vec<(u16, Vec<u8>)> =
+            std::iter::from_fn(|| jb.pop(t0 + 500 * MS).map(|p| (p.seq, p.payload.to_vec())))
+                .collect();
+        assert_eq!(out, [(9000, vec![5u8; 100]), (9001, vec![6u8; 700])]);
     }
 
     #[test]

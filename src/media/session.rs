@@ -45,6 +45,15 @@ pub(crate) const OPUS_ANALYSIS_RATE: u32 = 8_000;
 /// does not make up seconds of audio the caller never said.
 const MAX_CONCEALED: u16 = 5;
 
+/// The payload the jitter buffer is sized for: 64 kbit/s at the offered
+/// ptime (20 ms when none), i.e. a G.711 packet exactly and an Opus one up to
+/// that rate; a longer packet grows the buffer once.
+fn expected_payload(neg: &Negotiated) -> usize {
+    const BYTES_PER_MS: usize = 8;
+    let ptime = neg.ptime.unwrap_or(20).clamp(10, 120);
+    BYTES_PER_MS * ptime as usize
+}
+
 /// Decoding of the packets the jitter buffer releases, in order.
 struct Decode {
     codec: CodecName,
@@ -253,7 +262,12 @@ impl MediaSession {
             sdp_rtcp: None,
             rtcp_source: None,
             rtp: RtpReceiver::new(neg.pt, neg.telephone_event_pt),
-            jitter: JitterBuffer::new(cfg.jitter_delay, neg.clock_rate, started),
+            jitter: JitterBuffer::new(
+                cfg.jitter_delay,
+                neg.clock_rate,
+                expected_payload(neg),
+                started,
+            ),
             jitter_delay: cfg.jitter_delay,
             latch: Latch::new(neg.pt),
             audio_pt: neg.pt,
@@ -357,7 +371,12 @@ impl MediaSession {
             self.audio_pt = neg.pt;
             self.latch.set_audio_pt(neg.pt);
             // A new clock rate, and no gap to conceal across the change.
-            self.jitter = JitterBuffer::new(self.jitter_delay, neg.clock_rate, now);
+            self.jitter = JitterBuffer::new(
+                self.jitter_delay,
+                neg.clock_rate,
+                expected_payload(neg),
+                now,
+            );
             self.rtcp.set_clock_rate(neg.clock_rate);
             // Our silence follows the new codec.
             self.sender = None;
