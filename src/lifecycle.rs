@@ -109,8 +109,8 @@ impl Lifecycle {
         self.sessions.load(Ordering::Relaxed)
     }
 
-    /// The most calls in progress since the last call, and the calls in
-    /// progress now (the next peak starts from them).
+    /// The most calls in progress since the previous `take_peak`, and the
+    /// calls in progress now (the next peak starts from them).
     pub(crate) fn take_peak(&self) -> (usize, usize) {
         let now = *self.active.borrow();
         (self.peak.swap(now, Ordering::Relaxed), now)

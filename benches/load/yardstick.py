@@ -16,7 +16,9 @@ analysing RTP, in one run.
    SIPp calls (benches/load/uac_speech.xml: 9 s of speech each, placed at
    50/s) and is measured over `--seconds` while all of them play. Per RTP
    packet received, emonav also sends one (its 20 ms silence keepalive)
-   and decodes, analyses and scores it.
+   and decodes, analyses and scores it. Its packets are the calls up at
+   both ends of the window times the 50 a second SIPp plays each (emonav
+   counts RTP only when a call ends, after the window).
 
 Prints each one's CPU time (utime + stime from /proc) per packet received
 and the ratio. emonav's figure includes everything a call costs (SIP,
