@@ -54,6 +54,8 @@ const UNREGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// burst while a flood on one Call-ID holds at most 64 messages.
 const CALL_QUEUE: usize = 64;
 
+mod media_io;
+use media_io::Datagrams;
 mod tcp;
 use tcp::{accept_tcp, TcpConns, TCP_INBOUND_QUEUE};
 
@@ -766,6 +768,23 @@ async fn bind_rtp(shared: &Shared) -> Option<(UdpSocket, Option<UdpSocket>)> {
     None
 }
 
+/// What woke a call task.
+enum CallEvent {
+    /// A SIP message routed to the call, or `None` when the endpoint let go.
+    Sip(Option<CallInput>),
+    /// The call's next deadline (`Call::poll_timeout`).
+    Timer,
+    /// Datagrams read into the task's [`Datagrams`]: on the caller's RTP
+    /// socket or the relay's queue-side one.
+    Rtp(RelaySide, std::io::Result<usize>),
+    /// Datagrams read on the RTCP port.
+    Rtcp(std::io::Result<usize>),
+    /// Time for the live view's snapshot of the scores.
+    Snapshot,
+    /// The caller history lookup answered (or gave up).
+    History(Result<HistoryAnswer, tokio::sync::oneshot::error::RecvError>),
+}
+
 async fn call_task(
     shared: Arc<Shared>,
     invite: Request,
@@ -845,9 +864,12 @@ async fn call_task(
     let mut rtcp = rtcp;
     // The media relay's queue-side socket (`[transfer] media`).
     let mut relay: Option<UdpSocket> = None;
-    let mut buf = [0u8; 2048];
-    let mut rtcp_buf = [0u8; 1500];
-    let mut relay_buf = [0u8; 2048];
+    let mut datagrams = Datagrams::new();
+    // One timer for the call's next deadline, moved only when it changes: a
+    // fresh `sleep_until` per packet went through the timer wheel twice.
+    let sleep = tokio::time::sleep_until(far_future());
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         let mut relay_wanted = false;
         while let Some(out) = call.poll_output() {
@@ -936,40 +958,92 @@ async fn call_task(
             relay = None;
         }
         let wake = call.poll_timeout().map(Instant::from_std);
-        tokio::select! {
-            input = rx.recv() => match input.map(|(m, from)| (*m, from)) {
-                Some((Message::Request(r), from)) => call.handle_request(&r, from, Instant::now().into_std()),
-                Some((Message::Response(r), _)) => call.handle_response(&r, Instant::now().into_std()),
-                None => break,
-            },
-            r = recv_rtp(rtp.as_ref(), &mut buf) => {
-                if let Ok((n, from)) = r {
-                    let now = Instant::now().into_std();
-                    if call.relaying() {
-                        let dest = call.relay_rtp(RelaySide::Caller, &mut buf[..n], from, now);
-                        forward(relay.as_ref(), dest, &buf[..n]);
-                    } else {
-                        call.handle_rtp_from(&buf[..n], Some(from), now);
+        if wake != armed {
+            if let Some(w) = wake {
+                sleep.as_mut().reset(w);
+            }
+            armed = wake;
+        }
+        // SIP first, then timers, then media: a flood on the RTP port delays
+        // neither a BYE nor the decision deadline. Polled by hand rather than
+        // with `select!`, which built and dropped a read future per socket
+        // at every packet.
+        let event = std::future::poll_fn(|cx| {
+            use std::future::Future;
+            use std::task::Poll;
+            if let Poll::Ready(m) = rx.poll_recv(cx) {
+                return Poll::Ready(CallEvent::Sip(m));
+            }
+            if armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(CallEvent::Timer);
+            }
+            if let Some(h) = history.as_mut() {
+                if let Poll::Ready(r) = std::pin::Pin::new(h).poll(cx) {
+                    return Poll::Ready(CallEvent::History(r));
+                }
+            }
+            if snapshot.poll_tick(cx).is_ready() {
+                return Poll::Ready(CallEvent::Snapshot);
+            }
+            for (sock, from) in [
+                (rtp.as_ref(), RelaySide::Caller),
+                (relay.as_ref(), RelaySide::Queue),
+            ] {
+                if let Some(sock) = sock {
+                    if let Poll::Ready(r) = datagrams.poll_recv(sock, cx) {
+                        return Poll::Ready(CallEvent::Rtp(from, r));
                     }
                 }
             }
-            r = recv_rtp(relay.as_ref(), &mut relay_buf) => {
-                if let Ok((n, from)) = r {
-                    let now = Instant::now().into_std();
-                    let dest = call.relay_rtp(RelaySide::Queue, &mut relay_buf[..n], from, now);
-                    forward(rtp.as_ref(), dest, &relay_buf[..n]);
+            if let Some(sock) = rtcp.as_ref() {
+                if let Poll::Ready(r) = datagrams.poll_recv(sock, cx) {
+                    return Poll::Ready(CallEvent::Rtcp(r));
                 }
             }
-            r = recv_rtp(rtcp.as_ref(), &mut rtcp_buf) => {
-                if let Ok((n, from)) = r {
-                    call.handle_rtcp(&rtcp_buf[..n], Some(from), Instant::now().into_std());
+            Poll::Pending
+        })
+        .await;
+        match event {
+            CallEvent::Sip(input) => match input.map(|(m, from)| (*m, from)) {
+                Some((Message::Request(r), from)) => {
+                    call.handle_request(&r, from, Instant::now().into_std())
                 }
-            }
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                Some((Message::Response(r), _)) => {
+                    call.handle_response(&r, Instant::now().into_std())
+                }
+                None => break,
+            },
+            CallEvent::Timer => {
+                // Re-armed next time round even if the deadline stays.
+                armed = None;
                 call.handle_timeout(Instant::now().into_std());
             }
-            _ = snapshot.tick() => shared.live.score(&call_id, &call.estimate()),
-            r = async { history.as_mut().expect("guarded").await }, if history.is_some() => {
+            CallEvent::Rtp(side, r) => {
+                let now = Instant::now().into_std();
+                for i in 0..r.unwrap_or(0) {
+                    let (bytes, from) = datagrams.get(i);
+                    match side {
+                        RelaySide::Caller if call.relaying() => {
+                            let dest = call.relay_rtp(RelaySide::Caller, bytes, from, now);
+                            forward(relay.as_ref(), dest, bytes);
+                        }
+                        RelaySide::Caller => call.handle_rtp_from(bytes, Some(from), now),
+                        RelaySide::Queue => {
+                            let dest = call.relay_rtp(RelaySide::Queue, bytes, from, now);
+                            forward(rtp.as_ref(), dest, bytes);
+                        }
+                    }
+                }
+            }
+            CallEvent::Rtcp(r) => {
+                let now = Instant::now().into_std();
+                for i in 0..r.unwrap_or(0) {
+                    let (bytes, from) = datagrams.get(i);
+                    call.handle_rtcp(bytes, Some(from), now);
+                }
+            }
+            CallEvent::Snapshot => shared.live.score(&call_id, &call.estimate()),
+            CallEvent::History(r) => {
                 history = None;
                 let miss = match r {
                     Ok(Ok(Ok(facts))) => (!call.set_history(facts)).then_some(2),
@@ -996,11 +1070,13 @@ async fn call_task(
 /// decision deadline: the deadline runs from the answer or the first audio,
 /// both after now, so an answer that comes at all comes before it. `None`
 /// when the store is off, the caller anonymous, or no rule asks.
-type Lookup = tokio::sync::oneshot::Receiver<
-    Result<
-        Result<crate::history::CallerFacts, crate::history::HistoryError>,
-        tokio::time::error::Elapsed,
-    >,
+type Lookup = tokio::sync::oneshot::Receiver<HistoryAnswer>;
+
+/// What the history lookup task sends back: the facts, the store's error,
+/// or the deadline's.
+type HistoryAnswer = Result<
+    Result<crate::history::CallerFacts, crate::history::HistoryError>,
+    tokio::time::error::Elapsed,
 >;
 
 fn start_lookup(shared: &Arc<Shared>, caller: Option<&str>) -> Option<Lookup> {
@@ -1041,16 +1117,6 @@ fn record_call(
             tracing::warn!(error = %e, "caller history: call not recorded");
         }
     });
-}
-
-async fn recv_rtp(
-    sock: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match sock {
-        Some(s) => s.recv_from(buf).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn far_future() -> Instant {
