@@ -598,11 +598,11 @@ fn opus_losses_are_concealed_and_garbage_is_counted() {
     let packets = opus_packets(100);
     let audio_ms = |call: &Call| call.media.as_ref().unwrap().audio_ms();
     // Each packet arrives when it is due (20 ms apart); the jitter buffer
-    // releases it 60 ms later.
+    // releases it 60 ms later, the call's timer within the slack after that.
     let at = |seq: usize| t0 + Duration::from_millis(20 * seq as u64);
     let play = |call: &mut Call, p: &[u8], seq: usize| {
         call.handle_rtp(p, at(seq));
-        call.handle_timeout(at(seq) + Duration::from_millis(60));
+        call.handle_timeout(at(seq) + Duration::from_millis(60) + super::PLAYOUT_SLACK);
     };
     for (seq, p) in packets[..50].iter().enumerate() {
         play(&mut call, p, seq);
@@ -711,6 +711,33 @@ fn pcmu_packet(seq: u16) -> Vec<u8> {
     p.extend_from_slice(&9u32.to_be_bytes());
     p.extend((0..160).map(|i| if i % 2 == 0 { 0x10 } else { 0x90 }));
     p
+}
+
+/// A packet that arrives just before the one ahead of it is due plays that
+/// one out in the same wake-up: no timer of its own (`PLAYOUT_SLACK`).
+#[test]
+fn a_packet_arriving_within_the_slack_plays_out_the_one_due() {
+    let t0 = Instant::now();
+    let mut profile = Profile::default();
+    profile.policy.decision_deadline_ms = 600_000;
+    let (mut call, _) = answered_with(&profile, "", t0);
+    let audio_ms = |call: &Call| call.media.as_ref().unwrap().audio_ms();
+    call.handle_rtp(&pcmu_packet(1), t0 + ms(100));
+    call.handle_rtp(&pcmu_packet(2), t0 + ms(120));
+    call.handle_rtp(&pcmu_packet(3), t0 + ms(140));
+    assert_eq!(audio_ms(&call), 0, "held for the playout delay");
+    // Packet 1 is due at 160 ms; packet 4 comes 4 ms before.
+    call.handle_rtp(&pcmu_packet(4), t0 + ms(156));
+    assert_eq!(
+        audio_ms(&call),
+        20,
+        "packet 1 played out with packet 4's arrival"
+    );
+    // Packet 2 is due at 180 ms; none arrives, so the timer plays it out,
+    // the slack after.
+    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(185)));
+    call.handle_timeout(t0 + ms(185));
+    assert_eq!(audio_ms(&call), 40);
 }
 
 #[test]
@@ -869,9 +896,10 @@ fn hold_suspends_the_rtp_timeout_and_unhold_restarts_it() {
     profile.media.rtp_timeout_ms = 5_000;
     let (mut call, _) = answered_with(&profile, "", t0);
     call.handle_rtp(&pcmu_packet(1), t0 + ms(100));
-    // The jitter buffer plays the packet out 60 ms later.
-    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(160)));
-    call.handle_timeout(t0 + ms(160));
+    // The jitter buffer plays the packet out 60 ms later (the timer waits
+    // the slack for a packet that would do it).
+    assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(165)));
+    call.handle_timeout(t0 + ms(165));
     assert_eq!(protocol_timeout(&mut call), Some(t0 + ms(5100)));
     call.handle_request(
         &sdp_req(&call, "INVITE", 2, "", &hold_offer()),
@@ -916,7 +944,7 @@ fn rfc2543_hold_and_codec_change_by_reinvite() {
     let mut p = pcmu_packet(2);
     p[1] = 8;
     call.handle_rtp(&p, t0 + ms(300));
-    call.handle_timeout(t0 + ms(360));
+    call.handle_timeout(t0 + ms(365));
     assert_eq!(call.media.as_ref().unwrap().audio_ms(), 20, "PCMA decoded");
     // An offer we cannot take keeps the session: 488.
     let g729 = sdp_offer(4, "m=audio 40000 RTP/AVP 18\r\n");
