@@ -1512,11 +1512,13 @@ fn one_clock_and_one_output_pace_our_silence_stream() {
     let t0 = Instant::now();
     let mut call = answered(t0);
     // The first silence packet is due with the ACK (t0 + 10 ms), none
-    // before; the next 20 ms later, before any protocol timer.
+    // before; the next in the slot 20 ms later, its timer the slack after
+    // (a caller's packet arriving within the slack sends it), before any
+    // protocol timer.
     assert_eq!(call.poll_timeout(), Some(t0 + ms(10)));
     assert_eq!(media_sent(&mut call).len(), 1, "the first, at the ACK");
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(30)));
-    call.handle_timeout(t0 + ms(30));
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(40)));
+    call.handle_timeout(t0 + ms(40));
     let media = media_sent(&mut call);
     let dest: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     assert_eq!(media.len(), 1, "one packet per 20 ms");
@@ -1524,11 +1526,21 @@ fn one_clock_and_one_output_pace_our_silence_stream() {
         (media[0].0, media[0].1, media[0].2.len()),
         (Socket::Rtp, dest, 172)
     );
-    assert_eq!(call.poll_timeout(), Some(t0 + ms(50)));
+    assert_eq!(call.poll_timeout(), Some(t0 + ms(60)));
     assert_eq!(
         protocol_timeout(&mut call),
         Some(t0 + Duration::from_secs(3))
     );
+    // The caller's packet 15 ms later sends the one of the 50 ms slot, 5 ms
+    // early, and no more: the next slot is 70 ms, its timer at 80.
+    call.handle_rtp(&pcmu_packet(1), t0 + ms(45));
+    assert_eq!(
+        media_sent(&mut call).len(),
+        1,
+        "sent with the caller's packet"
+    );
+    call.arm_timers();
+    assert_eq!(call.timers.get(Timer::Media), Some(t0 + ms(80)));
 }
 
 fn b2bua_settings() -> Arc<CallSettings> {

@@ -45,6 +45,15 @@ pub(crate) const OPUS_ANALYSIS_RATE: u32 = 8_000;
 /// does not make up seconds of audio the caller never said.
 const MAX_CONCEALED: u16 = 5;
 
+/// How far from its slot a silence packet may leave: half a packet time, so
+/// that the caller's packet arriving nearest the slot sends it. A 20 ms
+/// keepalive on its own timer woke the call a second time every 20 ms (a
+/// timer, a task poll, an `epoll_wait`) beside the caller's packet. The
+/// timestamp stays the slot's: the peer sees at most 10 ms of jitter on a
+/// stream of silence. The failure tone, which someone hears, keeps its
+/// slots exactly.
+const SEND_SLACK: Duration = Duration::from_millis(10);
+
 /// The payload the jitter buffer is sized for: 64 kbit/s at the offered
 /// ptime (20 ms when none), i.e. a G.711 packet exactly and an Opus one up to
 /// that rate; a longer packet grows the buffer once.
@@ -621,9 +630,18 @@ impl MediaSession {
         let rtp = (self.send && self.rtp_dest().is_some()).then(|| {
             self.sender
                 .as_ref()
-                .map_or(start, SilenceSender::poll_timeout)
+                .map_or(start, |s| s.poll_timeout() + self.send_slack())
         });
         rtp.into_iter().chain(self.rtcp.poll_timeout()).min()
+    }
+
+    /// [`SEND_SLACK`] while silence goes out, none for the failure tone.
+    fn send_slack(&self) -> Duration {
+        if self.failure_tone {
+            Duration::ZERO
+        } else {
+            SEND_SLACK
+        }
     }
 
     /// Our next packet, if one is due at `now`: RTP first, then RTCP (SR
@@ -637,7 +655,16 @@ impl MediaSession {
     ) -> Option<(Port, SocketAddr, &[u8])> {
         let rtp_dest = self.rtp_dest().filter(|_| self.send);
         if let Some(dest) = rtp_dest {
-            if self.sender.as_ref().is_none_or(|s| now >= s.poll_timeout()) {
+            // Due, or early by less than the slack: then it goes in its slot
+            // (one packet: the next slot is a packet time away).
+            let slack = self.send_slack();
+            let slot = self.sender.as_ref().map_or(Some(now), |s| {
+                let due = s.poll_timeout();
+                (now >= due)
+                    .then_some(now)
+                    .or_else(|| (due.saturating_duration_since(now) < slack).then_some(due))
+            });
+            if let Some(slot) = slot {
                 let (codec, pt, ssrc) = (self.dec.codec, self.audio_pt, self.ssrc);
                 let interval = self.keepalive_interval;
                 let sender = self.sender.get_or_insert_with(|| {
@@ -646,7 +673,7 @@ impl MediaSession {
                 if self.failure_tone {
                     sender.start_tone();
                 }
-                let packet = sender.poll(now)?;
+                let packet = sender.poll(slot)?;
                 let packet = match &mut self.srtp {
                     Some(srtp) => srtp.protect_rtp(packet).ok()?,
                     None => packet,
