@@ -4,6 +4,8 @@ item 6): rtpengine relaying RTP, measured side by side with emonav
 analysing RTP, in one run.
 
     python3 benches/load/yardstick.py [--calls 130] [--seconds 5]
+    python3 benches/load/yardstick.py --emonav-only --count   # emonav alone,
+        # with its system calls and timer wake-ups per packet (perf, root)
 
 1. rtpengine (Debian `rtpengine-daemon`, userspace only: `--table=-1`),
    pinned to cpu0 like emonav, is given `--calls` calls through its ng
@@ -201,7 +203,42 @@ def measure_rtpengine(calls, seconds, workdir):
             proc.kill()
 
 
-def measure_emonav(binary, calls, seconds, workdir, media=""):
+# What `--count` asks `perf stat` for over emonav's window: the system
+# calls of the media path, and the call task's timer wake-ups (a uprobe on
+# `Call::handle_timeout`, added for the binary measured).
+COUNTED = ["syscalls:sys_enter_recvfrom", "syscalls:sys_enter_recvmmsg",
+           "syscalls:sys_enter_sendto", "syscalls:sys_enter_epoll_wait",
+           "raw_syscalls:sys_enter"]
+
+
+def timer_probe(binary):
+    """A perf uprobe on the binary's `Call::handle_timeout`: its event name,
+    or None (perf cannot add probes without root, or the symbol is gone)."""
+    out = subprocess.run(["nm", binary], capture_output=True, text=True).stdout
+    sym = next((line.split()[-1] for line in out.splitlines()
+                if "4call5timer" in line and "14handle_timeout" in line), None)
+    if not sym:
+        return None
+    name = "emonav_timeouts_%d" % os.getpid()
+    r = subprocess.run(["perf", "probe", "-q", "-x", binary, "-a", f"{name}={sym}"],
+                       capture_output=True, text=True)
+    return None if r.returncode else f"probe_emonav:{name}"
+
+
+def perf_counts(path):
+    """`perf stat -x,` output: event -> count."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+                name = parts[2].split(":")[-1].replace("sys_enter_", "")
+                counts["timer_wakeups" if name.startswith("emonav_timeouts") else name] = \
+                    float(parts[0])
+    return counts
+
+
+def measure_emonav(binary, calls, seconds, workdir, media="", count=False):
     # No decision while the calls last (no early one, the deadline past the
     # call): every packet is decoded and analysed, as before a decision.
     extra = "\n[policy]\nmin_speech_ms = 60000\ndecision_deadline_ms = 60000\n"
@@ -233,15 +270,29 @@ def measure_emonav(binary, calls, seconds, workdir, media=""):
         if active0 < calls or window < 1.0:
             sipp.kill()
             raise SystemExit(f"emonav: only {active0:.0f} of {calls} calls up; see {workdir}")
+        stat = None
+        if count:
+            events = COUNTED + [e for e in [timer_probe(binary)] if e]
+            out = os.path.join(workdir, "perf-stat.csv")
+            stat = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", ",".join(events),
+                                     "-p", str(emonav.pid), "--", "sleep", str(window)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0, t0 = ramp.cpu_seconds(emonav.pid), time.monotonic()
         time.sleep(window)
         cpu, wall = ramp.cpu_seconds(emonav.pid) - cpu0, time.monotonic() - t0
+        counts = {}
+        if stat:
+            stat.wait(30)
+            counts = perf_counts(out)
+            if len(events) > len(COUNTED):
+                subprocess.run(["perf", "probe", "-q", "-d", events[-1]], capture_output=True)
         active1 = emonav.metric("emonav_calls_active")
         sipp.wait(120)
         packets = 50 * wall * min(active0, active1)
         return {"calls": int(min(active0, active1)), "window": wall, "packets": int(packets),
                 "cpu_s": cpu, "us_per_packet": 1e6 * cpu / packets if packets else None,
-                "sipp_rc": sipp.returncode}
+                "sipp_rc": sipp.returncode,
+                "per_packet": {k: v / packets for k, v in counts.items()} if packets else {}}
     finally:
         emonav.stop()
 
@@ -275,9 +326,16 @@ def main():
     ap.add_argument("--calls", type=int, default=130, help="calls at once, both sides")
     ap.add_argument("--seconds", type=float, default=5, help="measured window")
     ap.add_argument("--repeat", type=int, default=3, help="rounds (medians are printed)")
-    ap.add_argument("--media", default="", help="more [media] keys for emonav, e.g. 'batch_ms = 0'"
-                    " (';' separates keys)")
+    ap.add_argument("--media", default="", help="more [media] keys for emonav, e.g. "
+                    "'keepalive_interval_ms = 1000' (';' separates keys)")
+    ap.add_argument("--emonav-only", action="store_true",
+                    help="measure emonav alone (no rtpengine, no analyser run)")
+    ap.add_argument("--count", action="store_true",
+                    help="also count emonav's system calls and timer wake-ups per packet "
+                    "(perf stat; needs perf and root)")
     a = ap.parse_args()
+    if a.emonav_only:
+        return emonav_only(a)
     for tool in ("rtpengine", "sipp", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found (rtpengine: apt-get install rtpengine-daemon)")
@@ -305,6 +363,29 @@ def main():
           f"{(e - g) / r:.2f}x rtpengine's relay")
     if any(x["sipp_rc"] != 0 for x in emo):
         print("# warning: a SIPp run did not complete every call (exit status != 0)")
+
+
+def emonav_only(a):
+    """emonav's rounds alone: CPU per packet and, with --count, what each
+    packet costs in system calls and timer wake-ups."""
+    workdir = tempfile.mkdtemp(prefix="emonav-yardstick-")
+    os.sched_setaffinity(0, {1})
+    load = open("/proc/loadavg").read().split()[:3]
+    print(f"# load average {' '.join(load)}; emonav pinned to cpu0, SIPp to cpu1; "
+          f"{a.repeat} rounds; work folder {workdir}")
+    runs = []
+    for i in range(a.repeat):
+        d = os.path.join(workdir, f"round{i}")
+        os.makedirs(d)
+        runs.append(measure_emonav(a.binary, a.calls, a.seconds, d,
+                                   a.media.replace(";", "\n"), a.count))
+        per = " ".join(f"{k} {v:.2f}" for k, v in sorted(runs[-1]["per_packet"].items()))
+        print(f"# round {i + 1}: {runs[-1]['calls']} calls, "
+              f"{runs[-1]['us_per_packet']:.1f} µs CPU per packet"
+              + (f"; per packet: {per}" if per else ""))
+    e = median(runs, "us_per_packet")
+    print(f"emonav: {e:.1f} µs CPU per RTP packet received (median), "
+          f"{e * 50 / 1000:.2f} ms per second of analysed call")
 
 
 if __name__ == "__main__":
