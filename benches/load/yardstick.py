@@ -278,8 +278,10 @@ def measure_emonav(binary, calls, seconds, workdir, media="", count=False):
                                      "-p", str(emonav.pid), "--", "sleep", str(window)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0, t0 = ramp.cpu_seconds(emonav.pid), time.monotonic()
+        sipp0 = ramp.cpu_seconds(sipp.pid)
         time.sleep(window)
         cpu, wall = ramp.cpu_seconds(emonav.pid) - cpu0, time.monotonic() - t0
+        sipp_cpu = ramp.cpu_seconds(sipp.pid) - sipp0
         counts = {}
         if stat:
             stat.wait(30)
@@ -292,6 +294,8 @@ def measure_emonav(binary, calls, seconds, workdir, media="", count=False):
         return {"calls": int(min(active0, active1)), "window": wall, "packets": int(packets),
                 "cpu_s": cpu, "us_per_packet": 1e6 * cpu / packets if packets else None,
                 "sipp_rc": sipp.returncode,
+                # The load generator's own cost per packet it plays.
+                "sipp_us_per_packet": 1e6 * sipp_cpu / packets if packets else None,
                 "per_packet": {k: v / packets for k, v in counts.items()} if packets else {}}
     finally:
         emonav.stop()
@@ -381,7 +385,8 @@ def emonav_only(a):
                                    a.media.replace(";", "\n"), a.count))
         per = " ".join(f"{k} {v:.2f}" for k, v in sorted(runs[-1]["per_packet"].items()))
         print(f"# round {i + 1}: {runs[-1]['calls']} calls, "
-              f"{runs[-1]['us_per_packet']:.1f} µs CPU per packet"
+              f"{runs[-1]['us_per_packet']:.1f} µs CPU per packet "
+              f"(SIPp {runs[-1]['sipp_us_per_packet']:.1f} µs per packet it sends)"
               + (f"; per packet: {per}" if per else ""))
     e = median(runs, "us_per_packet")
     print(f"emonav: {e:.1f} µs CPU per RTP packet received (median), "
