@@ -617,14 +617,17 @@ fn execute(
                 let me = tx.downgrade();
                 endpoint.insert_call(call_id, tx);
                 let active = shared.life.call_started();
-                tokio::spawn(call_task(
+                // Boxed: the call's future (its Call and receive buffers,
+                // several KiB) was copied four times on its way into the
+                // task; a pointer to it is copied instead.
+                tokio::spawn(Box::pin(call_task(
                     shared.clone(),
                     invite,
                     peer,
                     (rx, me),
                     ended.clone(),
                     active,
-                ));
+                )));
             }
             Event::ToCall {
                 handle,
@@ -848,6 +851,10 @@ async fn call_task(
     let mut buf = [0u8; 2048];
     let mut rtcp_buf = [0u8; 1500];
     let mut relay_buf = [0u8; 2048];
+    // Set once the call's record is out: the live view has dropped the call,
+    // and a call lingers for Timer J (32 s over UDP) after its BYE, when a
+    // snapshot every 500 ms was 64 wake-ups of nothing.
+    let mut recorded = false;
     loop {
         let mut relay_wanted = false;
         while let Some(out) = call.poll_output() {
@@ -889,6 +896,7 @@ async fn call_task(
                     }
                     shared.events.write(&record);
                     active.done();
+                    recorded = true;
                 }
                 Output::Alias(id) => {
                     if let Some(tx) = me.upgrade() {
@@ -968,7 +976,7 @@ async fn call_task(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                 call.handle_timeout(Instant::now().into_std());
             }
-            _ = snapshot.tick() => shared.live.score(&call_id, &call.estimate()),
+            _ = snapshot.tick(), if !recorded => shared.live.score(&call_id, &call.estimate()),
             r = async { history.as_mut().expect("guarded").await }, if history.is_some() => {
                 history = None;
                 let miss = match r {
