@@ -917,14 +917,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 handle.shutdown_signal();
             }
         });
-        // A task of the runtime rather than the thread blocked on it: the
-        // SIP loop hands every message to a call task, and from a worker
-        // that is a push onto the worker's own queue; from this thread it
-        // was a wake-up of another thread (a futex and a context switch per
-        // message on a one-core host).
-        tokio::spawn(server.run())
-            .await
-            .context("the SIP server task failed")?;
+        server.run().await;
         tracing::info!("stopped");
         Ok(())
     })

@@ -135,7 +135,8 @@ def step(binary, workdir, rate, calls, hold_ms, settle, rtp_ports, e_core, s_cor
                "-m", str(calls), "-l", str(calls), "-d", str(hold_ms),
                "-timeout", str(int(calls / rate) + 60), "-nostdin",
                "-trace_stat", "-stf", os.path.join(d, "stat.csv"), "-fd", "1",
-               "-trace_rtt", "-rtt_freq", "1"]
+               "-trace_rtt", "-rtt_freq", "1",
+               "-trace_err", "-error_file", os.path.join(d, "errors.log")]
         if s_core is not None:
             cmd = ["taskset", "-c", str(s_core)] + cmd
         e_cpu0, e_wait0, t0 = ramp.cpu_seconds(emonav.pid), ramp.run_delay_seconds(emonav.pid), time.monotonic()
