@@ -619,14 +619,17 @@ fn execute(
                 let me = tx.downgrade();
                 endpoint.insert_call(call_id, tx);
                 let active = shared.life.call_started();
-                tokio::spawn(call_task(
+                // Boxed: the call's future (its Call and receive buffers,
+                // several KiB) was copied four times on its way into the
+                // task; a pointer to it is copied instead.
+                tokio::spawn(Box::pin(call_task(
                     shared.clone(),
                     invite,
                     peer,
                     (rx, me),
                     ended.clone(),
                     active,
-                ));
+                )));
             }
             Event::ToCall {
                 handle,
@@ -870,6 +873,10 @@ async fn call_task(
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
+    // Set once the call's record is out: the live view has dropped the call,
+    // and a call lingers for Timer J (32 s over UDP) after its BYE, when a
+    // snapshot every 500 ms was 64 wake-ups of nothing.
+    let mut recorded = false;
     loop {
         let mut relay_wanted = false;
         while let Some(out) = call.poll_output() {
@@ -911,6 +918,7 @@ async fn call_task(
                     }
                     shared.events.write(&record);
                     active.done();
+                    recorded = true;
                 }
                 Output::Alias(id) => {
                     if let Some(tx) = me.upgrade() {
@@ -982,7 +990,7 @@ async fn call_task(
                     return Poll::Ready(CallEvent::History(r));
                 }
             }
-            if snapshot.poll_tick(cx).is_ready() {
+            if !recorded && snapshot.poll_tick(cx).is_ready() {
                 return Poll::Ready(CallEvent::Snapshot);
             }
             for (sock, from) in [

@@ -217,6 +217,22 @@ def count(counters, name):
         return 0
 
 
+def peak_shares(samples):
+    """Highest share of a core over any 1 s window of emonav and of SIPp,
+    from (time, emonav CPU s, SIPp CPU s) samples."""
+    e_peak = s_peak = 0.0
+    j = 0
+    for i, (t, e, sp) in enumerate(samples):
+        while j + 1 < i and t - samples[j + 1][0] >= 1.0:
+            j += 1
+        t0_, e0_, s0_ = samples[j]
+        if t - t0_ >= 1.0:
+            e_peak = max(e_peak, (e - e0_) / (t - t0_))
+            # A SIPp process that ended meanwhile reads as a drop: ignore.
+            s_peak = max(s_peak, max(sp - s0_, 0.0) / (t - t0_))
+    return e_peak, s_peak
+
+
 def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
     calls = max(1, int(round(rate * seconds)))
     d = os.path.join(workdir, f"step{index}-{rate:g}")
@@ -281,16 +297,7 @@ def step(emonav, workdir, rate, seconds, procs, sipp_core, idle_rss, index):
     sipp_share = max((c / wall for c in sipp_cpu.values()), default=0.0)
     place_wall = calls / rate
     emonav_share = e_cpu / wall
-    e_peak = s_peak = 0.0
-    j = 0
-    for i, (t, e, sp) in enumerate(samples):
-        while j + 1 < i and t - samples[j + 1][0] >= 1.0:
-            j += 1
-        t0_, e0_, s0_ = samples[j]
-        if t - t0_ >= 1.0:
-            e_peak = max(e_peak, (e - e0_) / (t - t0_))
-            # A SIPp process that ended meanwhile reads as a drop: ignore.
-            s_peak = max(s_peak, max(sp - s0_, 0.0) / (t - t0_))
+    e_peak, s_peak = peak_shares(samples)
     saturated = []
     if e_peak >= SATURATED:
         saturated.append("emonav")

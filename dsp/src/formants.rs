@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use realfft::RealToComplex;
 
 /// Highest LPC order (16 kHz).
 const MAX_ORDER: usize = 18;
@@ -20,7 +20,7 @@ const N: usize = 256;
 pub struct FormantTracker {
     rate: f32,
     order: usize,
-    window: Vec<f32>,
+    window: Arc<[f32]>,
     frame: Vec<f32>,
     poly: Vec<f32>,
     spectrum: Vec<Complex<f32>>,
@@ -33,11 +33,11 @@ impl FormantTracker {
     /// Plan for `rate` Hz and frames of `len` samples. Order: 2 + rate/1 kHz
     /// (the usual rule: two poles per kHz of band plus two for the source).
     pub fn new(rate: u32, len: usize) -> Self {
-        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N);
+        let fft = crate::plans::forward_fft(N);
         Self {
             rate: rate as f32,
             order: (2 + rate as usize / 1000).min(MAX_ORDER),
-            window: crate::spectral::hamming(len),
+            window: crate::plans::hamming(len),
             frame: vec![0.0; len],
             poly: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),

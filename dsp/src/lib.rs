@@ -14,6 +14,7 @@ pub mod g711;
 mod kernels;
 pub mod model;
 pub mod pitch;
+mod plans;
 pub mod spectral;
 mod table_math;
 pub mod telephone;

@@ -1,13 +1,14 @@
 //! Spectral descriptors of one frame, modelled on eGeMAPSv02 (Eyben et al.
 //! 2016): alpha ratio, Hammarberg index, spectral slopes 0–500 and 500–1500 Hz,
 //! MFCC 1–4, spectral flux and a loudness proxy. Their agreement with
-//! openSMILE is measured by `tests/egemaps_agreement.rs`. The FFT (realfft) is planned
-//! once per stream; every buffer is allocated in `new` and reused.
+//! openSMILE is measured by `tests/egemaps_agreement.rs`. The FFT (realfft) and the
+//! read-only tables are planned once per process and shared; every buffer is
+//! allocated in `new` and reused.
 
 use std::sync::Arc;
 
 use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use realfft::RealToComplex;
 
 use crate::table_math::{cos, exp, ln};
 
@@ -42,21 +43,86 @@ pub struct Spectral {
 pub struct SpectralAnalyzer {
     rate: f32,
     fft: Arc<dyn RealToComplex<f32>>,
-    window: Vec<f32>,
+    window: Arc<[f32]>,
+    /// The mel filterbank, its DCT and loudness weights: shared by every
+    /// analyser of the same rate, length and band (see `mel_tables`).
+    tables: Arc<MelTables>,
     input: Vec<f32>,
     spectrum: Vec<Complex<f32>>,
     scratch: Vec<Complex<f32>>,
     power: Vec<f32>,
     magnitude: Vec<f32>,
     previous: Vec<f32>,
+    mel_energy: [f32; MEL_BANDS],
+    have_previous: bool,
+}
+
+/// The read-only part of a [`SpectralAnalyzer`], computed once per process
+/// for each (rate, length, mel band) (the DCT basis alone is 104 cosines).
+struct MelTables {
     /// Per mel band: (first bin, weights for bins first..first+len).
     mel: Vec<(usize, Vec<f32>)>,
-    mel_energy: [f32; MEL_BANDS],
     /// DCT-II basis for the kept cepstral coefficients.
     dct: [[f32; MEL_BANDS]; MFCCS],
     /// Natural log of the equal-loudness weight of each mel band's centre frequency.
     ln_eql: [f32; MEL_BANDS],
-    have_previous: bool,
+}
+
+/// The shared [`MelTables`] of an analyser of `rate` Hz, FFT length `n`,
+/// mel bands over `lo_hz`..`hi_hz`.
+fn mel_tables(rate: u32, n: usize, lo_hz: f32, hi_hz: f32) -> Arc<MelTables> {
+    type Key = (u32, usize, u32, u32);
+    static CACHE: std::sync::Mutex<Vec<(Key, Arc<MelTables>)>> = std::sync::Mutex::new(Vec::new());
+    let key = (rate, n, lo_hz.to_bits(), hi_hz.to_bits());
+    let mut cache = crate::plans::lock(&CACHE);
+    if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
+        return t.clone();
+    }
+    let t = Arc::new(MelTables::new(rate, n, lo_hz, hi_hz));
+    cache.push((key, t.clone()));
+    t
+}
+
+impl MelTables {
+    fn new(rate: u32, n: usize, lo_hz: f32, hi_hz: f32) -> MelTables {
+        let bins = n / 2 + 1;
+        let rate_f = rate as f32;
+        let bin_hz = rate_f / n as f32;
+        let (lo, hi) = (hz_to_mel(lo_hz), hz_to_mel(hi_hz.min(rate_f / 2.0)));
+        let edges: Vec<f32> = (0..MEL_BANDS + 2)
+            .map(|i| mel_to_hz(lo + (hi - lo) * i as f32 / (MEL_BANDS + 1) as f32))
+            .collect();
+        let mel = (0..MEL_BANDS)
+            .map(|b| {
+                let (l, c, r) = (edges[b], edges[b + 1], edges[b + 2]);
+                let first = (l / bin_hz).ceil() as usize;
+                let last = ((r / bin_hz).floor() as usize).min(bins - 1);
+                let weights = (first..=last)
+                    .map(|k| {
+                        let f = k as f32 * bin_hz;
+                        if f <= c {
+                            (f - l) / (c - l)
+                        } else {
+                            (r - f) / (r - c)
+                        }
+                        .max(0.0)
+                    })
+                    .collect();
+                (first, weights)
+            })
+            .collect();
+        MelTables {
+            mel,
+            dct: std::array::from_fn(|j| {
+                std::array::from_fn(|i| {
+                    (2.0 / MEL_BANDS as f32).sqrt()
+                        * cos(std::f32::consts::PI * (j + 1) as f32 * (i as f32 + 0.5)
+                            / MEL_BANDS as f32)
+                })
+            }),
+            ln_eql: std::array::from_fn(|b| ln(equal_loudness(edges[b + 1]))),
+        }
+    }
 }
 
 /// Hermansky's (1990, PLP) approximation of the 40-phon equal-loudness curve.
@@ -91,55 +157,21 @@ impl SpectralAnalyzer {
     /// no band holds only what a line's filter left below 300 Hz.
     pub fn with_mel_range(rate: u32, len: usize, lo_hz: f32, hi_hz: f32) -> Self {
         let n = len.next_power_of_two();
-        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(n);
+        let fft = crate::plans::forward_fft(n);
         let bins = n / 2 + 1;
-        // Hamming, as openSMILE's eGeMAPS spectral front end.
-        let window = hamming(len);
-        let rate_f = rate as f32;
-        let bin_hz = rate_f / n as f32;
-        let (lo, hi) = (hz_to_mel(lo_hz), hz_to_mel(hi_hz.min(rate_f / 2.0)));
-        let edges: Vec<f32> = (0..MEL_BANDS + 2)
-            .map(|i| mel_to_hz(lo + (hi - lo) * i as f32 / (MEL_BANDS + 1) as f32))
-            .collect();
-        let mel = (0..MEL_BANDS)
-            .map(|b| {
-                let (l, c, r) = (edges[b], edges[b + 1], edges[b + 2]);
-                let first = (l / bin_hz).ceil() as usize;
-                let last = ((r / bin_hz).floor() as usize).min(bins - 1);
-                let weights = (first..=last)
-                    .map(|k| {
-                        let f = k as f32 * bin_hz;
-                        if f <= c {
-                            (f - l) / (c - l)
-                        } else {
-                            (r - f) / (r - c)
-                        }
-                        .max(0.0)
-                    })
-                    .collect();
-                (first, weights)
-            })
-            .collect();
         Self {
-            rate: rate_f,
+            rate: rate as f32,
             scratch: fft.make_scratch_vec(),
             spectrum: fft.make_output_vec(),
             input: fft.make_input_vec(),
             fft,
-            window,
+            // Hamming, as openSMILE's eGeMAPS spectral front end.
+            window: crate::plans::hamming(len),
+            tables: mel_tables(rate, n, lo_hz, hi_hz),
             power: vec![0.0; bins],
             magnitude: vec![0.0; bins],
             previous: vec![0.0; bins],
-            mel,
             mel_energy: [0.0; MEL_BANDS],
-            dct: std::array::from_fn(|j| {
-                std::array::from_fn(|i| {
-                    (2.0 / MEL_BANDS as f32).sqrt()
-                        * cos(std::f32::consts::PI * (j + 1) as f32 * (i as f32 + 0.5)
-                            / MEL_BANDS as f32)
-                })
-            }),
-            ln_eql: std::array::from_fn(|b| ln(equal_loudness(edges[b + 1]))),
             have_previous: false,
         }
     }
@@ -226,7 +258,7 @@ impl SpectralAnalyzer {
                 / self.band_max(2000.0, 5000.0f32.min(nyq)).max(1e-12),
         );
 
-        for (e, (first, weights)) in self.mel_energy.iter_mut().zip(&self.mel) {
+        for (e, (first, weights)) in self.mel_energy.iter_mut().zip(&self.tables.mel) {
             *e = weights
                 .iter()
                 .zip(&self.power[*first..])
@@ -236,7 +268,7 @@ impl SpectralAnalyzer {
             *e = crate::kernels::ln(*e);
         }
         let mut mfcc = [0.0; MFCCS];
-        for (c, basis) in mfcc.iter_mut().zip(&self.dct) {
+        for (c, basis) in mfcc.iter_mut().zip(&self.tables.dct) {
             *c = basis.iter().zip(&self.mel_energy).map(|(b, e)| b * e).sum();
         }
         // Zwicker-style: weight each auditory band by the equal-loudness curve,
@@ -245,7 +277,7 @@ impl SpectralAnalyzer {
         let loudness = self
             .mel_energy
             .iter()
-            .zip(&self.ln_eql)
+            .zip(&self.tables.ln_eql)
             // (w·E)^0.33 from the logs already at hand: one exp per band.
             .map(|(ln_e, ln_w)| (0.33 * (ln_w + ln_e)).exp())
             .sum::<f32>()

@@ -249,8 +249,8 @@ pub fn cancel_for(invite: &Request) -> Request {
 
 fn derived(invite: &Request, method: Method) -> Request {
     let mut headers = Headers::default();
-    if let Some(via) = invite.headers.get_all(header::VIA).first() {
-        headers.push(header::VIA, *via);
+    if let Some(via) = invite.headers.elements(header::VIA).next() {
+        headers.push(header::VIA, via);
     }
     headers.push(header::MAX_FORWARDS, "70");
     for (name, value) in invite.headers.iter() {

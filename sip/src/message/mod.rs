@@ -218,22 +218,23 @@ impl Headers {
     /// grammar is a list (Via, Route, Record-Route, Contact, Allow, Supported,
     /// Require, Accept, …). Headers that are not lists are returned one per line.
     pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.elements(name).collect()
+    }
+
+    /// The elements [`get_all`](Self::get_all) returns, without collecting
+    /// them into a `Vec` (the top Via or a count, on every message).
+    pub fn elements<'a, 'b>(
+        &'a self,
+        name: &'b str,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'b> {
         let name = canonical(name);
         let is_list = LISTS.iter().any(|l| l.eq_ignore_ascii_case(&name));
-        let lines = self
-            .0
+        self.0
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .map(|(_, v)| v.as_str());
-        if is_list {
-            lines
-                .flat_map(|v| uri::split_unquoted(v, ','))
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .collect()
-        } else {
-            lines.collect()
-        }
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
+            .flat_map(move |(_, v)| uri::split_unquoted(v, is_list.then_some(b',')))
+            .map(move |e| if is_list { e.trim() } else { e })
+            .filter(move |e| !is_list || !e.is_empty())
     }
 
     /// Append a header line.
@@ -421,38 +422,30 @@ fn parse_framed(
         .ok_or_else(|| unparseable("empty message"))?;
     let start = parse_start_line(start)?;
 
-    // Unfold continuation lines (§7.3.1), then split name and value.
+    // Unfold continuation lines (§7.3.1), then split name and value. A line
+    // is copied only when a continuation follows it.
     let mut headers = Headers::default();
     let mut problem: Option<String> = None;
-    let mut unfolded: Vec<String> = Vec::new();
+    let mut pending: Option<std::borrow::Cow<'_, str>> = None;
     for line in lines {
         if line.is_empty() {
             continue;
         }
         if line.starts_with([' ', '\t']) {
-            match unfolded.last_mut() {
+            match pending.as_mut() {
                 Some(prev) => {
+                    let prev = prev.to_mut();
                     prev.push(' ');
                     prev.push_str(line.trim());
                 }
                 None => problem = Some("continuation line before any header".into()),
             }
-        } else {
-            unfolded.push(line.to_string());
+        } else if let Some(prev) = pending.replace(line.into()) {
+            header_line(&prev, &mut headers, &mut problem);
         }
     }
-    for line in &unfolded {
-        match line.split_once(':') {
-            Some((name, value))
-                if !name.trim().is_empty() && name.trim().bytes().all(uri::is_token_char) =>
-            {
-                headers.push(name.trim(), value.trim());
-            }
-            _ => {
-                problem
-                    .get_or_insert_with(|| format!("malformed header line {:?}", truncate(line)));
-            }
-        }
+    if let Some(prev) = pending {
+        header_line(&prev, &mut headers, &mut problem);
     }
 
     let available = buf.len().saturating_sub(body_start);
@@ -534,6 +527,20 @@ fn parse_framed(
                 }
                 None => Ok((Message::Request(req), used)),
             }
+        }
+    }
+}
+
+/// One unfolded header line into `headers`, or the first problem noted.
+fn header_line(line: &str, headers: &mut Headers, problem: &mut Option<String>) {
+    match line.split_once(':') {
+        Some((name, value))
+            if !name.trim().is_empty() && name.trim().bytes().all(uri::is_token_char) =>
+        {
+            headers.push(name.trim(), value.trim());
+        }
+        _ => {
+            problem.get_or_insert_with(|| format!("malformed header line {:?}", truncate(line)));
         }
     }
 }
@@ -621,8 +628,8 @@ macro_rules! common_accessors {
         /// Top Via, parsed.
         pub fn top_via(&self) -> Option<Via> {
             self.headers
-                .get_all(header::VIA)
-                .first()
+                .elements(header::VIA)
+                .next()
                 .and_then(|v| Via::parse(v).ok())
         }
         /// CSeq, parsed.

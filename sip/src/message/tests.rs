@@ -59,3 +59,52 @@ fn method_tokens() {
     );
     assert_eq!(Method::Notify.as_str(), "NOTIFY");
 }
+
+#[test]
+fn list_elements_split_outside_quotes_brackets_and_escapes() {
+    let mut h = Headers::default();
+    // A comma inside a quoted display name (with an escaped quote and a
+    // multi-byte character after a backslash), inside <...>, and a second
+    // line: four elements, trimmed, empty ones dropped.
+    h.push("m", r#""Ann, \"é\" B" <sip:a@h;x=1,2>, , <sip:b@h>"#);
+    h.push("Contact", " <sip:c@h> ");
+    h.push("Subject", "a, b");
+    let all = h.get_all("Contact");
+    assert_eq!(
+        all,
+        [
+            r#""Ann, \"é\" B" <sip:a@h;x=1,2>"#,
+            "<sip:b@h>",
+            "<sip:c@h>"
+        ]
+    );
+    assert_eq!(h.elements("contact").collect::<Vec<_>>(), all);
+    assert_eq!(h.elements("Contact").nth(3), None);
+    // Not a list: one element per line, as written.
+    assert_eq!(h.get_all("s"), ["a, b"]);
+}
+
+#[test]
+fn folded_lines_are_unfolded_and_the_top_via_read_from_a_list() {
+    let r = req(
+        "OPTIONS sip:a@h SIP/2.0\r\nv: SIP/2.0/UDP  h1:5060 ;branch=z9hG4bK1 ,\r\n \
+         SIP/2.0/UDP h2;branch=z9hG4bK2\r\nSubject: one\r\n\ttwo\r\n \
+         three\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n\r\n",
+    );
+    assert_eq!(r.headers.get("Subject"), Some("one two three"));
+    let via = r.top_via().expect("top Via");
+    assert_eq!(
+        (via.host.as_str(), via.port, via.branch()),
+        ("h1", Some(5060), Some("z9hG4bK1"))
+    );
+    assert_eq!(r.headers.get_all("Via").len(), 2);
+    // A continuation before any header is a 400, not a guess.
+    let bad = "OPTIONS sip:a@h SIP/2.0\r\n folded\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+        From: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n\r\n";
+    match parse_datagram(bad.as_bytes()) {
+        Err(ParseError::BadRequest { reason, .. }) => {
+            assert_eq!(reason, "continuation line before any header")
+        }
+        other => panic!("expected a 400: {other:?}"),
+    }
+}

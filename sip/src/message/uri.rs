@@ -39,7 +39,7 @@ impl Params {
     /// Parse `;a=b;c` (the leading `;` optional). Quoted values keep their quotes.
     fn parse(s: &str) -> Result<Params, ParseError> {
         let mut out = Vec::new();
-        for part in split_unquoted(s, ';') {
+        for part in split_unquoted(s, Some(b';')) {
             let part = part.trim();
             if part.is_empty() {
                 continue;
@@ -74,29 +74,51 @@ pub(super) fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
-/// Split on `sep` outside double quotes and angle brackets.
-pub(super) fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            c if c == sep && !quoted && !angle => {
-                out.push(&s[start..i]);
-                start = i + c.len_utf8();
+/// Split on `sep` (ASCII) outside double quotes and angle brackets
+/// (`None`: the whole of `s`, once). An iterator rather than a `Vec`: every
+/// message's Vias, parameters and list headers go through here. Bytes, not
+/// chars: every byte looked for is ASCII, which no byte of a multi-byte
+/// UTF-8 character is, so the pieces are the same.
+pub(super) fn split_unquoted(s: &str, sep: Option<u8>) -> SplitUnquoted<'_> {
+    SplitUnquoted { rest: Some(s), sep }
+}
+
+/// The pieces of [`split_unquoted`], in order.
+pub(super) struct SplitUnquoted<'a> {
+    rest: Option<&'a str>,
+    sep: Option<u8>,
+}
+
+impl<'a> Iterator for SplitUnquoted<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.rest?;
+        // A split happens only outside quotes and brackets, so each piece
+        // starts in the state the whole string starts in.
+        let (mut quoted, mut angle, mut escaped) = (false, false, false);
+        for (i, c) in s.bytes().enumerate() {
+            if escaped {
+                // The escaped character may be a multi-byte one: its other
+                // bytes are not ASCII and match nothing below.
+                escaped = false;
+                continue;
             }
-            _ => {}
+            match c {
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b'<' if !quoted => angle = true,
+                b'>' if !quoted => angle = false,
+                c if Some(c) == self.sep && !quoted && !angle => {
+                    self.rest = Some(&s[i + 1..]);
+                    return Some(&s[..i]);
+                }
+                _ => {}
+            }
         }
+        self.rest = None;
+        Some(s)
     }
-    out.push(&s[start..]);
-    out
 }
 
 /// URI scheme.
@@ -132,12 +154,15 @@ impl Uri {
     pub fn parse(s: &str) -> Result<Uri, ParseError> {
         let s = s.trim();
         let (scheme, rest) = s.split_once(':').ok_or_else(|| bad("URI", s))?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "sip" => Scheme::Sip,
-            "sips" => Scheme::Sips,
-            "tel" => Scheme::Tel,
-            _ => return Err(bad("URI scheme", s)),
-        };
+        let scheme = [
+            ("sip", Scheme::Sip),
+            ("sips", Scheme::Sips),
+            ("tel", Scheme::Tel),
+        ]
+        .into_iter()
+        .find(|(name, _)| scheme.eq_ignore_ascii_case(name))
+        .map(|(_, k)| k)
+        .ok_or_else(|| bad("URI scheme", s))?;
         if rest.is_empty() || rest.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>') {
             return Err(bad("URI", s));
         }
@@ -358,8 +383,8 @@ impl Via {
         let s = s.trim();
         // sent-protocol is "SIP / 2.0 / UDP" with optional LWS around the slashes.
         let mut rest = s;
-        let mut parts = Vec::with_capacity(3);
-        for i in 0..3 {
+        let mut parts = [""; 3];
+        for (i, part) in parts.iter_mut().enumerate() {
             rest = rest.trim_start();
             let end = if i < 2 {
                 rest.find('/').ok_or_else(|| bad(header::VIA, s))?
@@ -367,7 +392,7 @@ impl Via {
                 rest.find(|c: char| c.is_ascii_whitespace())
                     .ok_or_else(|| bad(header::VIA, s))?
             };
-            parts.push(rest[..end].trim());
+            *part = rest[..end].trim();
             rest = if i < 2 {
                 &rest[end + 1..]
             } else {
@@ -377,7 +402,18 @@ impl Via {
         if !parts[0].eq_ignore_ascii_case("SIP") || parts[1] != "2.0" || parts[2].is_empty() {
             return Err(bad("Via protocol", s));
         }
-        let hostpart: String = rest.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        // Copied only when there is white space to squeeze out (LWS around
+        // ':' and ';' is allowed): most Vias have none but the one before sent-by.
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let hostpart: std::borrow::Cow<'_, str> =
+            if rest.contains(|c: char| c.is_ascii_whitespace()) {
+                rest.chars()
+                    .filter(|c| !c.is_ascii_whitespace())
+                    .collect::<String>()
+                    .into()
+            } else {
+                rest.into()
+            };
         // Drop a trailing comment, which some old stacks add.
         let hostpart = hostpart.split('(').next().unwrap_or("");
         let (host, port, params) = split_hostport(hostpart).ok_or_else(|| bad("Via sent-by", s))?;
