@@ -182,6 +182,9 @@ pub struct SipConfig {
     pub auth_username: Option<String>,
     /// Password going with `auth_username`.
     pub auth_password: Option<Secret>,
+    /// Kernel buffers of the SIP UDP socket, each way, in KiB (`SO_RCVBUF`,
+    /// `SO_SNDBUF`); 0 keeps the system's default.
+    pub udp_buffer_kib: u32,
 }
 
 /// A password from a profile: kept out of `Debug` output and logs.
@@ -286,6 +289,7 @@ impl Default for SipConfig {
             min_se_s: 90,
             auth_username: None,
             auth_password: None,
+            udp_buffer_kib: 4096,
         }
     }
 }

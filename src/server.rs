@@ -351,6 +351,7 @@ async fn bind_sip(profile: &Profile) -> std::io::Result<(UdpSocket, Option<TcpLi
     let mut tries = 0;
     loop {
         let udp = UdpSocket::bind(profile.sip.listen).await?;
+        udp_buffers(&udp, profile.sip.udp_buffer_kib);
         // tokio's try_send_to goes by cached readiness, which a fresh socket
         // does not have yet: without this the first datagram (a REGISTER
         // sent at start-up) failed with "would block" and went out only on
@@ -375,6 +376,42 @@ async fn bind_sip(profile: &Profile) -> std::io::Result<(UdpSocket, Option<TcpLi
                     format!("cannot bind tcp:{addr}: {e}"),
                 ))
             }
+        }
+    }
+}
+
+/// Size the SIP socket's kernel buffers (`[sip] udp_buffer_kib`): a burst
+/// waits there instead of being dropped. Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max` and reports twice what it granted.
+fn udp_buffers(udp: &UdpSocket, kib: u32) {
+    if kib == 0 {
+        return;
+    }
+    let want = kib as usize * 1024;
+    let sock = socket2::SockRef::from(udp);
+    let set = [
+        (
+            "receive",
+            "net.core.rmem_max",
+            sock.set_recv_buffer_size(want)
+                .and_then(|()| sock.recv_buffer_size()),
+        ),
+        (
+            "send",
+            "net.core.wmem_max",
+            sock.set_send_buffer_size(want)
+                .and_then(|()| sock.send_buffer_size()),
+        ),
+    ];
+    for (way, sysctl, got) in set {
+        match got {
+            Ok(got) if got >= want => {}
+            Ok(got) => tracing::warn!(
+                asked_kib = kib,
+                got_kib = got / 1024,
+                "SIP UDP {way} buffer smaller than [sip] udp_buffer_kib: raise {sysctl}"
+            ),
+            Err(e) => tracing::warn!(error = %e, "SIP UDP {way} buffer not sized"),
         }
     }
 }

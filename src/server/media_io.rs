@@ -54,6 +54,7 @@ impl Datagrams {
     /// Read what `sock` holds, up to [`BATCH`] datagrams: `Ready(Ok(n))`
     /// with `n ≥ 1`, or `Pending` with the task registered for the socket's
     /// next readiness.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     pub(super) fn poll_recv(
         &mut self,
         sock: &UdpSocket,
@@ -84,7 +85,20 @@ impl Datagrams {
         }
     }
 
-    #[cfg(target_os = "linux")]
+    /// Without `recvmmsg`: one datagram, and tokio's empty read after it.
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    pub(super) fn poll_recv(
+        &mut self,
+        sock: &UdpSocket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let mut buf = tokio::io::ReadBuf::new(&mut self.bufs[0]);
+        let from = std::task::ready!(sock.poll_recv_from(cx, &mut buf))?;
+        self.meta[0] = (buf.filled().len(), from);
+        Poll::Ready(Ok(1))
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     fn read(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
@@ -126,18 +140,10 @@ impl Datagrams {
         }
         Ok(n)
     }
-
-    #[cfg(not(target_os = "linux"))]
-    fn read(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        // Without recvmmsg: one datagram, and the empty read after it.
-        let (len, from) = sock.try_recv_from(&mut self.bufs[0])?;
-        self.meta[0] = (len, from);
-        Ok(1)
-    }
 }
 
 /// The socket address the kernel wrote into a `sockaddr_storage`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
