@@ -70,10 +70,9 @@ pub enum DecisionNote {
 #[derive(Debug)]
 enum State {
     Pending,
-    /// The record, shared by the call's keys; its JSON is written when
-    /// read. A JSON string per key was about twice the size, kept
-    /// [`RETAIN`] after the call for every call of a peak.
-    Decided(Arc<PublishedDecision>),
+    /// The JSON, one exact-size allocation shared by the call's keys
+    /// (it was a copy per key), kept [`RETAIN`] after the call.
+    Decided(Arc<str>),
     /// Ended without a decision.
     Undecided,
 }
@@ -120,10 +119,10 @@ impl Decisions {
                     }
                 }
                 DecisionNote::Decided(keys, d) => {
-                    let d: Arc<PublishedDecision> = Arc::from(d);
+                    let json: Arc<str> = serde_json::to_string(&d).unwrap_or_default().into();
                     for k in keys {
                         if let Some(e) = map.get_mut(&k) {
-                            e.state = State::Decided(d.clone());
+                            e.state = State::Decided(json.clone());
                         }
                     }
                 }
@@ -148,11 +147,7 @@ impl Decisions {
         let e = map.get(key)?;
         Some(match &e.state {
             State::Pending => None,
-            State::Decided(d) => Some((
-                "200 OK",
-                "application/json",
-                serde_json::to_string(&**d).unwrap_or_default(),
-            )),
+            State::Decided(json) => Some(("200 OK", "application/json", json.to_string())),
             State::Undecided => Some((
                 "410 Gone",
                 "application/json",
