@@ -9,12 +9,14 @@
 //! [`get`], a function of the request path that any HTTP server can route
 //! to (src/http.rs does it by hand today).
 //!
-//! Bounded: at most [`CAPACITY`] keys. Once half of that is in use, entries
-//! whose call ended more than [`RETAIN`] ago are dropped as new calls come;
-//! a call that finds the store full is not published (a warning says so).
+//! Bounded: at most [`CAPACITY`] keys. Entries whose call ended more than
+//! [`RETAIN`] ago are dropped as new calls come once half of that is in
+//! use, and every few seconds whatever the size (src/trim.rs, which then
+//! gives their memory back); a call that finds the store full is not
+//! published (a warning says so).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -70,7 +72,9 @@ pub enum DecisionNote {
 #[derive(Debug)]
 enum State {
     Pending,
-    Decided(String),
+    /// The JSON, one exact-size allocation shared by the call's keys
+    /// (it was a copy per key), kept [`RETAIN`] after the call.
+    Decided(Arc<str>),
     /// Ended without a decision.
     Undecided,
 }
@@ -117,7 +121,7 @@ impl Decisions {
                     }
                 }
                 DecisionNote::Decided(keys, d) => {
-                    let json = serde_json::to_string(&d).unwrap_or_default();
+                    let json: Arc<str> = serde_json::to_string(&d).unwrap_or_default().into();
                     for k in keys {
                         if let Some(e) = map.get_mut(&k) {
                             e.state = State::Decided(json.clone());
@@ -145,7 +149,7 @@ impl Decisions {
         let e = map.get(key)?;
         Some(match &e.state {
             State::Pending => None,
-            State::Decided(json) => Some(("200 OK", "application/json", json.clone())),
+            State::Decided(json) => Some(("200 OK", "application/json", json.to_string())),
             State::Undecided => Some((
                 "410 Gone",
                 "application/json",
@@ -184,15 +188,35 @@ impl Decisions {
     }
 }
 
-/// Drop entries ended longer than [`RETAIN`] ago.
+/// Drop entries ended longer than [`RETAIN`] ago, once the store is half full.
 fn evict(map: &mut HashMap<String, Entry>, now: Instant) {
-    if map.len() < CAPACITY / 2 {
-        return;
+    if map.len() >= CAPACITY / 2 {
+        expire(map, now);
     }
+}
+
+/// Drop entries ended longer than [`RETAIN`] ago.
+fn expire(map: &mut HashMap<String, Entry>, now: Instant) {
     map.retain(|_, e| {
         e.ended
             .is_none_or(|t| now.saturating_duration_since(t) < RETAIN)
     });
+}
+
+impl Decisions {
+    /// Drop the decisions past [`RETAIN`] whatever the store's size, and
+    /// give the table back once it is mostly empty; how many keys went.
+    /// Without this a load peak's decisions stayed until 10,000 keys were
+    /// in use, however long the instance then stayed quiet.
+    pub(crate) fn expire(&self, now: Instant) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        expire(&mut map, now);
+        if map.len() < map.capacity() / 4 {
+            map.shrink_to_fit();
+        }
+        before - map.len()
+    }
 }
 
 /// `GET /decisions/{key}[?wait_ms=N][&format=queue]`: the decision as JSON
@@ -261,7 +285,6 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn decision() -> PublishedDecision {
         PublishedDecision {
@@ -292,6 +315,15 @@ mod tests {
         );
         let (status, _, body) = waiter.await.unwrap().unwrap();
         assert_eq!(status, "200 OK");
+        assert_eq!(
+            body,
+            "{\"call_id\":\"c1@h\",\"queue\":\"sip:q@h\",\"emotion\":\"calm\",\"arousal\":0.25,\
+             \"confidence\":0.75,\"anger\":0.0,\"reason\":\"confident\",\"flagged\":false,\
+             \"transfer_mode\":\"decision_only\"}",
+            "the published JSON, under either key"
+        );
+        let (_, _, again) = get(&store, "/decisions/c1%40h").await.unwrap();
+        assert_eq!(again, body);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["queue"], "sip:q@h");
         assert_eq!(v["reason"], "confident");
@@ -300,6 +332,23 @@ mod tests {
         let (status, _, _) = get(&store, "/decisions/nope").await.unwrap();
         assert_eq!(status, "404 Not Found");
         assert!(get(&store, "/metrics").await.is_none());
+    }
+
+    #[test]
+    fn decisions_expire_after_retain_however_few_and_pending_ones_stay() {
+        let store = Decisions::default();
+        let t0 = Instant::now();
+        store.note(DecisionNote::Pending(vec!["a".into()]), t0);
+        store.note(DecisionNote::Pending(vec!["b".into(), "pbx-b".into()]), t0);
+        store.note(
+            DecisionNote::Decided(vec!["b".into(), "pbx-b".into()], Box::new(decision())),
+            t0,
+        );
+        store.note(DecisionNote::Ended(vec!["b".into(), "pbx-b".into()]), t0);
+        assert_eq!(store.expire(t0 + RETAIN - Duration::from_secs(1)), 0);
+        assert_eq!(store.expire(t0 + RETAIN), 2, "both keys of the ended call");
+        assert!(store.lookup("pbx-b").is_none());
+        assert_eq!(store.lookup("a"), Some(None), "still pending");
     }
 
     #[tokio::test]

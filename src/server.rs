@@ -293,7 +293,7 @@ impl Server {
         .with_trust(self.trust)
         .with_overload(crate::overload::Overload::new(self.overload));
         tokio::spawn(probe_lag(Arc::downgrade(&self.shared.metrics)));
-        crate::trim::spawn(&self.shared.life);
+        crate::trim::spawn(&self.shared.life, &self.shared.decisions);
         let line_sync = line_sync(&self.shared);
         let shared = self.shared.clone();
         sip_loop(

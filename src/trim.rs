@@ -11,10 +11,13 @@
 //! A second trim follows [`FOLLOW_UP`] later: the SIP side of the peak's
 //! calls (their completed transactions, kept 64·T1 = 32 s by RFC 3261
 //! §17) is freed only then, and was measured as half of what stayed
-//! (30 of 62 MB after 400 calls).
+//! (30 of 62 MB after 400 calls). The decisions of the peak's calls go
+//! [`RETAIN`](crate::decisions::RETAIN) after them: expired at each tick
+//! (a walk of at most 20,000 keys), and the heap trimmed once more then.
 
 use std::sync::Arc;
 
+use crate::decisions::Decisions;
 use crate::lifecycle::Lifecycle;
 
 /// How often the call count is looked at.
@@ -26,6 +29,9 @@ pub(crate) const FOLLOW_UP: std::time::Duration = std::time::Duration::from_secs
 /// A peak below this many calls leaves too little behind to be worth a walk
 /// of the heap (about 0.1–0.3 MB a call).
 const MIN_PEAK: usize = 32;
+
+/// Expired decision keys worth a walk of the heap (one or two a call).
+const MIN_EXPIRED: usize = 2 * MIN_PEAK;
 
 /// When to trim, from the calls in progress at each tick and their peak
 /// since the last trim.
@@ -61,8 +67,10 @@ impl TrimPolicy {
     }
 }
 
-/// Trim the heap whenever [`TrimPolicy`] says so, until the server is gone.
-pub(crate) async fn run(life: std::sync::Weak<Lifecycle>) {
+/// Trim the heap whenever [`TrimPolicy`] says so, or when expired
+/// decisions (kept [`RETAIN`](crate::decisions::RETAIN) after their call)
+/// went, until the server is gone.
+pub(crate) async fn run(life: std::sync::Weak<Lifecycle>, decisions: std::sync::Weak<Decisions>) {
     let mut policy = TrimPolicy::default();
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,7 +78,13 @@ pub(crate) async fn run(life: std::sync::Weak<Lifecycle>) {
         every.tick().await;
         let Some(life) = life.upgrade() else { return };
         let (peak, active) = life.take_peak();
-        if policy.tick(peak, active) {
+        // A peak's decisions expire together 5 minutes after it: their
+        // pages come back only if the heap is trimmed then too.
+        let expired = decisions
+            .upgrade()
+            .map_or(0, |d| d.expire(std::time::Instant::now()));
+        // `|`, not `||`: the policy sees every tick's counts.
+        if policy.tick(peak, active) | (expired >= MIN_EXPIRED) {
             drop(life);
             let trimmed = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
             tracing::debug!(peak, active, trimmed, "heap trimmed after a load peak");
@@ -79,9 +93,9 @@ pub(crate) async fn run(life: std::sync::Weak<Lifecycle>) {
 }
 
 /// Start [`run`] for the server, where there is a `malloc_trim` to call.
-pub(crate) fn spawn(life: &Arc<Lifecycle>) {
+pub(crate) fn spawn(life: &Arc<Lifecycle>, decisions: &Arc<Decisions>) {
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
-        tokio::spawn(run(Arc::downgrade(life)));
+        tokio::spawn(run(Arc::downgrade(life), Arc::downgrade(decisions)));
     }
 }
 

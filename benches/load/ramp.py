@@ -113,7 +113,9 @@ class Emonav:
         ready = threading.Event()
 
         def drain():
-            with open(self.log_path, "w") as log:
+            # Line-buffered: benches/load/held.py reads what emonav prints
+            # while it runs.
+            with open(self.log_path, "w", buffering=1) as log:
                 for line in self.proc.stderr:
                     log.write(line)
                     if not ready.is_set():

@@ -34,7 +34,7 @@ pub struct LineStats {
     capacity: usize,
     /// Ring of raw vectors, `FEATURES` values each (NaN: not computable in
     /// that call).
-    ring: Vec<Vec<f32>>,
+    ring: Rows,
     /// Where the next vector goes once the ring is full.
     next: usize,
     /// Calls ever observed (not bounded by the ring).
@@ -50,7 +50,7 @@ impl LineStats {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(8),
-            ring: Vec::new(),
+            ring: Rows::default(),
             next: 0,
             seen: 0,
             centre: vec![f32::NAN; FEATURES],
@@ -95,9 +95,9 @@ impl LineStats {
                 continue;
             }
             if self.ring.len() < self.capacity {
-                self.ring.push(raw.to_vec());
+                self.ring.0.extend_from_slice(raw);
             } else {
-                self.ring[self.next].copy_from_slice(raw);
+                self.ring.row_mut(self.next).copy_from_slice(raw);
                 self.next = (self.next + 1) % self.capacity;
             }
             self.seen += 1;
@@ -109,8 +109,13 @@ impl LineStats {
 
     /// The window's vectors, oldest first.
     pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
-        let (newer, older) = self.ring.split_at(self.next.min(self.ring.len()));
-        older.iter().chain(newer).map(Vec::as_slice)
+        let (newer, older) = self
+            .ring
+            .0
+            .split_at(self.next.min(self.ring.len()) * FEATURES);
+        older
+            .chunks_exact(FEATURES)
+            .chain(newer.chunks_exact(FEATURES))
     }
 
     /// Per-feature median and robust spread (IQR / 1.349, the standard
@@ -149,15 +154,15 @@ impl LineStats {
     /// trimmed to `capacity` (newest kept) when the profile shrank it.
     pub fn from_json(text: &str, capacity: usize) -> Result<Self, serde_json::Error> {
         let mut s: LineStats = serde_json::from_str(text)?;
-        s.ring.retain(|r| r.len() == FEATURES);
+        // (Rows of another length were dropped as they were read.)
         // Oldest first, so trimming keeps the newest.
         let next = s.next.min(s.ring.len());
-        s.ring.rotate_left(next);
+        s.ring.0.rotate_left(next * FEATURES);
         s.next = 0;
         s.capacity = capacity.max(8);
         if s.ring.len() > s.capacity {
             let drop = s.ring.len() - s.capacity;
-            s.ring.drain(..drop);
+            s.ring.0.drain(..drop * FEATURES);
         }
         s.recompute();
         Ok(s)
@@ -167,6 +172,51 @@ impl LineStats {
     /// after a restart).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("line statistics always serialise")
+    }
+}
+
+/// The ring's vectors back to back in one allocation, `FEATURES` floats
+/// each. A `Vec` per call was one small allocation kept as long as the
+/// process (the window, 2,000 calls by default), each made amid the calls
+/// of the load that brought it and pinning a heap page after that load was
+/// gone. Serialised as before: an array of arrays.
+#[derive(Debug, Clone, Default)]
+struct Rows(Vec<f32>);
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.0.len() / FEATURES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.0.chunks_exact(FEATURES)
+    }
+
+    fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.0[i * FEATURES..(i + 1) * FEATURES]
+    }
+}
+
+impl Serialize for Rows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rows {
+    /// Rows of another length (another model's features) are dropped.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let rows = Vec::<Vec<f32>>::deserialize(d)?;
+        Ok(Rows(
+            rows.into_iter()
+                .filter(|r| r.len() == FEATURES)
+                .flatten()
+                .collect(),
+        ))
     }
 }
 
@@ -342,5 +392,28 @@ mod tests {
         assert_eq!(small.len(), 16);
         assert!(small.centre_and_spread().0[0] > line.centre_and_spread().0[0]);
         assert!(LineStats::from_json("{", 16).is_err());
+    }
+
+    #[test]
+    fn the_ring_is_written_as_an_array_of_vectors_and_odd_rows_are_dropped() {
+        let mut rng = fastrand::Rng::with_seed(6);
+        let mut line = LineStats::new(8);
+        for i in 0..10 {
+            line.observe(&vector(&mut rng, i as f32, 1.0));
+        }
+        let json: serde_json::Value = serde_json::from_str(&line.to_json()).unwrap();
+        let ring = json["ring"].as_array().unwrap();
+        assert_eq!(ring.len(), 8);
+        assert!(ring.iter().all(|r| r.as_array().unwrap().len() == FEATURES));
+        let newest: Vec<f32> = line.vectors().last().unwrap().to_vec();
+        // A file with a row of another model's length still loads, without it.
+        let mut edited = json.clone();
+        edited["ring"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!([1.0, 2.0]));
+        let back = LineStats::from_json(&edited.to_string(), 8).unwrap();
+        assert_eq!(back.len(), 8);
+        assert_eq!(back.vectors().last().unwrap(), &newest[..]);
     }
 }

@@ -99,6 +99,17 @@ fn in_dialog(call: &Call, method: &str, cseq: u32, extra: &str, body: &str) -> R
     in_dialog_tagged(&call.dialog.local_tag, method, cseq, extra, body)
 }
 
+/// The caller's final NOTIFY of the transfer: the queue answered.
+fn final_notify(call: &Call, cseq: u32) -> Request {
+    in_dialog(
+        call,
+        "NOTIFY",
+        cseq,
+        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
+        "SIP/2.0 200 OK\r\n",
+    )
+}
+
 fn in_dialog_tagged(tag: &str, method: &str, cseq: u32, extra: &str, body: &str) -> Request {
     request(&format!(
         "{method} sip:emonav@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{method}{cseq}\r\n\
@@ -259,13 +270,7 @@ fn caller_bye_during_transfer_waits_for_the_final_notify() {
     );
     assert_eq!(codes(&sent(&mut call)), ["200"]);
     assert!(ended(&mut call).is_none(), "still waiting for the NOTIFY");
-    let notify = in_dialog(
-        &call,
-        "NOTIFY",
-        3,
-        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
-        "SIP/2.0 200 OK\r\n",
-    );
+    let notify = final_notify(&call, 3);
     call.handle_request(&notify, peer(), t0 + Duration::from_millis(3300));
     let out = outputs(&mut call);
     let mut sends = 0;
@@ -294,13 +299,7 @@ fn a_202_overtaken_by_the_final_notify_is_still_recorded() {
     let mut call = answered(t0);
     call.handle_timeout(t0 + Duration::from_secs(3));
     let refer = sent(&mut call).remove(0);
-    let notify = in_dialog(
-        &call,
-        "NOTIFY",
-        2,
-        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
-        "SIP/2.0 200 OK\r\n",
-    );
+    let notify = final_notify(&call, 2);
     call.handle_request(&notify, peer(), t0 + Duration::from_millis(3100));
     let out = sent(&mut call);
     assert_eq!(codes(&out), ["200", "BYE"]);
@@ -309,6 +308,32 @@ fn a_202_overtaken_by_the_final_notify_is_still_recorded() {
     let rec = ended(&mut call).expect("call ended after the BYE's 200");
     assert_eq!(rec.outcome, Outcome::Transferred);
     assert_eq!(rec.refer_attempts[0].response, Some(202));
+}
+
+#[test]
+fn a_call_transferred_by_refer_never_allocates_third_party_state() {
+    let t0 = Instant::now();
+    let mut call = answered(t0);
+    call.handle_timeout(t0 + Duration::from_secs(3));
+    let refer = sent(&mut call).remove(0);
+    call.handle_response(&response_to(&refer, 202), t0 + Duration::from_millis(3100));
+    let notify = final_notify(&call, 2);
+    call.handle_request(&notify, peer(), t0 + Duration::from_millis(3200));
+    let out = sent(&mut call);
+    assert_eq!(codes(&out), ["200", "BYE"]);
+    call.handle_response(&response_to(&out[1], 200), t0 + Duration::from_millis(3300));
+    assert_eq!(
+        ended(&mut call).expect("ended").outcome,
+        Outcome::Transferred
+    );
+    while let Some(t) = protocol_timeout(&mut call) {
+        call.handle_timeout(t);
+    }
+    assert!(call.is_finished());
+    assert!(
+        !call.b2b.is_used(),
+        "B2BUA state allocated for a REFER call"
+    );
 }
 
 #[test]
@@ -783,13 +808,7 @@ fn retransmitted_notify_is_not_processed_twice() {
     call.handle_timeout(t0 + Duration::from_secs(3));
     let refer = sent(&mut call).remove(0);
     call.handle_response(&response_to(&refer, 202), t0 + ms(3100));
-    let notify = in_dialog(
-        &call,
-        "NOTIFY",
-        2,
-        "Event: refer\r\nSubscription-State: terminated\r\nContent-Type: message/sipfrag\r\n",
-        "SIP/2.0 200 OK\r\n",
-    );
+    let notify = final_notify(&call, 2);
     call.handle_request(&notify, peer(), t0 + ms(3200));
     assert_eq!(codes(&sent(&mut call)), ["200", "BYE"]);
     call.handle_request(&notify, peer(), t0 + ms(3700));

@@ -168,13 +168,13 @@ impl Call {
                 self.out.push(Output::reply(peer, dest, data.clone()));
                 let mut tx = ServerInvite::new(self.s.timers);
                 tx.on_final_sent(code, now);
-                self.b2b.answered = Some(BridgedReInvite {
+                self.b2b.answered = Some(Box::new(BridgedReInvite {
                     tx,
                     cseq: req.cseq().map_or(0, |c| c.seq),
                     peer,
                     dest,
                     response: data,
-                });
+                }));
                 true
             }
             Method::Update

@@ -130,13 +130,13 @@ impl Call {
         };
         let events = caller.telephone_event_pt.zip(queue.telephone_event_pt);
         tracing::info!(call_id = %self.dialog.call_id, queue_rtp = %queue.remote_rtp, caller_pt = caller.pt, queue_pt = queue.pt, "B2BUA: relaying the media through emonav");
-        self.b2b.media = Some(MediaRelay {
+        self.b2b.media = Some(Box::new(MediaRelay {
             pts: [Some((caller.pt, queue.pt)), events],
             queue,
             offer,
             local: None,
             queue_flowing: false,
-        });
+        }));
         self.out.push(Output::RelayPort);
     }
 

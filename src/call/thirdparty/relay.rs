@@ -109,7 +109,7 @@ pub(super) fn changes_session(body: &[u8], last: Option<&str>) -> bool {
 impl Call {
     /// An offer is being relayed (or its near ACK awaited).
     pub(super) fn relay_busy(&self) -> bool {
-        self.b2b.relay.as_ref().is_some_and(Relayed::busy)
+        self.b2b.relay.as_deref().is_some_and(Relayed::busy)
             || self.b2b.reinvite.as_ref().is_some_and(|r| r.ack.is_none())
     }
 
@@ -219,7 +219,7 @@ impl Call {
                 .push(Output::reply(peer, near_dest, near_last.clone()));
         }
         tracing::info!(call_id = %self.dialog.call_id, ?from, %method, "B2BUA: media change relayed to the other leg");
-        self.b2b.relay = Some(Relayed {
+        self.b2b.relay = Some(Box::new(Relayed {
             from,
             near: req.clone(),
             near_peer: peer,
@@ -236,7 +236,7 @@ impl Call {
             far_connection,
             far_ack: None,
             far_done: false,
-        });
+        }));
     }
 
     /// A response from leg `side` to our relayed request. True if it was one.

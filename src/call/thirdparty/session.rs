@@ -113,12 +113,12 @@ impl Call {
         // From the queue leg's side we are the UAC: refresher=uac is us.
         let ours = timer.refresher == Refresher::Uac;
         let update = self.b2b.queue_timer.take().and_then(|t| t.update);
-        self.b2b.queue_timer = Some(QueueTimer {
+        self.b2b.queue_timer = Some(Box::new(QueueTimer {
             timer,
             refresh_at: ours.then(|| now + half),
             expires_at: (!ours).then(|| now + timer.bye_after()),
             update,
-        });
+        }));
     }
 
     /// The queue refreshed the session (its UPDATE or re-INVITE): the
