@@ -58,9 +58,9 @@ if [ ! -x /opt/asterisk-emonav/sbin/asterisk ]; then
   fi
 fi
 
-# The default profile asks for 4 MiB SIP socket buffers ([sip] udp_buffer_kib);
-# Linux caps them at these limits (208 KiB on many systems), and
-# tests/stateless.rs checks that a burst is absorbed, so raise them if lower.
+# tests/stateless.rs asks for 4 MiB SIP socket buffers ([sip] udp_buffer_kib)
+# and checks that a burst is absorbed; Linux caps them at these limits (208 KiB
+# on many systems), so raise them if lower.
 for key in net.core.rmem_max net.core.wmem_max; do
   if [ "$(sysctl -n "$key")" -lt 4194304 ]; then
     SUDO=""

@@ -289,7 +289,7 @@ impl Default for SipConfig {
             min_se_s: 90,
             auth_username: None,
             auth_password: None,
-            udp_buffer_kib: 4096,
+            udp_buffer_kib: 0,
         }
     }
 }

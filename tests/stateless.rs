@@ -139,7 +139,7 @@ fn metrics_count_calls_and_malformed_input() {
 #[test]
 fn a_burst_while_stalled_is_answered_not_dropped() {
     const BURST: usize = 1000;
-    let emonav = Emonav::start("");
+    let emonav = Emonav::start("[sip]\nudp_buffer_kib = 4096\n");
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     // Our side must hold the answers as they come back in a burst too.
     socket2::SockRef::from(&sock)
@@ -176,8 +176,8 @@ fn a_burst_while_stalled_is_answered_not_dropped() {
     }
     assert!(
         rmem_max >= 4 << 20,
-        "net.core.rmem_max is {rmem_max}: the 4 MiB the default profile asks for \
-         is capped (scripts/test.sh raises it)"
+        "net.core.rmem_max is {rmem_max}: the 4 MiB asked for is capped \
+         (scripts/test.sh raises it)"
     );
     assert_eq!(answered.len(), BURST, "OPTIONS answered after the stall");
 }
