@@ -62,16 +62,6 @@ pub(crate) const ACCEPT: &str = "application/sdp, message/sipfrag";
 /// How long a call that ended keeps answering stray in-dialog requests.
 const LINGER: Duration = Duration::from_secs(32);
 
-/// How far from its due time a packet may leave the jitter buffer. The
-/// buffer dates each packet from its timestamp, so the packet due now and
-/// the one arriving now come together give or take the network's jitter;
-/// without slack each packet woke the call twice, once to arrive and once
-/// to play out (each wake-up a timer, a task poll and an `epoll_wait`).
-/// Releasing up to 5 ms early, or late when no packet comes, changes the
-/// playout delay by that much (`[media] jitter_ms`, 60 by default), which
-/// analysis does not hear.
-const PLAYOUT_SLACK: Duration = Duration::from_millis(5);
-
 /// Which socket a [`Transmit`] leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Socket {
@@ -485,15 +475,14 @@ impl Call {
     }
 
     /// When the jitter buffer's next playout wakes the call, while audio is
-    /// analysed: [`PLAYOUT_SLACK`] after the packet is due, so that the
-    /// packet arriving about then plays it out instead.
+    /// analysed.
     fn playout_due(&self) -> Option<Instant> {
         if !matches!(self.phase, Phase::Offered | Phase::Listening)
             || self.decider.decision().is_some()
         {
             return None;
         }
-        Some(self.media.as_ref()?.playout_due()? + PLAYOUT_SLACK)
+        self.media.as_ref()?.playout_due()
     }
 
     fn rtp_timeout_due(&self) -> Option<Instant> {
@@ -563,9 +552,8 @@ impl Call {
         }
     }
 
-    /// Decode and analyse what the jitter buffer releases at `now` (and
-    /// within [`PLAYOUT_SLACK`] of it), checking the policy after each
-    /// packet while listening.
+    /// Decode and analyse what the jitter buffer releases at `now`, checking
+    /// the policy after each packet while listening.
     fn play_out(&mut self, now: Instant) {
         if self.decider.decision().is_some() {
             return;
@@ -573,7 +561,7 @@ impl Call {
         let listening = matches!(self.phase, Phase::Listening);
         let Some(m) = &mut self.media else { return };
         let decider = &mut self.decider;
-        let decided = m.play_out(now + PLAYOUT_SLACK, &self.dialog.call_id, |e| {
+        let decided = m.play_out(now, &self.dialog.call_id, |e| {
             (listening && decider.after_packet(e).is_some()).then_some(())
         });
         if decided.is_some() {

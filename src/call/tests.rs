@@ -627,7 +627,9 @@ fn opus_losses_are_concealed_and_garbage_is_counted() {
     let at = |seq: usize| t0 + Duration::from_millis(20 * seq as u64);
     let play = |call: &mut Call, p: &[u8], seq: usize| {
         call.handle_rtp(p, at(seq));
-        call.handle_timeout(at(seq) + Duration::from_millis(60) + super::PLAYOUT_SLACK);
+        call.handle_timeout(
+            at(seq) + Duration::from_millis(60) + crate::media::session::PLAYOUT_SLACK,
+        );
     };
     for (seq, p) in packets[..50].iter().enumerate() {
         play(&mut call, p, seq);

@@ -45,6 +45,20 @@ pub(crate) const OPUS_ANALYSIS_RATE: u32 = 8_000;
 /// does not make up seconds of audio the caller never said.
 const MAX_CONCEALED: u16 = 5;
 
+/// How far from its due time a packet may leave the jitter buffer. The
+/// buffer dates each packet from its timestamp, so the packet due now and
+/// the one arriving now come together give or take the network's jitter;
+/// without slack each packet woke the call twice, once to arrive and once
+/// to play out (each wake-up a timer, a task poll and an `epoll_wait`).
+/// Releasing up to 5 ms early, or late when no packet comes, changes the
+/// playout delay by that much (`[media] jitter_ms`, 60 by default), which
+/// analysis does not hear; a packet due less than 5 ms before the decision
+/// deadline that no arrival released waits past it, so the deadline's
+/// estimate may lack that one packet (the calm fixtures: 2,940 ms of audio
+/// instead of 2,960). Here rather than in the call, so that `emonav analyze
+/// FILE.pcap` (src/replay.rs) plays out exactly as a call does.
+pub(crate) const PLAYOUT_SLACK: Duration = Duration::from_millis(5);
+
 /// How far from its slot a silence packet may leave: half a packet time, so
 /// that the caller's packet arriving nearest the slot sends it. A 20 ms
 /// keepalive on its own timer woke the call a second time every 20 ms (a
@@ -593,16 +607,17 @@ impl MediaSession {
         }
     }
 
-    /// Decode and analyse what the jitter buffer releases at `now`, asking
-    /// `check` after each analysed packet whether that settles it: the
-    /// first answer stops the playout and is returned.
+    /// Decode and analyse what the jitter buffer releases at `now` or within
+    /// [`PLAYOUT_SLACK`] after it, asking `check` after each analysed packet
+    /// whether that settles it: the first answer stops the playout and is
+    /// returned.
     pub(crate) fn play_out<T>(
         &mut self,
         now: Instant,
         call_id: &str,
         mut check: impl FnMut(&Estimate) -> Option<T>,
     ) -> Option<T> {
-        while let Some(p) = self.jitter.pop(now) {
+        while let Some(p) = self.jitter.pop(now + PLAYOUT_SLACK) {
             if p.pt != self.audio_pt {
                 continue;
             }
@@ -618,9 +633,11 @@ impl MediaSession {
         None
     }
 
-    /// The jitter buffer's next playout.
+    /// When to play out next: [`PLAYOUT_SLACK`] after the jitter buffer's
+    /// next packet is due, so that the packet arriving about then plays it
+    /// out instead.
     pub(crate) fn playout_due(&self) -> Option<Instant> {
-        self.jitter.poll_timeout()
+        Some(self.jitter.poll_timeout()? + PLAYOUT_SLACK)
     }
 
     /// When [`poll_transmit`](Self::poll_transmit)
